@@ -1,0 +1,49 @@
+# One entry point for set-up and tests; CI runs `make test` on a fresh clone (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: test unit integration lint manifests binaries system-deps venv demo demo-down clean
+
+test: system-deps venv binaries lint ## everything a fresh machine needs, then every test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv binaries
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check capi_c3os tests
+	$(VENV)/bin/ruff format --check capi_c3os tests
+	$(VENV)/bin/mypy
+	$(PY) -m capi_c3os manifests --check
+
+manifests: venv ## regenerate config/ from the models
+	$(PY) -m capi_c3os manifests
+
+system-deps:
+	hack/system-deps.sh
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl
+	$(PYTHON) -m capi_c3os.dev.binaries
+
+demo: system-deps venv binaries ## a local management plane with CAPI core and our manager
+	$(PY) -m capi_c3os dev up --dir .demo
+
+demo-down:
+	$(PY) -m capi_c3os dev down --dir .demo
+
+clean: demo-down
+	rm -rf .demo $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from capi_c3os.cli import main
+
+sys.exit(main())

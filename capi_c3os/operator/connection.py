@@ -1,0 +1,52 @@
+"""How the manager reaches the management cluster: `--kubeconfig`, else the pod's
+service account, else `$KUBECONFIG` / `~/.kube/config`. The same credentials feed both
+the blocking `kubernetes` client (reconcilers, lease) and kopf's own aiohttp client.
+"""
+
+from __future__ import annotations
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+
+def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
+    """Blocking (reads files). A fresh object per call: in-cluster tokens rotate."""
+    configuration = k8s.Configuration()
+    if kubeconfig:
+        # persist_config=False: never write refreshed tokens back into a mounted file.
+        k8s_config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration, persist_config=False
+        )
+        return configuration
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration, persist_config=False)
+    return configuration
+
+
+def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
+    """kopf's view of the same credentials (kopf talks to the API with aiohttp)."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme: str | None = None
+    token: str | None = None
+    if header:
+        parts = header.split(" ", 1)
+        if len(parts) == 2:
+            scheme, token = parts
+        else:
+            token = parts[0]
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )

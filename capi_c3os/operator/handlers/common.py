@@ -1,0 +1,54 @@
+"""Handlers every kind gets, and turning an `Outcome` into kopf's language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from capi_c3os.capi.outcome import Outcome
+from capi_c3os.operator.runtime import Kind, Runtime
+from capi_c3os.operator.settings import HANDLER_BACKOFF
+from capi_c3os.reconcilers.kube import ConflictError
+
+CONFLICT_RETRY_DELAY = 1.0
+"""Seconds before reconciling again when the object changed under us: short, because
+the change itself is no error, only a reason to re-read."""
+
+
+def to_kopf(outcome: Outcome) -> None:
+    """done -> return None (kopf must not write a handler result into our status);
+    wait -> TemporaryError with its delay; error -> PermanentError (stop retrying until
+    the object changes)."""
+    if outcome.waiting:
+        raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}", delay=outcome.after or 0)
+    if outcome.failed:
+        raise kopf.PermanentError(f"{outcome.reason}: {outcome.message}")
+
+
+def register_kind(registry: kopf.OperatorRegistry, kind: Kind, runtime: Runtime) -> None:
+    """create, update and resume all run the same level-triggered reconcile: kopf's idea
+    of "what changed" is only a wake-up call (after a restart or `clusterctl move` it
+    has none). No timer: kopf's timers add kopf's finalizer to every object, which
+    would block deletion whenever this manager is down; the periodic resync
+    (resync.py) takes their place. No delete handler yet, hence no finalizer at all."""
+    resource = kind.resource
+
+    def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
+        # dict(body) is a plain dict of the object as the API server sent it.
+        obj = dict(body)
+        try:
+            outcome = runtime.reconcile(kind, obj, trigger=str(reason))
+        except ConflictError as exc:
+            raise kopf.TemporaryError(f"{exc}; reconciling again", delay=CONFLICT_RETRY_DELAY) from exc
+        to_kopf(outcome)
+
+    for on, cause in ((kopf.on.create, "create"), (kopf.on.update, "update"), (kopf.on.resume, "resume")):
+        on(
+            resource.group,
+            resource.version,
+            resource.plural,
+            registry=registry,
+            id=f"reconcile-{cause}",
+            backoff=HANDLER_BACKOFF,
+        )(reconcile)

@@ -1,0 +1,168 @@
+"""`capi-c3os run`: flags, and the manager's entry point.
+
+Flag names are part of our interface: the generated Deployment manifests use them, and
+they follow the conventions of CAPI's own managers where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+
+from capi_c3os.operator.handlers import PROVIDERS
+from capi_c3os.operator.leader import LeaseConfig, new_identity
+from capi_c3os.operator.logs import FORMATS, LEVELS, configure_logging
+from capi_c3os.operator.manager import Options, run_manager
+
+ALL_PROVIDERS = tuple(PROVIDERS)  # infrastructure, bootstrap, control-plane
+ALL_NAMESPACES = ("", "*")
+"""Both mean every namespace: the components YAML passes `${C3OS_WATCH_NAMESPACE:=*}`
+because clusterctl cannot default a variable to the empty string."""
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+log = logging.getLogger(__name__)
+
+
+def providers_list(value: str) -> tuple[str, ...]:
+    """`bootstrap,infrastructure` -> in canonical order, so replicas started with the
+    same set in another order compute the same lease name."""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = names - set(ALL_PROVIDERS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"providers must be a comma list of {', '.join(ALL_PROVIDERS)}; got {value!r}"
+        )
+    return tuple(p for p in ALL_PROVIDERS if p in names)
+
+
+def namespace_name(value: str) -> str:
+    """An exact namespace, or "" / "*" for all of them. kopf would accept other globs,
+    but CAPI's `--namespace` is one exact namespace and our resync lists by name."""
+    if value in ALL_NAMESPACES or _DNS_LABEL.match(value):
+        return value
+    raise argparse.ArgumentTypeError(f'must be a namespace name, "" or "*"; got {value!r}')
+
+
+def positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
+    return seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--providers",
+        type=providers_list,
+        default=ALL_PROVIDERS,
+        help=f"comma list of providers to run (default: {','.join(ALL_PROVIDERS)})",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        type=namespace_name,
+        help='reconcile only in this namespace (repeatable); absent, "" or "*" = all namespaces',
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
+
+    election = parser.add_argument_group("leader election")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="elect a leader with a Lease; only the leader reconciles"
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    election.add_argument(
+        "--leader-election-id", default=None, help="name of the Lease (default: capi-c3os-<providers>)"
+    )
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=positive_seconds,
+        default=15.0,
+        help="seconds a standby waits before taking an unrenewed lease (default 15)",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=positive_seconds,
+        default=10.0,
+        help="seconds the leader may fail to renew before it stops (default 10)",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between lease attempts (default 2)",
+    )
+
+    parser.add_argument(
+        "--health-addr", default=":9440", help="probes: /healthz, /readyz (default :9440; 0 = off)"
+    )
+    parser.add_argument(
+        "--metrics-addr", default=":8080", help="Prometheus /metrics (default :8080; 0 = off)"
+    )
+    parser.add_argument(
+        "--sync-period",
+        type=positive_seconds,
+        default=600.0,
+        help="seconds between full resyncs of every object (default 600)",
+    )
+    parser.add_argument(
+        "--max-concurrent-reconciles", type=int, default=4, help="reconciles running at once (default 4)"
+    )
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
+    parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
+    parser.set_defaults(func=run_main)
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    providers: tuple[str, ...] = args.providers
+    raw_namespaces: list[str] = args.namespaces or []
+    all_namespaces = any(ns in ALL_NAMESPACES for ns in raw_namespaces)
+    namespaces = () if all_namespaces else tuple(dict.fromkeys(raw_namespaces))
+    identity = new_identity()
+    lease = None
+    if args.leader_elect:
+        lease = LeaseConfig(
+            namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default",
+            name=args.leader_election_id or "capi-c3os-" + "-".join(providers),
+            identity=identity,
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period,
+        )
+    if args.max_concurrent_reconciles < 1:
+        raise ValueError("--max-concurrent-reconciles must be at least 1")
+    return Options(
+        providers=providers,
+        namespaces=namespaces,
+        kubeconfig=args.kubeconfig,
+        lease=lease,
+        health_addr=args.health_addr,
+        metrics_addr=args.metrics_addr,
+        sync_period=args.sync_period,
+        max_concurrent_reconciles=args.max_concurrent_reconciles,
+        identity=identity,
+    )
+
+
+def run_main(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return asyncio.run(run_manager(options))
+    except Exception:
+        # E.g. an unreadable kubeconfig or a port in use: one log line in the chosen
+        # format (with the traceback), and a non-zero exit for the Deployment to see.
+        log.exception("manager failed")
+        return 1

@@ -1,0 +1,63 @@
+"""One place where every reconcile runs, whoever triggered it (a kopf handler, the
+periodic resync, a Cluster change): metrics, logs, and the call into the reconcilers.
+Blocking: called on worker threads only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from capi_c3os.capi.outcome import Outcome
+from capi_c3os.operator import metrics
+from capi_c3os.operator.logs import object_ref
+from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
+
+log = logging.getLogger(__name__)
+
+ReconcileFn = Callable[[Kube, Resource, dict[str, Any]], Outcome]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind we reconcile and the function that does it."""
+
+    resource: Resource
+    reconcile: ReconcileFn
+
+
+def result_label(outcome: Outcome) -> str:
+    if outcome.done and outcome.reason == "Paused":
+        return "paused"
+    return outcome.kind.value
+
+
+class Runtime:
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def reconcile(self, kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
+        """Run `kind.reconcile` on `obj`; `ConflictError` and unexpected exceptions propagate
+        (the caller decides how to retry) after being counted."""
+        name = kind.resource.kind
+        started = time.perf_counter()
+        result = "exception"
+        try:
+            outcome = kind.reconcile(self.kube, kind.resource, obj)
+            result = result_label(outcome)
+        except ConflictError:
+            result = "conflict"
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(name).observe(time.perf_counter() - started)
+            metrics.RECONCILES.labels(name, trigger, result).inc()
+        if not outcome.done:
+            log.info(
+                "%s %s: %s (%s)", trigger, result, outcome.message, outcome.reason, extra=object_ref(obj)
+            )
+        else:
+            log.debug("%s %s", trigger, result, extra=object_ref(obj))
+        return outcome

@@ -1,0 +1,59 @@
+"""Shared fixtures: a real management plane (etcd, kube-apiserver, kube-controller-manager,
+CAPI core manager) started once per test session on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as kc
+
+from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mgmt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagementPlane]:
+    """The whole management plane, with our CRDs installed. Logs are kept on failure
+    under the session's tmp dir (printed at teardown) or CAPI_C3OS_TEST_LOGS when set."""
+    root = tmp_path_factory.mktemp("mgmt")
+    plane = ManagementPlane(root).start()
+    try:
+        crds = our_crds()
+        assert crds, "config/crd is empty: run `capi-c3os manifests`"
+        apply(plane.kubeconfig, crds)
+        wait_for_crds_established(plane.kubeconfig, crds)
+        yield plane
+    finally:
+        plane.stop()
+        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
+        if keep:
+            shutil.copytree(plane.logs, Path(keep) / "mgmt", dirs_exist_ok=True)
+
+
+def our_crds() -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted((REPO / "config" / "crd").glob("*.yaml"))]
+
+
+@pytest.fixture(scope="session")
+def k8s(mgmt: ManagementPlane) -> Iterator[Any]:
+    """An admin `kubernetes.client.ApiClient` for the management plane."""
+    with api_client(mgmt.kubeconfig) as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(k8s: Any) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (the namespace controller empties it)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = kc.CoreV1Api(k8s)
+    core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)

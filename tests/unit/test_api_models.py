@@ -1,0 +1,177 @@
+"""The models parse what the API server holds, dump it back in wire form, and reject
+what the CRD's validation rejects."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from capi_c3os.api import (
+    KINDS,
+    C3osCluster,
+    C3osConfig,
+    C3osControlPlane,
+    C3osMachine,
+    KubeObject,
+)
+from capi_c3os.api.base import ApiModel, camel
+from capi_c3os.api.common import Condition
+from tests.examples import BAD, CONFIG_SPEC, CONTROL_PLANE_SPEC, GOOD, MACHINE_SPEC, wire, with_change
+
+
+def test_every_kind_has_a_good_example() -> None:
+    assert set(GOOD) == {kind.model for kind in KINDS}
+
+
+@pytest.mark.parametrize("model", list(GOOD), ids=lambda m: m.KIND)
+def test_good_examples_parse_and_dump_back_unchanged(model: type[KubeObject]) -> None:
+    obj = wire(model, GOOD[model])
+    parsed = model.model_validate(obj)
+    dumped = parsed.to_wire()
+    assert dumped["apiVersion"] == obj["apiVersion"]
+    assert dumped["kind"] == obj["kind"]
+    assert dumped["metadata"] == obj["metadata"]
+    assert _subset(obj["spec"], dumped["spec"]), "every field given comes back under the same name"
+
+
+def _subset(given: Any, dumped: Any) -> bool:
+    if isinstance(given, dict):
+        return isinstance(dumped, dict) and all(
+            k in dumped and _subset(v, dumped[k]) for k, v in given.items()
+        )
+    if isinstance(given, list):
+        return isinstance(dumped, list) and len(given) == len(dumped) and all(map(_subset, given, dumped))
+    return bool(given == dumped)
+
+
+def test_objects_read_from_the_server_keep_unknown_metadata() -> None:
+    obj = wire(C3osMachine, GOOD[C3osMachine])
+    obj["metadata"].update(
+        {
+            "uid": "1234",
+            "resourceVersion": "7",
+            "generation": 2,
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "managedFields": [{"manager": "kubectl"}],
+            "ownerReferences": [
+                {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine", "name": "m", "uid": "u"}
+            ],
+        }
+    )
+    obj["status"] = {
+        "initialization": {"provisioned": True},
+        "addresses": [{"type": "InternalIP", "address": "10.0.0.5"}],
+        "failureDomain": "lab",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Provisioned",
+                "lastTransitionTime": "2025-01-01T00:00:00Z",
+            }
+        ],
+        "observedGeneration": 2,
+    }
+    parsed = C3osMachine.model_validate(obj)
+    assert parsed.metadata.generation == 2
+    assert parsed.status is not None and parsed.status.initialization is not None
+    assert parsed.status.initialization.provisioned is True
+    dumped = parsed.to_wire()
+    assert dumped["metadata"] == obj["metadata"]
+    assert dumped["status"]["conditions"][0]["lastTransitionTime"] == "2025-01-01T00:00:00Z"
+    assert dumped["status"]["conditions"][0]["message"] == ""
+
+
+def test_wire_names_are_kubernetes_camel_case() -> None:
+    assert camel("k3s") == "k3s"
+    assert camel("p2p") == "p2p"
+    assert camel("up_to_date_replicas") == "upToDateReplicas"
+    machine = C3osMachine.model_validate(wire(C3osMachine, GOOD[C3osMachine])).to_wire()
+    assert {"memoryMiB", "diskGiB"} <= set(machine["spec"])
+    machine_with_id = C3osMachine.model_validate(
+        wire(C3osMachine, {"spec": {**MACHINE_SPEC, "providerID": "c3os://default/x"}})
+    )
+    assert machine_with_id.spec.provider_id == "c3os://default/x"
+    assert machine_with_id.to_wire()["spec"]["providerID"] == "c3os://default/x"
+
+
+def test_models_accept_python_names_too() -> None:
+    condition = Condition(type="Ready", status="True", reason="Done", last_transition_time=datetime.now(UTC))
+    assert condition.to_wire()["lastTransitionTime"].endswith("Z")
+
+
+def test_all_wire_names_look_like_kubernetes_fields() -> None:
+    seen: set[type[ApiModel]] = set()
+
+    def visit(model: type[ApiModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            alias = field.alias or name
+            assert re.fullmatch(r"[a-z][A-Za-z0-9]*", alias), f"{model.__name__}.{name} -> {alias}"
+            for arg in _model_args(field.annotation):
+                visit(arg)
+
+    for kind in KINDS:
+        visit(kind.model)
+    assert len(seen) > 40
+
+
+def _model_args(annotation: Any) -> list[type[ApiModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, ApiModel):
+        return [annotation]
+    found: list[type[ApiModel]] = []
+    for arg in getattr(annotation, "__args__", ()):
+        found.extend(_model_args(arg))
+    return found
+
+
+# --- what must be rejected ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("what", "model", "path", "value"), BAD, ids=[case[0] for case in BAD])
+def test_models_reject_invalid_objects(what: str, model: type[KubeObject], path: str, value: Any) -> None:
+    obj = with_change(wire(model, GOOD[model]), path, value)
+    with pytest.raises(ValidationError):
+        model.model_validate(obj)
+
+
+def test_user_passwords_cannot_be_stored() -> None:
+    spec = with_change(CONFIG_SPEC, "users.0.passwd", "secret")
+    parsed = C3osConfig.model_validate(wire(C3osConfig, {"spec": spec}))
+    assert "passwd" not in parsed.to_wire()["spec"]["users"][0]
+    assert "passwd" not in C3osConfig.model_json_schema(by_alias=True)["$defs"]["User"]["properties"]
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    machine = C3osMachine.model_validate(
+        wire(C3osMachine, {"spec": {"backend": {"ironic": {}}, "image": {"volume": "base"}}})
+    )
+    assert machine.spec.backend.ironic is not None
+    assert machine.spec.backend.ironic.automated_cleaning is True
+    assert machine.spec.backend.ironic.resource_class == "baremetal"
+    assert machine.spec.image.format == "qcow2"
+    assert (machine.spec.cpus, machine.spec.memory_mib, machine.spec.disk_gib) == (2, 4096, 20)
+    cluster = C3osCluster.model_validate(
+        wire(C3osCluster, {"spec": {"sites": [{"name": "a", "ironic": {"endpoint": "https://i"}}]}})
+    )
+    site = cluster.spec.site(None)
+    assert site is not None and site.ironic is not None
+    assert site.ironic.insecure_skip_verify is False
+    assert site.control_plane is True
+    assert cluster.spec.site("missing") is None
+    control_plane = C3osControlPlane.model_validate(
+        wire(C3osControlPlane, {"spec": with_change(CONTROL_PLANE_SPEC, "replicas", None)})
+    )
+    assert control_plane.spec.replicas == 1
+
+
+def test_the_config_spec_is_shared_by_the_control_plane() -> None:
+    control_plane = C3osControlPlane.model_validate(wire(C3osControlPlane, GOOD[C3osControlPlane]))
+    config = C3osConfig.model_validate(wire(C3osConfig, {"spec": control_plane.spec.server_config.to_wire()}))
+    assert config.spec == control_plane.spec.server_config
