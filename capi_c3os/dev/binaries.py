@@ -87,6 +87,13 @@ BINARIES: dict[str, GoBinary] = {
             _k8s_version_ldflags(KUBERNETES_VERSION),
         ),
         GoBinary(
+            "kubectl",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kubectl",
+            _k8s_version_ldflags(KUBERNETES_VERSION),
+        ),
+        GoBinary(
             "capi-manager",
             "sigs.k8s.io/cluster-api",
             CAPI_VERSION,
@@ -144,7 +151,7 @@ def build(binary: GoBinary) -> Path:
         _go(["get", f"{binary.module}@{binary.version}"], work)
         if binary.package != binary.module:
             _go(["get", f"{binary.package}@{binary.version}"], work)
-        partial = binary.path.with_suffix(".partial")
+        partial = binary.path.with_name(binary.path.name + ".partial")
         ldflags = " ".join(("-s", "-w", *binary.ldflags))
         _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), binary.package], work)
         partial.replace(binary.path)  # atomic: a half-built file never looks cached

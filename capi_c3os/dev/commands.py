@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from capi_c3os.dev import binaries
 from capi_c3os.dev.mgmt import ManagementPlane, apply, wait_for_crds_established
 from capi_c3os.dev.processes import free_port, http_ok
 
@@ -41,7 +42,7 @@ def up_main(args: argparse.Namespace) -> int:
     apply(plane.kubeconfig, crds)
     wait_for_crds_established(plane.kubeconfig, crds)
     health, metrics = free_port(), free_port()
-    manager = plane._spawn(
+    manager = plane.spawn(
         "capi-c3os-manager",
         [
             sys.executable,
@@ -55,18 +56,30 @@ def up_main(args: argparse.Namespace) -> int:
     )
     plane.ports.update(manager_health=health, manager_metrics=metrics)
     manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager /readyz", 60)
-    plane._save_state()
+    plane.save_state()
+    tools = _link_tools(root / "bin")
     print(f"""
 management plane is up (logs in {plane.logs})
 
-  export KUBECONFIG={plane.kubeconfig}
+  export KUBECONFIG={plane.kubeconfig} PATH={tools}:$PATH
   kubectl get crds | grep c3os          # our eight kinds and CAPI's
   kubectl explain c3osmachine.spec      # field documentation from the models
+  clusterctl describe cluster <name>   # once a Cluster exists
   curl -s http://127.0.0.1:{metrics}/metrics | grep capi_c3os
 
 stop it with: make demo-down
 """)
     return 0
+
+
+def _link_tools(bin_dir: Path) -> Path:
+    """kubectl and clusterctl of the pinned versions, under their usual names."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("kubectl", "clusterctl"):
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(binaries.locate(name))
+    return bin_dir
 
 
 def _live_pids(root: Path) -> dict[str, int]:

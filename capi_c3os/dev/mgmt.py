@@ -73,7 +73,22 @@ class ManagementPlane:
         return issue_certificate(self._ca("client-ca"), user, organizations=groups, client=True)
 
     def write_kubeconfig(self, path: Path, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig authenticating as `user` in `groups` by client certificate."""
         pair = self.client_identity(user, groups)
+        credentials = {"client-certificate-data": _b64(pair.cert_pem), "client-key-data": _b64(pair.key_pem)}
+        return self._write_kubeconfig(path, user, credentials)
+
+    def write_service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
+        """A kubeconfig with a token the API server issues for a ServiceAccount (TokenRequest):
+        the identity a Deployment's pod gets, so RBAC is checked as in a real cluster."""
+        with api_client(self.kubeconfig) as client:
+            request = k8s.AuthenticationV1TokenRequest(
+                spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+            )
+            issued = k8s.CoreV1Api(client).create_namespaced_service_account_token(name, namespace, request)
+        return self._write_kubeconfig(path, f"{namespace}-{name}", {"token": issued.status.token})
+
+    def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> Path:
         server_ca = (self.pki / "server-ca.crt").read_bytes()
         config = {
             "apiVersion": "v1",
@@ -84,15 +99,7 @@ class ManagementPlane:
                     "cluster": {"server": self.api_url, "certificate-authority-data": _b64(server_ca)},
                 }
             ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate-data": _b64(pair.cert_pem),
-                        "client-key-data": _b64(pair.key_pem),
-                    },
-                }
-            ],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": "mgmt", "context": {"cluster": "mgmt", "user": user}}],
             "current-context": "mgmt",
         }
@@ -108,17 +115,17 @@ class ManagementPlane:
 
     # ---------------------------------------------------------------- processes
 
-    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+    def spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.logs / f"{name}.log")
         proc.start()
         self.processes[name] = proc
-        self._save_state()
+        self.save_state()
         return proc
 
     def start_etcd(self) -> None:
         client, peer = free_port(), free_port()
         self.ports.update(etcd=client, etcd_peer=peer)
-        proc = self._spawn(
+        proc = self.spawn(
             "etcd",
             [
                 str(binaries.locate("etcd")),
@@ -156,7 +163,7 @@ class ManagementPlane:
             sa_key.chmod(0o600)
         port = free_port()
         self.ports["apiserver"] = port
-        proc = self._spawn(
+        proc = self.spawn(
             "kube-apiserver",
             [
                 str(binaries.locate("kube-apiserver")),
@@ -188,7 +195,7 @@ class ManagementPlane:
         kubeconfig = self.write_kubeconfig(
             self.root / "kcm.kubeconfig", "system:kube-controller-manager", ("system:masters",)
         )
-        proc = self._spawn(
+        proc = self.spawn(
             "kube-controller-manager",
             [
                 str(binaries.locate("kube-controller-manager")),
@@ -227,7 +234,7 @@ class ManagementPlane:
         objects = capi_core_objects(f"https://{LOOPBACK}:{webhook_port}", webhook_ca.cert_pem)
         apply(self.kubeconfig, objects)
         wait_for_crds_established(self.kubeconfig, objects)
-        proc = self._spawn(
+        proc = self.spawn(
             "capi-manager",
             [
                 str(binaries.locate("capi-manager")),
@@ -260,9 +267,9 @@ class ManagementPlane:
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
             proc.stop()
-        self._save_state()
+        self.save_state()
 
-    def _save_state(self) -> None:
+    def save_state(self) -> None:
         state = {"ports": self.ports, "pids": {n: p.pid for n, p in self.processes.items() if p.alive()}}
         (self.root / "state.json").write_text(json.dumps(state, indent=2))
 

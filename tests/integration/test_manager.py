@@ -9,6 +9,7 @@ relies on how long anything takes.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import signal
 import sys
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+import yaml
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from capi_c3os.dev.mgmt import ManagementPlane
+from capi_c3os.dev.mgmt import ManagementPlane, apply
 from capi_c3os.dev.processes import ManagedProcess, free_port
+from tests.conftest import REPO
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -491,3 +494,57 @@ def test_leader_that_loses_its_lease_stops_at_once_with_an_error(
     assert manager.stop() == 1
     assert objects.holder(namespace, lease) == "thief"  # it did not "release" someone else's lease
     assert "leadership lost" in manager.process.tail(10)
+
+
+PROVIDER_KINDS = {
+    "infrastructure": ("C3osCluster", "C3osMachine"),
+    "bootstrap": ("C3osConfig",),
+    "control-plane": ("C3osControlPlane",),
+}
+
+
+@pytest.mark.parametrize("provider", list(PROVIDER_KINDS))
+def test_each_provider_runs_with_only_the_rbac_its_components_grant(
+    mgmt: ManagementPlane,
+    start_manager: Callable[..., Manager],
+    objects: Objects,
+    namespace: str,
+    tmp_path: Path,
+    provider: str,
+) -> None:
+    """The manager authenticates as the components' ServiceAccount, so the API server
+    enforces exactly the generated ClusterRole and Role (no admin rights)."""
+    components = [
+        doc
+        for doc in yaml.safe_load_all((REPO / "config" / "clusterctl" / f"{provider}-c3os" / "v0.1.0"
+                                       / f"{provider}-components.yaml").read_text())
+        if doc
+    ]  # fmt: skip
+    apply(mgmt.kubeconfig, components, manager="rbac-test")
+    account = next(d for d in components if d["kind"] == "ServiceAccount")["metadata"]
+    lease_role = next(d for d in components if d["kind"] == "Role")
+    lease = next(r["resourceNames"][0] for r in lease_role["rules"] if r.get("resourceNames"))
+    kubeconfig = mgmt.write_service_account_kubeconfig(
+        tmp_path / "sa.kubeconfig", account["namespace"], account["name"]
+    )
+
+    manager = start_manager(
+        f"rbac-{provider}",
+        "--kubeconfig", str(kubeconfig),
+        f"--providers={provider}",
+        "--leader-elect",
+        f"--leader-election-namespace={account['namespace']}",
+        f"--leader-election-id={lease}",
+    )  # fmt: skip
+    manager.wait_ready()
+    for kind in PROVIDER_KINDS[provider]:
+        objects.create(kind, namespace, "least")
+        eventually(
+            functools.partial(
+                reconciled, objects, kind, namespace, "least", status="False", reason="NotPaused"
+            ),
+            f"{kind} reconciled under the provider's own RBAC",
+        )
+    assert manager.stop() == 0
+    log = manager.process.log_path.read_text()
+    assert "Forbidden" not in log and " 403" not in log, manager.process.tail(40)
