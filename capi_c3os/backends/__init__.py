@@ -1,0 +1,1 @@
+"""Where machines become real: the Backend protocol and its libvirt and Ironic implementations."""
