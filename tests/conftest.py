@@ -33,9 +33,14 @@ def mgmt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagementPlane]:
         yield plane
     finally:
         plane.stop()
-        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
-        if keep:
-            shutil.copytree(plane.logs, Path(keep) / "mgmt", dirs_exist_ok=True)
+        keep_logs(plane, "mgmt")
+
+
+def keep_logs(plane: ManagementPlane, name: str) -> None:
+    """Copy the servers' logs to CAPI_C3OS_TEST_LOGS/<name> when set (CI keeps them)."""
+    keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
+    if keep:
+        shutil.copytree(plane.logs, Path(keep) / name, dirs_exist_ok=True)
 
 
 def our_crds() -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
 
 from capi_c3os.bootstrap.certificates import (
     KeyPair,
@@ -232,6 +233,7 @@ class ManagementPlane:
         )
         _write_pair(serving, cert_dir / "tls.crt", cert_dir / "tls.key")
         objects = capi_core_objects(f"https://{LOOPBACK}:{webhook_port}", webhook_ca.cert_pem)
+        repoint_webhooks(self.kubeconfig, objects)
         apply(self.kubeconfig, objects)
         wait_for_crds_established(self.kubeconfig, objects)
         proc = self.spawn(
@@ -336,6 +338,38 @@ def apply(kubeconfig: Path, objects: Iterable[dict[str, Any]], manager: str = "c
                 namespace=namespace,
                 field_manager=manager,
                 force_conflicts=True,
+            )
+
+
+def repoint_webhooks(kubeconfig: Path, objects: Iterable[dict[str, Any]]) -> None:
+    """Point webhooks that already exist (installed by clusterctl, aimed at a Service no
+    pod backs here) at the given objects' loopback URLs. A merge patch, because a URL and
+    a Service together are invalid and server-side apply would keep the other owner's."""
+    with api_client(kubeconfig) as client:
+        dynamic = DynamicClient(client)
+        for obj in objects:
+            resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            try:
+                resource.get(name=obj["metadata"]["name"])
+            except NotFoundError:
+                continue
+            if obj["kind"] == "CustomResourceDefinition":
+                conversion = obj["spec"].get("conversion")
+                if not conversion:
+                    continue
+                hook = conversion["webhook"]
+                patch: dict[str, Any] = {
+                    "spec": {
+                        "conversion": {
+                            **conversion,
+                            "webhook": {**hook, "clientConfig": {**hook["clientConfig"], "service": None}},
+                        }
+                    }
+                }
+            else:
+                patch = {"webhooks": obj["webhooks"]}
+            resource.patch(
+                body=patch, name=obj["metadata"]["name"], content_type="application/merge-patch+json"
             )
 
 
