@@ -9,16 +9,24 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0, every: float = 0.25) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds.
-    The timeout is a safety net against hangs, not a performance assertion."""
+def eventually(
+    probe: Callable[[], T | None],
+    what: str,
+    timeout: float = 60.0,
+    every: float = 0.25,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` (and what `explain`
+    says at that moment) after `timeout` seconds. The timeout is a safety net against
+    hangs, not a performance assertion."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f": {explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(every)
 
 
