@@ -25,9 +25,13 @@ IMAGE_SHA256 = "0" * 63 + "1"
 VERSION = "v1.33.4+k3s1"
 
 
-def render(template: str, namespace: str, home: Path, **variables: str) -> list[dict[str, Any]]:
+def render(
+    flavor: str, namespace: str, home: Path, kubeconfig: Path, **variables: str
+) -> list[dict[str, Any]]:
+    """`clusterctl generate cluster --flavor <flavor>` from our generated repository."""
     env = {
         **os.environ, "HOME": str(home), "NAMESPACE": namespace,
+        "C3OS_REPOSITORY": str(REPO / "config" / "clusterctl"),
         "C3OS_CONTROL_PLANE_ENDPOINT_HOST": "api.shop-17.example",
         "C3OS_IMAGE_URL": "https://images.example/c3os-v3.2.qcow2",
         "C3OS_IMAGE_SHA256": IMAGE_SHA256,
@@ -35,8 +39,10 @@ def render(template: str, namespace: str, home: Path, **variables: str) -> list[
         **variables,
     }  # fmt: skip
     done = subprocess.run(
-        [str(binaries.locate("clusterctl")), "generate", "cluster", "shop-17",
-         "--from", str(REPO / "templates" / template), "--kubernetes-version", VERSION,
+        [str(binaries.locate("clusterctl")), "generate", "cluster", "shop-17", "--flavor", flavor,
+         "--infrastructure", "c3os:v0.1.0",
+         "--config", str(REPO / "config" / "clusterctl" / "clusterctl.yaml"),
+         "--kubeconfig", str(kubeconfig), "--kubernetes-version", VERSION,
          "--control-plane-machine-count", "3", "--worker-machine-count", "2",
          "--target-namespace", namespace],
         env=env, capture_output=True, text=True, timeout=120, check=False,
@@ -57,21 +63,13 @@ def topology_state(api: kc.CustomObjectsApi, namespace: str) -> str:
     )
 
 
-def in_namespace(docs: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
-    for doc in docs:
-        doc["metadata"]["namespace"] = namespace
-    return docs
-
-
 def test_clusterclass_topology_clones_our_templates_with_the_variables(
     mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
 ) -> None:
-    clusterclass = [
-        d
-        for d in yaml.safe_load_all((REPO / "templates" / "clusterclass-c3os-libvirt.yaml").read_text())
-        if d
-    ]
-    apply(mgmt.kubeconfig, in_namespace(clusterclass, namespace))
+    # The topology flavor brings the ClusterClass it names along (clusterctl adds it).
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    assert {d["kind"] for d in rendered} >= {"Cluster", "ClusterClass", "C3osClusterTemplate"}
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
     api = kc.CustomObjectsApi(k8s)
 
     def class_ready() -> bool:
@@ -84,7 +82,7 @@ def test_clusterclass_topology_clones_our_templates_with_the_variables(
         )
 
     eventually(class_ready, "CAPI to accept the ClusterClass variables")
-    apply(mgmt.kubeconfig, render("cluster-template-topology.yaml", namespace, tmp_path))
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] == "Cluster"])
 
     def one(group: str, plural: str) -> dict[str, Any] | None:
         items = api.list_namespaced_custom_object(group, "v1alpha1", namespace, plural)["items"]
