@@ -120,3 +120,51 @@ def test_clusterclass_topology_clones_our_templates_with_the_variables(
         "format": "qcow2",
     }
     assert (spec["cpus"], spec["memoryMiB"], spec["diskGiB"]) == (2, 4096, 30)
+
+
+@pytest.mark.parametrize("flavor", ["libvirt", "ironic"])
+def test_flat_cluster_templates_render_and_apply(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path, flavor: str
+) -> None:
+    rendered = render(
+        flavor, namespace, tmp_path, mgmt.kubeconfig, C3OS_IRONIC_ENDPOINT="https://ironic.rack-1:6385"
+    )
+    kinds = sorted(d["kind"] for d in rendered)
+    assert kinds == sorted(["Cluster", "C3osCluster", "C3osControlPlane", "C3osMachineTemplate",
+                            "MachineDeployment", "C3osMachineTemplate", "C3osConfigTemplate"])  # fmt: skip
+    apply(mgmt.kubeconfig, rendered)  # the API server validates every object (our CRDs, CAPI's webhooks)
+    api = kc.CustomObjectsApi(k8s)
+    site = api.get_namespaced_custom_object(
+        "infrastructure.cluster.x-k8s.io", "v1alpha1", namespace, "c3osclusters", "shop-17"
+    )["spec"]["sites"][0]
+    assert flavor in site
+    eventually(
+        lambda: (
+            "cluster.cluster.x-k8s.io"
+            in api.get_namespaced_custom_object(
+                "cluster.x-k8s.io", "v1beta2", namespace, "clusters", "shop-17"
+            )["metadata"].get("finalizers", [])
+        ),
+        "CAPI to take the Cluster",
+    )
+
+
+def test_ironic_clusterclass_is_accepted(mgmt: ManagementPlane, k8s: Any, namespace: str) -> None:
+    docs = [
+        d for d in yaml.safe_load_all((REPO / "templates" / "clusterclass-c3os-ironic.yaml").read_text()) if d
+    ]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+    apply(mgmt.kubeconfig, docs)
+    api = kc.CustomObjectsApi(k8s)
+
+    def variables_ready() -> bool:
+        cc = api.get_namespaced_custom_object(
+            "cluster.x-k8s.io", "v1beta2", namespace, "clusterclasses", "c3os-ironic"
+        )
+        return any(
+            c["type"] == "VariablesReady" and c["status"] == "True"
+            for c in cc.get("status", {}).get("conditions", [])
+        )
+
+    eventually(variables_ready, "CAPI to accept the Ironic ClusterClass")
