@@ -162,8 +162,8 @@ class ManagementPlane:
         if not sa_key.exists():
             sa_key.write_bytes(new_service_account_key())
             sa_key.chmod(0o600)
-        port = free_port()
-        self.ports["apiserver"] = port
+        # A port chosen beforehand (a workload stand-in behind a known endpoint) is kept.
+        port = self.ports.setdefault("apiserver", free_port())
         proc = self.spawn(
             "kube-apiserver",
             [
