@@ -41,6 +41,8 @@ class WorkloadStandIn:
             key.chmod(0o600)
         self._stop = threading.Event()
         self._etcd_thread: threading.Thread | None = None
+        self.etcd_removed: list[str] = []
+        """Nodes whose etcd member was removed on request, in order."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -116,6 +118,7 @@ class WorkloadStandIn:
                     core.patch_node(node.metadata.name, {"metadata": {"annotations": {
                         ETCD_REMOVED: node.metadata.name}}})  # fmt: skip
                     answered.append(node.metadata.name)
+        self.etcd_removed.extend(answered)
         return answered
 
     def keep_answering_etcd_removals(self, every: float = 0.5) -> None:

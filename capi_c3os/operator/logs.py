@@ -96,6 +96,16 @@ class _DropMessages(logging.Filter):
         return not any(fragment in message for fragment in self._fragments)
 
 
+class _WaitsAreNotErrors(logging.Filter):
+    """kopf logs every TemporaryError at ERROR ("failed temporarily"); for us that is a
+    reconcile waiting on purpose (the reason is in a condition), so it is INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(log_format: str = "text", level: str = "info") -> None:
     """Root logging to stderr in the chosen format; replaces earlier handlers."""
     if log_format not in FORMATS:
@@ -117,6 +127,7 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     # We run kopf in its own thread on purpose (see engine.py) and handle signals
     # ourselves; kopf's warning about it would only mislead whoever reads the log.
+    logging.getLogger("kopf.objects").addFilter(_WaitsAreNotErrors())
     logging.getLogger("kopf._core.reactor.running").addFilter(
         _DropMessages("OS signals are ignored: running not in the main thread")
     )

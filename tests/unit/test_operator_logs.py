@@ -78,3 +78,19 @@ def test_configure_logging_switches_to_json(capsys: pytest.CaptureFixture[str]) 
 def test_configure_logging_rejects_unknown_format() -> None:
     with pytest.raises(ValueError):
         configure_logging("xml")
+
+
+def test_kopf_reports_of_waiting_reconciles_are_info_not_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging("json")
+        logging.getLogger("kopf.objects").error(
+            "Handler 'reconcile' failed temporarily: WaitingForX: because"
+        )
+        logging.getLogger("kopf.objects").error("Handler 'reconcile' failed with an exception")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert [line["level"] for line in lines] == ["info", "error"]

@@ -1,0 +1,1 @@
+"""Clients for workload clusters, built from their `<cluster>-kubeconfig` Secrets."""
