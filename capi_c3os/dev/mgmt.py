@@ -42,6 +42,12 @@ class ManagementPlane:
     root: Path
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    audit: bool = False
+    """Write a metadata-only audit log (who called what; no bodies) to `audit_log`."""
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
 
     @property
     def kubeconfig(self) -> Path:
@@ -183,11 +189,26 @@ class ManagementPlane:
                 f"--service-account-issuer=https://{LOOPBACK}:{port}/",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
+                *self._audit_flags(),
             ],
         )
         self.write_kubeconfig(self.kubeconfig, ADMIN, ("system:masters",))
         ctx = self._ssl_context()
         proc.wait_until(lambda: http_ok(f"{self.api_url}/readyz", ctx), "kube-apiserver /readyz", 120)
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata"}],
+        }))  # fmt: skip
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+        ]
 
     def start_controller_manager(self) -> None:
         """Garbage collection (ownerReferences) and namespace deletion need it."""

@@ -13,6 +13,7 @@ once the first server serves, etcd member removal on request) are played on dema
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap.certificates import KeyPair
+from capi_c3os.capi import conditions as cond
+from capi_c3os.capi.metadata import MACHINE_CONTROL_PLANE_LABEL
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 
 ETCD_REMOVE = "etcd.k3s.cattle.io/remove"
@@ -131,3 +134,157 @@ class WorkloadStandIn:
 
         self._etcd_thread = threading.Thread(target=loop, name="k3s-etcd-standin", daemon=True)
         self._etcd_thread.start()
+
+
+_INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+_CAPI = ("cluster.x-k8s.io", "v1beta2")
+_CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
+_SITES = [{"name": n, "libvirt": {"uri": "qemu:///system"}} for n in ("site-a", "site-b", "site-c")]
+
+
+class MachinePlayer:
+    """Plays an infrastructure provider and each machine's k3s, in a thread: a Machine
+    whose bootstrap data exists gets its infrastructure machine reported provisioned
+    (with providerID `c3os://<namespace>/<name>`), then a Ready Node in the stand-in and
+    `k3s-serving`. For control-plane tests and benchmarks where booting VMs is not the point."""
+
+    def __init__(self, k8s: Any, namespace: str) -> None:
+        self.api = kc.CustomObjectsApi(k8s)
+        self.namespace = namespace
+        self.standin: WorkloadStandIn | None = None
+        self.registered: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def provision_cluster(self, name: str, failure_domains: tuple[str, ...] = ("site-a",)) -> None:
+        """What an infrastructure provider reports for a C3osCluster that is ready."""
+        status = {
+            "initialization": {"provisioned": True},
+            "failureDomains": [{"name": d, "controlPlane": True} for d in failure_domains],
+            "conditions": [cond.new_condition("Ready", cond.TRUE, "Provisioned", now=datetime.now(UTC))],
+        }
+        self.api.patch_namespaced_custom_object_status(
+            *_INFRA, self.namespace, "c3osclusters", name, {"status": status}
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.step()
+            except ApiException:
+                continue  # objects come and go under us; the next round sees them settled
+
+    def step(self) -> None:
+        machines = self.api.list_namespaced_custom_object(*_CAPI, self.namespace, "machines")["items"]
+        for machine in machines:
+            name = machine["metadata"]["name"]
+            if machine["metadata"].get("deletionTimestamp"):
+                continue
+            provider_id = f"c3os://{self.namespace}/{name}"
+            infra = self.api.get_namespaced_custom_object(*_INFRA, self.namespace, "c3osmachines", name)
+            if not (infra.get("status") or {}).get("initialization", {}).get("provisioned"):
+                # Like our infrastructure provider: wait for the bootstrap data first.
+                if not machine["spec"].get("bootstrap", {}).get("dataSecretName"):
+                    continue
+                self.api.patch_namespaced_custom_object(
+                    *_INFRA, self.namespace, "c3osmachines", name, {"spec": {"providerID": provider_id}}
+                )
+                ready = cond.new_condition("Ready", cond.TRUE, "Provisioned", now=datetime.now(UTC))
+                status = {
+                    "initialization": {"provisioned": True},
+                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                    "conditions": [ready],
+                }
+                self.api.patch_namespaced_custom_object_status(
+                    *_INFRA, self.namespace, "c3osmachines", name, {"status": status}
+                )
+            if self.standin is not None and name not in self.registered:
+                # k3s came up on the machine: its kubelet registers, the first server serves.
+                server = MACHINE_CONTROL_PLANE_LABEL in (machine["metadata"].get("labels") or {})
+                self.standin.register_node(name, provider_id, control_plane=server)
+                if server:
+                    self.standin.mark_serving()
+                self.registered.add(name)
+
+
+def create_cluster(
+    api: kc.CustomObjectsApi,
+    namespace: str,
+    port: int,
+    replicas: int = 1,
+    version: str = "v1.33.4+k3s1",
+    **spec: Any,
+) -> None:
+    """Cluster `shop` + C3osControlPlane `shop-cp` + a C3osCluster reported provisioned (as
+    an infrastructure provider would) with its endpoint on the stand-in's loopback port."""
+    api.create_namespaced_custom_object(
+        *_INFRA,
+        namespace,
+        "c3osclusters",
+        {
+            "apiVersion": "/".join(_INFRA),
+            "kind": "C3osCluster",
+            "metadata": {"name": "shop"},
+            "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": port}, "sites": _SITES},
+        },
+    )
+    api.patch_namespaced_custom_object_status(
+        *_INFRA,
+        namespace,
+        "c3osclusters",
+        "shop",
+        {
+            "status": {
+                "initialization": {"provisioned": True},
+                "failureDomains": [{"name": s["name"], "controlPlane": True} for s in _SITES],
+                "conditions": [cond.new_condition("Ready", cond.TRUE, "Provisioned", now=datetime.now(UTC))],
+            }
+        },
+    )
+    api.create_namespaced_custom_object(
+        *_INFRA,
+        namespace,
+        "c3osmachinetemplates",
+        {
+            "apiVersion": "/".join(_INFRA),
+            "kind": "C3osMachineTemplate",
+            "metadata": {"name": "cp"},
+            "spec": {"template": {"spec": {"backend": {"libvirt": {}}, "image": {"volume": "c3os"}}}},
+        },
+    )
+    api.create_namespaced_custom_object(
+        *_CP,
+        namespace,
+        "c3oscontrolplanes",
+        {
+            "apiVersion": "/".join(_CP),
+            "kind": "C3osControlPlane",
+            "metadata": {"name": "shop-cp"},
+            "spec": {
+                "replicas": replicas,
+                "version": version,
+                "machineTemplate": {
+                    "spec": {
+                        "infrastructureRef": {
+                            "apiGroup": _INFRA[0],
+                            "kind": "C3osMachineTemplate",
+                            "name": "cp",
+                        }
+                    }
+                },
+                **spec,
+            },
+        },
+    )
+    api.create_namespaced_custom_object(*_CAPI, namespace, "clusters", {
+        "apiVersion": "/".join(_CAPI), "kind": "Cluster", "metadata": {"name": "shop"},
+        "spec": {"infrastructureRef": {"apiGroup": _INFRA[0], "kind": "C3osCluster", "name": "shop"},
+                 "controlPlaneRef": {"apiGroup": _CP[0], "kind": "C3osControlPlane",
+                                     "name": "shop-cp"}}})  # fmt: skip

@@ -7,11 +7,17 @@ the next resync. It also serves `PauseWatch`: reconcile the objects of one Clust
 
 Reconciles run on the same executor as kopf's sync handlers, so stopping that
 executor waits for every in-flight write before the lease is released.
+
+A reconcile started here that answers "wait" (e.g. a config woken by unpausing its
+Cluster, now waiting for its Machine) is run again after the delay it asked for: kopf
+only retries what its own handlers started, and kopf already counted that object as
+handled (it was paused), so without this the wait would last until the next resync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -31,16 +37,48 @@ class Resync:
         self._runtime = runtime
         self._kinds = list(kinds)
         self._namespaces: list[str | None] = list(namespaces) or [None]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: Executor | None = None
+        self._pending: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
 
     def _reconcile_quietly(self, kind: Kind, obj: dict[str, Any], trigger: str) -> None:
         """Blocking. A failure here is only logged: the object's own handlers retry, and
         the next resync comes anyway."""
         try:
-            self._runtime.reconcile(kind, obj, trigger)
+            outcome = self._runtime.reconcile(kind, obj, trigger)
         except ConflictError:
-            pass  # it changed meanwhile, so kopf is about to handle it
+            return  # it changed meanwhile, so kopf is about to handle it
         except Exception:
             log.exception("%s reconcile failed", trigger, extra=object_ref(obj))
+            return
+        if outcome.waiting and self._loop is not None:
+            meta = obj.get("metadata") or {}
+            key = (kind.resource.plural, str(meta.get("namespace")), str(meta.get("name")))
+            self._loop.call_soon_threadsafe(self._schedule, kind, key, outcome.after or 0.0)
+
+    def _schedule(self, kind: Kind, key: tuple[str, str, str], after: float) -> None:
+        """On the manager's loop: one pending re-run per object."""
+        if key in self._pending or self._loop is None:
+            return
+        self._pending[key] = self._loop.call_later(after, self._rerun, kind, key)
+
+    def _rerun(self, kind: Kind, key: tuple[str, str, str]) -> None:
+        self._pending.pop(key, None)
+        if self._loop is None or self._executor is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the executor is shutting down
+            self._loop.run_in_executor(self._executor, self._reconcile_fresh, kind, key)
+
+    def _reconcile_fresh(self, kind: Kind, key: tuple[str, str, str]) -> None:
+        """Blocking: read the object again (it may have changed or gone) and reconcile."""
+        _, namespace, name = key
+        try:
+            obj = self._runtime.kube.get(kind.resource, namespace, name)
+        except Exception as exc:
+            log.warning("requeue could not read %s %s/%s: %s", kind.resource.kind, namespace, name, exc)
+            return
+        if obj is not None:
+            self._reconcile_quietly(kind, obj, "requeue")
 
     def all_objects(self) -> list[tuple[Kind, dict[str, Any]]]:
         """Blocking."""
@@ -62,6 +100,18 @@ class Resync:
 
     async def run_forever(self, period: float, executor: Executor) -> None:
         loop = asyncio.get_running_loop()
+        self._loop, self._executor = loop, executor
+        try:
+            await self._resync_forever(loop, period, executor)
+        finally:
+            self._loop = None
+            for handle in self._pending.values():
+                handle.cancel()
+            self._pending.clear()
+
+    async def _resync_forever(
+        self, loop: asyncio.AbstractEventLoop, period: float, executor: Executor
+    ) -> None:
         while True:
             await asyncio.sleep(period)
             try:

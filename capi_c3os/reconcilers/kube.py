@@ -8,6 +8,9 @@ event loop.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +33,12 @@ class Resource:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def core(self) -> bool:
+        """In the core group (served under /api/v1, not /apis/...)."""
+        return not self.group
 
     def __str__(self) -> str:
         return f"{self.plural}.{self.version}.{self.group}"
@@ -38,6 +46,8 @@ class Resource:
 
 CLUSTERS = Resource(CORE_GROUP, CORE_VERSION, "clusters", "Cluster")
 MACHINES = Resource(CORE_GROUP, CORE_VERSION, "machines", "Machine")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 
 
 class ConflictError(Exception):
@@ -46,9 +56,15 @@ class ConflictError(Exception):
 
 class Kube:
     """Thin, typed wrapper over the generic custom-objects endpoints (they serve any
-    group, ours, CAPI's and coordination.k8s.io alike, without model classes)."""
+    group, ours, CAPI's and coordination.k8s.io alike, without model classes); core
+    resources (`Resource.core`: Secrets, ConfigMaps) take the same calls (get, list,
+    create, replace, delete), served by the generated CoreV1Api with raw JSON kept.
+
+    Errors about core objects carry only the status code and reason: an API server's
+    error body can echo the object, and a Secret's data must never reach a log."""
 
     def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0) -> None:
+        self._client = api_client
         self._api = k8s.CustomObjectsApi(api_client)
         # Without a timeout a half-dead connection blocks a worker thread forever.
         self._timeout = request_timeout
@@ -56,6 +72,8 @@ class Kube:
     def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
+            if resource.core:
+                return self._core("GET", resource, namespace, name)
             obj = self._api.get_namespaced_custom_object(
                 resource.group,
                 resource.version,
@@ -74,7 +92,10 @@ class Kube:
         self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Objects in `namespace` (all namespaces when None), optionally by label selector."""
-        if namespace is None:
+        if resource.core:
+            query = [("label_selector", label_selector)] if label_selector else []
+            result: Any = self._core("GET", resource, namespace, query=query)
+        elif namespace is None:
             result = self._api.list_cluster_custom_object(
                 resource.group,
                 resource.version,
@@ -99,6 +120,8 @@ class Kube:
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create; ConflictError when an object of that name exists already."""
         try:
+            if resource.core:
+                return self._core("POST", resource, namespace, body=body)
             obj = self._api.create_namespaced_custom_object(
                 resource.group,
                 resource.version,
@@ -116,6 +139,8 @@ class Kube:
     def replace(self, resource: Resource, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace (PUT) with the body's resourceVersion as precondition; ConflictError on 409."""
         try:
+            if resource.core:
+                return self._core("PUT", resource, namespace, name, body=body)
             obj = self._api.replace_namespaced_custom_object(
                 resource.group,
                 resource.version,
@@ -152,3 +177,66 @@ class Kube:
                 raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
             raise
         return cast(dict[str, Any], obj)
+
+    def delete(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete, optionally only that incarnation (`uid`) or exact version
+        (`resource_version`); False when it was gone already, ConflictError when the
+        precondition failed (it changed meanwhile)."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if preconditions:
+            body["preconditions"] = preconditions
+        try:
+            if resource.core:
+                self._core("DELETE", resource, namespace, name, body=body)
+            else:
+                self._api.delete_namespaced_custom_object(
+                    resource.group, resource.version, namespace, resource.plural, name,
+                    body=body, _request_timeout=self._timeout,
+                )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 409:
+                raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from None
+            raise
+        return True
+
+    def _core(
+        self,
+        method: str,
+        resource: Resource,
+        namespace: str | None,
+        name: str | None = None,
+        *,
+        body: dict[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """A core-group call through the generated CoreV1Api (`<verb>_namespaced_<kind>`),
+        with the raw JSON kept as a dict (no model classes)."""
+        singular = re.sub(r"(?<!^)(?=[A-Z])", "_", resource.kind).lower()
+        verb = {"GET": "read" if name else "list", "POST": "create", "PUT": "replace", "DELETE": "delete"}[
+            method
+        ]
+        scope = "namespaced_" if namespace is not None else ""
+        if verb == "list" and namespace is None:
+            scope, singular = "", f"{singular}_for_all_namespaces"
+        call = getattr(k8s.CoreV1Api(self._client), f"{verb}_{scope}{singular}")
+        args: list[Any] = [a for a in (name, namespace) if a is not None]
+        kwargs: dict[str, Any] = dict(query or ())
+        if body is not None:
+            kwargs["body"] = body
+        try:
+            response = call(*args, **kwargs, _preload_content=False, _request_timeout=self._timeout)
+        except ApiException as exc:
+            # Drop the body (it may echo Secret data) and the chained exception.
+            raise ApiException(status=exc.status, reason=exc.reason) from None
+        return cast(dict[str, Any], json.loads(response.data))

@@ -26,12 +26,15 @@ def to_kopf(outcome: Outcome) -> None:
         raise kopf.PermanentError(f"{outcome.reason}: {outcome.message}")
 
 
-def register_kind(registry: kopf.OperatorRegistry, kind: Kind, runtime: Runtime) -> None:
+def register_kind(
+    registry: kopf.OperatorRegistry, kind: Kind, runtime: Runtime, deletion: bool = False
+) -> None:
     """create, update and resume all run the same level-triggered reconcile: kopf's idea
     of "what changed" is only a wake-up call (after a restart or `clusterctl move` it
     has none). No timer: kopf's timers add kopf's finalizer to every object, which
     would block deletion whenever this manager is down; the periodic resync
-    (resync.py) takes their place. No delete handler yet, hence no finalizer at all."""
+    (resync.py) takes their place. With `deletion`, also a delete handler (and with it
+    kopf's finalizer) for kinds whose deletion must wait for cleanup."""
     resource = kind.resource
 
     def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
@@ -43,7 +46,16 @@ def register_kind(registry: kopf.OperatorRegistry, kind: Kind, runtime: Runtime)
             raise kopf.TemporaryError(f"{exc}; reconciling again", delay=CONFLICT_RETRY_DELAY) from exc
         to_kopf(outcome)
 
-    for on, cause in ((kopf.on.create, "create"), (kopf.on.update, "update"), (kopf.on.resume, "resume")):
+    causes = [(kopf.on.create, "create"), (kopf.on.update, "update"), (kopf.on.resume, "resume")]
+    if deletion:
+        # For kinds whose deletion must wait for cleanup: kopf runs no handler once
+        # deletionTimestamp is set unless its own finalizer is on the object (an
+        # `optional` delete handler is never called when only ours is there). So kopf's
+        # finalizer is the wake-up and retry machinery for deletion; ours (named, CAPI
+        # style) still says what guards the cleanup. Both block deletion while no manager
+        # runs, which is what such kinds want anyway.
+        causes.append((kopf.on.delete, "delete"))
+    for on, cause in causes:
         on(
             resource.group,
             resource.version,

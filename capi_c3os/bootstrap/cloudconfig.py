@@ -1,0 +1,569 @@
+"""Render one node's c3os/Kairos `#cloud-config` that starts k3s.
+
+Pure: everything the node needs (role, endpoint, token, CAs, the contents of the Secrets
+the spec references) comes in as arguments; nothing here talks to Kubernetes. The
+output is what Kairos reads (yip stages plus the Kairos keys `hostname`, `users`,
+`install`, `k3s`/`k3s-agent`, `p2p`, `kubevip`), not cloud-init.
+
+Layout of what we render (every path is ours and fixed, so a person on the node can
+find it):
+
+- `k3s` (servers) or `k3s-agent` (agents): `enabled` and the role flags: `--cluster-init`
+  on the first server, `--server=https://<endpoint>` on every other node, and
+  `--token-file` pointing at a 0600 file holding the CA-pinned join token. User flags
+  follow.
+- `stages.initramfs`, step `cluster-api-k3s` (before systemd starts any unit):
+  * the token file; on the first server only, the cluster CAs at the paths k3s reads
+    (`/var/lib/rancher/k3s/server/tls/{server-ca,client-ca,etcd/server-ca}.{crt,key}`);
+  * `/etc/rancher/k3s/config.yaml.d/10-cluster-api.yaml`: every structured setting
+    (tls-san, labels, taints, component args, CIDRs, disabled components, registry...)
+    under its documented k3s config-file key;
+  * `/etc/rancher/k3s/registries.yaml` when mirrors or registry configs are given;
+  * `/usr/local/bin/cluster-api-provider-id` and a systemd drop-in that runs it as
+    `ExecStartPre` of the k3s unit: it reads `provider-id` from the config drive
+    (NoCloud `cidata` `meta-data`, or OpenStack `config-2` `openstack/latest/meta_data.json`),
+    falls back to `spec.providerIDFallback` (`{{hostname}}` replaced), and writes
+    `/etc/rancher/k3s/config.yaml.d/90-cluster-api-provider-id.yaml` with
+    `kubelet-arg+: [provider-id=<id>]` (`+` appends to the kubelet args of file 10);
+  * `cluster-api-bootstrap-success.service`, pulled in by the same drop-in and ordered
+    after k3s: it waits until k3s actually serves (servers: the API server's /readyz
+    through `k3s kubectl`; agents: the kubelet's /healthz) and only then touches
+    `/run/cluster-api/bootstrap-success.complete`.
+- `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
+  Secret key, base64-encoded so any bytes survive).
+- the spec's own `stages`, appended after ours, as written.
+
+Secret material (token, CA keys, files from Secrets) is base64-encoded in the output;
+registry credentials and the p2p token are plain because k3s and Kairos read them as
+YAML. None of it is logged or put into an exception.
+
+yip renders every file's content as a Go template (Kairos' `{{ .Values... }}` system
+data). Our own files contain no `{{`; content from Secrets gets `{{` escaped so it lands
+verbatim; inline `files` content keeps the templating Kairos documents.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from capi_c3os.api.bootstrap import C3osConfigSpec, File, K3sServer
+from capi_c3os.bootstrap.certificates import KeyPair
+
+HEADER = "#cloud-config"
+FORMAT = "cloud-config"
+
+K3S_DIR = "/etc/rancher/k3s"
+TOKEN_FILE = f"{K3S_DIR}/cluster-api/token"
+CONFIG_FILE = f"{K3S_DIR}/config.yaml.d/10-cluster-api.yaml"
+PROVIDER_ID_FILE = f"{K3S_DIR}/config.yaml.d/90-cluster-api-provider-id.yaml"
+REGISTRIES_FILE = f"{K3S_DIR}/registries.yaml"
+REGISTRY_CA_DIR = f"{K3S_DIR}/cluster-api/registry-ca"
+TLS_DIR = "/var/lib/rancher/k3s/server/tls"
+PROVIDER_ID_SCRIPT = "/usr/local/bin/cluster-api-provider-id"
+SENTINEL_SCRIPT = "/usr/local/bin/cluster-api-bootstrap-success"
+SENTINEL_UNIT = "cluster-api-bootstrap-success.service"
+SENTINEL = "/run/cluster-api/bootstrap-success.complete"
+
+HOSTNAME_PLACEHOLDER = "{{hostname}}"
+"""In `spec.providerIDFallback`: replaced with the node's hostname at boot."""
+
+MODE_SECRET = 0o600
+MODE_CERT = 0o640
+MODE_CONFIG = 0o644
+MODE_SCRIPT = 0o755
+
+
+class Role(enum.Enum):
+    INIT_SERVER = "init-server"
+    """The one server that creates the cluster (`--cluster-init`)."""
+    JOIN_SERVER = "join-server"
+    AGENT = "agent"
+
+    @property
+    def server(self) -> bool:
+        return self is not Role.AGENT
+
+
+@dataclass(frozen=True)
+class ClusterCAs:
+    """The three CAs the first server is given (joiners fetch them from the datastore)."""
+
+    server: KeyPair
+    client: KeyPair
+    etcd: KeyPair
+
+
+class RenderError(ValueError):
+    """The spec cannot be rendered as given (e.g. a referenced Secret key is missing).
+    The message names fields and Secrets, never their values."""
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    role: Role
+    spec: C3osConfigSpec
+    hostname: str
+    endpoint_host: str
+    endpoint_port: int
+    token: str = field(repr=False)
+    cas: ClusterCAs | None = field(default=None, repr=False)
+    """Required for the first server, ignored otherwise."""
+    secrets: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict, repr=False)
+    """Contents of the Secrets the spec references: name -> key -> bytes."""
+
+    @property
+    def server_url(self) -> str:
+        host = self.endpoint_host
+        if ":" in host and not host.startswith("["):  # an IPv6 literal
+            host = f"[{host}]"
+        return f"https://{host}:{self.endpoint_port}"
+
+
+YIP_STEP_KEYS = frozenset(
+    {
+        "name", "commands", "files", "downloads", "directories", "if", "ensure_entities",
+        "delete_entities", "dns", "hostname", "sysctl", "authorized_keys", "node", "users",
+        "modules", "systemctl", "environment", "environment_file", "packages", "unpack_images",
+        "after", "datasource", "layout", "systemd_firstboot", "timesyncd", "git", "only_os",
+        "only_os_version", "only_arch", "only_service_manager",
+    }
+)  # fmt: skip
+"""The keys of one yip stage step (yip `pkg/schema/schema.go`, `Stage`). yip ignores
+any other key silently, so a typo would be a step that does nothing."""
+
+
+def _check_stages(spec: C3osConfigSpec) -> None:
+    for stage, steps in sorted((spec.stages or {}).items()):
+        for index, step in enumerate(steps):
+            unknown = sorted(set(step) - YIP_STEP_KEYS)
+            if unknown:
+                raise RenderError(
+                    f"spec.stages.{stage}[{index}]: unknown yip step key(s) {', '.join(unknown)}; "
+                    f"yip knows {', '.join(sorted(YIP_STEP_KEYS))}"
+                )
+
+
+def referenced_secrets(spec: C3osConfigSpec) -> set[str]:
+    """Names of the Secrets (same namespace) whose contents the rendering needs."""
+    names: set[str] = set()
+    for file in spec.files or []:
+        if file.content_from is not None:
+            names.add(file.content_from.secret.name)
+    if spec.p2p is not None:
+        names.add(spec.p2p.network_token_secret_ref.name)
+    registries = spec.k3s.registries if spec.k3s else None
+    for config in ((registries.configs if registries else None) or {}).values():
+        if config.auth_secret_ref is not None:
+            names.add(config.auth_secret_ref.name)
+        if config.ca_bundle_secret_ref is not None:
+            names.add(config.ca_bundle_secret_ref.name)
+    return names
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _secret_value(inputs: RenderInput, name: str, key: str, where: str) -> bytes:
+    data = inputs.secrets.get(name)
+    if data is None:
+        raise RenderError(f"{where}: Secret {name!r} not found")
+    if key not in data:
+        raise RenderError(f"{where}: Secret {name!r} has no key {key!r}")
+    return data[key]
+
+
+def _template_safe(data: bytes) -> bytes:
+    """yip renders every file's content as a Go template (and on a template error logs
+    the content in full): content that must land verbatim (from Secrets) gets its `{{`
+    written as the template action `{{"{{"}}`, which renders back to `{{`."""
+    return data.replace(b"{{", b'{{"{{"}}')
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _file(path: str, content: str | bytes, mode: int, *, encode: bool = False) -> dict[str, Any]:
+    """A yip file entry. yip's `permissions` is an integer; we write it in decimal,
+    which reads the same under YAML 1.1 and 1.2 (0600 would not)."""
+    entry: dict[str, Any] = {"path": path, "permissions": mode, "owner": 0, "group": 0}
+    if encode:
+        raw = content.encode() if isinstance(content, str) else content
+        entry["content"] = _b64(raw)
+        entry["encoding"] = "b64"
+    else:
+        entry["content"] = content if isinstance(content, str) else content.decode()
+    return entry
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (scripts, units, nested YAML) as literal blocks, so a person
+    reading the Secret on the node sees them as they land on disk."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096)
+
+
+# ------------------------------------------------------------------ k3s
+
+
+def _role_args(inputs: RenderInput) -> list[str]:
+    args = [] if inputs.role is Role.INIT_SERVER else [f"--server={inputs.server_url}"]
+    if inputs.role is Role.INIT_SERVER:
+        args.append("--cluster-init")
+    args.append(f"--token-file={TOKEN_FILE}")
+    return args
+
+
+def _server_config(server: K3sServer | None, inputs: RenderInput) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    sans = [inputs.endpoint_host, *((server.tls_sans if server else None) or [])]
+    config["tls-san"] = list(dict.fromkeys(sans))
+    if server is None:
+        return config
+    scalar = {
+        "cluster-cidr": server.cluster_cidr,
+        "service-cidr": server.service_cidr,
+        "cluster-dns": server.cluster_dns,
+        "cluster-domain": server.cluster_domain,
+        "system-default-registry": server.system_default_registry,
+    }
+    config.update({k: v for k, v in scalar.items() if v is not None})
+    if server.disable_components:
+        config["disable"] = list(server.disable_components)
+    if server.disable_cloud_controller:
+        config["disable-cloud-controller"] = True
+    if server.secrets_encryption:
+        config["secrets-encryption"] = True
+    for key, values in (
+        ("kube-apiserver-arg", server.kube_api_server_args),
+        ("kube-controller-manager-arg", server.kube_controller_manager_args),
+        ("kube-scheduler-arg", server.kube_scheduler_args),
+    ):
+        if values:
+            config[key] = list(values)
+    etcd = server.etcd
+    if etcd is not None:
+        if etcd.expose_metrics:
+            config["etcd-expose-metrics"] = True
+        if etcd.disable_snapshots:
+            config["etcd-disable-snapshots"] = True
+        if etcd.snapshot_schedule_cron is not None:
+            config["etcd-snapshot-schedule-cron"] = etcd.snapshot_schedule_cron
+        if etcd.snapshot_retention is not None:
+            config["etcd-snapshot-retention"] = etcd.snapshot_retention
+    return config
+
+
+def render_k3s_config(inputs: RenderInput) -> dict[str, Any]:
+    """The k3s config-file keys (`/etc/rancher/k3s/config.yaml.d/10-cluster-api.yaml`)."""
+    k3s = inputs.spec.k3s
+    config: dict[str, Any] = {}
+    if inputs.role.server:
+        config.update(_server_config(k3s.server if k3s else None, inputs))
+    if k3s is None:
+        return config
+    if k3s.node_labels:
+        config["node-label"] = [f"{k}={v}" for k, v in sorted(k3s.node_labels.items())]
+    if k3s.node_taints:
+        config["node-taint"] = [
+            f"{t.key}={t.value}:{t.effect}" if t.value else f"{t.key}:{t.effect}" for t in k3s.node_taints
+        ]
+    if k3s.kubelet_args:
+        config["kubelet-arg"] = list(k3s.kubelet_args)
+    if k3s.kube_proxy_args:
+        config["kube-proxy-arg"] = list(k3s.kube_proxy_args)
+    return config
+
+
+def _registries(inputs: RenderInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """registries.yaml content and the CA bundle files it points at."""
+    registries = inputs.spec.k3s.registries if inputs.spec.k3s else None
+    if registries is None or not (registries.mirrors or registries.configs):
+        return {}, []
+    doc: dict[str, Any] = {}
+    files: list[dict[str, Any]] = []
+    if registries.mirrors:
+        mirrors: dict[str, Any] = {}
+        for name, mirror in sorted(registries.mirrors.items()):
+            entry: dict[str, Any] = {"endpoint": list(mirror.endpoints)}
+            if mirror.rewrites:
+                entry["rewrite"] = dict(mirror.rewrites)
+            mirrors[name] = entry
+        doc["mirrors"] = mirrors
+    if registries.configs:
+        configs: dict[str, Any] = {}
+        for host, config in sorted(registries.configs.items()):
+            entry = {}
+            where = f"spec.k3s.registries.configs[{host}]"
+            if config.auth_secret_ref is not None:
+                name = config.auth_secret_ref.name
+                data = inputs.secrets.get(name)
+                if data is None:
+                    raise RenderError(f"{where}.authSecretRef: Secret {name!r} not found")
+                auth: dict[str, str] = {}
+                if "username" in data and "password" in data:
+                    auth = {"username": data["username"].decode(), "password": data["password"].decode()}
+                elif "auth" in data:
+                    auth = {"auth": data["auth"].decode()}
+                elif "identitytoken" in data:
+                    auth = {"identity_token": data["identitytoken"].decode()}
+                else:
+                    raise RenderError(
+                        f"{where}.authSecretRef: Secret {name!r} needs keys username and password, "
+                        "or auth, or identitytoken"
+                    )
+                entry["auth"] = auth
+            tls: dict[str, Any] = {}
+            if config.ca_bundle_secret_ref is not None:
+                ref = config.ca_bundle_secret_ref
+                bundle = _secret_value(inputs, ref.name, ref.key, f"{where}.caBundleSecretRef")
+                path = f"{REGISTRY_CA_DIR}/{host.replace(':', '_')}.crt"
+                files.append(_file(path, _template_safe(bundle), MODE_CONFIG, encode=True))
+                tls["ca_file"] = path
+            if config.insecure_skip_verify:
+                tls["insecure_skip_verify"] = True
+            if tls:
+                entry["tls"] = tls
+            configs[host] = entry
+        doc["configs"] = configs
+    return doc, files
+
+
+# ------------------------------------------------------------------ scripts
+
+
+def _provider_id_script(fallback: str | None) -> str:
+    # The config drive's label: `cidata` (NoCloud, libvirt) or `config-2` (OpenStack,
+    # Ironic); vfat ISO labels may come upper-case. The id is checked against a
+    # conservative character set before it goes into a YAML file.
+    # yip runs every file's content through Go templates (`{{ .Values... }}`), so the
+    # script must not contain `{{`: `{{hostname}}` becomes "$host" here, at render time.
+    fallback_expr = '"$host"'.join(shlex.quote(part) for part in (fallback or "").split(HOSTNAME_PLACEHOLDER))
+    return f"""#!/bin/sh
+# Written by capi-c3os: give k3s's kubelet the provider ID Cluster API matches the Node by.
+set -u
+# The variables only let the tests run this script outside a node.
+out=${{CLUSTER_API_PROVIDER_ID_FILE:-{PROVIDER_ID_FILE}}}
+id=""
+for label in cidata CIDATA config-2 CONFIG-2; do
+  dev=$(blkid -L "$label" 2>/dev/null) || continue
+  mnt=$(mktemp -d)
+  if mount -o ro "$dev" "$mnt" 2>/dev/null; then
+    if [ -f "$mnt/meta-data" ]; then
+      id=$(sed -n 's/^provider-id:[[:space:]]*//p' "$mnt/meta-data" | head -n 1 | tr -d "\\"'\\r")
+    elif [ -f "$mnt/openstack/latest/meta_data.json" ]; then
+      id=$(tr -d '\\n' < "$mnt/openstack/latest/meta_data.json" \\
+        | sed -n 's/.*"provider-id"[[:space:]]*:[[:space:]]*"\\([^"]*\\)".*/\\1/p')
+    fi
+    umount "$mnt"
+  fi
+  rmdir "$mnt"
+  [ -n "$id" ] && break
+done
+if [ -z "$id" ]; then
+  host=$(hostname)
+  id={fallback_expr}
+fi
+if [ -z "$id" ]; then
+  echo "cluster-api-provider-id: no provider-id in the config drive meta-data and no fallback" >&2
+  exit 1
+fi
+case "$id" in
+  *[!A-Za-z0-9:/._@-]*)
+    echo "cluster-api-provider-id: refusing a provider-id with unexpected characters" >&2
+    exit 1;;
+esac
+mkdir -p "$(dirname "$out")"
+printf 'kubelet-arg+:\\n  - "provider-id=%s"\\n' "$id" > "$out.tmp" && mv "$out.tmp" "$out"
+"""
+
+
+def _sentinel_script(role: Role) -> str:
+    if role.server:
+        probe = "k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml get --raw=/readyz"
+    else:
+        probe = "curl -fs http://127.0.0.1:10248/healthz"
+    return f"""#!/bin/sh
+# Written by capi-c3os: Cluster API's bootstrap-success sentinel, only once k3s serves.
+sentinel=${{CLUSTER_API_SENTINEL:-{SENTINEL}}}  # overridable for the tests only
+until {probe} >/dev/null 2>&1; do sleep 5; done
+mkdir -p "$(dirname "$sentinel")"
+touch "$sentinel"
+"""
+
+
+def _sentinel_unit(unit: str) -> str:
+    return f"""[Unit]
+Description=Cluster API bootstrap success sentinel (capi-c3os)
+After={unit}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={SENTINEL_SCRIPT}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _k3s_dropin() -> str:
+    return f"""[Unit]
+Wants={SENTINEL_UNIT}
+
+[Service]
+ExecStartPre={PROVIDER_ID_SCRIPT}
+"""
+
+
+# ------------------------------------------------------------------ the document
+
+
+def _ca_files(cas: ClusterCAs) -> list[dict[str, Any]]:
+    files = []
+    for pair, stem in ((cas.server, "server-ca"), (cas.client, "client-ca"), (cas.etcd, "etcd/server-ca")):
+        files.append(_file(f"{TLS_DIR}/{stem}.crt", pair.cert_pem, MODE_CERT, encode=True))
+        files.append(_file(f"{TLS_DIR}/{stem}.key", pair.key_pem, MODE_SECRET, encode=True))
+    return files
+
+
+def _user_file(inputs: RenderInput, index: int, file: File) -> dict[str, Any]:
+    mode = int(file.permissions, 8)
+    if file.content_from is not None:
+        ref = file.content_from.secret
+        data = _secret_value(inputs, ref.name, ref.key, f"spec.files[{index}] ({file.path})")
+        entry = _file(file.path, _template_safe(data), mode, encode=True)
+    else:
+        entry = _file(file.path, file.content or "", mode)
+    if file.owner:
+        del entry["owner"], entry["group"]
+        entry["ownerstring"] = file.owner
+    return entry
+
+
+def _users(spec: C3osConfigSpec) -> list[dict[str, Any]]:
+    users = []
+    for user in spec.users or []:
+        entry: dict[str, Any] = {"name": user.name}
+        if user.groups:
+            entry["groups"] = list(user.groups)
+        if user.ssh_authorized_keys:
+            entry["ssh_authorized_keys"] = list(user.ssh_authorized_keys)
+        users.append(entry)
+    return users
+
+
+def _p2p(inputs: RenderInput) -> dict[str, Any] | None:
+    p2p = inputs.spec.p2p
+    if p2p is None:
+        return None
+    ref = p2p.network_token_secret_ref
+    token = _secret_value(inputs, ref.name, ref.key, "spec.p2p.networkTokenSecretRef")
+    block: dict[str, Any] = {"network_token": token.decode().strip()}
+    if p2p.network_id:
+        block["network_id"] = p2p.network_id
+    block["dns"] = p2p.dns
+    if p2p.log_level:
+        block["loglevel"] = p2p.log_level
+    block["disable_dht"] = p2p.disable_dht
+    vpn = p2p.vpn
+    block["vpn"] = {"create": vpn.create if vpn else True, "use": vpn.use if vpn else True}
+    # CAPI decides who is a server: p2p's own cluster formation stays off.
+    block["auto"] = {"enable": False, "ha": {"enable": False}}
+    return block
+
+
+def _kube_vip(inputs: RenderInput) -> dict[str, Any] | None:
+    k3s = inputs.spec.k3s
+    kube_vip = k3s.server.kube_vip if (k3s and k3s.server) else None
+    if not inputs.role.server or kube_vip is None:
+        return None
+    vip: dict[str, Any] = {"enable": True, "eip": kube_vip.address or inputs.endpoint_host}
+    if kube_vip.interface:
+        vip["interface"] = kube_vip.interface
+    if kube_vip.image:
+        vip["image"] = kube_vip.image
+    return vip
+
+
+def _k3s_files(inputs: RenderInput, unit: str) -> list[dict[str, Any]]:
+    files = [_file(TOKEN_FILE, inputs.token + "\n", MODE_SECRET, encode=True)]
+    if inputs.role is Role.INIT_SERVER:
+        assert inputs.cas is not None
+        files += _ca_files(inputs.cas)
+    k3s_config = render_k3s_config(inputs)
+    if k3s_config:
+        files.append(_file(CONFIG_FILE, _yaml(k3s_config), MODE_CONFIG))
+    registries, registry_files = _registries(inputs)
+    if registries:
+        files.append(_file(REGISTRIES_FILE, _template_safe(_yaml(registries).encode()), MODE_SECRET))
+        files += registry_files
+    files += [
+        _file(PROVIDER_ID_SCRIPT, _provider_id_script(inputs.spec.provider_id_fallback), MODE_SCRIPT),
+        _file(SENTINEL_SCRIPT, _sentinel_script(inputs.role), MODE_SCRIPT),
+        _file(f"/etc/systemd/system/{SENTINEL_UNIT}", _sentinel_unit(unit), MODE_CONFIG),
+        _file(f"/etc/systemd/system/{unit}.d/10-cluster-api.conf", _k3s_dropin(), MODE_CONFIG),
+    ]
+    return files
+
+
+def render_document(inputs: RenderInput) -> dict[str, Any]:
+    """The cloud-config as a mapping (what `render_cloud_config` serialises)."""
+    spec = inputs.spec
+    if inputs.role is Role.INIT_SERVER and inputs.cas is None:
+        raise RenderError("the first server needs the cluster CAs")
+    _check_stages(spec)
+    doc: dict[str, Any] = {"hostname": inputs.hostname}
+    if spec.users:
+        doc["users"] = _users(spec)
+    if spec.install is not None:
+        doc["install"] = {
+            "auto": spec.install.auto,
+            "device": spec.install.device,
+            "reboot": spec.install.reboot,
+            "poweroff": spec.install.poweroff,
+        }
+    k3s = spec.k3s
+    args = _role_args(inputs) + list((k3s.args if k3s else None) or [])
+    if inputs.role.server and k3s and k3s.server and k3s.server.args:
+        args += list(k3s.server.args)
+    unit = "k3s.service" if inputs.role.server else "k3s-agent.service"
+    doc["k3s" if inputs.role.server else "k3s-agent"] = {"enabled": True, "args": args}
+    p2p = _p2p(inputs)
+    if p2p is not None:
+        doc["p2p"] = p2p
+    vip = _kube_vip(inputs)
+    if vip is not None:
+        doc["kubevip"] = vip
+
+    initramfs: list[dict[str, Any]] = [{"name": "cluster-api-k3s", "files": _k3s_files(inputs, unit)}]
+    if spec.files:
+        user_files = [_user_file(inputs, i, f) for i, f in enumerate(spec.files)]
+        initramfs.append({"name": "cluster-api-files", "files": user_files})
+    stages: dict[str, list[dict[str, Any]]] = {"initramfs": initramfs}
+    for stage, steps in (spec.stages or {}).items():
+        stages.setdefault(stage, []).extend(steps)
+    doc["stages"] = stages
+    return doc
+
+
+def render_cloud_config(inputs: RenderInput) -> str:
+    """`#cloud-config` followed by the YAML document; deterministic for equal inputs."""
+    return f"{HEADER}\n{_yaml(render_document(inputs))}"

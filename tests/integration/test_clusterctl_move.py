@@ -1,0 +1,157 @@
+"""`clusterctl move` of a running cluster to a second management plane: identities
+(providerIDs, machine names) and secrets (CAs, token, kubeconfig) arrive unchanged, the
+new managers adopt everything, nothing is created twice.
+
+Both planes are initialised with `clusterctl init` from the offline repository; our
+bootstrap and control-plane providers run on each side as local processes; the
+infrastructure provider and the nodes are played (see MachinePlayer)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as kc
+
+from capi_c3os.dev import binaries
+from capi_c3os.dev.clusterctl import write_repository
+from capi_c3os.dev.mgmt import ManagementPlane, api_client
+from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
+from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
+from tests.conftest import REPO, keep_logs
+from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+CAPI = ("cluster.x-k8s.io", "v1beta2")
+CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
+
+
+def clusterctl(home: Path, *args: str) -> None:
+    done = subprocess.run([str(binaries.locate("clusterctl")), *args], env={**os.environ, "HOME": str(home)},
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+@pytest.fixture
+def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
+    config = write_repository(tmp_path / "repository", REPO / "config" / "clusterctl")
+    started = []
+    try:
+        for name in ("source", "target"):
+            plane = ManagementPlane(tmp_path / name).start(capi=False)
+            started.append(plane)
+            clusterctl(tmp_path, "init", "--config", str(config), "--kubeconfig", str(plane.kubeconfig),
+                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
+                       "--infrastructure", "c3os")  # fmt: skip
+            plane.start_capi()
+        yield started[0], started[1]
+    finally:
+        for plane, name in zip(started, ("move-source", "move-target"), strict=False):
+            plane.stop()
+            keep_logs(plane, name)
+
+
+def run_manager(plane: ManagementPlane, log: Path) -> ManagedProcess:
+    health = free_port()
+    process = ManagedProcess(log.stem, [
+        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(plane.kubeconfig),
+        "--providers=bootstrap,control-plane", f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0",
+    ], log)  # fmt: skip
+    process.start()
+    process.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
+    return process
+
+
+def snapshot(api: kc.CustomObjectsApi, core: kc.CoreV1Api) -> dict[str, Any]:
+    machines = api.list_namespaced_custom_object(*CAPI, "edge", "machines")["items"]
+    secrets = core.list_namespaced_secret("edge", label_selector="cluster.x-k8s.io/cluster-name=shop").items
+    return {
+        "machines": sorted((m["metadata"]["name"], m["spec"].get("providerID")) for m in machines),
+        "secrets": {s.metadata.name: s.data for s in secrets if s.metadata.name.startswith("shop-")},
+    }
+
+
+def test_move_keeps_identities_and_the_new_managers_adopt(
+    planes: tuple[ManagementPlane, ManagementPlane], tmp_path: Path
+) -> None:
+    source, target = planes
+    port = free_port()
+    with api_client(source.kubeconfig) as client:
+        api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
+        core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name="edge")))
+        create_cluster(api, "edge", port, replicas=3)
+        manager = run_manager(source, tmp_path / "source-manager.log")
+        eventually(lambda: _exists(core, "edge", "shop-cca"), "cluster CAs")
+        standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, "edge", "shop-ca"),
+                                  secret_pair(core, "edge", "shop-cca"), port).start()  # fmt: skip
+        player = MachinePlayer(client, "edge")
+        player.standin = standin
+        player.start()
+        try:
+
+            def ready() -> bool:
+                status = api.get_namespaced_custom_object(*CP, "edge", "c3oscontrolplanes", "shop-cp").get(
+                    "status"
+                )
+                return bool(status and status.get("readyReplicas") == 3)
+
+            eventually(ready, "three servers Ready on the source", timeout=240)
+
+            def linked() -> bool:  # clusterctl refuses to move Machines still provisioning
+                items = api.list_namespaced_custom_object(*CAPI, "edge", "machines")["items"]
+                return len(items) == 3 and all(m.get("status", {}).get("nodeRef") for m in items)
+
+            eventually(linked, "CAPI to link every Machine to its Node", timeout=120)
+        finally:
+            player.stop()
+        before = snapshot(api, core)
+        assert manager.stop() == 0
+        clusterctl(tmp_path, "move", "--kubeconfig", str(source.kubeconfig), "-n", "edge",
+                   "--to-kubeconfig", str(target.kubeconfig))  # fmt: skip
+        assert api.list_namespaced_custom_object(*CAPI, "edge", "machines")["items"] == []
+
+    with api_client(target.kubeconfig) as client:
+        api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
+        assert snapshot(api, core) == before
+        manager = run_manager(target, tmp_path / "target-manager.log")
+        player = MachinePlayer(client, "edge")  # the target's infrastructure provider
+        player.standin, player.registered = standin, {name for name, _ in before["machines"]}
+        # Move does not restore status: the target's infrastructure provider reports again.
+        player.provision_cluster("shop", ("site-a", "site-b", "site-c"))
+        player.start()
+        try:
+
+            def status() -> str:
+                return str(
+                    api.get_namespaced_custom_object(*CP, "edge", "c3oscontrolplanes", "shop-cp").get(
+                        "status"
+                    )
+                )
+
+            eventually(
+                ready_on(api), "the moved control plane Ready on the target", timeout=240, explain=status
+            )
+            assert snapshot(api, core) == before  # no new Machine, no new secret
+        finally:
+            player.stop()
+            standin.stop()
+            assert manager.stop() == 0
+
+
+def ready_on(api: kc.CustomObjectsApi) -> Any:
+    def ready() -> bool:
+        obj = api.get_namespaced_custom_object(*CP, "edge", "c3oscontrolplanes", "shop-cp")
+        status = obj.get("status") or {}
+        return bool(
+            status.get("readyReplicas") == 3
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+        )
+
+    return ready

@@ -1,0 +1,91 @@
+"""Reconciles started outside kopf (a Cluster unpaused, the periodic resync) that answer
+"wait" are run again after the delay they asked for, once per object, with fresh data."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from capi_c3os.capi.outcome import Outcome
+from capi_c3os.operator.handlers.bootstrap import C3OS_CONFIG
+from capi_c3os.operator.resync import Resync
+from capi_c3os.operator.runtime import Kind, Runtime
+from capi_c3os.reconcilers.kube import Kube, Resource
+
+OBJ = {"kind": "C3osConfig", "metadata": {"name": "cfg", "namespace": "ns", "resourceVersion": "1"}}
+
+
+class Store:
+    def __init__(self) -> None:
+        self.obj: dict[str, Any] | None = copy.deepcopy(OBJ)
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.obj)
+
+    def list(
+        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+    ) -> Any:
+        return [copy.deepcopy(self.obj)] if self.obj else []
+
+
+def test_waiting_outcome_from_a_cluster_trigger_is_requeued_until_done() -> None:
+    store = Store()
+    triggers: list[str] = []
+    answers = [Outcome.wait("WaitingForMachine", "no machine yet", 0.01), Outcome.wait("X", "y", 0.01)]
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        return answers.pop(0) if answers else Outcome.ready()
+
+    kind = Kind(C3OS_CONFIG, reconcile)
+    runtime = Runtime(cast(Kube, store))
+    original = runtime.reconcile
+
+    def recording(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
+        triggers.append(trigger)
+        return original(kind, obj, trigger)
+
+    runtime.reconcile = recording  # type: ignore[method-assign]
+    resync = Resync(runtime, [kind], [])
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)  # run_forever has taken the loop and executor
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(executor, resync.reconcile_dependents, "ns", "c")
+            for _ in range(400):
+                if len(triggers) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # room for a wrong extra run
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert triggers == ["cluster", "requeue", "requeue"]
+
+
+def test_requeue_stops_when_the_object_is_gone_and_on_shutdown() -> None:
+    store = Store()
+    calls: list[str] = []
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        calls.append(obj["metadata"]["name"])
+        store.obj = None  # deleted right after this reconcile
+        return Outcome.wait("WaitingForMachine", "no machine yet", 0.01)
+
+    resync = Resync(Runtime(cast(Kube, store)), [Kind(C3OS_CONFIG, reconcile)], [])
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)
+            await asyncio.get_running_loop().run_in_executor(executor, resync.reconcile_dependents, "ns", "c")
+            await asyncio.sleep(0.2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert resync._pending == {}
+
+    asyncio.run(scenario())
+    assert calls == ["cfg"]
