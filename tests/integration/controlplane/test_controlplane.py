@@ -253,3 +253,45 @@ def test_a_server_a_health_check_marks_unhealthy_is_replaced_keeping_quorum(
     finally:
         player.stop()
         standin.stop()
+
+
+def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+) -> None:
+    """Bare-metal sites have no spare server: remove one outdated server, then add its
+    replacement, never more than `replicas` at once."""
+    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
+    port = free_port()
+    create_cluster(api, namespace, port, replicas=3, rollout={"strategy": {"rollingUpdate": {"maxSurge": 0}}})
+    eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
+    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
+                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
+    standin.keep_answering_etcd_removals()
+    player = MachinePlayer(k8s, namespace)
+    player.standin = standin
+    player.start()
+    most = 0
+    try:
+
+        def status() -> dict[str, Any]:
+            return dict(api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
+                        .get("status") or {})  # fmt: skip
+
+        eventually(lambda: status().get("readyReplicas") == 3, "three servers Ready", timeout=180)
+        api.patch_namespaced_custom_object(
+            *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"version": NEXT}}
+        )
+
+        def rolled_out() -> bool:
+            nonlocal most
+            machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+            most = max(most, len(machines))
+            s = status()
+            return s.get("versions") == [{"version": NEXT, "replicas": 3}] and s.get("readyReplicas") == 3
+
+        eventually(rolled_out, "all servers on the new version", timeout=300, explain=lambda: str(status()))
+        assert most == 3
+        assert len(standin.etcd_removed) == 3
+    finally:
+        player.stop()
+        standin.stop()
