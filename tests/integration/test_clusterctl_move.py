@@ -102,7 +102,7 @@ def test_move_keeps_identities_and_the_new_managers_adopt(
                 )
                 return bool(status and status.get("readyReplicas") == 3)
 
-            eventually(ready, "three servers Ready on the source", timeout=240)
+            eventually(ready, "three servers Ready on the source", timeout=600)
 
             def linked() -> bool:  # clusterctl refuses to move Machines still provisioning
                 items = api.list_namespaced_custom_object(*CAPI, "edge", "machines")["items"]
