@@ -108,7 +108,7 @@ def test_move_keeps_identities_and_the_new_managers_adopt(
                 items = api.list_namespaced_custom_object(*CAPI, "edge", "machines")["items"]
                 return len(items) == 3 and all(m.get("status", {}).get("nodeRef") for m in items)
 
-            eventually(linked, "CAPI to link every Machine to its Node", timeout=120)
+            eventually(linked, "CAPI to link every Machine to its Node", timeout=300)
         finally:
             player.stop()
         before = snapshot(api, core)
@@ -136,7 +136,7 @@ def test_move_keeps_identities_and_the_new_managers_adopt(
                 )
 
             eventually(
-                ready_on(api), "the moved control plane Ready on the target", timeout=240, explain=status
+                ready_on(api), "the moved control plane Ready on the target", timeout=600, explain=status
             )
             assert snapshot(api, core) == before  # no new Machine, no new secret
         finally:
