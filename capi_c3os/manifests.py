@@ -78,7 +78,8 @@ _PROVIDER_RULES: dict[Provider, list[Rule]] = {
     # Secrets: bootstrap data and the sites' credentials, read only.
     "infrastructure": [
         *_reconciled(INFRA, "c3osclusters", "c3osmachines"),
-        _rule([INFRA], ["c3osmachinetemplates"], READ),
+        # Templates: kopf keeps its bookkeeping in their annotations (patch).
+        _rule([INFRA], ["c3osmachinetemplates"], ("get", "list", "watch", "patch")),
         _rule([INFRA], ["c3osmachinetemplates/status"], STATUS),
         _rule([CAPI], ["clusters", "machines"], READ),
         _rule([""], ["secrets"], READ),

@@ -357,7 +357,8 @@ class IronicMachine(ApiModel):
     """Let Ironic clean (wipe) the node after the machine is deleted, before reuse."""
     deploy_interface: Literal["direct", "ramdisk"] | None = None
     """Ironic deploy interface: direct writes a disk image; ramdisk boots a live ISO that
-    installs itself. Unset: ramdisk for iso images, direct otherwise."""
+    installs itself. Unset: the node's own interface, changed only where it cannot deploy
+    the image (to ramdisk for iso images, to direct for disk images on a ramdisk node)."""
     boot_mode: Literal["uefi", "bios"] | None = None
     """Boot mode requested from the node; unset leaves the node's own setting."""
 

@@ -80,6 +80,12 @@ class MachineIntent:
     network_config: Mapping[str, Any] | None = None
     libvirt: LibvirtMachine | None = None
     ironic: IronicMachine | None = None
+    cluster: str = ""
+    """`<namespace>/<Cluster name>`, tagged on backend resources so a cluster can find
+    what its deleted machines left behind."""
+    provisioned: bool = False
+    """The machine was reported provisioned before: a backend must not silently create
+    it again when it is gone, but report MISSING (a MachineHealthCheck replaces it)."""
 
 
 class Phase(enum.Enum):

@@ -35,7 +35,7 @@ def up_main(args: argparse.Namespace) -> int:
     if (root / "state.json").exists() and _live_pids(root):
         print(f"already running (state in {root}); run `make demo-down` first", file=sys.stderr)
         return 1
-    plane = ManagementPlane(root)
+    plane = ManagementPlane(root, detached=True)
     print("starting etcd, kube-apiserver, kube-controller-manager and the CAPI core manager ...")
     plane.start()
     crds = [yaml.safe_load(p.read_text()) for p in sorted(args.crds.glob("*.yaml"))]

@@ -44,6 +44,8 @@ class ManagementPlane:
     ports: dict[str, int] = field(default_factory=dict)
     audit: bool = False
     """Write a metadata-only audit log (who called what; no bodies) to `audit_log`."""
+    detached: bool = False
+    """Servers outlive this process (`make demo`); otherwise they die with it."""
 
     @property
     def audit_log(self) -> Path:
@@ -123,7 +125,7 @@ class ManagementPlane:
     # ---------------------------------------------------------------- processes
 
     def spawn(self, name: str, argv: list[str]) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.logs / f"{name}.log")
+        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", die_with_parent=not self.detached)
         proc.start()
         self.processes[name] = proc
         self.save_state()

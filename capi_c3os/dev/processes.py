@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -21,6 +22,12 @@ def free_port() -> int:
         return port
 
 
+# util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server: it gets SIGKILL when
+# the process that started it dies, so a test run killed half-way leaves no servers
+# behind. (A preexec_fn could do the same, but is unsafe in a threaded parent.)
+_SETPRIV = shutil.which("setpriv")
+
+
 class ProcessError(RuntimeError):
     """A managed process exited or never became healthy; carries the tail of its log."""
 
@@ -29,9 +36,15 @@ class ManagedProcess:
     """One server process with its own log file and process group."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.name = name
+        self.die_with_parent = die_with_parent
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -43,9 +56,12 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv
+        if self.die_with_parent and _SETPRIV:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

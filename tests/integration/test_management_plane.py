@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +59,31 @@ def test_garbage_collector_removes_dependents_of_a_deleted_owner(k8s: Any, names
             return bool(err.status == 404)
 
     eventually(dependent_gone, "the garbage collector to delete the dependent ConfigMap")
+
+
+def test_servers_die_with_the_process_that_started_them(mgmt: ManagementPlane, tmp_path: Path) -> None:
+    """A test run killed half-way (kill -9, CI timeout) leaves no etcd or kube-apiserver behind."""
+    root = tmp_path / "orphan"
+    code = (
+        "import sys, time; from pathlib import Path; from capi_c3os.dev.mgmt import ManagementPlane\n"
+        f"ManagementPlane(Path({str(root)!r})).start(controller_manager=False, capi=False)\n"
+        "print('up', flush=True); time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None and parent.stdout.readline().strip() == "up"
+    pids = list(json.loads((root / "state.json").read_text())["pids"].values())
+    assert pids and all(_alive(pid) for pid in pids)
+    parent.kill()
+    parent.wait()
+    eventually(lambda: not any(_alive(pid) for pid in pids), "the servers to die with their parent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too; it waits only for its (new) parent to reap it.
+    with contextlib.suppress(FileNotFoundError):
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    return False

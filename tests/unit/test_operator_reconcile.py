@@ -159,7 +159,11 @@ def test_to_kopf_error_is_permanent() -> None:
 
 
 def test_each_provider_handles_its_own_kinds() -> None:
-    assert [k.resource.kind for k in kinds_of(["infrastructure"])] == ["C3osCluster", "C3osMachine"]
+    assert [k.resource.kind for k in kinds_of(["infrastructure"])] == [
+        "C3osCluster",
+        "C3osMachine",
+        "C3osMachineTemplate",
+    ]
     assert [k.resource.kind for k in kinds_of(["bootstrap"])] == ["C3osConfig"]
     assert [k.resource.kind for k in kinds_of(["control-plane"])] == ["C3osControlPlane"]
     assert set(PROVIDERS) == {"infrastructure", "bootstrap", "control-plane"}

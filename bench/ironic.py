@@ -1,0 +1,305 @@
+"""Benchmark of the Ironic backend against a real standalone Ironic (fake-hardware, SQLite).
+
+    .venv/bin/python bench/ironic.py [--nodes 100] [--workers 8] [--rounds 5]
+
+1. One machine, create -> running: the backend (provision() called whenever its
+   requeue says, polling capped at --poll s) against the same ironicclient call sequence
+   made directly (allocate, wait, patch, deploy, wait) with the same polling; the ratio of
+   wall times and the Ironic requests of each, median of --rounds.
+2. --nodes fake nodes -> as many machines to running, scheduled by their requeue_after
+   on --workers threads (what the reconciler's thread pool does): wall time, this process's
+   CPU seconds and peak RSS, Ironic requests per machine; then one health pass over the
+   running machines (requests per machine) and the deletion of all of them.
+
+Everything runs on loopback; Ironic is started and stopped by the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from capi_c3os.api.infrastructure import IronicMachine, IronicSite, MachineImage, Site
+from capi_c3os.backends.base import (
+    BackendError,
+    MachineIdentity,
+    MachineIntent,
+    Phase,
+    Progress,
+    SiteCredentials,
+)
+from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic.client import IronicApi, connect
+from capi_c3os.backends.ironic.instance import allocation_request, configdrive, instance_info
+from capi_c3os.dev.ironic import IronicServer
+
+CHECKSUM = "ab" * 32
+USER_DATA = b"#cloud-config\nk3s:\n  enabled: true\n"
+
+
+class CountingConnector:
+    """Builds the real client and keeps it, to read its request count."""
+
+    def __init__(self) -> None:
+        self.apis: list[IronicApi] = []
+
+    def __call__(self, site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        api = connect(site, credentials)
+        self.apis.append(api)
+        return api
+
+    @property
+    def calls(self) -> int:
+        return sum(a.calls for a in self.apis)
+
+
+def intent_for(site: Site, rc: str, name: str) -> MachineIntent:
+    identity = MachineIdentity("bench", name, f"c3os://bench/{name}")
+    return MachineIntent(
+        identity=identity,
+        site=site,
+        credentials=SiteCredentials(),
+        image=MachineImage(url="http://images.example/c3os.qcow2", checksum=CHECKSUM),
+        cpus=2,
+        memory_mib=4096,
+        disk_gib=20,
+        hostname=name,
+        user_data=USER_DATA,
+        meta_data={"instance-id": identity.uuid, "local-hostname": name, "provider-id": identity.provider_id},
+        ironic=IronicMachine(resource_class=rc),
+        cluster="bench/c1",
+    )
+
+
+def enroll(api: Any, count: int, rc: str, workers: int) -> list[str]:
+    def one(_: int) -> str:
+        node = api.node.create(driver="fake-hardware", resource_class=rc, deploy_interface="fake")
+        api.node.set_provision_state(node.uuid, "manage")
+        wait_node(api, node.uuid, "manageable")
+        api.node.set_provision_state(node.uuid, "provide")
+        wait_node(api, node.uuid, "available")
+        api.node.set_power_state(node.uuid, "off")
+        while api.node.get(node.uuid, fields=["power_state"]).power_state != "power off":
+            time.sleep(0.1)  # asynchronous; allocations skip nodes of unknown power state
+        return str(node.uuid)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def wait_node(api: Any, node: str, state: str, poll: float = 0.1) -> None:
+    while True:
+        found = api.node.get(node, fields=["provision_state", "target_provision_state"])
+        if found.provision_state == state and not found.target_provision_state:
+            return
+        time.sleep(poll)
+
+
+def direct_deploy(api: IronicApi, intent: MachineIntent, poll: float) -> None:
+    """The same requests the backend makes, in order, with nothing around them."""
+    assert intent.ironic is not None
+    allocation = api.create_allocation(**allocation_request(intent.identity, intent.ironic, intent.cluster))
+    while allocation.state == "allocating":
+        time.sleep(poll)
+        found = api.get_allocation(allocation.uuid)
+        assert found is not None
+        allocation = found
+    assert allocation.node_uuid is not None, allocation.last_error
+    api.patch_node(
+        allocation.node_uuid, [{"op": "add", "path": "/instance_info", "value": instance_info(intent)}]
+    )
+    api.set_provision_state(allocation.node_uuid, "active", configdrive=configdrive(intent))
+    while True:
+        node = api.get_node(allocation.node_uuid)
+        assert node is not None
+        if node.provision_state == "active":
+            return
+        time.sleep(poll)
+
+
+def direct_undeploy(api: IronicApi, intent: MachineIntent, poll: float) -> None:
+    node = api.node_by_instance_uuid(intent.identity.uuid)
+    assert node is not None
+    api.set_provision_state(node.uuid, "deleted")
+    while (found := api.get_node(node.uuid)) is not None and found.provision_state != "available":
+        time.sleep(poll)
+
+
+def attempt(step: Any, *args: Any) -> Progress:
+    """A step as the reconciler sees it: a retryable BackendError is a wait."""
+    try:
+        progress: Progress = step(*args)
+    except BackendError as err:
+        if err.retry_after is None:
+            return Progress(Phase.FAILED, err.reason, err.message)
+        return Progress(Phase.PROVISIONING, err.reason, err.message, requeue_after=min(err.retry_after, 10.0))
+    return progress
+
+
+def drive(step: Any, done: set[Phase], poll: float) -> Progress:
+    while True:
+        progress = attempt(step)
+        if progress.phase in done or progress.phase is Phase.FAILED:
+            return progress
+        time.sleep(min(progress.requeue_after or poll, poll))
+
+
+def one_machine(server: IronicServer, rounds: int, poll: float) -> None:
+    site = Site(name="bench", ironic=IronicSite(endpoint=server.url))
+    admin = connect(site.ironic, SiteCredentials())  # type: ignore[arg-type]
+    rc = f"one-{uuid.uuid4().hex[:6]}"
+    enroll(admin._client, 1, rc, 1)
+    ours, direct, our_calls, direct_calls = [], [], [], []
+    for i in range(rounds):
+        connector = CountingConnector()
+        backend = IronicBackend(connector=connector)
+        intent = intent_for(site, rc, f"one-ours-{i}")
+        started = time.perf_counter()
+        progress = drive(lambda: backend.provision(intent), {Phase.RUNNING}, poll)  # noqa: B023
+        ours.append(time.perf_counter() - started)
+        assert progress.phase is Phase.RUNNING, progress
+        our_calls.append(connector.calls)
+        drive(lambda: backend.deprovision(intent.identity, site, SiteCredentials()), {Phase.DELETED}, poll)  # noqa: B023
+
+        plain = connect(site.ironic, SiteCredentials())  # type: ignore[arg-type]
+        intent = intent_for(site, rc, f"one-direct-{i}")
+        started = time.perf_counter()
+        direct_deploy(plain, intent, poll)
+        direct.append(time.perf_counter() - started)
+        direct_calls.append(plain.calls)
+        direct_undeploy(plain, intent, poll)
+    ratio = statistics.median(ours) / statistics.median(direct)
+    print(
+        f"one machine to running (median of {rounds}, poll {poll}s): backend {statistics.median(ours):.2f}s "
+        f"with {statistics.median(our_calls):.0f} Ironic requests; direct ironicclient "
+        f"{statistics.median(direct):.2f}s with {statistics.median(direct_calls):.0f} requests; "
+        f"ratio {ratio:.2f}"
+    )
+
+
+def many_machines(  # noqa: PLR0915 - one scenario, read top to bottom
+    server: IronicServer, nodes: int, workers: int, poll: float
+) -> None:
+    site = Site(name="bench", ironic=IronicSite(endpoint=server.url, max_concurrent_provisioning=20))
+    admin = connect(site.ironic, SiteCredentials())  # type: ignore[arg-type]
+    rc = f"many-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    enroll(admin._client, nodes, rc, workers)
+    print(f"enrolled {nodes} fake-hardware nodes to available in {time.perf_counter() - started:.1f}s")
+
+    connector = CountingConnector()
+    backend = IronicBackend(connector=connector)
+    intents = [intent_for(site, rc, f"m-{i:04d}") for i in range(nodes)]
+
+    def run_all(step: Any, done: set[Phase]) -> dict[str, Progress]:
+        """A requeue scheduler: each machine is called again when its Progress says."""
+        due: list[tuple[float, int]] = [(0.0, i) for i in range(len(intents))]
+        finished: dict[str, Progress] = {}
+        last: dict[int, Progress] = {}
+        limit = float(os.environ.get("BENCH_DEADLINE", "900"))
+        deadline = time.monotonic() + limit
+        lock = threading.Lock()
+        with ThreadPoolExecutor(workers) as pool:
+            while due or len(finished) < len(intents):
+                now = time.monotonic()
+                batch = []
+                with lock:
+                    while due and due[0][0] <= now:
+                        batch.append(heapq.heappop(due)[1])
+
+                def call(index: int) -> None:
+                    progress = attempt(step, intents[index])
+                    with lock:
+                        last[index] = progress
+                        if progress.phase in done or progress.phase is Phase.FAILED:
+                            finished[intents[index].identity.name] = progress
+                        else:
+                            wait = min(progress.requeue_after or poll, 10.0)
+                            heapq.heappush(due, (time.monotonic() + wait, index))
+
+                list(pool.map(call, batch))
+                if not batch:
+                    time.sleep(0.05)
+                if len(finished) == len(intents):
+                    break
+                if time.monotonic() > deadline:  # a benchmark stops by itself
+                    stuck = [
+                        f"{intents[i].identity.name}: {p.reason} {p.message}"
+                        for i, p in last.items()
+                        if intents[i].identity.name not in finished
+                    ]
+                    raise SystemExit(f"gave up after {limit:.0f} s; unfinished:\n" + "\n".join(stuck[:10]))
+        return finished
+
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    calls0 = connector.calls
+    running = run_all(backend.provision, {Phase.RUNNING})
+    wall = time.perf_counter() - started
+    failed = [p for p in running.values() if p.phase is not Phase.RUNNING]
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{nodes} machines to running: {wall:.1f}s wall, "
+        f"{time.process_time() - cpu0:.1f} CPU s in this process, "
+        f"peak RSS {peak_mib:.0f} MiB, {(connector.calls - calls0) / nodes:.1f} Ironic requests per machine, "
+        f"{len(failed)} failed"
+    )
+    calls0 = connector.calls
+    cpu0 = time.process_time()
+    for intent in intents:
+        backend.provision(intent)
+    print(
+        f"health pass over {nodes} running machines: "
+        f"{(connector.calls - calls0) / nodes:.1f} Ironic requests "
+        f"per machine, {time.process_time() - cpu0:.2f} CPU s"
+    )
+    calls0 = connector.calls
+    started = time.perf_counter()
+    deleted = run_all(lambda i: backend.deprovision(i.identity, site, SiteCredentials()), {Phase.DELETED})
+    print(
+        f"{nodes} machines deleted: {time.perf_counter() - started:.1f}s wall, "
+        f"{(connector.calls - calls0) / nodes:.1f} Ironic requests per machine, "
+        f"{sum(p.phase is not Phase.DELETED for p in deleted.values())} not deleted"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--poll", type=float, default=0.2, help="cap on the wait between calls, seconds")
+    args = parser.parse_args()
+    # Ironic runs in its own process group: turn SIGTERM into an exit that stops it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="bench-ironic-") as root:
+        started = time.perf_counter()
+        server = IronicServer(Path(root)).start()
+        print(f"Ironic up in {time.perf_counter() - started:.1f}s at {server.url}")
+        try:
+            one_machine(server, args.rounds, args.poll)
+            if args.nodes:
+                many_machines(server, args.nodes, args.workers, args.poll)
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,652 @@
+"""The Ironic backend: one non-blocking step per call, like Metal3's Ironic provisioner.
+
+Each call reads what Ironic holds for the machine, requests at most one state change and
+returns `Progress` with a requeue delay (3 s while Ironic is busy, 10 s during long work,
+plus 0-25 % jitter). Nothing is remembered between calls that Ironic does not also hold,
+so a restarted manager resumes where Ironic stands:
+
+- the allocation is named *and* numbered after the machine (`identity.resource_name`,
+  `identity.uuid`): Ironic refuses a second one (409), and the chosen node's
+  `instance_uuid` becomes `identity.uuid`, which is how the node is found afterwards;
+- the deploy is requested only from `available` (or, bounded, from `deploy failed`);
+- from the start of undeploy until cleaning ends Ironic has cleared `instance_uuid`, so
+  the node carries a marker in its `extra` (removed once it is `available` again).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from capi_c3os.api.infrastructure import IronicMachine, IronicSite, Site
+from capi_c3os.backends.base import (
+    BackendError,
+    MachineIdentity,
+    MachineIntent,
+    Phase,
+    Progress,
+    SiteCredentials,
+)
+from capi_c3os.backends.ironic import states
+from capi_c3os.backends.ironic.client import Allocation, IronicApi, IronicBusyError, Node, client_key, connect
+from capi_c3os.backends.ironic.instance import (
+    CLEAN_ATTEMPTS,
+    CLUSTER,
+    DEPLOY_ATTEMPTS,
+    MARKER,
+    OUR_EXTRA_KEYS,
+    addresses,
+    allocation_request,
+    configdrive,
+    deploy_interface_for,
+    identity_from_tags,
+    instance_info,
+    machine_of,
+    tags,
+)
+
+log = logging.getLogger(__name__)
+
+BUSY_DELAY = 3.0
+WORK_DELAY = 10.0
+WAIT_FOR_NODE_DELAY = 30.0
+SLOT_COUNT_TTL = 2.0
+ALLOCATION_TIMEOUT = 60.0
+
+
+@dataclass
+class _Slots:
+    """The site's count of busy nodes, read from Ironic at most every SLOT_COUNT_TTL and
+    counted up by the starts made here in between."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    busy: int = 0
+    read_at: float = float("-inf")
+
+
+class IronicBackend:
+    """Implements `capi_c3os.backends.base.Backend` for sites with `ironic` set. Thread-safe:
+    one instance serves every machine of every Ironic site."""
+
+    def __init__(
+        self,
+        *,
+        max_deploy_attempts: int = 3,
+        max_clean_attempts: int = 3,
+        busy_delay: float = BUSY_DELAY,
+        work_delay: float = WORK_DELAY,
+        wait_for_node_delay: float = WAIT_FOR_NODE_DELAY,
+        slot_count_ttl: float = SLOT_COUNT_TTL,
+        allocation_timeout: float = ALLOCATION_TIMEOUT,
+        rng: random.Random | None = None,
+        connector: Any = connect,
+    ) -> None:
+        self.max_deploy_attempts = max_deploy_attempts
+        self.max_clean_attempts = max_clean_attempts
+        self.busy_delay = busy_delay
+        self.work_delay = work_delay
+        self.wait_for_node_delay = wait_for_node_delay
+        self.slot_count_ttl = slot_count_ttl
+        self.allocation_timeout = allocation_timeout
+        self._rng = rng or random.Random()
+        self._connect = connector
+        self._lock = threading.Lock()
+        self._clients: dict[str, IronicApi] = {}
+        self._slots: dict[str, _Slots] = {}
+        self._allocating_since: dict[str, float] = {}
+        """identity.uuid -> when this process first saw its allocation `allocating`."""
+        self._releasing: dict[str, str] = {}
+        """identity.uuid -> node UUID while the node is cleaning (a cache of the marker)."""
+
+    # --- the protocol ----------------------------------------------------------------------
+
+    def provision(self, intent: MachineIntent) -> Progress:
+        site = _ironic_site(intent.site)
+        machine = machine_of(intent)
+        # Validate the whole request before anything is created in Ironic.
+        info = instance_info(intent)
+        drive = configdrive(intent)
+        api = self.api(site, intent.credentials)
+        identity = intent.identity
+        try:
+            node = api.node_by_instance_uuid(identity.uuid)
+            if node is None:
+                missing = self._missing(api, intent)
+                if missing is not None:
+                    return missing
+                allocated = self._allocate(api, identity, machine, intent.cluster)
+                if isinstance(allocated, Progress):
+                    return allocated
+                node = allocated
+            return self._advance(api, site, intent, machine, node, info, drive)
+        except IronicBusyError as busy:
+            return self._busy(Phase.PROVISIONING, busy)
+
+    def deprovision(self, identity: MachineIdentity, site: Site, credentials: SiteCredentials) -> Progress:
+        ironic = _ironic_site(site)
+        api = self.api(ironic, credentials)
+        try:
+            node = api.node_by_instance_uuid(identity.uuid)
+            if node is not None:
+                return self._undeploy(api, ironic, identity, node)
+            allocation = api.get_allocation(identity.uuid)
+            if allocation is not None:
+                tearing_down = self._node_being_released(api, allocation)
+                if tearing_down is not None:
+                    with self._lock:
+                        self._releasing[identity.uuid] = tearing_down.uuid
+                    return self._finish_release(api, ironic, identity, tearing_down)
+                return self._release_allocation(api, allocation)
+            node = self._find_released(api, identity)
+            if node is None:
+                self._forget(identity)
+                return Progress(Phase.DELETED, "Deleted", "nothing of the machine remains in Ironic")
+            return self._finish_release(api, ironic, identity, node)
+        except IronicBusyError as busy:
+            return self._busy(Phase.DELETING, busy)
+
+    def tagged_identities(
+        self, site: Site, credentials: SiteCredentials, cluster: str
+    ) -> list[MachineIdentity]:
+        """Machines of `cluster` that Ironic holds: allocations (deploying or deployed) and
+        nodes still carrying our tags (being cleaned)."""
+        api = self.api(_ironic_site(site), credentials)
+        found: dict[str, MachineIdentity] = {}
+        for extra in [a.extra for a in api.list_allocations()] + [n.extra for n in api.list_nodes(["extra"])]:
+            if extra.get(CLUSTER) != cluster:
+                continue
+            identity = identity_from_tags(extra)
+            if identity is not None:
+                found[identity.uuid] = identity
+        return sorted(found.values(), key=lambda i: (i.namespace, i.name))
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def api(self, site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        key = client_key(site, credentials)
+        with self._lock:
+            api = self._clients.get(key)
+            if api is None:
+                api = self._connect(site, credentials)
+                self._clients[key] = api
+            return api
+
+    # --- provisioning steps --------------------------------------------------------------------
+
+    def _missing(self, api: IronicApi, intent: MachineIntent) -> Progress | None:
+        """A machine that was running has no node any more: report it, never deploy anew."""
+        if not intent.provisioned or api.get_allocation(intent.identity.uuid) is not None:
+            return None
+        return Progress(
+            Phase.MISSING,
+            "NodeMissing",
+            f"no Ironic node holds the machine any more (instance_uuid {intent.identity.uuid}); "
+            "it was undeployed or deleted outside the cluster",
+            requeue_after=self._jitter(60.0),
+        )
+
+    def _allocation_stuck(self, identity: MachineIdentity) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            since = self._allocating_since.setdefault(identity.uuid, now)
+            stuck = now - since > self.allocation_timeout
+            if stuck:
+                del self._allocating_since[identity.uuid]
+            return stuck
+
+    def _allocate(
+        self, api: IronicApi, identity: MachineIdentity, machine: IronicMachine, cluster: str
+    ) -> Node | Progress:
+        allocation = api.get_allocation(identity.uuid)
+        if allocation is None:
+            try:
+                allocation = api.create_allocation(**allocation_request(identity, machine, cluster))
+                log.info(
+                    "allocation %s requested for %s/%s", allocation.name, identity.namespace, identity.name
+                )
+            except IronicBusyError:
+                # Another call for this machine created it first (same uuid), or the name is
+                # taken: read what is there.
+                allocation = api.get_allocation(identity.uuid)
+                if allocation is None:
+                    return Progress(
+                        Phase.FAILED,
+                        "AllocationNameTaken",
+                        f"Ironic already has an allocation named {identity.resource_name} that does not "
+                        "belong to this machine; delete it in Ironic",
+                        requeue_after=self._jitter(self.wait_for_node_delay),
+                    )
+        if allocation.state == "allocating" and self._allocation_stuck(identity):
+            # Ironic leaves an allocation `allocating` for good when its worker dies on an
+            # unexpected error (seen with SQLite "database is locked"): drop it, ask again.
+            api.delete_allocation(allocation.uuid)
+            return Progress(
+                Phase.PROVISIONING,
+                "WaitingForNode",
+                f"Ironic did not finish allocating a node within {self.allocation_timeout:.0f}s; "
+                "asking again",
+                requeue_after=self._jitter(self.busy_delay),
+            )
+        if allocation.state == "allocating":
+            return Progress(
+                Phase.PROVISIONING,
+                "AllocatingNode",
+                "Ironic is choosing a node for the machine",
+                requeue_after=self._jitter(self.busy_delay),
+            )
+        with self._lock:
+            self._allocating_since.pop(identity.uuid, None)
+        if allocation.state == "error" or allocation.node_uuid is None:
+            # An allocation that failed never retries by itself: drop it so the next call
+            # asks again (a node may have been enrolled or freed meanwhile).
+            api.delete_allocation(allocation.uuid)
+            return Progress(
+                Phase.PROVISIONING,
+                "WaitingForNode",
+                f"no Ironic node is free for the machine ({_selector(machine)}): "
+                f"{allocation.last_error or 'allocation failed'}; asking again",
+                requeue_after=self._jitter(self.wait_for_node_delay),
+            )
+        node = api.get_node(allocation.node_uuid)
+        if node is None:
+            return self._busy(Phase.PROVISIONING, IronicBusyError("allocated node vanished; re-reading"))
+        return node
+
+    def _advance(
+        self,
+        api: IronicApi,
+        site: IronicSite,
+        intent: MachineIntent,
+        machine: IronicMachine,
+        node: Node,
+        info: dict[str, Any],
+        drive: dict[str, Any],
+    ) -> Progress:
+        details = _details(node)
+        state = node.provision_state
+        if state == states.ACTIVE:
+            return Progress(
+                Phase.RUNNING,
+                "Deployed",
+                f"node {node.label} is active",
+                addresses=addresses(intent),
+                details=details,
+            )
+        if state in states.DEPLOY_IN_PROGRESS:
+            return Progress(
+                Phase.PROVISIONING,
+                "Deploying",
+                f"node {node.label} is {state}",
+                requeue_after=self._jitter(self.work_delay),
+                details=details,
+            )
+        if state == states.AVAILABLE:
+            return self._start_deploy(api, site, intent, machine, node, info, drive, previous_error=None)
+        if state == states.DEPLOY_FAILED:
+            attempts = _count(node.extra.get(DEPLOY_ATTEMPTS))
+            error = node.last_error or api.last_error_event(node.uuid) or "no error recorded"
+            if attempts >= self.max_deploy_attempts:
+                return Progress(
+                    Phase.FAILED,
+                    "DeployFailed",
+                    f"deploying node {node.label} failed {attempts} times; last error: {error}",
+                    details=details,
+                )
+            return self._start_deploy(api, site, intent, machine, node, info, drive, previous_error=error)
+        if state in states.PROVISION_FAILURES:
+            return Progress(
+                Phase.FAILED,
+                _failure_reason(state),
+                f"node {node.label} is in state {state!r}: {node.last_error or 'no error recorded'}",
+                details=details,
+            )
+        return Progress(
+            Phase.PROVISIONING,
+            "NodeNotReady",
+            f"node {node.label} is {state!r}, waiting for it to become available",
+            requeue_after=self._jitter(self.work_delay),
+            details=details,
+        )
+
+    def _start_deploy(
+        self,
+        api: IronicApi,
+        site: IronicSite,
+        intent: MachineIntent,
+        machine: IronicMachine,
+        node: Node,
+        info: dict[str, Any],
+        drive: dict[str, Any],
+        previous_error: str | None,
+    ) -> Progress:
+        waiting = self._ready_for_state_change(api, node, Phase.PROVISIONING)
+        if waiting is not None:
+            return waiting
+        blocked = self._take_slot(api, site, Phase.PROVISIONING, node)
+        if blocked is not None:
+            return blocked
+        attempt = _count(node.extra.get(DEPLOY_ATTEMPTS)) + 1
+        identity = intent.identity
+        patch: list[dict[str, Any]] = [
+            {"op": "add", "path": "/instance_info", "value": info},
+            {"op": "add", "path": f"/extra/{MARKER}", "value": identity.uuid},
+            *(
+                {"op": "add", "path": f"/extra/{k}", "value": v}
+                for k, v in tags(identity, intent.cluster).items()
+            ),
+            {"op": "add", "path": f"/extra/{DEPLOY_ATTEMPTS}", "value": attempt},
+            {"op": "replace", "path": "/automated_clean", "value": machine.automated_cleaning},
+        ]
+        interface = deploy_interface_for(machine, intent.image.format, node.deploy_interface)
+        if interface is not None and interface != node.deploy_interface:
+            patch.append({"op": "replace", "path": "/deploy_interface", "value": interface})
+        # Counted before the request: a crash in between costs an attempt, never adds one.
+        api.patch_node(node.uuid, patch)
+        api.set_provision_state(node.uuid, states.TARGET_ACTIVE, configdrive=drive)
+        log.info(
+            "deploy %d of node %s started for %s/%s", attempt, node.uuid, identity.namespace, identity.name
+        )
+        message = f"deploying node {node.label} (attempt {attempt} of {self.max_deploy_attempts})"
+        if previous_error:
+            message += f"; previous attempt failed: {previous_error}"
+        return Progress(
+            Phase.PROVISIONING,
+            "Deploying" if previous_error is None else "RetryingDeploy",
+            message,
+            requeue_after=self._jitter(self.work_delay),
+            details=_details(node, states.DEPLOYING),
+        )
+
+    # --- deprovisioning steps ------------------------------------------------------------------
+
+    def _undeploy(self, api: IronicApi, site: IronicSite, identity: MachineIdentity, node: Node) -> Progress:
+        """The node still has the machine's instance_uuid."""
+        details = _details(node)
+        state = node.provision_state
+        with self._lock:
+            self._releasing[identity.uuid] = node.uuid
+        if state == states.AVAILABLE:
+            # Allocated but never deployed: dropping the allocation frees the node.
+            api.delete_allocation(identity.uuid)
+            return Progress(
+                Phase.DELETING,
+                "ReleasingNode",
+                f"releasing node {node.label}, which was never deployed",
+                requeue_after=self._jitter(0.5),
+                details=details,
+            )
+        if state in (states.ACTIVE, states.DEPLOY_FAILED, states.DEPLOY_WAIT, states.ERROR):
+            waiting = self._ready_for_state_change(api, node, Phase.DELETING)
+            if waiting is not None:
+                return waiting
+            blocked = self._take_slot(api, site, Phase.DELETING, node)
+            if blocked is not None:
+                return blocked
+            if node.extra.get(MARKER) != identity.uuid:
+                api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{MARKER}", "value": identity.uuid}])
+            api.set_provision_state(node.uuid, states.TARGET_DELETED)
+            log.info("undeploy of node %s started for %s/%s", node.uuid, identity.namespace, identity.name)
+            return Progress(
+                Phase.DELETING,
+                "Undeploying",
+                f"undeploying node {node.label}",
+                requeue_after=self._jitter(self.work_delay),
+                details=_details(node, states.DELETING),
+            )
+        return Progress(
+            Phase.DELETING,
+            "WaitingForNode",
+            f"node {node.label} is {state!r}; undeploy starts when Ironic allows it",
+            requeue_after=self._jitter(self.work_delay),
+            details=details,
+        )
+
+    def _node_being_released(self, api: IronicApi, allocation: Allocation) -> Node | None:
+        """The allocation's node when it is past undeploy (instance_uuid already cleared):
+        Ironic deletes the allocation itself at the end of the teardown and refuses to
+        before (409), so there is nothing to do but wait for the node."""
+        if allocation.node_uuid is None:
+            return None
+        node = api.get_node(allocation.node_uuid)
+        if node is None or node.instance_uuid is not None:
+            return None
+        released = states.CLEAN_IN_PROGRESS | {states.CLEAN_FAILED, states.MANAGEABLE}
+        return node if node.provision_state in released else None
+
+    def _release_allocation(self, api: IronicApi, allocation: Allocation) -> Progress:
+        if allocation.state == "allocating":
+            return Progress(
+                Phase.DELETING,
+                "AllocatingNode",
+                "waiting for Ironic to finish the allocation before releasing it",
+                requeue_after=self._jitter(self.busy_delay),
+            )
+        api.delete_allocation(allocation.uuid)
+        return Progress(
+            Phase.DELETING,
+            "ReleasingAllocation",
+            f"allocation {allocation.name or allocation.uuid} deleted",
+            requeue_after=self._jitter(0.5),
+        )
+
+    def _find_released(self, api: IronicApi, identity: MachineIdentity) -> Node | None:
+        """The node being cleaned for this machine (instance_uuid already cleared)."""
+        with self._lock:
+            known = self._releasing.get(identity.uuid)
+        if known is not None:
+            node = api.get_node(known)
+            if node is not None and node.extra.get(MARKER) == identity.uuid:
+                return node
+            self._forget(identity)
+            return None
+        # After a restart: one scan for the marker, then the cache above.
+        for candidate in api.list_nodes(["extra"]):
+            if candidate.extra.get(MARKER) == identity.uuid:
+                node = api.get_node(candidate.uuid)
+                if node is not None:
+                    with self._lock:
+                        self._releasing[identity.uuid] = node.uuid
+                return node
+        return None
+
+    def _finish_release(
+        self, api: IronicApi, site: IronicSite, identity: MachineIdentity, node: Node
+    ) -> Progress:
+        details = _details(node)
+        state = node.provision_state
+        if node.instance_uuid is not None:
+            # Someone else's machine has the node now: nothing of ours remains on it.
+            self._forget(identity)
+            return Progress(Phase.DELETED, "Deleted", f"node {node.label} was released")
+        if state in states.CLEAN_IN_PROGRESS:
+            return Progress(
+                Phase.DELETING,
+                "Cleaning",
+                f"node {node.label} is {state}",
+                requeue_after=self._jitter(self.work_delay),
+                details=details,
+            )
+        if state == states.AVAILABLE:
+            # Normally gone with the teardown; left behind when Ironic's teardown failed late.
+            api.delete_allocation(identity.uuid)
+            self._drop_marker(api, node)
+            self._forget(identity)
+            log.info("node %s is available again after %s/%s", node.uuid, identity.namespace, identity.name)
+            return Progress(
+                Phase.DELETED, "Deleted", f"node {node.label} is cleaned and available", details=details
+            )
+        failures = _count(node.extra.get(CLEAN_ATTEMPTS))
+        if state == states.CLEAN_FAILED:
+            if node.maintenance:
+                # Ironic sets maintenance (fault "clean failure") on a failed clean; Metal3
+                # clears it before moving the node on.
+                api.set_maintenance(node.uuid, False)
+                return Progress(
+                    Phase.DELETING,
+                    "CleaningFailed",
+                    f"cleaning node {node.label} failed: {node.last_error or 'no error recorded'}; "
+                    "clearing maintenance",
+                    requeue_after=self._jitter(self.busy_delay),
+                    details=details,
+                )
+            failures += 1
+            api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{CLEAN_ATTEMPTS}", "value": failures}])
+            # manage, then provide: cleaning runs again on the way to available.
+            api.set_provision_state(node.uuid, states.TARGET_MANAGE)
+            verdict = (
+                "retrying" if failures < self.max_clean_attempts else "giving up; the node stays manageable"
+            )
+            return Progress(
+                Phase.DELETING,
+                "CleaningFailed",
+                f"cleaning node {node.label} failed ({failures} of {self.max_clean_attempts}): "
+                f"{node.last_error or 'no error recorded'}; {verdict}",
+                requeue_after=self._jitter(self.busy_delay),
+                details=details,
+            )
+        if state == states.MANAGEABLE:
+            if failures >= self.max_clean_attempts:
+                # Out of the pool, so nobody gets an uncleaned disk; Metal3 stops here too.
+                self._drop_marker(api, node)
+                self._forget(identity)
+                log.warning(
+                    "node %s left manageable after %d failed cleanings (%s/%s): %s",
+                    node.uuid,
+                    failures,
+                    identity.namespace,
+                    identity.name,
+                    node.last_error,
+                )
+                return Progress(
+                    Phase.DELETED,
+                    "NodeLeftManageable",
+                    f"cleaning node {node.label} failed {failures} times; it is left manageable "
+                    f"(out of the pool) for an operator: {node.last_error or 'no error recorded'}",
+                    details=details,
+                )
+            blocked = self._take_slot(api, site, Phase.DELETING, node)
+            if blocked is not None:
+                return blocked
+            api.set_provision_state(node.uuid, states.TARGET_PROVIDE)
+            return Progress(
+                Phase.DELETING,
+                "Cleaning",
+                f"cleaning node {node.label} again (attempt {failures + 1} of {self.max_clean_attempts})",
+                requeue_after=self._jitter(self.work_delay),
+                details=_details(node, states.CLEANING),
+            )
+        return Progress(
+            Phase.DELETING,
+            "NodeNotReady",
+            f"node {node.label} is {state!r}; waiting for cleaning to finish",
+            requeue_after=self._jitter(self.work_delay),
+            details=details,
+        )
+
+    def _drop_marker(self, api: IronicApi, node: Node) -> None:
+        patch: list[dict[str, Any]] = [
+            {"op": "remove", "path": f"/extra/{key}"} for key in OUR_EXTRA_KEYS if key in node.extra
+        ]
+        if node.instance_info:
+            # Left by a deploy that never started (Ironic clears it on undeploy).
+            patch.append({"op": "remove", "path": "/instance_info"})
+        # Back to the conductor's default for whoever gets the node next.
+        patch.append({"op": "replace", "path": "/automated_clean", "value": None})
+        api.patch_node(node.uuid, patch)
+
+    def _forget(self, identity: MachineIdentity) -> None:
+        with self._lock:
+            self._releasing.pop(identity.uuid, None)
+            self._allocating_since.pop(identity.uuid, None)
+
+    # --- shared rules --------------------------------------------------------------------------
+
+    def _ready_for_state_change(self, api: IronicApi, node: Node, phase: Phase) -> Progress | None:
+        """Metal3's rule: a node with a fault waits for Ironic to clear it; maintenance set
+        by hand is cleared, because provision-state changes are refused under it."""
+        if node.fault:
+            return Progress(
+                phase,
+                "NodeFault",
+                f"node {node.label} has a fault ({node.fault}): "
+                f"{node.maintenance_reason or 'no reason recorded'}; waiting for Ironic to recover it",
+                requeue_after=self._jitter(self.work_delay),
+                details=_details(node),
+            )
+        if node.maintenance:
+            api.set_maintenance(node.uuid, False)
+            log.info("cleared maintenance of node %s (%s)", node.uuid, node.maintenance_reason)
+            return Progress(
+                phase,
+                "ClearingMaintenance",
+                f"node {node.label} was in maintenance ({node.maintenance_reason or 'no reason'}); "
+                "cleared it",
+                requeue_after=self._jitter(self.busy_delay),
+                details=_details(node),
+            )
+        return None
+
+    def _take_slot(self, api: IronicApi, site: IronicSite, phase: Phase, node: Node) -> Progress | None:
+        with self._lock:
+            slots = self._slots.setdefault(site.endpoint, _Slots())
+        with slots.lock:
+            now = time.monotonic()
+            if now - slots.read_at > self.slot_count_ttl:
+                nodes = api.list_nodes(["provision_state"])
+                slots.busy = sum(1 for n in nodes if n.provision_state in states.BUSY)
+                slots.read_at = now
+            if slots.busy >= site.max_concurrent_provisioning:
+                return Progress(
+                    phase,
+                    "WaitingForProvisioningSlot",
+                    f"{slots.busy} nodes of the site are deploying or cleaning "
+                    f"(maxConcurrentProvisioning is {site.max_concurrent_provisioning})",
+                    requeue_after=self._jitter(self.work_delay),
+                    details=_details(node),
+                )
+            slots.busy += 1
+            return None
+
+    def _busy(self, phase: Phase, busy: IronicBusyError) -> Progress:
+        return Progress(phase, "IronicBusy", str(busy), requeue_after=self._jitter(self.busy_delay))
+
+    def _jitter(self, delay: float) -> float:
+        with self._lock:
+            return delay * (1.0 + self._rng.uniform(0.0, 0.25))
+
+
+def _ironic_site(site: Site) -> IronicSite:
+    if site.ironic is None:
+        raise BackendError("WrongBackend", f"site {site.name} is not an Ironic site", retry_after=None)
+    return site.ironic
+
+
+def _details(node: Node, state: str | None = None) -> dict[str, str]:
+    details = {"nodeUUID": node.uuid, "provisionState": state or node.provision_state}
+    if node.name:
+        details["nodeName"] = node.name
+    return details
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _failure_reason(state: str) -> str:
+    return "".join(word.capitalize() for word in state.split()) if state != states.ERROR else "NodeError"
+
+
+def _selector(machine: IronicMachine) -> str:
+    parts = [f"resource class {machine.resource_class}"]
+    if machine.traits:
+        parts.append(f"traits {', '.join(machine.traits)}")
+    if machine.candidate_nodes:
+        parts.append(f"candidates {', '.join(machine.candidate_nodes)}")
+    return "; ".join(parts)

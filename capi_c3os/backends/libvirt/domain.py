@@ -1,0 +1,202 @@
+"""The libvirt domain and volume XML for one machine, and reading our tag back.
+
+Pure functions of the intent: the same machine always gets the same XML, name and
+UUID, so a repeated or resumed provision finds what an earlier one made.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from capi_c3os.api.infrastructure import LibvirtNetworkInterface
+from capi_c3os.backends.base import MachineIdentity
+
+METADATA_NS = "https://capi-c3os.io/xmlns/libvirt/machine/v1"
+"""Our namespace in <metadata>: the ownership tag."""
+METADATA_PREFIX = "c3os"
+
+DISK_SUFFIX = "-disk.qcow2"
+CONFIG_DRIVE_SUFFIX = "-config.iso"
+BASE_PREFIX = "c3os-base-"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """Who a domain belongs to, as written into its <metadata>."""
+
+    namespace: str
+    name: str
+    provider_id: str
+    cluster: str = ""
+    """`<namespace>/<cluster name>`: lets a cluster find its machines' orphans."""
+
+    def identity(self) -> MachineIdentity:
+        return MachineIdentity(self.namespace, self.name, self.provider_id)
+
+
+def domain_name(identity: MachineIdentity) -> str:
+    return identity.resource_name
+
+
+def disk_volume_name(identity: MachineIdentity) -> str:
+    return identity.resource_name + DISK_SUFFIX
+
+
+def config_drive_volume_name(identity: MachineIdentity) -> str:
+    return identity.resource_name + CONFIG_DRIVE_SUFFIX
+
+
+def base_volume_name(digest: str, fmt: str) -> str:
+    """A base image downloaded from a URL is shared by every machine of the pool that
+    names the same checksum."""
+    return f"{BASE_PREFIX}{digest[:32]}.{fmt}"
+
+
+def tag_xml(tag: Tag) -> str:
+    root = ET.Element("machine", {"xmlns": METADATA_NS})
+    for key, value in (
+        ("namespace", tag.namespace),
+        ("name", tag.name),
+        ("providerID", tag.provider_id),
+        ("cluster", tag.cluster),
+    ):
+        ET.SubElement(root, key).text = value
+    return ET.tostring(root, encoding="unicode")
+
+
+def parse_tag(xml: str | None) -> Tag | None:
+    """Our tag from a domain's <metadata> element text (as `dom.metadata` returns it)."""
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+
+    def text(key: str) -> str:
+        element = root.find(f"{{{METADATA_NS}}}{key}")
+        if element is None:
+            element = root.find(key)
+        return (element.text or "") if element is not None else ""
+
+    if not (text("namespace") and text("name") and text("providerID")):
+        return None
+    return Tag(text("namespace"), text("name"), text("providerID"), text("cluster"))
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything the domain XML depends on."""
+
+    identity: MachineIdentity
+    tag: Tag
+    domain_type: str
+    """kvm, qemu, or test (libvirt's fake driver)."""
+    cpus: int
+    memory_mib: int
+    disk_path: str
+    disk_format: str
+    config_drive_path: str
+    cdrom_path: str | None = None
+    """A live ISO to boot (and install from) before the disk."""
+    uefi: bool = False
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    interfaces: tuple[LibvirtNetworkInterface, ...] = ()
+    serial_log: str | None = None
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    domain = ET.Element("domain", {"type": spec.domain_type})
+    ET.SubElement(domain, "name").text = domain_name(spec.identity)
+    ET.SubElement(domain, "uuid").text = spec.identity.uuid
+    ET.SubElement(domain, "title").text = f"{spec.identity.namespace}/{spec.identity.name}"
+    metadata = ET.SubElement(domain, "metadata")
+    metadata.append(ET.fromstring(tag_xml(spec.tag)))
+    ET.SubElement(domain, "memory", {"unit": "MiB"}).text = str(spec.memory_mib)
+    ET.SubElement(domain, "vcpu").text = str(spec.cpus)
+
+    os_attrs = {"firmware": "efi"} if spec.uefi else {}
+    os_el = ET.SubElement(domain, "os", os_attrs)
+    ET.SubElement(os_el, "type", {"arch": "x86_64"}).text = "hvm"
+    if spec.kernel:
+        ET.SubElement(os_el, "kernel").text = spec.kernel
+        if spec.initrd:
+            ET.SubElement(os_el, "initrd").text = spec.initrd
+        if spec.cmdline:
+            ET.SubElement(os_el, "cmdline").text = spec.cmdline
+    else:
+        # An empty disk (a live ISO installs onto it) falls through to the cdrom; once
+        # installed, the disk boots first.
+        ET.SubElement(os_el, "boot", {"dev": "hd"})
+        if spec.cdrom_path:
+            ET.SubElement(os_el, "boot", {"dev": "cdrom"})
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+
+    _add_devices(ET.SubElement(domain, "devices"), spec)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _add_devices(devices: ET.Element, spec: DomainSpec) -> None:
+    disk = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
+    ET.SubElement(disk, "driver", {"name": "qemu", "type": spec.disk_format})
+    ET.SubElement(disk, "source", {"file": spec.disk_path})
+    ET.SubElement(disk, "target", {"dev": "vda", "bus": "virtio"})
+    cdroms = [("sda", spec.config_drive_path)]
+    if spec.cdrom_path:
+        cdroms.insert(0, ("sdb", spec.cdrom_path))
+    for dev, path in cdroms:
+        cdrom = ET.SubElement(devices, "disk", {"type": "file", "device": "cdrom"})
+        ET.SubElement(cdrom, "driver", {"name": "qemu", "type": "raw"})
+        ET.SubElement(cdrom, "source", {"file": path})
+        ET.SubElement(cdrom, "target", {"dev": dev, "bus": "sata"})
+        ET.SubElement(cdrom, "readonly")
+    for nic in spec.interfaces:
+        if nic.network:
+            iface = ET.SubElement(devices, "interface", {"type": "network"})
+            ET.SubElement(iface, "source", {"network": nic.network})
+        else:
+            iface = ET.SubElement(devices, "interface", {"type": "bridge"})
+            ET.SubElement(iface, "source", {"bridge": nic.bridge or ""})
+        ET.SubElement(iface, "model", {"type": nic.model})
+    if spec.domain_type != "test":
+        serial = ET.SubElement(devices, "serial", {"type": "pty"})
+        if spec.serial_log:
+            ET.SubElement(serial, "log", {"file": spec.serial_log, "append": "off"})
+        ET.SubElement(serial, "target", {"port": "0"})
+        console = ET.SubElement(devices, "console", {"type": "pty"})
+        ET.SubElement(console, "target", {"type": "serial", "port": "0"})
+        channel = ET.SubElement(devices, "channel", {"type": "unix"})
+        ET.SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
+        rng = ET.SubElement(devices, "rng", {"model": "virtio"})
+        ET.SubElement(rng, "backend", {"model": "random"}).text = "/dev/urandom"
+        ET.SubElement(devices, "memballoon", {"model": "none"})
+
+
+def volume_xml(
+    name: str, capacity: int, fmt: str, backing_path: str | None = None, backing_format: str = ""
+) -> str:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", {"unit": "bytes"}).text = str(capacity)
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", {"type": fmt})
+    ET.SubElement(target, "permissions").append(_mode("0600"))
+    if backing_path:
+        backing = ET.SubElement(vol, "backingStore")
+        ET.SubElement(backing, "path").text = backing_path
+        ET.SubElement(backing, "format", {"type": backing_format})
+    return ET.tostring(vol, encoding="unicode")
+
+
+def _mode(value: str) -> ET.Element:
+    element = ET.Element("mode")
+    element.text = value
+    return element

@@ -1,0 +1,239 @@
+"""A real standalone OpenStack Ironic on loopback, for tests, benchmarks and demos.
+
+Ironic is installed (pinned) into its own virtualenv in a cache outside the work tree,
+``~/.cache/capi-c3os/ironic-<version>-venv`` (or ``CAPI_C3OS_IRONIC_VENV``), once per
+machine; ``python3 -m capi_c3os.dev.ironic`` installs it and prints its path. It then runs
+as the single combined ``ironic`` process (API + conductor, the only mode SQLite allows)
+with ``fake-hardware`` nodes, noauth or HTTP basic auth, optionally TLS. The recipe and
+its gotchas are in ``shared/facts/ironic.md``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+
+IRONIC_VERSION = "39.0.0"
+IRONICCLIENT_VERSION = "6.3.0"
+REQUIREMENTS = (f"ironic=={IRONIC_VERSION}", f"python-ironicclient=={IRONICCLIENT_VERSION}")
+
+CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os"))
+LOOPBACK = "127.0.0.1"
+
+
+def venv_path() -> Path:
+    explicit = os.environ.get("CAPI_C3OS_IRONIC_VENV")
+    return Path(explicit) if explicit else CACHE / f"ironic-{IRONIC_VERSION}-venv"
+
+
+def ensure_installed(python: str = sys.executable) -> Path:
+    """The Ironic virtualenv, installed on first use. A stamp written last marks a complete
+    install, so an interrupted one is redone; a lock keeps concurrent callers from racing."""
+    venv = venv_path()
+    stamp = venv / ".capi-c3os-installed"
+    if stamp.exists():
+        return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        started = time.monotonic()
+        print(f"installing {' '.join(REQUIREMENTS)} into {venv} (once)", file=sys.stderr)
+        _run([python, "-m", "venv", str(venv)])
+        _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS])
+        stamp.write_text(f"{' '.join(REQUIREMENTS)}\n")
+        print(f"installed Ironic in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return venv
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ProcessError(f"{' '.join(argv[:3])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+@dataclass
+class IronicServer:
+    """One Ironic with its own directory (config, SQLite database, locks, log)."""
+
+    root: Path
+    http_basic: tuple[str, str] | None = None
+    """(user, password): serve with HTTP basic auth instead of noauth."""
+    tls: tuple[Path, Path] | None = None
+    """(certificate, key) files: serve HTTPS with them."""
+    ca_file: Path | None = None
+    """CA bundle that verifies the serving certificate (for this module's own requests)."""
+    deploy_callback_timeout: int = 6
+    """Seconds a `direct` deploy (or a clean) waits for the agent before Ironic fails it:
+    with fake power no agent ever calls back, which gives tests a real failure."""
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+    venv: Path | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "ironic.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "ironic.log"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(exist_ok=True)
+        auth = "noauth"
+        extra_default = ""
+        if self.http_basic:
+            auth = "http_basic"
+            users = self.root / "htpasswd"
+            users.write_text(f"{self.http_basic[0]}:{_bcrypt(self.http_basic[1], self._venv)}\n")
+            extra_default = f"http_basic_auth_user_file = {users}\n"
+        api_tls = ""
+        if self.tls:
+            api_tls = f"enable_ssl_api = true\n[ssl]\ncert_file = {self.tls[0]}\nkey_file = {self.tls[1]}\n"
+        interfaces = {
+            "boot": "fake",
+            "deploy": "fake,direct,ramdisk",
+            "management": "fake",
+            "power": "fake",
+            "inspect": "fake,no-inspect",
+            "console": "no-console",
+            "raid": "fake,no-raid",
+            "vendor": "fake,no-vendor",
+            "bios": "fake,no-bios",
+            "rescue": "fake,no-rescue",
+            "firmware": "fake,no-firmware",
+        }
+        enabled = "".join(f"enabled_{kind}_interfaces = {names}\n" for kind, names in interfaces.items())
+        self.config_file.write_text(
+            f"""[DEFAULT]
+auth_strategy = {auth}
+{extra_default}host = capi-c3os-test
+rpc_transport = none
+enabled_hardware_types = fake-hardware
+{enabled}enabled_network_interfaces = noop
+default_network_interface = noop
+minimum_memory_warning_only = true
+log_file = {self.log_path}
+[api]
+host_ip = {LOOPBACK}
+port = {self.port}
+{api_tls}[database]
+connection = sqlite:///{self.root / "ironic.sqlite"}?timeout=30
+[dhcp]
+dhcp_provider = none
+[conductor]
+automated_clean = true
+sync_power_state_interval = 60
+deploy_callback_timeout = {self.deploy_callback_timeout}
+clean_callback_timeout = {self.deploy_callback_timeout}
+check_provision_state_interval = 1
+[oslo_concurrency]
+lock_path = {self.root / "locks"}
+"""
+        )
+
+    @property
+    def _venv(self) -> Path:
+        if self.venv is None:
+            self.venv = ensure_installed()
+        return self.venv
+
+    def start(self, timeout: float = 120.0) -> IronicServer:
+        venv = self._venv
+        self.write_config()
+        _run([str(venv / "bin" / "ironic-dbsync"), "--config-file", str(self.config_file), "create_schema"])
+        self.process = ManagedProcess(
+            "ironic",
+            [str(venv / "bin" / "ironic"), "--config-file", str(self.config_file)],
+            self.root / "ironic.out",
+        )
+        self.process.start()
+        try:
+            # The API answers before the conductor has registered its drivers; nodes can
+            # be enrolled only once fake-hardware is listed.
+            self.process.wait_until(self._driver_ready, "Ironic API with fake-hardware", timeout)
+        except BaseException:
+            self.stop()  # its own process group: nothing outlives a failed start
+            raise
+        return self
+
+    def _driver_ready(self) -> bool:
+        try:
+            body = self.request("GET", "/v1/drivers")
+        except OSError:
+            return False
+        return any(d.get("name") == "fake-hardware" for d in body.get("drivers", []))
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """A raw API call with the standard library (readiness checks, test set-up)."""
+        import base64  # noqa: PLC0415
+        import ssl  # noqa: PLC0415
+
+        headers = {"X-OpenStack-Ironic-API-Version": "latest", "Content-Type": "application/json"}
+        if self.http_basic:
+            token = base64.b64encode(f"{self.http_basic[0]}:{self.http_basic[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _bcrypt(password: str, venv: Path) -> str:
+    # Ironic's http_basic checks bcrypt hashes; bcrypt is installed in Ironic's venv.
+    proc = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())",
+        ],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
+
+
+def main() -> int:
+    started = time.monotonic()
+    venv = ensure_installed()
+    print(f"ironic={venv} ({time.monotonic() - started:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

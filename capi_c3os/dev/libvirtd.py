@@ -1,0 +1,234 @@
+"""A private libvirtd (+ virtlogd) for tests and benchmarks, leaving the host's alone.
+
+libvirtd running as root keeps its state in fixed places (/etc/libvirt, /var/lib/libvirt,
+/run/libvirt, ...). To give every test run its own daemon, each one runs in a private
+mount namespace where those directories are bind mounts of directories under `root`;
+the unix socket therefore shows up outside at `root/run/libvirt-sock`, and the URI is
+`qemu+unix:///system?socket=<that path>`. QEMU runs as root with no security driver,
+cgroups or namespaces of its own (these machines are containers without systemd).
+
+With `network=True` the daemon, its network (bridge, dnsmasq, NAT rules) and its guests
+live in a network namespace of their own (`unshare --net`; it vanishes with its last
+process, iptables chains included): the networking rule for tests (facts/libvirt.md) —
+guest traffic never leaves it. Without it, guests get no NIC.
+
+Stop destroys every domain through the API, stops both daemons by PID, kills any QEMU
+process still using files under `root` (by PID), which also ends the network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import closing, suppress
+from pathlib import Path
+
+import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
+
+from capi_c3os.dev.processes import ManagedProcess, ProcessError
+
+# (directory inside the namespace, directory under root)
+_PRIVATE_DIRS = (
+    ("/etc/libvirt", "etc"),
+    ("/var/lib/libvirt", "lib"),
+    ("/var/cache/libvirt", "cache"),
+    ("/var/log/libvirt", "log"),
+    ("/run/libvirt", "run"),
+)
+
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = []
+cgroup_controllers = []
+"""
+
+LIBVIRTD_CONF = """\
+listen_tls = 0
+listen_tcp = 0
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:stderr"
+"""
+
+NETWORK_NAME = "c3os-test"
+NETWORK_XML = """\
+<network>
+  <name>{name}</name>
+  <forward mode='nat'/>
+  <bridge name='c3osbr0' stp='off'/>
+  <ip address='192.168.150.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.150.10' end='192.168.150.200'/></dhcp>
+  </ip>
+</network>
+"""
+
+POOL_XML = """\
+<pool type='dir'>
+  <name>{name}</name>
+  <target><path>{path}</path></target>
+</pool>
+"""
+
+
+class PrivateLibvirtd:
+    def __init__(self, root: Path, network: bool = False, pool: str = "default") -> None:
+        self.root = root
+        self.network = network
+        self.pool_name = pool
+        self.process: ManagedProcess | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def pool_path(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def qemu_log_dir(self) -> Path:
+        """Where `/var/log/libvirt/qemu` (serial logs, QEMU logs) of the daemon lands."""
+        return self.root / "log" / "qemu"
+
+    def connect(self) -> libvirt.virConnect:
+        # libvirt prints every error to stderr by default; "not found" is expected here.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        return libvirt.open(self.uri)
+
+    def start(self, timeout: float = 60.0) -> PrivateLibvirtd:
+        for _, sub in _PRIVATE_DIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        (self.root / "etc" / "virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
+        self.pool_path.mkdir(exist_ok=True)
+        self.qemu_log_dir.mkdir(parents=True, exist_ok=True)
+        mounts = []
+        for inside, sub in _PRIVATE_DIRS:
+            os.makedirs(inside, exist_ok=True)  # mount points must exist on the host
+            mounts.append(f"mount --bind {self.root / sub} {inside}")
+        script = " && ".join(
+            [
+                *mounts,
+                f"virtlogd -d -f /etc/libvirt/virtlogd.conf -p {self.root / 'virtlogd.pid'}",
+                f"exec libvirtd -f /etc/libvirt/libvirtd.conf -p {self.root / 'libvirtd.pid'}",
+            ]
+        )
+        namespaces = ["--mount", "--propagation", "private", *(["--net"] if self.network else [])]
+        argv = ["unshare", *namespaces, "sh", "-c", script]
+        self.process = ManagedProcess("libvirtd", argv, self.root / "libvirtd.log")
+        self.process.start()
+        self.process.wait_until(self._answers, "libvirtd answering on its socket", timeout)
+        with closing(self.connect()) as conn:
+            self._ensure_pool(conn)
+            if self.network:
+                self._ensure_network(conn)
+        return self
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            conn = self.connect()
+        except libvirt.libvirtError:
+            return False
+        conn.close()
+        return True
+
+    def _ensure_pool(self, conn: libvirt.virConnect) -> None:
+        try:
+            pool = conn.storagePoolLookupByName(self.pool_name)
+        except libvirt.libvirtError:
+            pool = conn.storagePoolDefineXML(POOL_XML.format(name=self.pool_name, path=self.pool_path), 0)
+        if not pool.isActive():
+            pool.create(0)
+        pool.setAutostart(1)
+
+    def _ensure_network(self, conn: libvirt.virConnect) -> None:
+        try:
+            net = conn.networkLookupByName(NETWORK_NAME)
+        except libvirt.libvirtError:
+            net = conn.networkDefineXML(NETWORK_XML.format(name=NETWORK_NAME))
+        if not net.isActive():
+            net.create()
+
+    def upload_file(self, path: Path, name: str, fmt: str = "qcow2") -> str:
+        """Put a file into the pool as a volume (a base image for tests); its path."""
+        target = self.pool_path / name
+        target.write_bytes(path.read_bytes())
+        with closing(self.connect()) as conn:
+            pool = conn.storagePoolLookupByName(self.pool_name)
+            pool.refresh(0)
+            return str(pool.storageVolLookupByName(name).path())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.alive():
+            try:
+                with closing(self.connect()) as conn:
+                    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                        with suppress(libvirt.libvirtError):
+                            dom.destroy()
+                    if self.network:
+                        for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
+                            net.destroy()  # stops its dnsmasq
+            except libvirt.libvirtError:
+                pass
+            self.process.stop()
+        for pidfile in ("virtlogd.pid", "libvirtd.pid"):
+            _kill_pidfile(self.root / pidfile)
+        for pid in self.leftover_processes():
+            _kill(pid)
+
+    def leftover_processes(self) -> list[int]:
+        """PIDs of QEMU processes that still use files under `root` (their disks live
+        in our pool)."""
+        found = []
+        marker = str(self.root).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            program = os.path.basename(cmdline.split(b"\0", 1)[0])
+            if program.startswith(b"qemu-system") and marker in cmdline:
+                found.append(int(entry.name))
+        return found
+
+
+def _kill_pidfile(path: Path) -> None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return
+    _kill(pid)
+
+
+def _kill(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+__all__ = ["NETWORK_NAME", "PrivateLibvirtd", "ProcessError"]

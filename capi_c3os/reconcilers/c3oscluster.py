@@ -1,0 +1,201 @@
+"""C3osCluster: the cluster's sites and API endpoint (CAPI v1beta2 InfraCluster contract).
+
+    paused or externally managed -> report Paused, touch nothing else
+    being deleted?               -> wait until no C3osMachine of the cluster remains,
+                                    then drop our finalizer
+    ensure finalizer
+    validate sites and controlPlaneEndpoint
+    report sites as failureDomains, provisioned, Ready
+    sweep: remove backend machines tagged for this cluster whose C3osMachine is gone
+           (a finalizer removed by hand); never blocks the cluster
+
+Status is written once per reconcile.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from capi_c3os.api.infrastructure import C3osClusterSpec
+from capi_c3os.backends.base import BackendError
+from capi_c3os.backends.registry import BACKENDS, Backends, FindsOrphans
+from capi_c3os.capi import conditions as cond
+from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, INFRASTRUCTURE_GROUP, is_externally_managed
+from capi_c3os.capi.outcome import Outcome
+from capi_c3os.capi.owners import owner_cluster_name
+from capi_c3os.capi.pause import is_paused, paused_condition
+from capi_c3os.capi.status import status_patch
+from capi_c3os.reconcilers.c3osmachine import paused_outcome, site_credentials
+from capi_c3os.reconcilers.generic import fetch_owner_cluster
+from capi_c3os.reconcilers.kube import Kube, Resource
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "c3oscluster.infrastructure.cluster.x-k8s.io"
+READY = "Ready"
+WAIT_FOR_MACHINES = 5.0
+C3OS_MACHINES = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osmachines", "C3osMachine")
+
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def valid_host(host: str) -> bool:
+    """An IP address or a DNS name (what a kubeconfig's server URL can hold)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_DNS_NAME.match(host))
+
+
+def reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    backends: Backends | None = None,
+    now: datetime | None = None,
+) -> Outcome:
+    now = now or datetime.now(UTC)
+    backends = backends or BACKENDS
+    meta = obj["metadata"]
+    cluster = fetch_owner_cluster(kube, obj)
+    paused = is_paused(obj, cluster)
+    conditions = [paused_condition(obj, cluster, now)]
+    generation = meta.get("generation")
+    fields: dict[str, Any] = {}
+
+    if paused:
+        outcome = paused_outcome(bool(meta.get("deletionTimestamp")))
+    elif is_externally_managed(obj):
+        outcome = Outcome.ready("ExternallyManaged", "managed by someone else; only observed")
+    elif meta.get("deletionTimestamp"):
+        outcome = _delete(kube, resource, obj)
+        if outcome.done:
+            return outcome  # released: the object is going away
+    else:
+        obj = _ensure_finalizer(kube, resource, obj)
+        outcome, fields = _settle(obj)
+        if outcome.done:
+            _sweep_orphans(kube, obj, backends)
+
+    if not paused:
+        if outcome.done:
+            ready = cond.new_condition(
+                READY, cond.TRUE, "Provisioned", outcome.message, generation=generation, now=now
+            )
+        else:
+            ready = cond.new_condition(
+                READY, cond.FALSE, outcome.reason, outcome.message, generation=generation, now=now
+            )
+        conditions.append(ready)
+    patch = status_patch(obj, conditions, observed_generation=None if paused else generation, fields=fields)
+    if patch is not None:
+        kube.patch_status(resource, meta["namespace"], meta["name"], patch)
+    return outcome
+
+
+def _ensure_finalizer(kube: Kube, resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+    finalizers = list(obj["metadata"].get("finalizers") or [])
+    if FINALIZER in finalizers:
+        return obj
+    body = copy.deepcopy(obj)
+    body["metadata"]["finalizers"] = [*finalizers, FINALIZER]
+    body.pop("status", None)
+    updated = kube.replace(resource, obj["metadata"]["namespace"], obj["metadata"]["name"], body)
+    return {**updated, "status": obj.get("status")}
+
+
+def _settle(obj: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    try:
+        spec = C3osClusterSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return Outcome.error("InvalidSpec", f"spec is invalid: {problems}"), {}
+    endpoint = spec.control_plane_endpoint
+    if endpoint is not None and not valid_host(endpoint.host):
+        return (
+            Outcome.error(
+                "InvalidControlPlaneEndpoint",
+                f"controlPlaneEndpoint.host {endpoint.host!r} is neither an IP address nor a DNS name",
+            ),
+            {},
+        )
+    domains = []
+    for site in spec.sites:
+        domain: dict[str, Any] = {"name": site.name, "controlPlane": site.control_plane}
+        if site.attributes:
+            domain["attributes"] = dict(site.attributes)
+        domains.append(domain)
+    fields = {"failureDomains": domains, "initialization": {"provisioned": True}}
+    where = f"{len(spec.sites)} site(s): {', '.join(s.name for s in spec.sites)}"
+    return Outcome.ready("Provisioned", where), fields
+
+
+def _machines_of(kube: Kube, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    namespace = obj["metadata"]["namespace"]
+    cluster_name = owner_cluster_name(obj)
+    if cluster_name is None:
+        return []
+    return kube.list(C3OS_MACHINES, namespace, label_selector=f"{CLUSTER_NAME_LABEL}={cluster_name}")
+
+
+def _delete(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+    finalizers = list(obj["metadata"].get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        return Outcome.ready()
+    remaining = _machines_of(kube, obj)
+    if remaining:
+        names = ", ".join(sorted(m["metadata"]["name"] for m in remaining)[:5])
+        return Outcome.wait(
+            "WaitingForMachines",
+            f"{len(remaining)} C3osMachine(s) of the cluster still exist ({names})",
+            WAIT_FOR_MACHINES,
+        )
+    body = copy.deepcopy(obj)
+    body["metadata"]["finalizers"] = [f for f in finalizers if f != FINALIZER]
+    body.pop("status", None)
+    kube.replace(resource, obj["metadata"]["namespace"], obj["metadata"]["name"], body)
+    return Outcome.ready()
+
+
+def _sweep_orphans(kube: Kube, obj: dict[str, Any], backends: Backends) -> None:
+    """Remove backend machines tagged for this cluster whose C3osMachine no longer exists.
+    Failures are logged only: the next reconcile sweeps again."""
+    cluster_name = owner_cluster_name(obj)
+    if cluster_name is None:
+        return
+    namespace = obj["metadata"]["namespace"]
+    spec = C3osClusterSpec.model_validate(obj.get("spec") or {})
+    tag = f"{namespace}/{cluster_name}"
+    for site in spec.sites:
+        try:
+            backend = backends.for_site(site)
+        except BackendError:
+            continue
+        if not isinstance(backend, FindsOrphans):
+            continue
+        credentials = site_credentials(kube, namespace, site)
+        if isinstance(credentials, Outcome):
+            continue
+        try:
+            identities = backend.tagged_identities(site, credentials, tag)
+            if not identities:
+                continue
+            existing = {m["metadata"]["name"] for m in kube.list(C3OS_MACHINES, namespace)}
+            for identity in identities:
+                if identity.namespace == namespace and identity.name not in existing:
+                    log.info(
+                        "removing orphan machine %s of cluster %s from site %s", identity.name, tag, site.name
+                    )
+                    backend.deprovision(identity, site, credentials)
+        except BackendError as exc:
+            log.warning("orphan sweep of site %s for %s: %s (%s)", site.name, tag, exc.message, exc.reason)

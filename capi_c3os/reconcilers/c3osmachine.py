@@ -1,0 +1,466 @@
+"""C3osMachine: one reconciler for every backend (CAPI v1beta2 InfraMachine contract).
+
+    paused?                      -> report Paused, touch nothing else
+    being deleted?               -> backend deprovision until DELETED, then drop our finalizer
+    await owner Machine, its Cluster, infrastructure provisioned, bootstrap data
+    resolve the site             (Machine.spec.failureDomain, else the cluster's default)
+    ensure finalizer + providerID   (one write, before the backend creates anything; a
+                                     machine that never got this far deletes freely)
+    provision                    -> intent to the backend; its Progress becomes conditions
+    report                       -> providerID, addresses, failureDomain, provisioned
+
+The providerID (`c3os://<namespace>/<name>`) is chosen once and lives in the spec, so it
+survives `clusterctl move` (which keeps names but not UIDs or status); every backend
+resource is named from it. Status is written once per reconcile.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from capi_c3os.api.infrastructure import C3osClusterSpec, C3osMachineSpec, Site
+from capi_c3os.backends.base import (
+    BackendError,
+    MachineIdentity,
+    MachineIntent,
+    Phase,
+    Progress,
+    SiteCredentials,
+)
+from capi_c3os.backends.registry import BACKENDS, Backends, site_kind
+from capi_c3os.capi import conditions as cond
+from capi_c3os.capi.metadata import INFRASTRUCTURE_GROUP, is_control_plane_machine
+from capi_c3os.capi.outcome import Outcome
+from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.capi.pause import is_paused, paused_condition
+from capi_c3os.capi.status import status_patch
+from capi_c3os.reconcilers.generic import fetch_owner_cluster
+from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "c3osmachine.infrastructure.cluster.x-k8s.io"
+PROVIDER_ID_SCHEME = "c3os://"
+READY = "Ready"
+WAIT = 5.0
+"""Seconds between looks while waiting for CAPI objects."""
+WAIT_FOR_USER = 30.0
+"""Seconds between looks while waiting for something a person must fix."""
+HEALTH_POLL = 60.0
+"""Seconds between looks at a machine that is not running (it may come back)."""
+PROVISION_POLL = 10.0
+PAUSED_DELETION_POLL = 30.0
+
+C3OS_CLUSTERS = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osclusters", "C3osCluster")
+
+
+def provider_id_for(namespace: str, name: str) -> str:
+    return f"{PROVIDER_ID_SCHEME}{namespace}/{name}"
+
+
+def hostname_for(name: str) -> str:
+    """A DNS label: object names may be 253 characters and hold dots."""
+    label = name.replace(".", "-")[:63].strip("-")
+    return label or "c3os"
+
+
+@dataclass
+class Report:
+    """What this reconcile learned, written as one status patch at the end."""
+
+    ready: cond.Condition | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MachineContext:
+    kube: Kube
+    resource: Resource
+    obj: dict[str, Any]
+    backends: Backends
+    now: datetime
+    cluster: dict[str, Any] | None = None
+    machine: dict[str, Any] | None = None
+    report: Report = field(default_factory=Report)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.obj["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def generation(self) -> int | None:
+        value = self.obj["metadata"].get("generation")
+        return int(value) if value is not None else None
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.obj["metadata"].get("deletionTimestamp"))
+
+    def condition(self, status: str, reason: str, message: str) -> None:
+        self.report.ready = cond.new_condition(
+            READY, status, reason, message, generation=self.generation, now=self.now
+        )
+
+
+def reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    backends: Backends | None = None,
+    now: datetime | None = None,
+) -> Outcome:
+    ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC))
+    ctx.cluster = fetch_owner_cluster(kube, obj)
+    if is_paused(obj, ctx.cluster):
+        return _write(ctx, paused=True, outcome=paused_outcome(ctx.deleting))
+    outcome = _delete(ctx) if ctx.deleting else _provision(ctx)
+    if outcome.done and not outcome.reason:
+        return outcome  # the object is gone (finalizer released): nothing to report
+    if ctx.report.ready is None:
+        status = cond.TRUE if outcome.done else cond.FALSE
+        ctx.condition(status, outcome.reason or "Ready", outcome.message)
+    return _write(ctx, paused=False, outcome=outcome)
+
+
+def paused_outcome(deleting: bool) -> Outcome:
+    """Nothing happens while paused; a deletion keeps asking (kopf's delete handler
+    would otherwise count it as done and stop calling)."""
+    if deleting:
+        return Outcome.wait("Paused", "deletion waits until reconciliation is unpaused", PAUSED_DELETION_POLL)
+    return Outcome.paused()
+
+
+def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
+    conditions = [paused_condition(ctx.obj, ctx.cluster, ctx.now)]
+    if ctx.report.ready is not None:
+        conditions.append(ctx.report.ready)
+    generation = None if paused else ctx.generation
+    patch = status_patch(ctx.obj, conditions, observed_generation=generation, fields=ctx.report.fields)
+    if patch is not None:
+        meta = ctx.obj["metadata"]
+        ctx.kube.patch_status(ctx.resource, meta["namespace"], meta["name"], patch)
+    return outcome
+
+
+# ---------------------------------------------------------------- provisioning
+
+
+def _provision(ctx: MachineContext) -> Outcome:
+    spec = _parse_spec(ctx)
+    if isinstance(spec, Outcome):
+        return spec
+    for step in (_await_machine, _await_cluster_infrastructure, _await_bootstrap_data):
+        outcome = step(ctx)
+        if outcome is not None:
+            return outcome
+    assert ctx.machine is not None and ctx.cluster is not None
+    placed = _resolve_site(ctx, spec)
+    if isinstance(placed, Outcome):
+        return placed
+    site = placed
+    ctx.report.fields["failureDomain"] = site.name
+    credentials = _site_credentials(ctx, site)
+    if isinstance(credentials, Outcome):
+        return credentials
+    user_data = _bootstrap_data(ctx)
+    if isinstance(user_data, Outcome):
+        return user_data
+
+    # One write before anything exists anywhere: our finalizer (so deletion waits for
+    # the backend) and the providerID every backend resource is named from.
+    provider_id = spec.provider_id or provider_id_for(ctx.namespace, ctx.name)
+    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None:
+        body = _copy(ctx.obj)
+        body["metadata"]["finalizers"] = [
+            *_finalizers(ctx.obj),
+            *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
+        ]
+        body["spec"]["providerID"] = provider_id
+        body.pop("status", None)
+        ctx.obj = {
+            **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
+            "status": ctx.obj.get("status"),
+        }
+    identity = MachineIdentity(ctx.namespace, ctx.name, provider_id)
+
+    hostname = hostname_for(ctx.name)
+    intent = MachineIntent(
+        identity=identity,
+        site=site,
+        credentials=credentials,
+        image=spec.image,
+        cpus=spec.cpus,
+        memory_mib=spec.memory_mib,
+        disk_gib=spec.disk_gib,
+        hostname=hostname,
+        user_data=user_data,
+        meta_data={"instance-id": identity.uuid, "local-hostname": hostname, "provider-id": provider_id},
+        libvirt=spec.backend.libvirt,
+        ironic=spec.backend.ironic,
+        cluster=f"{ctx.namespace}/{ctx.cluster['metadata']['name']}",
+        provisioned=_was_provisioned(ctx.obj),
+    )
+    try:
+        progress = ctx.backends.for_site(site).provision(intent)
+    except BackendError as exc:
+        return _backend_error(exc)
+    return _report_progress(ctx, site, progress)
+
+
+def _parse_spec(ctx: MachineContext) -> C3osMachineSpec | Outcome:
+    try:
+        return C3osMachineSpec.model_validate(ctx.obj.get("spec") or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return Outcome.error("InvalidSpec", f"spec is invalid: {problems}")
+
+
+def _await_machine(ctx: MachineContext) -> Outcome | None:
+    name = owner_machine_name(ctx.obj)
+    if not name:
+        return Outcome.wait("WaitingForMachine", "waiting for a Machine to own this C3osMachine", WAIT)
+    ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, name)
+    if ctx.machine is None:
+        return Outcome.wait("WaitingForMachine", f"owner Machine {name} not found", WAIT)
+    if ctx.cluster is None:
+        cluster_name = (ctx.machine.get("spec") or {}).get("clusterName")
+        if cluster_name:
+            ctx.cluster = ctx.kube.get(CLUSTERS, ctx.namespace, cluster_name)
+    if ctx.cluster is None:
+        return Outcome.wait("WaitingForCluster", "waiting for the owner Cluster", WAIT)
+    return None
+
+
+def _await_cluster_infrastructure(ctx: MachineContext) -> Outcome | None:
+    assert ctx.cluster is not None
+    status = ctx.cluster.get("status") or {}
+    if (status.get("initialization") or {}).get("infrastructureProvisioned") is True:
+        return None
+    return Outcome.wait(
+        "WaitingForClusterInfrastructure",
+        f"waiting for Cluster {ctx.cluster['metadata']['name']} infrastructure to be provisioned",
+        WAIT,
+    )
+
+
+def _await_bootstrap_data(ctx: MachineContext) -> Outcome | None:
+    assert ctx.machine is not None
+    bootstrap = (ctx.machine.get("spec") or {}).get("bootstrap") or {}
+    if bootstrap.get("dataSecretName"):
+        return None
+    return Outcome.wait(
+        "WaitingForBootstrapData",
+        f"waiting for Machine {ctx.machine['metadata']['name']} spec.bootstrap.dataSecretName",
+        WAIT,
+    )
+
+
+def _c3os_cluster_spec(kube: Kube, namespace: str, cluster: dict[str, Any]) -> C3osClusterSpec | Outcome:
+    ref = (cluster.get("spec") or {}).get("infrastructureRef") or {}
+    name = ref.get("name")
+    if not name or ref.get("kind") != "C3osCluster":
+        return Outcome.error(
+            "UnsupportedClusterInfrastructure",
+            f"Cluster {cluster['metadata']['name']} infrastructure is not a C3osCluster",
+        )
+    c3os_cluster = kube.get(C3OS_CLUSTERS, namespace, name)
+    if c3os_cluster is None:
+        return Outcome.wait("WaitingForC3osCluster", f"C3osCluster {name} not found", WAIT)
+    try:
+        return C3osClusterSpec.model_validate(c3os_cluster.get("spec") or {})
+    except ValidationError as exc:
+        return Outcome.wait(
+            "InvalidC3osCluster", f"C3osCluster {name} is invalid: {exc.errors()[0]['msg']}", WAIT_FOR_USER
+        )
+
+
+def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
+    assert ctx.machine is not None and ctx.cluster is not None
+    cluster_spec = _c3os_cluster_spec(ctx.kube, ctx.namespace, ctx.cluster)
+    if isinstance(cluster_spec, Outcome):
+        return cluster_spec
+    wanted = (ctx.machine.get("spec") or {}).get("failureDomain") or None
+    site = cluster_spec.site(wanted)
+    if site is None:
+        return Outcome.wait(
+            "UnknownFailureDomain",
+            f"Machine failure domain {wanted!r} is not a site of the C3osCluster "
+            f"(sites: {', '.join(s.name for s in cluster_spec.sites)})",
+            WAIT_FOR_USER,
+        )
+    if is_control_plane_machine(ctx.machine) and not site.control_plane:
+        return Outcome.wait(
+            "SiteNotForControlPlane", f"site {site.name} does not allow control-plane machines", WAIT_FOR_USER
+        )
+    kind = site_kind(site)
+    if getattr(spec.backend, kind, None) is None:
+        return Outcome.wait(
+            "BackendMismatch",
+            f"site {site.name} is a {kind} site but spec.backend does not set {kind}",
+            WAIT_FOR_USER,
+        )
+    return site
+
+
+def _secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | None:
+    secret = kube.get(SECRETS, namespace, name)
+    if secret is None:
+        return None
+    return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+
+
+def _site_credentials(ctx: MachineContext, site: Site) -> SiteCredentials | Outcome:
+    return site_credentials(ctx.kube, ctx.namespace, site)
+
+
+def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials | Outcome:
+    """The site's Secret material (never logged: SiteCredentials hides it in repr)."""
+    place = site.libvirt or site.ironic
+    data: dict[str, bytes] = {}
+    ref = getattr(place, "credentials_secret_ref", None)
+    if ref is not None:
+        found = _secret_data(kube, namespace, ref.name)
+        if found is None:
+            return Outcome.wait(
+                "WaitingForCredentials",
+                f"credentials Secret {ref.name} of site {site.name} not found",
+                WAIT_FOR_USER,
+            )
+        data = found
+    ca_bundle = None
+    ca_ref = getattr(place, "ca_bundle_secret_ref", None)
+    if ca_ref is not None:
+        found = _secret_data(kube, namespace, ca_ref.name)
+        if found is None or ca_ref.key not in found:
+            return Outcome.wait(
+                "WaitingForCredentials",
+                f"CA bundle key {ca_ref.key} of Secret {ca_ref.name} (site {site.name}) not found",
+                WAIT_FOR_USER,
+            )
+        ca_bundle = found[ca_ref.key]
+    return SiteCredentials(data=data, ca_bundle=ca_bundle)
+
+
+def _bootstrap_data(ctx: MachineContext) -> bytes | Outcome:
+    assert ctx.machine is not None
+    name = ctx.machine["spec"]["bootstrap"]["dataSecretName"]
+    data = _secret_data(ctx.kube, ctx.namespace, name)
+    if data is None or "value" not in data:
+        return Outcome.wait("WaitingForBootstrapData", f"bootstrap data Secret {name} not found", WAIT)
+    return data["value"]
+
+
+def _was_provisioned(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return (status.get("initialization") or {}).get("provisioned") is True
+
+
+def _backend_error(exc: BackendError) -> Outcome:
+    if exc.retry_after is None:
+        return Outcome.error(exc.reason, exc.message)
+    return Outcome.wait(exc.reason, exc.message, exc.retry_after)
+
+
+def _report_progress(ctx: MachineContext, site: Site, progress: Progress) -> Outcome:
+    kind = site_kind(site)
+    if progress.details:
+        ctx.report.fields["backend"] = {kind: dict(progress.details)}
+    if progress.phase is Phase.RUNNING:
+        ctx.report.fields["initialization"] = {"provisioned": True}
+        ctx.report.fields["addresses"] = [a.model_dump(by_alias=True) for a in progress.addresses]
+        ctx.condition(cond.TRUE, progress.reason, progress.message)
+        if progress.requeue_after:
+            return Outcome.wait(progress.reason, progress.message, progress.requeue_after)
+        return Outcome.ready(progress.reason, progress.message)
+    ctx.condition(cond.FALSE, progress.reason, progress.message)
+    if progress.phase is Phase.FAILED:
+        return Outcome.error(progress.reason, progress.message)
+    if progress.phase in (Phase.STOPPED, Phase.MISSING):
+        return Outcome.wait(progress.reason, progress.message, progress.requeue_after or HEALTH_POLL)
+    return Outcome.wait(progress.reason, progress.message, progress.requeue_after or PROVISION_POLL)
+
+
+# ---------------------------------------------------------------- deletion
+
+
+def _delete(ctx: MachineContext) -> Outcome:
+    if FINALIZER not in _finalizers(ctx.obj):
+        return Outcome.ready()
+    provider_id = (ctx.obj.get("spec") or {}).get("providerID")
+    if provider_id:
+        site = _site_for_deletion(ctx)
+        if isinstance(site, Outcome):
+            return site
+        credentials = _site_credentials(ctx, site)
+        if isinstance(credentials, Outcome):
+            return credentials
+        identity = MachineIdentity(ctx.namespace, ctx.name, provider_id)
+        try:
+            progress = ctx.backends.for_site(site).deprovision(identity, site, credentials)
+        except BackendError as exc:
+            return _backend_error(exc)
+        if progress.phase is not Phase.DELETED:
+            ctx.condition(cond.FALSE, progress.reason or "Deleting", progress.message)
+            return Outcome.wait(
+                progress.reason or "Deleting", progress.message, progress.requeue_after or PROVISION_POLL
+            )
+    body = _copy(ctx.obj)
+    body["metadata"]["finalizers"] = [f for f in _finalizers(ctx.obj) if f != FINALIZER]
+    body.pop("status", None)
+    try:
+        ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
+    except ConflictError:
+        raise
+    log.info("released %s/%s: its backend resources are gone", ctx.namespace, ctx.name)
+    return Outcome.ready()
+
+
+def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:
+    """Where the machine was placed: status.failureDomain (written when placed), else the
+    Machine's failure domain (status does not survive clusterctl move), else the default."""
+    cluster = ctx.cluster
+    if cluster is None:
+        name = owner_machine_name(ctx.obj)
+        ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, name) if name else None
+        cluster_name = ((ctx.machine or {}).get("spec") or {}).get("clusterName")
+        cluster = ctx.kube.get(CLUSTERS, ctx.namespace, cluster_name) if cluster_name else None
+    if cluster is None:
+        return Outcome.wait(
+            "WaitingForCluster",
+            "cannot find the Cluster, so not the site to delete the machine from",
+            WAIT_FOR_USER,
+        )
+    spec = _c3os_cluster_spec(ctx.kube, ctx.namespace, cluster)
+    if isinstance(spec, Outcome):
+        return spec
+    placed = (ctx.obj.get("status") or {}).get("failureDomain")
+    if not placed:
+        name = owner_machine_name(ctx.obj)
+        machine = ctx.machine or (ctx.kube.get(MACHINES, ctx.namespace, name) if name else None)
+        placed = ((machine or {}).get("spec") or {}).get("failureDomain")
+    site = spec.site(placed or None)
+    if site is None:
+        return Outcome.wait(
+            "UnknownFailureDomain", f"site {placed!r} is no longer in the C3osCluster", WAIT_FOR_USER
+        )
+    return site
+
+
+def _finalizers(obj: dict[str, Any]) -> list[str]:
+    return list(obj["metadata"].get("finalizers") or [])
+
+
+def _copy(obj: dict[str, Any]) -> dict[str, Any]:
+    import copy  # noqa: PLC0415
+
+    return copy.deepcopy(obj)

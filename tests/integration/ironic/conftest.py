@@ -1,0 +1,46 @@
+"""A real standalone Ironic for the session (installed once into its own cached virtualenv
+by capi_c3os.dev.ironic), and a lab to enroll nodes in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.dev.ironic import IronicServer
+from tests.integration.ironic.lab import IronicLab
+
+# The manager fixtures (our manager as a process under the infrastructure provider's
+# generated RBAC) are the infrastructure provider's, shared with the libvirt tests.
+from tests.integration.libvirt.conftest import (  # noqa: F401
+    capi,
+    infrastructure_kubeconfig,
+    start_manager,
+)
+
+
+@pytest.fixture(scope="session")
+def ironic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
+    server = IronicServer(tmp_path_factory.mktemp("ironic")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
+        if keep:
+            shutil.copytree(server.root, Path(keep) / "ironic", dirs_exist_ok=True)
+
+
+@pytest.fixture
+def lab(ironic_server: IronicServer) -> IronicLab:
+    return IronicLab(ironic_server)
+
+
+@pytest.fixture
+def backend() -> IronicBackend:
+    # Ironic with SQLite can lose an allocation under concurrency: give up on it sooner.
+    return IronicBackend(allocation_timeout=15)

@@ -1,0 +1,193 @@
+"""Fixtures for the libvirt backend and the infrastructure provider against real
+servers: a private libvirtd + QEMU (TCG) inside a network namespace this test run
+creates (the networking rule: guests and their DHCP network never leave it), the
+stand-in c3os image, and our manager run as a real process under the infrastructure
+provider's generated RBAC."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from kubernetes import client as kc
+from kubernetes.client.exceptions import ApiException
+
+from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.mgmt import ManagementPlane, apply
+from capi_c3os.dev.processes import ManagedProcess, free_port
+from tests.conftest import REPO
+from tests.integration.test_manager import Manager
+
+CAPI = ("cluster.x-k8s.io", "v1beta2")
+INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+BOOTSTRAP = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
+CONTROL_PLANE = ("controlplane.cluster.x-k8s.io", "v1alpha1")
+CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
+CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
+BASE_VOLUME = "standin.qcow2"
+MARKER = re.compile(
+    r"----- BEGIN (?P<what>[A-Z-]+) BASE64 -----\r?\n(?P<b64>.*?)----- END (?P=what) BASE64 -----", re.S
+)
+
+
+@pytest.fixture(scope="session")
+def standin_image() -> Path:
+    """kernel, initrd and base.qcow2 of the stand-in image (built once, cached)."""
+    out = subprocess.run(
+        [str(REPO / "hack" / "standin-image.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> Iterator[PrivateLibvirtd]:
+    root = tmp_path_factory.mktemp("libvirtd")
+    daemon = PrivateLibvirtd(root, network=True)
+    try:
+        daemon.start()
+        daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def serial_log(daemon: PrivateLibvirtd, domain: str) -> str:
+    path = daemon.qemu_log_dir / f"{domain}-serial.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def console_blocks(log: str) -> dict[str, bytes]:
+    """USER-DATA and META-DATA exactly as the guest read them from its config drive."""
+    return {m["what"]: base64.b64decode("".join(m["b64"].split())) for m in MARKER.finditer(log)}
+
+
+class Capi:
+    """Create and read the objects of one test namespace."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.custom = kc.CustomObjectsApi(api)
+        self.core = kc.CoreV1Api(api)
+        self.namespace = namespace
+
+    def create(self, gv: tuple[str, str], plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        body["metadata"]["namespace"] = self.namespace
+        return cast(
+            dict[str, Any], self.custom.create_namespaced_custom_object(*gv, self.namespace, plural, body)
+        )
+
+    def get(self, gv: tuple[str, str], plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return cast(
+                dict[str, Any], self.custom.get_namespaced_custom_object(*gv, self.namespace, plural, name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def must_get(self, gv: tuple[str, str], plural: str, name: str) -> dict[str, Any]:
+        obj = self.get(gv, plural, name)
+        assert obj is not None, f"{plural}/{name} not found"
+        return obj
+
+    def delete(self, gv: tuple[str, str], plural: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(*gv, self.namespace, plural, name)
+
+    def create_secret(self, name: str, data: dict[str, bytes]) -> None:
+        self.core.create_namespaced_secret(
+            self.namespace,
+            kc.V1Secret(
+                metadata=kc.V1ObjectMeta(name=name),
+                data={k: base64.b64encode(v).decode() for k, v in data.items()},
+            ),
+        )
+
+    def create_cluster(self, name: str, site: dict[str, Any]) -> None:
+        """Cluster + C3osCluster with one site; no control plane (not this issue's)."""
+        self.create(INFRA, "c3osclusters", {
+            "apiVersion": "/".join(INFRA), "kind": "C3osCluster", "metadata": {"name": name},
+            "spec": {"controlPlaneEndpoint": {"host": "cp.example.test", "port": 6443},
+                     "sites": [{"name": "lab", **site}]},
+        })  # fmt: skip
+        self.create(CAPI, "clusters", {
+            "apiVersion": "/".join(CAPI), "kind": "Cluster", "metadata": {"name": name},
+            "spec": {"infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osCluster", "name": name}},
+        })  # fmt: skip
+
+    def create_machine(self, cluster: str, name: str, spec: dict[str, Any], user_data: bytes) -> None:
+        """A worker Machine whose bootstrap data is given directly (a Secret), and its
+        C3osMachine."""
+        self.create_secret(f"{name}-bootstrap", {"value": user_data, "format": b"cloud-config"})
+        self.create(INFRA, "c3osmachines", {
+            "apiVersion": "/".join(INFRA), "kind": "C3osMachine",
+            "metadata": {"name": name, "labels": {CLUSTER_NAME: cluster}}, "spec": spec,
+        })  # fmt: skip
+        self.create(CAPI, "machines", {
+            "apiVersion": "/".join(CAPI), "kind": "Machine",
+            "metadata": {"name": name, "labels": {CLUSTER_NAME: cluster}},
+            "spec": {
+                "clusterName": cluster,
+                "bootstrap": {"dataSecretName": f"{name}-bootstrap"},
+                "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachine", "name": name},
+            },
+        })  # fmt: skip
+
+
+@pytest.fixture
+def capi(k8s: Any, namespace: str) -> Capi:
+    return Capi(k8s, namespace)
+
+
+@pytest.fixture(scope="session")
+def infrastructure_kubeconfig(mgmt: ManagementPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The infrastructure provider's ServiceAccount: the API server enforces exactly the
+    generated RBAC, so a missing rule fails these tests."""
+    path = (
+        REPO / "config" / "clusterctl" / "infrastructure-c3os" / "v0.1.0" / "infrastructure-components.yaml"
+    )
+    components = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    apply(mgmt.kubeconfig, components, manager="rbac-test")
+    account = next(d for d in components if d["kind"] == "ServiceAccount")["metadata"]
+    return mgmt.write_service_account_kubeconfig(
+        tmp_path_factory.mktemp("infrastructure-sa") / "kubeconfig", account["namespace"], account["name"]
+    )
+
+
+@pytest.fixture
+def start_manager(
+    infrastructure_kubeconfig: Path, tmp_path: Path, namespace: str
+) -> Iterator[Callable[[str], Manager]]:
+    """`capi-c3os run --providers infrastructure` for this test's namespace, as a process."""
+    started: list[Manager] = []
+
+    def start(name: str = "infrastructure") -> Manager:
+        health, metrics = free_port(), free_port()
+        process = ManagedProcess(
+            name,
+            [
+                sys.executable, "-m", "capi_c3os", "run",
+                "--kubeconfig", str(infrastructure_kubeconfig),
+                "--providers", "infrastructure",
+                "--namespace", namespace,
+                "--health-addr", f"127.0.0.1:{health}",
+                "--metrics-addr", f"127.0.0.1:{metrics}",
+                "--log-level", "debug",
+            ],
+            tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log",
+        )  # fmt: skip
+        process.start()
+        manager = Manager(process, health, metrics)
+        started.append(manager)
+        return manager
+
+    yield start
+    for manager in started:
+        manager.stop()

@@ -1,0 +1,161 @@
+"""What the Ironic backend asks of Ironic, built from the intent (no server needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capi_c3os.api.infrastructure import (
+    IronicMachine,
+    IronicSite,
+    LibvirtSite,
+    MachineImage,
+    RootDeviceHints,
+    Site,
+)
+from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, SiteCredentials
+from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic.instance import (
+    addresses,
+    allocation_request,
+    configdrive,
+    deploy_interface_for,
+    instance_info,
+    root_device,
+)
+
+CHECKSUM = "cd" * 32
+IDENTITY = MachineIdentity("edge", "cp-0", "c3os://edge/cp-0")
+SITE = Site(name="rack", ironic=IronicSite(endpoint="http://127.0.0.1:1"))
+
+
+def intent(
+    machine: IronicMachine | None = None,
+    image: MachineImage | None = None,
+    user_data: bytes = b"#cloud-config\n",
+    network: dict[str, Any] | None = None,
+    site: Site = SITE,
+) -> MachineIntent:
+    return MachineIntent(
+        identity=IDENTITY,
+        site=site,
+        credentials=SiteCredentials(),
+        image=image or MachineImage(url="https://img.example/c3os.qcow2", checksum=CHECKSUM),
+        cpus=2,
+        memory_mib=4096,
+        disk_gib=20,
+        hostname="cp-0",
+        user_data=user_data,
+        meta_data={"instance-id": IDENTITY.uuid, "provider-id": IDENTITY.provider_id, "cluster": "edge-1"},
+        network_config=network,
+        ironic=machine if machine is not None else IronicMachine(),
+    )
+
+
+def test_allocation_is_named_and_numbered_after_the_machine() -> None:
+    machine = IronicMachine(
+        resource_class="gpu-large", traits=["CUSTOM_GPU"], candidate_nodes=["r1-n4", "r1-n5"]
+    )
+    request = allocation_request(IDENTITY, machine)
+    assert request["name"] == IDENTITY.resource_name and request["uuid"] == IDENTITY.uuid
+    assert request["resource_class"] == "gpu-large"
+    assert request["traits"] == ["CUSTOM_GPU"] and request["candidate_nodes"] == ["r1-n4", "r1-n5"]
+    assert request["extra"]["c3os_provider_id"] == "c3os://edge/cp-0"
+    assert "traits" not in allocation_request(IDENTITY, IronicMachine())
+
+
+def test_disk_images_are_deployed_with_their_checksum() -> None:
+    info = instance_info(intent(IronicMachine(boot_mode="uefi", traits=["CUSTOM_X"])))
+    assert info["image_source"] == "https://img.example/c3os.qcow2"
+    assert info["image_disk_format"] == "qcow2"
+    assert (info["image_os_hash_algo"], info["image_os_hash_value"]) == ("sha256", CHECKSUM)
+    assert info["capabilities"] == {"boot_mode": "uefi"}
+    assert info["traits"] == ["CUSTOM_X"]
+    assert "boot_iso" not in info
+
+
+def test_live_isos_boot_through_the_ramdisk_deploy() -> None:
+    iso = MachineImage(url="https://img.example/c3os.iso", checksum=CHECKSUM, format="iso")
+    info = instance_info(intent(image=iso))
+    assert info["boot_iso"] == "https://img.example/c3os.iso" and "image_source" not in info
+    assert deploy_interface_for(IronicMachine(), "iso", "direct") == "ramdisk"
+    assert deploy_interface_for(IronicMachine(), "qcow2", "ramdisk") == "direct"
+    assert deploy_interface_for(IronicMachine(), "qcow2", "direct") is None, "the node's own choice is kept"
+    assert deploy_interface_for(IronicMachine(deploy_interface="direct"), "iso", "ramdisk") == "direct"
+
+
+def test_root_device_hints_use_ironics_names() -> None:
+    hints = RootDeviceHints(
+        device_name="/dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+        min_size_gigabytes=100,
+        serial_number="S1",
+        rotational=False,
+    )
+    assert root_device(hints) == {
+        "by_path": "/dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+        "size": ">= 100",
+        "serial": "S1",
+        "rotational": False,
+    }
+    assert root_device(RootDeviceHints(device_name="/dev/sda")) == {"name": "/dev/sda"}
+
+
+def test_config_drive_carries_bootstrap_data_and_identity() -> None:
+    drive = configdrive(
+        intent(user_data=b"#cloud-config\nhostname: cp-0\n", network={"links": [], "networks": []})
+    )
+    assert drive["user_data"] == "#cloud-config\nhostname: cp-0\n"
+    meta = drive["meta_data"]
+    assert meta["uuid"] == meta["instance-id"] == IDENTITY.uuid
+    assert meta["provider-id"] == "c3os://edge/cp-0" and meta["local-hostname"] == "cp-0"
+    assert meta["cluster"] == "edge-1", "the reconciler's meta-data is passed on"
+    assert drive["network_data"] == {"links": [], "networks": []}
+    assert "network_data" not in configdrive(intent())
+
+
+def test_addresses_are_the_hostname_and_static_ips_from_network_data() -> None:
+    network = {
+        "networks": [{"ip_address": "10.0.0.5"}, {"ip_address": "81.2.69.160"}, {"ip_address": "bogus"}]
+    }
+    assert [(a.type, a.address) for a in addresses(intent(network=network))] == [
+        ("Hostname", "cp-0"),
+        ("InternalIP", "10.0.0.5"),
+        ("ExternalIP", "81.2.69.160"),
+    ]
+
+
+class NoConnection:
+    def __call__(self, *_: object) -> object:
+        raise AssertionError("bad input must be refused before Ironic is contacted")
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (intent(image=MachineImage(volume="base-image")), "UnsupportedImage"),
+        (intent(user_data=b"\xff\xfe binary"), "InvalidBootstrapData"),
+        (intent(site=Site(name="kvm", libvirt=LibvirtSite(uri="qemu:///system"))), "WrongBackend"),
+    ],
+)
+def test_bad_input_is_refused_with_a_reason_before_anything_is_created(
+    bad: MachineIntent, reason: str
+) -> None:
+    with pytest.raises(BackendError) as raised:
+        IronicBackend(connector=NoConnection()).provision(bad)
+    assert raised.value.reason == reason
+    assert raised.value.retry_after is None, "waiting will not fix bad input"
+
+
+def test_a_machine_without_ironic_settings_is_refused() -> None:
+    missing = MachineIntent(**{**intent().__dict__, "ironic": None})
+    with pytest.raises(BackendError) as raised:
+        IronicBackend(connector=NoConnection()).provision(missing)
+    assert raised.value.reason == "WrongBackend"
+
+
+def test_requeue_delays_carry_up_to_a_quarter_of_jitter() -> None:
+    backend = IronicBackend(connector=NoConnection())
+    delays = [backend._jitter(10.0) for _ in range(200)]
+    assert all(10.0 <= d <= 12.5 for d in delays)
+    assert len(set(delays)) > 1

@@ -1,0 +1,378 @@
+"""The libvirt backend against libvirt's in-process `test:///default` driver: naming,
+domain XML, idempotency, adoption after a crash, bad input and cleanup. (Uploads,
+resizes and real boots need a real libvirtd: tests/integration/libvirt.)"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt  # type: ignore[import-untyped]
+import pytest
+
+from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtSite, MachineImage, Site
+from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, Phase, SiteCredentials
+from capi_c3os.backends.libvirt import LibvirtBackend
+from capi_c3os.backends.libvirt import domain as dx
+
+URI = "test:///default"
+POOL = "default-pool"
+GIB = 1024**3
+
+
+@pytest.fixture
+def conn() -> Iterator[Any]:
+    c = libvirt.open(URI)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[LibvirtBackend]:
+    b = LibvirtBackend()
+    yield b
+    b.connections.close()
+
+
+@pytest.fixture
+def base(conn: Any) -> Iterator[str]:
+    """A 1 GiB base image volume, unique to the test."""
+    name = f"base-{uuid.uuid4().hex[:8]}.qcow2"
+    pool = conn.storagePoolLookupByName(POOL)
+    vol = pool.createXML(dx.volume_xml(name, GIB, "qcow2"), 0)
+    yield name
+    vol.delete(0)
+
+
+def site(**libvirt_fields: Any) -> Site:
+    fields = {"uri": URI, "pool": POOL, **libvirt_fields}
+    return Site(name="lab", libvirt=LibvirtSite.model_validate(fields))
+
+
+def intent(
+    base: str, *, name: str | None = None, disk_gib: int = 2, the_site: Site | None = None, **kw: Any
+) -> MachineIntent:
+    name = name or f"m-{uuid.uuid4().hex[:6]}"
+    identity = MachineIdentity("ns", name, f"c3os://ns/{name}")
+    image = kw.pop("image", None) or MachineImage(volume=base)
+    return MachineIntent(
+        identity=identity,
+        site=the_site or site(),
+        credentials=SiteCredentials(),
+        image=image,
+        cpus=1,
+        memory_mib=256,
+        disk_gib=disk_gib,
+        hostname=name,
+        user_data=b"#cloud-config\n",
+        meta_data={"instance-id": identity.uuid, "local-hostname": name, "provider-id": identity.provider_id},
+        libvirt=kw.pop("libvirt", LibvirtMachine()),
+        cluster="ns/c1",
+        **kw,
+    )
+
+
+def domains_named(conn: Any, identity: MachineIdentity) -> list[Any]:
+    return [d for d in conn.listAllDomains(0) if d.name() == dx.domain_name(identity)]
+
+
+def volume_names(conn: Any) -> set[str]:
+    return set(conn.storagePoolLookupByName(POOL).listVolumes())
+
+
+def test_identity_names_are_deterministic_and_not_from_uid() -> None:
+    a = MachineIdentity("ns", "m-0", "c3os://ns/m-0")
+    assert a.uuid == MachineIdentity("other-place", "x", "c3os://ns/m-0").uuid
+    assert dx.domain_name(a) == f"ns-m-0-{a.uuid[:8]}"
+    assert dx.disk_volume_name(a) == f"ns-m-0-{a.uuid[:8]}-disk.qcow2"
+    assert dx.config_drive_volume_name(a) == f"ns-m-0-{a.uuid[:8]}-config.iso"
+
+
+def test_domain_xml_has_identity_tag_disks_serial_log_and_no_nic_without_network() -> None:
+    ident = MachineIdentity("ns", "m-0", "c3os://ns/m-0")
+    spec = dx.DomainSpec(
+        identity=ident,
+        tag=dx.Tag("ns", "m-0", "c3os://ns/m-0", "ns/c1"),
+        domain_type="qemu",
+        cpus=1,
+        memory_mib=256,
+        disk_path="/p/disk.qcow2",
+        disk_format="qcow2",
+        config_drive_path="/p/cfg.iso",
+        uefi=True,
+        kernel="/k",
+        initrd="/i",
+        cmdline="console=ttyS0",
+        serial_log="/log/serial.log",
+    )
+    root = ET.fromstring(dx.domain_xml(spec))
+    assert root.get("type") == "qemu"
+    assert root.findtext("uuid") == ident.uuid
+    assert root.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    assert root.findtext("os/cmdline") == "console=ttyS0"
+    disk, cdrom = root.findall("devices/disk")
+    assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}  # type: ignore[union-attr]
+    assert cdrom.get("device") == "cdrom" and cdrom.find("readonly") is not None
+    assert root.find("devices/serial/log").get("file") == "/log/serial.log"  # type: ignore[union-attr]
+    assert root.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"  # type: ignore[union-attr]
+    assert root.findall("devices/interface") == []
+    tag = dx.parse_tag(ET.tostring(root.find("metadata")[0], encoding="unicode"))  # type: ignore[index]
+    assert tag == dx.Tag("ns", "m-0", "c3os://ns/m-0", "ns/c1")
+
+
+def test_provision_creates_one_running_domain_with_overlay_and_config_drive(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    wanted = intent(base)
+    progress = backend.provision(wanted)
+    assert progress.phase is Phase.RUNNING, progress
+    assert ("Hostname", wanted.hostname) in [(a.type, a.address) for a in progress.addresses]
+    assert progress.details["domainUUID"] == wanted.identity.uuid
+    again = backend.provision(wanted)
+    assert again.phase is Phase.RUNNING
+    assert len(domains_named(conn, wanted.identity)) == 1
+    pool = conn.storagePoolLookupByName(POOL)
+    disk = ET.fromstring(pool.storageVolLookupByName(dx.disk_volume_name(wanted.identity)).XMLDesc(0))
+    assert disk.findtext("backingStore/path", "").endswith(base)
+    assert int(disk.findtext("capacity", "0")) == 2 * GIB
+    assert dx.config_drive_volume_name(wanted.identity) in volume_names(conn)
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+
+
+def test_a_defined_but_never_started_domain_is_started_on_the_next_provision(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    wanted = intent(base)
+    lsite = wanted.site.libvirt
+    assert lsite is not None
+    backend._create(backend.connections.get(lsite, wanted.credentials), lsite, wanted)
+    (dom,) = domains_named(conn, wanted.identity)
+    assert not dom.isActive()  # the "crash" came right after defineXML
+    assert backend.provision(wanted).phase is Phase.RUNNING
+    assert dom.isActive()
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+
+
+def test_a_domain_stopped_after_it_ran_is_reported_not_restarted(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    wanted = intent(base)
+    backend.provision(wanted)
+    (dom,) = domains_named(conn, wanted.identity)
+    dom.destroy()
+    progress = backend.provision(wanted)
+    assert progress.phase is Phase.STOPPED
+    assert progress.reason == "DomainStopped"
+    assert "destroyed" in progress.message
+    assert not dom.isActive()
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+
+
+def test_a_vanished_domain_of_a_provisioned_machine_is_missing_not_recreated(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    wanted = intent(base)
+    backend.provision(wanted)
+    (dom,) = domains_named(conn, wanted.identity)
+    dom.destroy()
+    dom.undefine()
+    gone = MachineIntent(**{**wanted.__dict__, "provisioned": True})
+    assert backend.provision(gone).phase is Phase.MISSING
+    assert domains_named(conn, wanted.identity) == []
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+
+
+def test_a_foreign_domain_with_our_name_is_left_alone(conn: Any, backend: LibvirtBackend, base: str) -> None:
+    wanted = intent(base)
+    foreign = conn.defineXML(
+        f"<domain type='test'><name>{dx.domain_name(wanted.identity)}</name><memory>262144</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    with pytest.raises(BackendError) as err:
+        backend.provision(wanted)
+    assert err.value.reason == "DomainNameTaken" and err.value.retry_after is None
+    with pytest.raises(BackendError):
+        backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+    assert foreign.name() in [d.name() for d in conn.listAllDomains(0)]
+    foreign.undefine()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"the_site": site(pool="no-such-pool")}, "StoragePoolNotFound"),
+        ({"the_site": site(network="no-such-net")}, "NetworkNotFound"),
+        ({"image": MachineImage(volume="no-such-base")}, "ImageNotFound"),
+        ({"disk_gib": 0}, "DiskTooSmall"),
+    ],
+)
+def test_bad_input_is_a_readable_error_and_creates_nothing(
+    conn: Any, backend: LibvirtBackend, base: str, change: dict[str, Any], reason: str
+) -> None:
+    before = volume_names(conn)
+    wanted = intent(base, **change) if change.get("disk_gib") != 0 else intent(base)
+    if change.get("disk_gib") == 0:
+        # the base is 1 GiB: a machine asking for less must not get a shrunk disk
+        pool = conn.storagePoolLookupByName(POOL)
+        pool.storageVolLookupByName(base).delete(0)
+        pool.createXML(dx.volume_xml(base, 3 * GIB, "qcow2"), 0)
+    with pytest.raises(BackendError) as err:
+        backend.provision(wanted)
+    assert err.value.reason == reason
+    assert err.value.message
+    assert domains_named(conn, wanted.identity) == []
+    assert volume_names(conn) == before
+
+
+def test_image_url_is_checked_against_its_checksum(
+    conn: Any, backend: LibvirtBackend, base: str, tmp_path: Path
+) -> None:
+    image_file = tmp_path / "image.raw"
+    image_file.write_bytes(b"\0" * 4096)
+    good = hashlib.sha256(image_file.read_bytes()).hexdigest()
+    bad = MachineImage(url=image_file.as_uri(), checksum="0" * 64, format="raw")
+    before = volume_names(conn)
+    with pytest.raises(BackendError) as err:
+        backend.provision(intent(base, image=bad))
+    assert err.value.reason == "ImageChecksumMismatch"
+    assert f"got sha256:{good[:16]}" in err.value.message
+    assert volume_names(conn) == before
+
+    ok = MachineImage(url=image_file.as_uri(), checksum=good, format="raw")
+    first, second = intent(base, image=ok), intent(base, image=ok)
+    backend.provision(first)
+    backend.provision(second)
+    shared = dx.base_volume_name(good, "raw")
+    assert {shared, shared + ".verified"} <= volume_names(conn)
+    for machine in (first, second):
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+    pool = conn.storagePoolLookupByName(POOL)
+    for name in (shared, shared + ".verified"):
+        pool.storageVolLookupByName(name).delete(0)
+
+
+def test_deprovision_removes_domain_and_volumes_and_is_idempotent(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    wanted = intent(base)
+    before = volume_names(conn)
+    backend.provision(wanted)
+    assert volume_names(conn) - before == {
+        dx.disk_volume_name(wanted.identity),
+        dx.config_drive_volume_name(wanted.identity),
+    }
+    for _ in range(2):
+        assert backend.deprovision(wanted.identity, wanted.site, wanted.credentials).phase is Phase.DELETED
+    assert domains_named(conn, wanted.identity) == []
+    assert volume_names(conn) == before
+
+
+def test_tagged_machines_lists_the_clusters_domains(conn: Any, backend: LibvirtBackend, base: str) -> None:
+    ours = intent(base)
+    theirs = MachineIntent(**{**intent(base).__dict__, "cluster": "ns/other"})
+    for m in (ours, theirs):
+        backend.provision(m)
+    tags = backend.tagged_machines(ours.site, ours.credentials, "ns/c1")
+    names = {t.name for t in tags}
+    assert ours.identity.name in names and theirs.identity.name not in names
+    for m in (ours, theirs):
+        backend.deprovision(m.identity, m.site, m.credentials)
+
+
+class CrashError(Exception):
+    """Stands for the manager dying at that line (kill -9 leaves no cleanup either)."""
+
+
+def _crash(*_: Any, **__: Any) -> Any:
+    raise CrashError
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        "after-base-image",  # before the disk is created
+        "after-disk",  # disk exists, no config drive
+        "after-config-drive",  # both volumes, no domain
+        "after-define",  # domain defined, never started
+        "after-start",  # running, not yet marked as started
+    ],
+)
+def test_a_restart_after_a_crash_at_any_step_finishes_with_one_domain_and_no_orphans(
+    conn: Any, base: str, boundary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capi_c3os.backends.libvirt import backend as module  # noqa: PLC0415
+
+    wanted = intent(base)
+    before = volume_names(conn)
+    crashing = LibvirtBackend()
+    with monkeypatch.context() as patch:
+        if boundary == "after-base-image":
+            patch.setattr(dx, "volume_xml", _crash)
+        elif boundary == "after-disk":
+            patch.setattr(module, "build_config_drive", _crash)
+        elif boundary == "after-config-drive":
+            patch.setattr(dx, "domain_xml", _crash)
+        elif boundary == "after-define":
+            patch.setattr(module, "_started", _crash)
+        else:
+            patch.setattr(module, "_mark_started", _crash)
+        with pytest.raises(CrashError):
+            crashing.provision(wanted)
+
+    restarted = LibvirtBackend()  # a new process: no memory of the first
+    progress = restarted.provision(wanted)
+    assert progress.phase is Phase.RUNNING, progress
+    assert len(domains_named(conn, wanted.identity)) == 1
+    assert volume_names(conn) - before == {
+        dx.disk_volume_name(wanted.identity),
+        dx.config_drive_volume_name(wanted.identity),
+    }
+    # and a restart once more changes nothing
+    assert restarted.provision(wanted).phase is Phase.RUNNING
+    assert len(domains_named(conn, wanted.identity)) == 1
+    restarted.deprovision(wanted.identity, wanted.site, wanted.credentials)
+    assert volume_names(conn) == before
+    for b in (crashing, restarted):
+        b.connections.close()
+
+
+def test_a_crash_during_deletion_is_finished_by_the_next_deprovision(
+    conn: Any, backend: LibvirtBackend, base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capi_c3os.backends.libvirt import backend as module  # noqa: PLC0415
+
+    wanted = intent(base)
+    before = volume_names(conn)
+    backend.provision(wanted)
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "_lookup_pool", _crash)  # domain gone, volumes not yet
+        with pytest.raises(CrashError):
+            backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+    assert domains_named(conn, wanted.identity) == []
+    assert volume_names(conn) != before
+    assert backend.deprovision(wanted.identity, wanted.site, wanted.credentials).phase is Phase.DELETED
+    assert volume_names(conn) == before
+
+
+def test_a_live_iso_boots_from_cdrom_onto_an_empty_disk(conn: Any, backend: LibvirtBackend) -> None:
+    pool = conn.storagePoolLookupByName(POOL)
+    iso_name = f"live-{uuid.uuid4().hex[:6]}.iso"
+    iso = pool.createXML(dx.volume_xml(iso_name, 512 * 1024**2, "raw"), 0)
+    wanted = intent("", image=MachineImage(volume=iso_name, format="iso"), disk_gib=4)
+    assert backend.provision(wanted).phase is Phase.RUNNING
+    (dom,) = domains_named(conn, wanted.identity)
+    root = ET.fromstring(dom.XMLDesc(0))
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["hd", "cdrom"]
+    sources: dict[str, list[str]] = {}
+    for d in root.findall("devices/disk"):
+        sources.setdefault(d.get("device", ""), []).append(d.find("source").get("file", ""))  # type: ignore[union-attr]
+    assert iso.path() in sources["cdrom"]
+    disk = ET.fromstring(pool.storageVolLookupByName(dx.disk_volume_name(wanted.identity)).XMLDesc(0))
+    assert disk.find("backingStore/path") is None
+    assert int(disk.findtext("capacity", "0")) == 4 * GIB
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+    iso.delete(0)

@@ -1,0 +1,63 @@
+"""Connections: credentials become private files whose paths (never contents) go into
+the URI; connection failures read well and carry no secret."""
+
+from __future__ import annotations
+
+import os
+import stat
+import urllib.parse
+
+import pytest
+
+from capi_c3os.api.infrastructure import LibvirtSite
+from capi_c3os.backends.base import BackendError, SiteCredentials
+from capi_c3os.backends.libvirt.connection import ConnectionPool, connection_uri, write_credentials
+
+KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def params(uri: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
+
+
+def test_ssh_credentials_are_private_files_and_host_keys_are_checked() -> None:
+    creds = SiteCredentials({"ssh-privatekey": KEY, "known_hosts": b"host ssh-ed25519 AAAA\n"})
+    workdir = write_credentials(creds)
+    assert workdir is not None
+    try:
+        assert stat.S_IMODE(os.stat(workdir).st_mode) == 0o700
+        key = os.path.join(workdir, "id_key")
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+        with open(key, "rb") as handle:
+            assert handle.read() == KEY
+        uri = connection_uri(LibvirtSite(uri="qemu+ssh://root@edge-1/system"), creds, workdir)
+        assert uri.startswith("qemu+libssh://root@edge-1/system?")
+        assert params(uri) == {
+            "keyfile": key,
+            "known_hosts": os.path.join(workdir, "known_hosts"),
+            "known_hosts_verify": "normal",
+        }
+        assert "c2VjcmV0" not in uri
+    finally:
+        for name in os.listdir(workdir):
+            os.unlink(os.path.join(workdir, name))
+        os.rmdir(workdir)
+
+
+def test_tls_credentials_become_a_pki_path_and_local_uris_stay_as_they_are() -> None:
+    creds = SiteCredentials({"tls.crt": b"c", "tls.key": b"k", "ca.crt": b"a"})
+    uri = connection_uri(LibvirtSite(uri="qemu+tls://edge-2/system"), creds, "/run/x")
+    assert params(uri) == {"pkipath": "/run/x"}
+    assert connection_uri(LibvirtSite(uri="qemu:///system"), SiteCredentials(), None) == "qemu:///system"
+    assert write_credentials(SiteCredentials()) is None
+
+
+def test_an_unreachable_host_is_a_retryable_readable_error_without_secrets() -> None:
+    pool = ConnectionPool()
+    site = LibvirtSite(uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    with pytest.raises(BackendError) as err:
+        pool.get(site, SiteCredentials({"ssh-privatekey": KEY}))
+    assert err.value.reason == "HostUnreachable"
+    assert err.value.retry_after is not None
+    assert "/nonexistent/libvirt-sock" in err.value.message
+    assert "c2VjcmV0" not in err.value.message and "c2VjcmV0" not in repr(err.value)
