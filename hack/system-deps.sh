@@ -6,10 +6,14 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+# The stand-in image build downloads a Debian kernel package, so package lists must exist
+# even when every package above is already installed.
+if ((${#missing[@]})) || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+  "${sudo_cmd[@]}" apt-get update -qq
+fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v go >/dev/null || { echo "Go >= 1.26 is required to build the test binaries (or set KUBEBUILDER_ASSETS and CAPI_C3OS_<NAME> paths)" >&2; exit 1; }
