@@ -62,3 +62,19 @@ def namespace(k8s: Any) -> Iterator[str]:
     core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+def provider_identity(
+    mgmt: ManagementPlane, provider: str, directory: Path
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Install a provider's generated components (Namespace, ServiceAccount, RBAC, ...) and
+    return a kubeconfig with a token of its ServiceAccount, and the components: a manager
+    using it gets exactly the generated RBAC, so a missing rule fails the test."""
+    path = REPO / "config" / "clusterctl" / f"{provider}-c3os" / "v0.1.0" / f"{provider}-components.yaml"
+    components = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    apply(mgmt.kubeconfig, components, manager="rbac-test")
+    account = next(d for d in components if d["kind"] == "ServiceAccount")["metadata"]
+    kubeconfig = mgmt.write_service_account_kubeconfig(
+        directory / f"{provider}-sa.kubeconfig", account["namespace"], account["name"]
+    )
+    return kubeconfig, components

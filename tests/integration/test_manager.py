@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-import yaml
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from capi_c3os.dev.mgmt import ManagementPlane, apply
+from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.dev.processes import ManagedProcess, free_port
-from tests.conftest import REPO
+from tests.conftest import provider_identity
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -521,19 +520,10 @@ def test_each_provider_runs_with_only_the_rbac_its_components_grant(
 ) -> None:
     """The manager authenticates as the components' ServiceAccount, so the API server
     enforces exactly the generated ClusterRole and Role (no admin rights)."""
-    components = [
-        doc
-        for doc in yaml.safe_load_all((REPO / "config" / "clusterctl" / f"{provider}-c3os" / "v0.1.0"
-                                       / f"{provider}-components.yaml").read_text())
-        if doc
-    ]  # fmt: skip
-    apply(mgmt.kubeconfig, components, manager="rbac-test")
+    kubeconfig, components = provider_identity(mgmt, provider, tmp_path)
     account = next(d for d in components if d["kind"] == "ServiceAccount")["metadata"]
     lease_role = next(d for d in components if d["kind"] == "Role")
     lease = next(r["resourceNames"][0] for r in lease_role["rules"] if r.get("resourceNames"))
-    kubeconfig = mgmt.write_service_account_kubeconfig(
-        tmp_path / "sa.kubeconfig", account["namespace"], account["name"]
-    )
 
     manager = start_manager(
         f"rbac-{provider}",

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import yaml
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.dev.mgmt import ManagementPlane, apply
+from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.dev.processes import ManagedProcess, free_port
 from capi_c3os.reconcilers.kube import Kube
-from tests.conftest import REPO
+from tests.conftest import provider_identity
 from tests.integration.test_manager import Manager
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
@@ -205,13 +204,7 @@ def kube(k8s: Any) -> Kube:
 def bootstrap_kubeconfig(mgmt: ManagementPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kubeconfig for the bootstrap provider's ServiceAccount: the API server enforces
     exactly the generated RBAC, so a missing rule fails these tests."""
-    path = REPO / "config" / "clusterctl" / "bootstrap-c3os" / "v0.1.0" / "bootstrap-components.yaml"
-    components = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    apply(mgmt.kubeconfig, components, manager="rbac-test")
-    account = next(d for d in components if d["kind"] == "ServiceAccount")["metadata"]
-    return mgmt.write_service_account_kubeconfig(
-        tmp_path_factory.mktemp("bootstrap-sa") / "kubeconfig", account["namespace"], account["name"]
-    )
+    return provider_identity(mgmt, "bootstrap", tmp_path_factory.mktemp("bootstrap-sa"))[0]
 
 
 @pytest.fixture
