@@ -106,6 +106,7 @@ class _Ctx:
     initialized: bool = False
     workload_error: str | None = None
     last_remediation: dict[str, Any] | None = None
+    workload: WorkloadClient | None = None
 
     @property
     def namespace(self) -> str:
@@ -173,13 +174,11 @@ def _read_workload(ctx: _Ctx) -> None:
     ctx.initialized = bool((status.get("initialization") or {}).get("controlPlaneInitialized"))
     if not ctx.machines:
         return
-    secret = ctx.kube.get(SECRETS, ctx.namespace, f"{ctx.cluster_name}-kubeconfig")
-    if secret is None:
+    client = ctx.workload = _workload(ctx)
+    if client is None:
         ctx.workload_error = "the kubeconfig Secret is missing"
         return
-    kubeconfig = base64.b64decode(secret["data"]["value"]).decode()
     try:
-        client = WORKLOADS.get(ctx.namespace, ctx.cluster_name, kubeconfig)
         nodes = client.nodes()
         ctx.nodes = {n.provider_id: n for n in nodes if n.provider_id}
         if not ctx.initialized:
@@ -458,10 +457,10 @@ def _release_hooks(ctx: _Ctx) -> None:
         others = [m for m in ctx.machines if m is not machine]
         done = cluster_deleting or not others or node is None or ETCD_REMOVED in node.annotations
         if not done and node is not None and node.annotations.get(ETCD_REMOVE) != "true":
-            client = _workload(ctx)
             try:
-                if client is not None:
-                    client.annotate_node(node.name, {ETCD_REMOVE: "true"})
+                # The client _read_workload made: one kubeconfig read per reconcile.
+                if ctx.workload is not None:
+                    ctx.workload.annotate_node(node.name, {ETCD_REMOVE: "true"})
             except WorkloadUnreachableError as exc:
                 ctx.workload_error = str(exc)
             continue
