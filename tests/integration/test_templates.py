@@ -13,6 +13,7 @@ import pytest
 import yaml
 from kubernetes import client as kc
 
+from capi_c3os.capi import conditions as cond
 from capi_c3os.dev import binaries
 from capi_c3os.dev.mgmt import ManagementPlane, apply
 from tests.conftest import REPO
@@ -51,6 +52,18 @@ def render(
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
+def await_class_accepted(api: kc.CustomObjectsApi, namespace: str, name: str) -> None:
+    """CAPI has validated the ClusterClass's variables (its VariablesReady condition)."""
+
+    def accepted() -> bool:
+        cc = api.get_namespaced_custom_object(
+            "cluster.x-k8s.io", "v1beta2", namespace, "clusterclasses", name
+        )
+        return cond.is_true(cc, "VariablesReady")
+
+    eventually(accepted, f"CAPI to accept the ClusterClass {name}")
+
+
 def topology_state(api: kc.CustomObjectsApi, namespace: str) -> str:
     """What CAPI's topology controller says, for failure messages."""
     cluster = api.get_namespaced_custom_object(
@@ -72,16 +85,7 @@ def test_clusterclass_topology_clones_our_templates_with_the_variables(
     apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
     api = kc.CustomObjectsApi(k8s)
 
-    def class_ready() -> bool:
-        cc = api.get_namespaced_custom_object(
-            "cluster.x-k8s.io", "v1beta2", namespace, "clusterclasses", "c3os-libvirt"
-        )
-        return any(
-            c["type"] == "VariablesReady" and c["status"] == "True"
-            for c in cc.get("status", {}).get("conditions", [])
-        )
-
-    eventually(class_ready, "CAPI to accept the ClusterClass variables")
+    await_class_accepted(api, namespace, "c3os-libvirt")
     apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] == "Cluster"])
 
     def one(group: str, plural: str) -> dict[str, Any] | None:
@@ -158,13 +162,4 @@ def test_ironic_clusterclass_is_accepted(mgmt: ManagementPlane, k8s: Any, namesp
     apply(mgmt.kubeconfig, docs)
     api = kc.CustomObjectsApi(k8s)
 
-    def variables_ready() -> bool:
-        cc = api.get_namespaced_custom_object(
-            "cluster.x-k8s.io", "v1beta2", namespace, "clusterclasses", "c3os-ironic"
-        )
-        return any(
-            c["type"] == "VariablesReady" and c["status"] == "True"
-            for c in cc.get("status", {}).get("conditions", [])
-        )
-
-    eventually(variables_ready, "CAPI to accept the Ironic ClusterClass")
+    await_class_accepted(api, namespace, "c3os-ironic")

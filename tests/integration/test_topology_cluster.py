@@ -15,12 +15,11 @@ import pytest
 import yaml
 from kubernetes import client as kc
 
-from capi_c3os.capi import conditions as cond
 from capi_c3os.dev.mgmt import ManagementPlane, apply
 from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn
 from tests.integration.controlplane.test_controlplane import _exists, secret_pair
-from tests.integration.test_templates import render
+from tests.integration.test_templates import await_class_accepted, render
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -47,9 +46,7 @@ def test_a_topology_cluster_comes_up_servers_first_then_workers(
             doc["spec"]["topology"]["controlPlane"]["replicas"] = 1
             doc["spec"]["topology"]["workers"]["machineDeployments"][0]["replicas"] = 2
     apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
-    eventually(lambda: cond.is_true(api.get_namespaced_custom_object(*CAPI, namespace, "clusterclasses",
-                                                                      "c3os-libvirt"), "VariablesReady"),
-               "ClusterClass accepted")  # fmt: skip
+    await_class_accepted(api, namespace, "c3os-libvirt")
     apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] == "Cluster"])
 
     health = free_port()
