@@ -5,9 +5,16 @@
 # was given, optionally gets a DHCP address, and stays up.
 #
 # Output (cached; rebuilt only when this script changes):
-#   ${CAPI_C3OS_IMAGE_DIR:-~/.cache/capi-c3os/images}/standin-<hash>/{vmlinuz,initrd.img,base.qcow2}
-# and prints that directory. base.qcow2 is a 64 MiB disk whose first bytes are a marker,
-# so a guest that sees the marker on its (copy-on-write) disk proves the overlay works.
+#   ${CAPI_C3OS_IMAGE_DIR:-~/.cache/capi-c3os/images}/standin-<hash>/{vmlinuz,initrd.img,base.qcow2,boot.qcow2}
+# and prints that directory.
+# - base.qcow2 is a 64 MiB disk whose first bytes are a marker, so a guest that sees the
+#   marker on its (copy-on-write) disk proves the overlay works; it is booted only with
+#   directKernelBoot (kernel and initrd from the libvirt host).
+# - boot.qcow2 boots by itself, like a real c3os qcow2: a FAT "superfloppy" (no
+#   partition table) made bootable with syslinux, holding the same kernel and initrd and
+#   a syslinux.cfg with console=ttyS0. A C3osMachine with just `image: {volume: ...}` or
+#   `image: {url, checksum}` boots it from its disk (SeaBIOS -> syslinux -> kernel).
+#   Built with mtools and syslinux's mtools installer: no loop device, no mount.
 #
 # A real c3os/Kairos image is used instead by pointing C3osMachine.spec.image at its
 # qcow2 (format: qcow2) or live ISO (format: iso) and leaving out directKernelBoot.
@@ -17,7 +24,7 @@ hash=$(sha256sum "$here/standin-image.sh" | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 out="$cache/standin-$hash"
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
-for tool in busybox cpio depmod qemu-img apt-get dpkg-deb gzip; do
+for tool in busybox cpio depmod qemu-img apt-get dpkg-deb gzip mformat mcopy syslinux; do
   [ -x "/bin/$tool" ] || command -v "$tool" >/dev/null || { echo "missing $tool (run hack/system-deps.sh)" >&2; exit 1; }
 done
 busybox=/bin/busybox
@@ -111,6 +118,26 @@ cp "kroot/boot/vmlinuz-$version" "$out.tmp/vmlinuz"
 printf 'C3OS-STANDIN-BASE-0001' > base.raw
 truncate -s 64M base.raw
 qemu-img convert -q -f raw -O qcow2 base.raw "$out.tmp/base.qcow2"
+
+# The self-booting disk. syslinux writes its boot sector into the FAT volume's first
+# sector, which on a superfloppy is the disk's first sector: what the BIOS loads.
+cat > syslinux.cfg <<'CFG'
+SERIAL 0 115200
+DEFAULT c3os
+PROMPT 0
+TIMEOUT 0
+LABEL c3os
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND console=ttyS0 quiet
+CFG
+truncate -s 32M boot.raw
+mformat -i boot.raw -v C3OSBOOT -h 64 -s 32 -t 32 ::
+mcopy -i boot.raw "$out.tmp/vmlinuz" ::/vmlinuz
+mcopy -i boot.raw "$out.tmp/initrd.img" ::/initrd.img
+mcopy -i boot.raw syslinux.cfg ::/syslinux.cfg
+syslinux --install boot.raw
+qemu-img convert -q -f raw -O qcow2 boot.raw "$out.tmp/boot.qcow2"
 echo "$pkg" > "$out.tmp/kernel-package"
 touch "$out.tmp/done"
 rm -rf "$out"; mv "$out.tmp" "$out"
