@@ -93,6 +93,10 @@ class WorkloadStandIn:
             "status": "True" if ready else "False",
             "reason": "KubeletReady" if ready else "KubeletNotReady",
             "message": "stand-in kubelet",
+            # MachineHealthCheck times unhealthiness from the transition; callers only
+            # call this on a change.
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastHeartbeatTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         with api_client(self.kubeconfig) as client:
             self._core(client).patch_node_status(name, {"status": {"conditions": [condition]}})

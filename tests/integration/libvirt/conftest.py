@@ -7,7 +7,6 @@ provider's generated RBAC."""
 from __future__ import annotations
 
 import base64
-import re
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.dev.processes import ManagedProcess, free_port
@@ -32,9 +32,8 @@ CONTROL_PLANE = ("controlplane.cluster.x-k8s.io", "v1alpha1")
 CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
 CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 BASE_VOLUME = "standin.qcow2"
-MARKER = re.compile(
-    r"----- BEGIN (?P<what>[A-Z-]+) BASE64 -----\r?\n(?P<b64>.*?)----- END (?P=what) BASE64 -----", re.S
-)
+BOOT_VOLUME = "standin-boot.qcow2"
+__all__ = ["console_blocks", "serial_log"]  # imported from here by the libvirt tests
 
 
 @pytest.fixture(scope="session")
@@ -53,19 +52,10 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> I
     try:
         daemon.start()
         daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
+        daemon.upload_file(standin_image / "boot.qcow2", BOOT_VOLUME)
         yield daemon
     finally:
         daemon.stop()
-
-
-def serial_log(daemon: PrivateLibvirtd, domain: str) -> str:
-    path = daemon.qemu_log_dir / f"{domain}-serial.log"
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def console_blocks(log: str) -> dict[str, bytes]:
-    """USER-DATA and META-DATA exactly as the guest read them from its config drive."""
-    return {m["what"]: base64.b64decode("".join(m["b64"].split())) for m in MARKER.finditer(log)}
 
 
 class Capi:
