@@ -88,18 +88,23 @@ class WorkloadStandIn:
         self.set_node_ready(name, ready)
 
     def set_node_ready(self, name: str, ready: bool) -> None:
-        condition = {
-            "type": "Ready",
-            "status": "True" if ready else "False",
-            "reason": "KubeletReady" if ready else "KubeletNotReady",
-            "message": "stand-in kubelet",
-            # MachineHealthCheck times unhealthiness from the transition; callers only
-            # call this on a change.
-            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastHeartbeatTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        """The kubelet's status report: Ready, and the pressure conditions a kubelet
+        always reports (CAPI's NodeHealthy waits for them). Call only on a change:
+        MachineHealthCheck times unhealthiness from the transition."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        reported = [
+            ("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady"),
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID"),
+        ]
+        conditions = [
+            {"type": kind, "status": status, "reason": reason, "message": "stand-in kubelet",
+             "lastTransitionTime": now, "lastHeartbeatTime": now}
+            for kind, status, reason in reported
+        ]  # fmt: skip
         with api_client(self.kubeconfig) as client:
-            self._core(client).patch_node_status(name, {"status": {"conditions": [condition]}})
+            self._core(client).patch_node_status(name, {"status": {"conditions": conditions}})
 
     def mark_serving(self) -> None:
         """k3s creates kube-system/k3s-serving once the first server serves."""

@@ -1,0 +1,252 @@
+"""A cluster from the libvirt ClusterClass, made the way a user makes it, carried through
+its life in one module (scenarios run in file order and build on each other, as a user's
+cluster does; each scenario's own waits fail it with what is missing):
+
+1. create: `clusterctl generate cluster shop-17 --flavor topology` from the offline
+   repository (`capi-c3os manifests` output), 3 servers + 2 workers on the private
+   libvirtd, booting the self-booting stand-in image by URL + checksum;
+2. delete: nothing left behind (domains, volumes, NVRAM, cluster Secrets).
+
+One cluster carried through keeps the run short (each VM boot is tens of seconds under
+TCG) and is what a cluster lives through; the price is that a failing scenario fails the
+later ones, which then say so in their first wait.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as kc
+from kubernetes.client.exceptions import ApiException
+
+from capi_c3os.capi import conditions as cond
+from capi_c3os.dev.k3s import console_blocks, serial_log
+from capi_c3os.dev.libvirtd import NETWORK_NAME
+from capi_c3os.dev.mgmt import api_client, apply
+from capi_c3os.dev.processes import free_port
+from e2e.conftest import E2eEnv
+from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
+from tests.integration.test_templates import await_class_accepted, render
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+CAPI = ("cluster.x-k8s.io", "v1beta2")
+INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+NAME = "shop-17"  # what tests.integration.test_templates.render generates
+CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
+CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
+SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
+CREATE_TIMEOUT = 1500  # 5 VMs under TCG on a shared 2-core machine: a safety net only
+
+
+class Cluster:
+    """The objects of one cluster in its namespace, read fresh on every call."""
+
+    def __init__(self, env: E2eEnv, namespace: str, port: int) -> None:
+        self.env = env
+        self.namespace = namespace
+        self.port = port
+        self.api = kc.CustomObjectsApi(env.k8s)
+        self.core = kc.CoreV1Api(env.k8s)
+
+    def items(self, gv: tuple[str, str], plural: str) -> list[dict[str, Any]]:
+        return list(self.api.list_namespaced_custom_object(*gv, self.namespace, plural)["items"])
+
+    def get(self, gv: tuple[str, str], plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.api.get_namespaced_custom_object(*gv, self.namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def machines(self) -> list[dict[str, Any]]:
+        return self.items(CAPI, "machines")
+
+    def servers(self) -> list[dict[str, Any]]:
+        return [m for m in self.machines() if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [m for m in self.machines() if CONTROL_PLANE_LABEL not in m["metadata"].get("labels", {})]
+
+    def patch_topology(self, patch: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            *CAPI, self.namespace, "clusters", NAME, {"spec": {"topology": patch}}
+        )
+
+    def settled(self, servers: int, workers: int, version: str | None = None) -> bool:
+        """Exactly these many Machines, none deleting, all Running with a Ready Node."""
+        ms = self.machines()
+        obj = self.get(CAPI, "clusters", NAME)
+        return (
+            obj is not None
+            and cond.is_true(obj, "Available")
+            and len([m for m in ms if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})]) == servers
+            and len(ms) == servers + workers
+            and all(_healthy(m) and (version is None or m["spec"].get("version") == version) for m in ms)
+        )
+
+    def workload(self) -> Any:
+        found = self.env.k3s.cluster("127.0.0.1", self.port)
+        assert found is not None, "the k3s stand-in runs no cluster on the endpoint"
+        return found
+
+    def domain_of(self, machine: dict[str, Any]) -> str | None:
+        infra = self.get(INFRA, "c3osmachines", machine["spec"]["infrastructureRef"]["name"])
+        libvirt_status = ((infra or {}).get("status") or {}).get("backend", {}).get("libvirt", {})
+        name = libvirt_status.get("domainName")
+        return str(name) if name else None
+
+    def summary(self) -> str:
+        """Where things stand, for a timed-out wait."""
+        cluster = self.get(CAPI, "clusters", NAME) or {}
+        lines = [
+            f"Cluster: {c['type']}={c['status']} {c.get('reason', '')} {c.get('message', '')}"
+            for c in (cluster.get("status") or {}).get("conditions", [])
+            if c["status"] != "True"
+        ]
+        for m in self.machines():
+            status = m.get("status") or {}
+            lines.append(
+                f"Machine {m['metadata']['name']}: {status.get('phase')} node={status.get('nodeRef')}"
+            )
+        lines += self.env.k3s.events[-10:]
+        return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def namespace(e2e: E2eEnv) -> Iterator[str]:
+    name = "e2e-libvirt"
+    core = kc.CoreV1Api(e2e.k8s)
+    core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def cluster(e2e: E2eEnv, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    """The rendered cluster, applied: the ClusterClass and its templates, then the Cluster."""
+    port = free_port()
+    image = e2e.standin_image / "boot.qcow2"
+    rendered = render(
+        "topology",
+        namespace,
+        tmp_path_factory.mktemp("clusterctl"),
+        e2e.mgmt.kubeconfig,
+        C3OS_CONTROL_PLANE_ENDPOINT_HOST="127.0.0.1",
+        C3OS_CONTROL_PLANE_ENDPOINT_PORT=str(port),
+        C3OS_LIBVIRT_URI=e2e.libvirtd.uri,
+        C3OS_LIBVIRT_POOL=e2e.libvirtd.pool_name,
+        C3OS_LIBVIRT_NETWORK=NETWORK_NAME,
+        C3OS_IMAGE_URL=image.as_uri(),
+        C3OS_IMAGE_SHA256=hashlib.sha256(image.read_bytes()).hexdigest(),
+    )
+    topology = next(d for d in rendered if d["kind"] == "Cluster")["spec"]["topology"]
+    # What a user edits in the generated file: VM sizes (ClusterClass variables the
+    # template leaves at their defaults).
+    topology["variables"] += [
+        {"name": "controlPlaneMachine", "value": SMALL_VM},
+        {"name": "workerMachine", "value": SMALL_VM},
+    ]
+    assert topology["controlPlane"]["replicas"] == 3
+    assert topology["workers"]["machineDeployments"][0]["replicas"] == 2
+    e2e.k3s.add_endpoint("127.0.0.1", port)  # the stand-in load balancer of this endpoint
+    apply(e2e.mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    made = Cluster(e2e, namespace, port)
+    await_class_accepted(made.api, namespace, "c3os-libvirt")
+    apply(e2e.mgmt.kubeconfig, [d for d in rendered if d["kind"] == "Cluster"])
+    return made
+
+
+def test_create_three_servers_two_workers_from_the_clusterclass(cluster: Cluster, tmp_path: Path) -> None:
+    env = cluster.env
+    started = time.monotonic()
+
+    def available() -> bool:
+        obj = cluster.get(CAPI, "clusters", NAME)
+        ms = cluster.machines()
+        return (
+            obj is not None
+            and cond.is_true(obj, "Available")
+            and len(ms) == 5
+            and all((m.get("status") or {}).get("phase") == "Running" for m in ms)
+            and all((m.get("status") or {}).get("nodeRef") for m in ms)
+        )
+
+    eventually(available, "Cluster Available, 5 Machines Running with Nodes", CREATE_TIMEOUT, 2.0,
+               explain=cluster.summary)  # fmt: skip
+    print(f"\ncreate: {time.monotonic() - started:.0f}s until Available with 5 Running Machines")
+    machines = cluster.machines()
+    servers = [m for m in machines if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})]
+    assert len(servers) == 3
+
+    # Every VM read exactly its Machine's bootstrap data; k3s joined from it.
+    for m in machines:
+        domain = cluster.domain_of(m)
+        assert domain, m["metadata"]["name"]
+        secret = cluster.core.read_namespaced_secret(
+            m["spec"]["bootstrap"]["dataSecretName"], cluster.namespace
+        )
+        blocks = console_blocks(serial_log(env.libvirtd, domain))
+        assert blocks["USER-DATA"] == base64.b64decode(secret.data["value"]), m["metadata"]["name"]
+        meta = yaml.safe_load(blocks["META-DATA"])
+        assert meta["provider-id"] == m["spec"]["providerID"]
+        assert env.k3s.node_of(domain) == m["status"]["nodeRef"]["name"] == meta["local-hostname"]
+        print(f"boot {m['metadata']['name']}: {env.k3s.boot_seconds.get(domain, float('nan')):.0f}s")
+
+    # C3osMachines report the addresses the VMs got from DHCP.
+    for infra in cluster.items(INFRA, "c3osmachines"):
+        assert (infra.get("status") or {}).get("addresses"), infra["metadata"]["name"]
+
+    # The kubeconfig the control plane wrote works against the cluster k3s runs.
+    secret = cluster.core.read_namespaced_secret(f"{NAME}-kubeconfig", cluster.namespace)
+    kubeconfig = tmp_path / "workload.kubeconfig"
+    kubeconfig.write_bytes(base64.b64decode(secret.data["value"]))
+    with api_client(kubeconfig) as client:
+        nodes = {n.metadata.name for n in kc.CoreV1Api(client).list_node().items}
+    assert nodes == {m["status"]["nodeRef"]["name"] for m in machines}
+
+
+def _healthy(machine: dict[str, Any]) -> bool:
+    status = machine.get("status") or {}
+    return (
+        not machine["metadata"].get("deletionTimestamp")
+        and status.get("phase") == "Running"
+        and bool(status.get("nodeRef"))
+        and cond.is_true(machine, "Ready")
+    )
+
+
+def test_delete_the_cluster_leaves_nothing_behind(cluster: Cluster) -> None:
+    env = cluster.env
+    started = time.monotonic()
+    cluster.api.delete_namespaced_custom_object(*CAPI, cluster.namespace, "clusters", NAME)
+    eventually(lambda: cluster.get(CAPI, "clusters", NAME) is None, "the Cluster gone", 900, 2.0,
+               explain=cluster.summary)  # fmt: skip
+    print(f"\ndelete: {time.monotonic() - started:.0f}s until the Cluster is gone")
+    assert cluster.machines() == []
+    assert cluster.items(INFRA, "c3osmachines") == []
+
+    with env.libvirtd.connect() as conn:
+        assert [d.name() for d in conn.listAllDomains(0)] == []
+        pool = conn.storagePoolLookupByName(env.libvirtd.pool_name)
+        pool.refresh(0)
+        volumes = set(pool.listVolumes())
+    # Only base images stay: the two the environment uploaded, and the one the manager
+    # downloaded from the image URL (shared by every machine of the pool that names it).
+    left = {v for v in volumes if v not in {BASE_VOLUME, BOOT_VOLUME} and not v.startswith("c3os-base-")}
+    assert left == set()
+    nvram = env.libvirtd.root / "lib" / "qemu" / "nvram"
+    assert not nvram.exists() or list(nvram.iterdir()) == []
+
+    secrets = cluster.core.list_namespaced_secret(cluster.namespace, label_selector=f"{CLUSTER_LABEL}={NAME}")
+    assert [s.metadata.name for s in secrets.items] == []
