@@ -73,7 +73,11 @@ def test_plays_kubelet_and_k3s_etcd_removal(standin: WorkloadStandIn) -> None:
         core = kc.CoreV1Api(client)
         node = core.read_node("cp-0")
         assert node.spec.provider_id == "c3os://edge/cp-0"
-        assert [(c.type, c.status) for c in node.status.conditions] == [("Ready", "True")]
+        # What a kubelet reports: Ready, and no pressure (CAPI's NodeHealthy reads all four).
+        assert sorted((c.type, c.status) for c in node.status.conditions) == [
+            ("DiskPressure", "False"), ("MemoryPressure", "False"),
+            ("PIDPressure", "False"), ("Ready", "True"),
+        ]  # fmt: skip
         assert core.read_namespaced_secret("k3s-serving", "kube-system")
         core.patch_node("cp-0", {"metadata": {"annotations": {ETCD_REMOVE: "true"}}})
     assert standin.answer_etcd_removals() == ["cp-0"]
