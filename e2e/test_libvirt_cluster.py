@@ -358,5 +358,8 @@ def test_delete_the_cluster_leaves_nothing_behind(cluster: Cluster) -> None:
     nvram = env.libvirtd.root / "lib" / "qemu" / "nvram"
     assert not nvram.exists() or list(nvram.iterdir()) == []
 
+    # k3s went with its last server.
+    eventually(lambda: env.k3s.cluster("127.0.0.1", cluster.port) is None, "the k3s cluster stopped")
+
     secrets = cluster.core.list_namespaced_secret(cluster.namespace, label_selector=f"{CLUSTER_LABEL}={NAME}")
     assert [s.metadata.name for s in secrets.items] == []
