@@ -22,14 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# bench/libvirt.py would shadow the libvirt module: keep this directory off the path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from capi_c3os.api.infrastructure import DirectKernelBoot, LibvirtMachine, LibvirtSite, MachineImage, Site
-from capi_c3os.backends.base import MachineIdentity, MachineIntent, Phase, SiteCredentials
-from capi_c3os.backends.libvirt import LibvirtBackend
-from capi_c3os.backends.libvirt import domain as dx
-from capi_c3os.dev.k3s import BOOTED, serial_log
-from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.api.infrastructure import DirectKernelBoot, LibvirtMachine, LibvirtSite, MachineImage, Site  # noqa: E402
+from capi_c3os.backends.base import MachineIdentity, MachineIntent, Phase, SiteCredentials  # noqa: E402
+from capi_c3os.backends.libvirt import LibvirtBackend  # noqa: E402
+from capi_c3os.backends.libvirt import domain as dx  # noqa: E402
+from capi_c3os.dev.k3s import BOOTED, serial_log  # noqa: E402
+from capi_c3os.dev.libvirtd import PrivateLibvirtd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
