@@ -7,8 +7,9 @@ dead remote host is noticed (the connection reports not alive) and reopened on t
 next call.
 
 Credentials arrive as bytes from a Secret. They are written to a private directory
-(0700, files 0600) that lives as long as the connection, and only their paths go into
-the URI: keys never appear in logs, URIs or error messages.
+(0700, files 0600) only while `libvirt.open` runs: libssh reads the key and known_hosts,
+GnuTLS the certificates, during the handshake, and a reconnect writes them again. Only
+their paths go into the URI: keys never appear in logs, URIs or error messages.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ def scrub(message: str, secrets: list[str]) -> str:
 @dataclass
 class _Entry:
     conn: libvirt.virConnect
-    workdir: str | None
 
 
 def credentials_fingerprint(credentials: SiteCredentials) -> str:
@@ -160,6 +160,13 @@ class ConnectionPool:
             self._entries[key] = entry
             return entry.conn
 
+    def holds_live(self, site: LibvirtSite, credentials: SiteCredentials) -> bool:
+        """Whether an open connection is held for the site and libvirt still thinks it is
+        alive (keepalive, or the socket closing, turns this off)."""
+        with self._lock:
+            entry = self._entries.get((site.uri, credentials_fingerprint(credentials)))
+            return entry is not None and _alive(entry.conn)
+
     def drop(self, site: LibvirtSite, credentials: SiteCredentials) -> None:
         """Forget a connection that failed (the next `get` reconnects)."""
         key = (site.uri, credentials_fingerprint(credentials))
@@ -184,14 +191,14 @@ class ConnectionPool:
         try:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
+            secrets = [v.decode(errors="ignore") for v in credentials.data.values()]
+            detail = scrub(str(exc), secrets)
+            if workdir:
+                detail = detail.replace(workdir, "<credentials>")
+            raise open_error(site.uri, detail) from None
+        finally:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
-            secrets = [v.decode(errors="ignore") for v in credentials.data.values()]
-            raise BackendError(
-                "HostUnreachable",
-                f"cannot connect to libvirt at {site.uri}: {scrub(str(exc), secrets)}",
-                retry_after=30.0,
-            ) from None
         if remote:
             try:
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
@@ -202,14 +209,46 @@ class ConnectionPool:
                     self._on_open(conn)
                 except libvirt.libvirtError as exc:
                     log.info("no domain events from %s (%s); relying on polling", site.uri, exc)
-        return _Entry(conn, workdir)
+        return _Entry(conn)
 
     @staticmethod
     def _close(entry: _Entry) -> None:
         with suppress(libvirt.libvirtError):
             entry.conn.close()
-        if entry.workdir:
-            shutil.rmtree(entry.workdir, ignore_errors=True)
+
+
+# What libssh and GnuTLS say when the peer is not who the Secret says it is. Waiting does
+# not fix these, but a corrected Secret does, so they are retried slowly.
+_HOST_KEY_ERRORS = ("HOST KEY VERIFICATION FAILED", "verify the session host key", "host key")
+_CERTIFICATE_ERRORS = ("certificate", "CA ", "TLS handshake", "GnuTLS")
+_AUTH_ERRORS = ("authentication failed", "Permission denied", "access denied")
+
+
+def open_error(uri: str, detail: str) -> BackendError:
+    """A failed `libvirt.open` as a condition a person can act on: who we could not
+    trust, or who did not let us in, or who did not answer."""
+    lowered = detail.lower()
+    if any(marker.lower() in lowered for marker in _HOST_KEY_ERRORS):
+        return BackendError(
+            "HostKeyVerificationFailed",
+            f"the SSH host key of {uri} does not match the credentials Secret's known_hosts "
+            f"(unknown or changed host key); nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    if "+tls" in uri and any(marker.lower() in lowered for marker in _CERTIFICATE_ERRORS):
+        return BackendError(
+            "CertificateVerificationFailed",
+            f"the TLS handshake with {uri} failed (check ca.crt, tls.crt and tls.key in the "
+            f"credentials Secret); nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    if any(marker.lower() in lowered for marker in _AUTH_ERRORS):
+        return BackendError(
+            "AuthenticationFailed",
+            f"{uri} refused our credentials; nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    return BackendError("HostUnreachable", f"cannot connect to libvirt at {uri}: {detail}", retry_after=30.0)
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

@@ -1,0 +1,209 @@
+"""Remote libvirt hosts for real: a private libvirtd that listens for `qemu+tls` on
+loopback and sits behind a private sshd for `qemu+ssh` (both started by this test run,
+with keys and certificates it makes). The backend connects with the credentials a
+Secret would hold; the remote side dies and comes back while the backend holds a
+connection, and the next reconcile reconnects and converges."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt  # type: ignore[import-untyped]
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from capi_c3os.api.infrastructure import DirectKernelBoot, LibvirtMachine, LibvirtSite, MachineImage, Site
+from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, Phase, SiteCredentials
+from capi_c3os.backends.libvirt import LibvirtBackend
+from capi_c3os.backends.libvirt import domain as dx
+from capi_c3os.backends.libvirt.connection import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL
+from tests.integration.libvirt.conftest import BASE_VOLUME
+from tests.integration.libvirt.remote import RemoteHost, secret_lines, start_remote_host
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> Iterator[RemoteHost]:
+    host = start_remote_host(tmp_path_factory.mktemp("remote"))
+    try:
+        host.daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
+        yield host
+    finally:
+        host.sshd.stop()
+        host.daemon.stop()
+
+
+def intent(uri: str, credentials: dict[str, bytes], standin: Path, name: str) -> MachineIntent:
+    identity = MachineIdentity("remote", name, f"c3os://remote/{name}")
+    return MachineIntent(
+        identity=identity,
+        site=Site(name="edge", libvirt=LibvirtSite(uri=uri)),
+        credentials=SiteCredentials(credentials),
+        image=MachineImage(volume=BASE_VOLUME),
+        cpus=1,
+        memory_mib=256,
+        disk_gib=1,
+        hostname=name,
+        user_data=b"#cloud-config\n",
+        meta_data={"instance-id": identity.uuid},
+        libvirt=LibvirtMachine(
+            direct_kernel_boot=DirectKernelBoot(
+                kernel=str(standin / "vmlinuz"),
+                initrd=str(standin / "initrd.img"),
+                cmdline="console=ttyS0 quiet",
+            )
+        ),
+    )
+
+
+def domains(remote: RemoteHost) -> dict[str, int]:
+    """Domain name → state, read over the daemon's own unix socket."""
+    with remote.daemon.connect() as conn:
+        return {d.name(): d.state()[0] for d in conn.listAllDomains(0)}
+
+
+def assert_no_secret(remote: RemoteHost, text: str) -> None:
+    for material in remote.secrets():
+        for line in secret_lines(material):
+            assert line not in text
+
+
+def credential_dirs() -> list[str]:
+    return [n for n in os.listdir(os.environ.get("TMPDIR", "/tmp")) if n.startswith("capi-c3os-libvirt-")]
+
+
+def test_ssh_host_that_dies_and_comes_back_is_reconnected_and_the_machine_converges(
+    remote: RemoteHost, standin_image: Path
+) -> None:
+    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    machine = intent(remote.sshd.uri, remote.ssh_credentials(), standin_image, "ssh-0")
+    name = dx.domain_name(machine.identity)
+    site, creds = machine.site.libvirt, machine.credentials
+    assert site is not None
+    dirs_before = credential_dirs()
+    try:
+        assert backend.provision(machine).phase is Phase.RUNNING
+        assert domains(remote)[name] == libvirt.VIR_DOMAIN_RUNNING
+        assert backend.connections.holds_live(site, creds)
+        # The key and known_hosts were on disk only while the connection opened.
+        assert credential_dirs() == dirs_before
+
+        remote.sshd.kill()
+        # The ssh session's end closes the connection; libvirt's event loop notices.
+        eventually(lambda: not backend.connections.holds_live(site, creds), "the dead connection noticed", 60)
+        with pytest.raises(BackendError) as down:
+            backend.provision(machine)
+        assert down.value.reason == "HostUnreachable" and down.value.retry_after is not None
+        assert_no_secret(remote, down.value.message)
+
+        remote.sshd.start()
+        assert backend.provision(machine).phase is Phase.RUNNING
+        assert backend.connections.holds_live(site, creds)
+        # Reconnected to the same domain: nothing created twice.
+        assert [n for n in domains(remote) if n == name] == [name]
+        assert domains(remote)[name] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+    assert name not in domains(remote)
+    assert credential_dirs() == dirs_before
+
+
+def test_tls_daemon_that_crashes_and_restarts_is_reconnected_and_keeps_the_machine(
+    remote: RemoteHost, standin_image: Path
+) -> None:
+    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    machine = intent(remote.tls_uri, remote.tls_credentials(), standin_image, "tls-0")
+    name = dx.domain_name(machine.identity)
+    site, creds = machine.site.libvirt, machine.credentials
+    assert site is not None
+    try:
+        assert backend.provision(machine).phase is Phase.RUNNING
+        qemu_before = remote.daemon.leftover_processes()
+
+        remote.daemon.restart()  # SIGKILL, then a new libvirtd in the same namespaces
+        eventually(lambda: not backend.connections.holds_live(site, creds), "the dead connection noticed", 60)
+        assert backend.provision(machine).phase is Phase.RUNNING
+        assert backend.connections.holds_live(site, creds)
+        # The guest lived through the daemon's crash and was taken back, not recreated.
+        assert remote.daemon.leftover_processes() == qemu_before
+        assert domains(remote)[name] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+    assert name not in domains(remote)
+
+
+def test_keepalive_drops_a_connection_to_a_frozen_daemon_and_the_next_call_reconnects(
+    remote: RemoteHost, standin_image: Path
+) -> None:
+    """A frozen libvirtd keeps its TCP connection open but answers nothing: only libvirt's
+    keepalive (every KEEPALIVE_INTERVAL s, KEEPALIVE_COUNT misses) can tell."""
+    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    machine = intent(remote.tls_uri, remote.tls_credentials(), standin_image, "tls-1")
+    site, creds = machine.site.libvirt, machine.credentials
+    assert site is not None
+    process = remote.daemon.process
+    assert process is not None and process.pid is not None
+    try:
+        backend.connections.get(site, creds)
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            eventually(
+                lambda: not backend.connections.holds_live(site, creds),
+                "keepalive to declare the frozen daemon's connection dead",
+                KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) * 4,
+            )
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        assert backend.provision(machine).phase is Phase.RUNNING
+        assert backend.connections.holds_live(site, creds)
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+    assert dx.domain_name(machine.identity) not in domains(remote)
+
+
+@pytest.mark.parametrize("case", ["unknown-host-key", "changed-host-key", "wrong-ca"])
+def test_an_untrusted_remote_host_is_refused_readably_and_nothing_is_created(
+    remote: RemoteHost, standin_image: Path, case: str
+) -> None:
+    if case == "wrong-ca":
+        uri, credentials, reason = (
+            remote.tls_uri,
+            remote.tls_credentials(ca=remote.wrong_ca),
+            "CertificateVerificationFailed",
+        )
+    else:
+        # An empty known_hosts (host unknown), or one with another key for this host:port.
+        other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+        host = remote.sshd.known_hosts.split()[0]
+        known_hosts = b"" if case == "unknown-host-key" else host + b" " + other + b"\n"
+        uri, credentials, reason = (
+            remote.sshd.uri,
+            remote.ssh_credentials(known_hosts),
+            "HostKeyVerificationFailed",
+        )
+    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    machine = intent(uri, credentials, standin_image, f"bad-{case}")
+    volumes_before = set(os.listdir(remote.daemon.pool_path))
+    dirs_before = credential_dirs()
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.provision(machine)
+    finally:
+        backend.connections.close()
+    assert err.value.reason == reason, err.value.message
+    assert err.value.retry_after is not None
+    assert uri in err.value.message and "nothing was done" in err.value.message
+    assert_no_secret(remote, err.value.message + repr(err.value))
+    assert "capi-c3os-libvirt-" not in err.value.message  # no temp paths either
+    assert dx.domain_name(machine.identity) not in domains(remote)
+    assert set(os.listdir(remote.daemon.pool_path)) == volumes_before
+    assert credential_dirs() == dirs_before
