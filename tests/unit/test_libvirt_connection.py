@@ -11,7 +11,12 @@ import pytest
 
 from capi_c3os.api.infrastructure import LibvirtSite
 from capi_c3os.backends.base import BackendError, SiteCredentials
-from capi_c3os.backends.libvirt.connection import ConnectionPool, connection_uri, write_credentials
+from capi_c3os.backends.libvirt.connection import (
+    ConnectionPool,
+    connection_uri,
+    open_error,
+    write_credentials,
+)
 
 KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0\n-----END OPENSSH PRIVATE KEY-----\n"
 
@@ -61,3 +66,43 @@ def test_an_unreachable_host_is_a_retryable_readable_error_without_secrets() -> 
     assert err.value.retry_after is not None
     assert "/nonexistent/libvirt-sock" in err.value.message
     assert "c2VjcmV0" not in err.value.message and "c2VjcmV0" not in repr(err.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "detail", "reason"),
+    [
+        # What libvirt 9.0 with libssh 0.10 and GnuTLS said in the integration tests.
+        (
+            "qemu+ssh://root@127.0.0.1:2222/system",
+            "authentication failed: !!! SSH HOST KEY VERIFICATION FAILED !!!: Identity of host "
+            "'127.0.0.1:2222' differs from stored identity.",
+            "HostKeyVerificationFailed",
+        ),
+        (
+            "qemu+ssh://root@127.0.0.1:2222/system",
+            "libssh transport error: No user interaction callback provided: "
+            "Can't verify the session host key",
+            "HostKeyVerificationFailed",
+        ),
+        (
+            "qemu+tls://127.0.0.1:16514/system",
+            "authentication failed: Failed to verify peer's certificate",
+            "CertificateVerificationFailed",
+        ),
+        (
+            "qemu+ssh://root@h/system",
+            "authentication failed: Failed to authenticate user",
+            "AuthenticationFailed",
+        ),
+        (
+            "qemu+tls://h/system",
+            "unable to connect to server at 'h:16514': Connection refused",
+            "HostUnreachable",
+        ),
+    ],
+)
+def test_connection_failures_say_whom_we_could_not_trust_or_reach(uri: str, detail: str, reason: str) -> None:
+    err = open_error(uri, detail)
+    assert err.reason == reason
+    assert uri in err.message and detail in err.message
+    assert err.retry_after is not None

@@ -97,6 +97,9 @@ class RemoteHost:
     client: Pem
     wrong_ca: bytes
     """A CA that signed nothing the daemon holds: a client trusting it must refuse."""
+    wrong_client: Pem
+    """Client material signed by `wrong_ca`: consistent in itself, but the daemon's
+    certificate is not from that CA (and the daemon does not trust it either)."""
 
     @property
     def tls_uri(self) -> str:
@@ -108,23 +111,21 @@ class RemoteHost:
             "known_hosts": self.sshd.known_hosts if known_hosts is None else known_hosts,
         }
 
-    def tls_credentials(self, ca: bytes | None = None) -> dict[str, bytes]:
-        return {
-            "ca.crt": self.ca if ca is None else ca,
-            "tls.crt": self.client.cert,
-            "tls.key": self.client.key,
-        }
+    def tls_credentials(self, ca: bytes | None = None, client: Pem | None = None) -> dict[str, bytes]:
+        client = client or self.client
+        return {"ca.crt": self.ca if ca is None else ca, "tls.crt": client.cert, "tls.key": client.key}
 
     def secrets(self) -> list[bytes]:
         """Key material that must never show up in logs, events or status."""
-        return [self.sshd.client_key.read_bytes(), self.client.key]
+        return [self.sshd.client_key.read_bytes(), self.client.key, self.wrong_client.key]
 
 
 def start_remote_host(root: Path) -> RemoteHost:
     ca, ca_key, ca_cert = make_ca("capi-c3os test CA")
     server = issue(ca_key, ca_cert, "127.0.0.1", server=True)
     client = issue(ca_key, ca_cert, "capi-c3os", server=False)
-    wrong_ca = make_ca("some other CA")[0].cert
+    wrong_ca, wrong_ca_key, wrong_ca_cert = make_ca("some other CA")
+    wrong_client = issue(wrong_ca_key, wrong_ca_cert, "capi-c3os", server=False)
     pki = root / "pki"
     pki.mkdir(parents=True)
     files = TlsFiles(ca=pki / "cacert.pem", cert=pki / "servercert.pem", key=pki / "serverkey.pem")
@@ -134,7 +135,7 @@ def start_remote_host(root: Path) -> RemoteHost:
     files.key.chmod(0o600)
     daemon = PrivateLibvirtd(root / "libvirtd", tls=files)
     sshd = PrivateSshd(root / "sshd", daemon)
-    host = RemoteHost(daemon, sshd, ca.cert, client, wrong_ca)
+    host = RemoteHost(daemon, sshd, ca.cert, client, wrong_ca.cert, wrong_client)
     daemon.start()
     try:
         sshd.start()

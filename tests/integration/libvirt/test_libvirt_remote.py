@@ -170,11 +170,15 @@ def test_keepalive_drops_a_connection_to_a_frozen_daemon_and_the_next_call_recon
     assert dx.domain_name(machine.identity) not in domains(remote)
 
 
-@pytest.mark.parametrize("case", ["unknown-host-key", "changed-host-key", "wrong-ca"])
+@pytest.mark.parametrize("case", ["unknown-host-key", "changed-host-key", "wrong-ca", "other-pki"])
 def test_an_untrusted_remote_host_is_refused_readably_and_nothing_is_created(
     remote: RemoteHost, standin_image: Path, case: str
 ) -> None:
-    if case == "wrong-ca":
+    if case == "other-pki":
+        # Client material from another CA: the daemon's certificate is not trusted.
+        creds = remote.tls_credentials(ca=remote.wrong_ca, client=remote.wrong_client)
+        uri, credentials, reason = remote.tls_uri, creds, "CertificateVerificationFailed"
+    elif case == "wrong-ca":
         uri, credentials, reason = (
             remote.tls_uri,
             remote.tls_credentials(ca=remote.wrong_ca),
