@@ -36,13 +36,24 @@ def test_ssh_credentials_are_private_files_and_host_keys_are_checked() -> None:
         with open(key, "rb") as handle:
             assert handle.read() == KEY
         uri = connection_uri(LibvirtSite(uri="qemu+ssh://root@edge-1/system"), creds, workdir)
-        assert uri.startswith("qemu+libssh://root@edge-1/system?")
-        assert params(uri) == {
+        assert uri.startswith("qemu+ssh://root@edge-1/system?")
+        wrapper = os.path.join(workdir, "ssh-pinned")
+        assert params(uri) == {"keyfile": key, "command": wrapper, "no_tty": "1"}
+        assert "c2VjcmV0" not in uri
+        # OpenSSH, pinned to exactly the Secret's known_hosts, strict, no other config.
+        assert stat.S_IMODE(os.stat(wrapper).st_mode) == 0o700
+        with open(wrapper) as handle:
+            script = handle.read()
+        assert f"UserKnownHostsFile={os.path.join(workdir, 'known_hosts')}" in script
+        for option in ("-F /dev/null", "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"):
+            assert option in script
+
+        libssh = connection_uri(LibvirtSite(uri="qemu+libssh://root@edge-1/system"), creds, workdir)
+        assert params(libssh) == {
             "keyfile": key,
             "known_hosts": os.path.join(workdir, "known_hosts"),
             "known_hosts_verify": "normal",
         }
-        assert "c2VjcmV0" not in uri
     finally:
         for name in os.listdir(workdir):
             os.unlink(os.path.join(workdir, name))
@@ -71,15 +82,21 @@ def test_an_unreachable_host_is_a_retryable_readable_error_without_secrets() -> 
 @pytest.mark.parametrize(
     ("uri", "detail", "reason"),
     [
-        # What libvirt 9.0 with libssh 0.10 and GnuTLS said in the integration tests.
+        # What libvirt 9.0 with OpenSSH 9.2, libssh 0.10 and GnuTLS said in the integration tests.
         (
             "qemu+ssh://root@127.0.0.1:2222/system",
+            "Cannot recv data: No ED25519 host key is known for [127.0.0.1]:2222 and you have requested "
+            "strict checking. Host key verification failed.: Connection reset by peer",
+            "HostKeyVerificationFailed",
+        ),
+        (
+            "qemu+libssh://root@127.0.0.1:2222/system",
             "authentication failed: !!! SSH HOST KEY VERIFICATION FAILED !!!: Identity of host "
             "'127.0.0.1:2222' differs from stored identity.",
             "HostKeyVerificationFailed",
         ),
         (
-            "qemu+ssh://root@127.0.0.1:2222/system",
+            "qemu+libssh://root@127.0.0.1:2222/system",
             "libssh transport error: No user interaction callback provided: "
             "Can't verify the session host key",
             "HostKeyVerificationFailed",

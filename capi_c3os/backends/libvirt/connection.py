@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -40,6 +41,7 @@ KNOWN_HOSTS = "known_hosts"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 TLS_CA = "ca.crt"
+SSH_WRAPPER = "ssh-pinned"
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -88,12 +90,14 @@ def credentials_fingerprint(credentials: SiteCredentials) -> str:
 
 def connection_uri(site: LibvirtSite, credentials: SiteCredentials, workdir: str | None) -> str:
     """The site's URI, with the credential files (in `workdir`) added as libvirt
-    parameters: `keyfile`, `known_hosts` for SSH; `pkipath` for TLS.
+    parameters: `keyfile` (and the host key pinning below) for SSH; `pkipath` for TLS.
 
-    The `ssh` transport runs the ssh binary, which takes no known_hosts file through
-    the URI; with a known_hosts in the Secret, `qemu+ssh` becomes `qemu+libssh` (same
-    protocol, libvirt's built-in client) so the host key is checked against exactly
-    the Secret's known_hosts (`known_hosts_verify=normal`: unknown or changed keys fail)."""
+    The `ssh` transport runs OpenSSH's client, which takes no known_hosts file through
+    the URI: with a known_hosts in the Secret, `command=` names a small wrapper that runs
+    `ssh` with exactly that file, strict checking and no user or system config, so an
+    unknown or changed host key fails. (We do not switch to libvirt's built-in `libssh`
+    client: with libvirt 9.0 it crashed the process once domain events flowed; an
+    explicit `qemu+libssh` URI gets `known_hosts` + `known_hosts_verify=normal`.)"""
     uri = site.uri
     if workdir is None:
         return uri
@@ -103,9 +107,10 @@ def connection_uri(site: LibvirtSite, credentials: SiteCredentials, workdir: str
     if transport in ("ssh", "libssh", "libssh2"):
         if SSH_KEY in credentials.data:
             query.append(("keyfile", os.path.join(workdir, "id_key")))
-        if KNOWN_HOSTS in credentials.data:
-            if transport == "ssh":
-                transport = "libssh"
+        if KNOWN_HOSTS in credentials.data and transport == "ssh":
+            query.append(("command", os.path.join(workdir, SSH_WRAPPER)))
+            query.append(("no_tty", "1"))
+        elif KNOWN_HOSTS in credentials.data:
             query.append(("known_hosts", os.path.join(workdir, "known_hosts")))
             query.append(("known_hosts_verify", "normal"))
     elif transport == "tls":
@@ -133,6 +138,15 @@ def write_credentials(credentials: SiteCredentials) -> str | None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(credentials.data[key])
+    if KNOWN_HOSTS in credentials.data:
+        known_hosts = shlex.quote(os.path.join(workdir, "known_hosts"))
+        fd = os.open(os.path.join(workdir, SSH_WRAPPER), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "#!/bin/sh\n"
+                f"exec ssh -F /dev/null -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"
+                ' -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "$@"\n'
+            )
     return workdir
 
 
@@ -192,7 +206,7 @@ class ConnectionPool:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
             secrets = [v.decode(errors="ignore") for v in credentials.data.values()]
-            detail = scrub(str(exc), secrets)
+            detail = " ".join(scrub(str(exc), secrets).split())  # ssh's stderr spans lines
             if workdir:
                 detail = detail.replace(workdir, "<credentials>")
             raise open_error(site.uri, detail) from None
