@@ -92,30 +92,28 @@ def connection_uri(site: LibvirtSite, credentials: SiteCredentials, workdir: str
     """The site's URI, with the credential files (in `workdir`) added as libvirt
     parameters: `keyfile` (and the host key pinning below) for SSH; `pkipath` for TLS.
 
-    The `ssh` transport runs OpenSSH's client, which takes no known_hosts file through
-    the URI: with a known_hosts in the Secret, `command=` names a small wrapper that runs
-    `ssh` with exactly that file, strict checking and no user or system config, so an
-    unknown or changed host key fails. (We do not switch to libvirt's built-in `libssh`
-    client: with libvirt 9.0 it crashed the process once domain events flowed; an
-    explicit `qemu+libssh` URI gets `known_hosts` + `known_hosts_verify=normal`.)"""
-    uri = site.uri
-    if workdir is None:
-        return uri
-    parts = urllib.parse.urlsplit(uri)
+    Every SSH flavour goes through OpenSSH's client (`+ssh`): libvirt 9.0's built-in
+    libssh client segfaulted this process within a few calls (in the glib dispatch of
+    its I/O loop), so `+libssh`/`+libssh2` URIs are connected the same way (same protocol
+    and remote side). OpenSSH takes no known_hosts file through the URI: with a
+    known_hosts in the Secret, `command=` names a small wrapper that runs `ssh` with
+    exactly that file, strict checking and no user or system config, so an unknown or
+    changed host key fails."""
+    parts = urllib.parse.urlsplit(site.uri)
     query = urllib.parse.parse_qsl(parts.query)
     driver, _, transport = parts.scheme.partition("+")
     if transport in ("ssh", "libssh", "libssh2"):
-        if SSH_KEY in credentials.data:
+        transport = "ssh"
+        if workdir is not None and SSH_KEY in credentials.data:
             query.append(("keyfile", os.path.join(workdir, "id_key")))
-        if KNOWN_HOSTS in credentials.data and transport == "ssh":
+        if workdir is not None and KNOWN_HOSTS in credentials.data:
             query.append(("command", os.path.join(workdir, SSH_WRAPPER)))
             query.append(("no_tty", "1"))
-        elif KNOWN_HOSTS in credentials.data:
-            query.append(("known_hosts", os.path.join(workdir, "known_hosts")))
-            query.append(("known_hosts_verify", "normal"))
-    elif transport == "tls":
+    elif transport == "tls" and workdir is not None:
         query.append(("pkipath", workdir))
-    scheme = f"{driver}+{transport}" if transport else driver
+    else:
+        return site.uri
+    scheme = f"{driver}+{transport}"
     return urllib.parse.urlunsplit(parts._replace(scheme=scheme, query=urllib.parse.urlencode(query)))
 
 

@@ -132,6 +132,33 @@ def test_ssh_host_that_dies_and_comes_back_is_reconnected_and_the_machine_conver
     assert credential_dirs() == dirs_before
 
 
+def test_a_libssh_site_is_served_over_openssh_and_survives_repeated_calls(
+    remote: RemoteHost, standin_image: Path
+) -> None:
+    """libvirt 9.0's built-in libssh client crashed this very process within a few calls
+    (segfault in its I/O loop); a `qemu+libssh` site is connected through OpenSSH."""
+    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    uri = remote.sshd.uri.replace("qemu+ssh://", "qemu+libssh://")
+    machine = intent(uri, remote.ssh_credentials(), standin_image, "libssh-0")
+    name = dx.domain_name(machine.identity)
+    try:
+        assert backend.provision(machine).phase is Phase.RUNNING
+        eventually(lambda: domains(remote)[name] == libvirt.VIR_DOMAIN_RUNNING, "the domain running")
+        for _ in range(3):
+            assert backend.provision(machine).phase is Phase.RUNNING
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+    assert name not in domains(remote)
+
+    stranger = intent(uri, remote.ssh_credentials(known_hosts=b""), standin_image, "libssh-1")
+    with pytest.raises(BackendError) as err:
+        backend.provision(stranger)
+    backend.connections.close()
+    assert err.value.reason == "HostKeyVerificationFailed", err.value.message
+    assert dx.domain_name(stranger.identity) not in domains(remote)
+
+
 def test_tls_daemon_that_crashes_and_restarts_is_reconnected_and_keeps_the_machine(
     remote: RemoteHost, standin_image: Path
 ) -> None:
