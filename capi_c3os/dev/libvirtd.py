@@ -12,6 +12,13 @@ live in a network namespace of their own (`unshare --net`; it vanishes with its 
 process, iptables chains included): the networking rule for tests (facts/libvirt.md) —
 guest traffic never leaves it. Without it, guests get no NIC.
 
+With `tls=TlsFiles(...)` the daemon also listens for `qemu+tls` on 127.0.0.1 at
+`tls_port` (host network namespace; so not together with `network=True`), checking client
+certificates against the given CA. `restart()` kills libvirtd alone (SIGKILL, QEMU and
+virtlogd keep running, as when a host's daemon crashes) and starts it again in the same
+namespaces, where it takes its running guests back. `enter_argv()` runs other programs
+(an sshd for `qemu+ssh`) where they see this daemon's socket at the standard path.
+
 Stop destroys every domain through the API, stops both daemons by PID, kills any QEMU
 process still using files under `root` (by PID), which also ends the network namespace.
 """
@@ -22,11 +29,12 @@ import os
 import signal
 import time
 from contextlib import closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
 
-from capi_c3os.dev.processes import ManagedProcess, ProcessError
+from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
 
 # (directory inside the namespace, directory under root)
 _PRIVATE_DIRS = (
@@ -56,6 +64,27 @@ auth_unix_ro = "none"
 log_outputs = "3:stderr"
 """
 
+TLS_CONF = """\
+listen_tls = 1
+listen_addr = "127.0.0.1"
+tls_port = "{port}"
+auth_tls = "none"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+"""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the daemon's TLS side: the CA that signs client certificates, and the
+    server's certificate (for 127.0.0.1) and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 NETWORK_NAME = "c3os-test"
 NETWORK_XML = """\
 <network>
@@ -77,11 +106,18 @@ POOL_XML = """\
 
 
 class PrivateLibvirtd:
-    def __init__(self, root: Path, network: bool = False, pool: str = "default") -> None:
+    def __init__(
+        self, root: Path, network: bool = False, pool: str = "default", tls: TlsFiles | None = None
+    ) -> None:
+        if network and tls is not None:
+            raise ValueError("a TLS listener on loopback needs the host network namespace (network=False)")
         self.root = root
         self.network = network
         self.pool_name = pool
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else 0
         self.process: ManagedProcess | None = None
+        self._restarts = 0
 
     @property
     def socket(self) -> Path:
@@ -109,7 +145,12 @@ class PrivateLibvirtd:
         for _, sub in _PRIVATE_DIRS:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF)
-        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        conf = LIBVIRTD_CONF
+        if self.tls is not None:
+            conf = conf.replace("listen_tls = 0\n", "") + TLS_CONF.format(
+                port=self.tls_port, ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key
+            )
+        (self.root / "etc" / "libvirtd.conf").write_text(conf)
         (self.root / "etc" / "virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
         self.pool_path.mkdir(exist_ok=True)
         self.qemu_log_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +162,7 @@ class PrivateLibvirtd:
             [
                 *mounts,
                 f"virtlogd -d -f /etc/libvirt/virtlogd.conf -p {self.root / 'virtlogd.pid'}",
-                f"exec libvirtd -f /etc/libvirt/libvirtd.conf -p {self.root / 'libvirtd.pid'}",
+                f"exec {' '.join(self._libvirtd_argv())}",
             ]
         )
         namespaces = ["--mount", "--propagation", "private", *(["--net"] if self.network else [])]
@@ -134,6 +175,37 @@ class PrivateLibvirtd:
             if self.network:
                 self._ensure_network(conn)
         return self
+
+    def _libvirtd_argv(self) -> list[str]:
+        listen = ["--listen"] if self.tls is not None else []
+        return [
+            "libvirtd",
+            *listen,
+            "-f",
+            "/etc/libvirt/libvirtd.conf",
+            "-p",
+            str(self.root / "libvirtd.pid"),
+        ]
+
+    def enter_argv(self) -> list[str]:
+        """The prefix that runs a program in this daemon's namespaces (mount, and network
+        when it has its own), anchored on virtlogd, which outlives libvirtd restarts."""
+        anchor = (self.root / "virtlogd.pid").read_text().strip()
+        return ["nsenter", "--target", anchor, "--mount", *(["--net"] if self.network else [])]
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """libvirtd dies at once (SIGKILL), as in a crash; then a new libvirtd starts in
+        the same namespaces and takes over the running guests."""
+        assert self.process is not None, "start() first"
+        self.process.stop(sig=signal.SIGKILL)
+        _kill_pidfile(self.root / "libvirtd.pid", signal.SIGKILL)
+        self._restarts += 1
+        self.process = ManagedProcess(
+            "libvirtd", [*self.enter_argv(), *self._libvirtd_argv()],
+            self.root / f"libvirtd-{self._restarts}.log",
+        )  # fmt: skip
+        self.process.start()
+        self.process.wait_until(self._answers, "restarted libvirtd answering on its socket", timeout)
 
     def _answers(self) -> bool:
         if not self.socket.exists():
@@ -207,17 +279,17 @@ class PrivateLibvirtd:
         return found
 
 
-def _kill_pidfile(path: Path) -> None:
+def _kill_pidfile(path: Path, sig: int = signal.SIGTERM) -> None:
     try:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return
-    _kill(pid)
+    _kill(pid, sig=sig)
 
 
-def _kill(pid: int, timeout: float = 10.0) -> None:
+def _kill(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
@@ -231,4 +303,4 @@ def _kill(pid: int, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-__all__ = ["NETWORK_NAME", "PrivateLibvirtd", "ProcessError"]
+__all__ = ["NETWORK_NAME", "PrivateLibvirtd", "ProcessError", "TlsFiles"]

@@ -11,24 +11,18 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import signal
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
-from prometheus_client.parser import text_string_to_metric_families
 
 from capi_c3os.dev.mgmt import ManagementPlane
-from capi_c3os.dev.processes import ManagedProcess, free_port
-from tests.conftest import provider_identity
+from tests.conftest import Manager as Manager  # noqa: PLC0414 - re-exported, test modules import it here
+from tests.conftest import RunManager, provider_identity
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -67,90 +61,14 @@ SPECS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------ helpers
 
 
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-@dataclass
-class Manager:
-    process: ManagedProcess
-    health_port: int
-    metrics_port: int
-
-    def status(self, path: str) -> int | None:
-        return http_status(f"http://127.0.0.1:{self.health_port}{path}")
-
-    def ready(self) -> bool:
-        return self.status("/readyz") == 200
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return {}  # not listening yet: no samples
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(
-            value
-            for (sample, sample_labels), value in self.metrics().items()
-            if sample == name and set(labels.items()) <= set(sample_labels)
-        )
-
-    def identity(self) -> str:
-        for (name, labels), _ in self.metrics().items():
-            if name == "capi_c3os_manager_info":
-                return dict(labels)["identity"]
-        raise AssertionError("no capi_c3os_manager_info metric")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Leading and watching: a standby is ready too, but does not lead."""
-        self.process.wait_until(
-            lambda: self.ready() and self.metric_sum("capi_c3os_leader") == 1,
-            "leading and /readyz 200",
-            timeout,
-        )
-
-    def stop(self) -> int | None:
-        return self.process.stop(timeout=30, sig=signal.SIGTERM)
-
-
 @pytest.fixture
-def start_manager(mgmt: ManagementPlane, tmp_path: Path) -> Iterator[Callable[..., Manager]]:
-    started: list[Manager] = []
+def start_manager(mgmt: ManagementPlane, run_manager: RunManager) -> Callable[..., Manager]:
+    """`capi-c3os run` with the admin kubeconfig and whatever flags a test gives."""
 
     def start(name: str, *flags: str) -> Manager:
-        health, metrics = free_port(), free_port()
-        process = ManagedProcess(
-            name,
-            [
-                sys.executable, "-m", "capi_c3os", "run",
-                "--kubeconfig", str(mgmt.kubeconfig),
-                "--health-addr", f"127.0.0.1:{health}",
-                "--metrics-addr", f"127.0.0.1:{metrics}",
-                *flags,
-            ],
-            tmp_path / f"{name}.log",
-        )  # fmt: skip
-        process.start()
-        manager = Manager(process, health, metrics)
-        started.append(manager)
-        return manager
+        return run_manager(name, mgmt.kubeconfig, *flags)
 
-    yield start
-    for manager in started:
-        manager.stop()
+    return start
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ dead remote host is noticed (the connection reports not alive) and reopened on t
 next call.
 
 Credentials arrive as bytes from a Secret. They are written to a private directory
-(0700, files 0600) that lives as long as the connection, and only their paths go into
-the URI: keys never appear in logs, URIs or error messages.
+(0700, files 0600) only while `libvirt.open` runs: libssh reads the key and known_hosts,
+GnuTLS the certificates, during the handshake, and a reconnect writes them again. Only
+their paths go into the URI: keys never appear in logs, URIs or error messages.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -39,6 +41,7 @@ KNOWN_HOSTS = "known_hosts"
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 TLS_CA = "ca.crt"
+SSH_WRAPPER = "ssh-pinned"
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -76,7 +79,6 @@ def scrub(message: str, secrets: list[str]) -> str:
 @dataclass
 class _Entry:
     conn: libvirt.virConnect
-    workdir: str | None
 
 
 def credentials_fingerprint(credentials: SiteCredentials) -> str:
@@ -88,29 +90,30 @@ def credentials_fingerprint(credentials: SiteCredentials) -> str:
 
 def connection_uri(site: LibvirtSite, credentials: SiteCredentials, workdir: str | None) -> str:
     """The site's URI, with the credential files (in `workdir`) added as libvirt
-    parameters: `keyfile`, `known_hosts` for SSH; `pkipath` for TLS.
+    parameters: `keyfile` (and the host key pinning below) for SSH; `pkipath` for TLS.
 
-    The `ssh` transport runs the ssh binary, which takes no known_hosts file through
-    the URI; with a known_hosts in the Secret, `qemu+ssh` becomes `qemu+libssh` (same
-    protocol, libvirt's built-in client) so the host key is checked against exactly
-    the Secret's known_hosts (`known_hosts_verify=normal`: unknown or changed keys fail)."""
-    uri = site.uri
-    if workdir is None:
-        return uri
-    parts = urllib.parse.urlsplit(uri)
+    Every SSH flavour goes through OpenSSH's client (`+ssh`): libvirt 9.0's built-in
+    libssh client segfaulted this process within a few calls (in the glib dispatch of
+    its I/O loop), so `+libssh`/`+libssh2` URIs are connected the same way (same protocol
+    and remote side). OpenSSH takes no known_hosts file through the URI: with a
+    known_hosts in the Secret, `command=` names a small wrapper that runs `ssh` with
+    exactly that file, strict checking and no user or system config, so an unknown or
+    changed host key fails."""
+    parts = urllib.parse.urlsplit(site.uri)
     query = urllib.parse.parse_qsl(parts.query)
     driver, _, transport = parts.scheme.partition("+")
     if transport in ("ssh", "libssh", "libssh2"):
-        if SSH_KEY in credentials.data:
+        transport = "ssh"
+        if workdir is not None and SSH_KEY in credentials.data:
             query.append(("keyfile", os.path.join(workdir, "id_key")))
-        if KNOWN_HOSTS in credentials.data:
-            if transport == "ssh":
-                transport = "libssh"
-            query.append(("known_hosts", os.path.join(workdir, "known_hosts")))
-            query.append(("known_hosts_verify", "normal"))
-    elif transport == "tls":
+        if workdir is not None and KNOWN_HOSTS in credentials.data:
+            query.append(("command", os.path.join(workdir, SSH_WRAPPER)))
+            query.append(("no_tty", "1"))
+    elif transport == "tls" and workdir is not None:
         query.append(("pkipath", workdir))
-    scheme = f"{driver}+{transport}" if transport else driver
+    else:
+        return site.uri
+    scheme = f"{driver}+{transport}"
     return urllib.parse.urlunsplit(parts._replace(scheme=scheme, query=urllib.parse.urlencode(query)))
 
 
@@ -133,6 +136,15 @@ def write_credentials(credentials: SiteCredentials) -> str | None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(credentials.data[key])
+    if KNOWN_HOSTS in credentials.data:
+        known_hosts = shlex.quote(os.path.join(workdir, "known_hosts"))
+        fd = os.open(os.path.join(workdir, SSH_WRAPPER), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "#!/bin/sh\n"
+                f"exec ssh -F /dev/null -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"
+                ' -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "$@"\n'
+            )
     return workdir
 
 
@@ -160,6 +172,13 @@ class ConnectionPool:
             self._entries[key] = entry
             return entry.conn
 
+    def holds_live(self, site: LibvirtSite, credentials: SiteCredentials) -> bool:
+        """Whether an open connection is held for the site and libvirt still thinks it is
+        alive (keepalive, or the socket closing, turns this off)."""
+        with self._lock:
+            entry = self._entries.get((site.uri, credentials_fingerprint(credentials)))
+            return entry is not None and _alive(entry.conn)
+
     def drop(self, site: LibvirtSite, credentials: SiteCredentials) -> None:
         """Forget a connection that failed (the next `get` reconnects)."""
         key = (site.uri, credentials_fingerprint(credentials))
@@ -184,14 +203,14 @@ class ConnectionPool:
         try:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
+            secrets = [v.decode(errors="ignore") for v in credentials.data.values()]
+            detail = " ".join(scrub(str(exc), secrets).split())  # ssh's stderr spans lines
+            if workdir:
+                detail = detail.replace(workdir, "<credentials>")
+            raise open_error(site.uri, detail) from None
+        finally:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
-            secrets = [v.decode(errors="ignore") for v in credentials.data.values()]
-            raise BackendError(
-                "HostUnreachable",
-                f"cannot connect to libvirt at {site.uri}: {scrub(str(exc), secrets)}",
-                retry_after=30.0,
-            ) from None
         if remote:
             try:
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
@@ -202,14 +221,46 @@ class ConnectionPool:
                     self._on_open(conn)
                 except libvirt.libvirtError as exc:
                     log.info("no domain events from %s (%s); relying on polling", site.uri, exc)
-        return _Entry(conn, workdir)
+        return _Entry(conn)
 
     @staticmethod
     def _close(entry: _Entry) -> None:
         with suppress(libvirt.libvirtError):
             entry.conn.close()
-        if entry.workdir:
-            shutil.rmtree(entry.workdir, ignore_errors=True)
+
+
+# What libssh and GnuTLS say when the peer is not who the Secret says it is. Waiting does
+# not fix these, but a corrected Secret does, so they are retried slowly.
+_HOST_KEY_ERRORS = ("HOST KEY VERIFICATION FAILED", "verify the session host key", "host key")
+_CERTIFICATE_ERRORS = ("certificate", "CA ", "TLS handshake", "GnuTLS")
+_AUTH_ERRORS = ("authentication failed", "Permission denied", "access denied")
+
+
+def open_error(uri: str, detail: str) -> BackendError:
+    """A failed `libvirt.open` as a condition a person can act on: who we could not
+    trust, or who did not let us in, or who did not answer."""
+    lowered = detail.lower()
+    if any(marker.lower() in lowered for marker in _HOST_KEY_ERRORS):
+        return BackendError(
+            "HostKeyVerificationFailed",
+            f"the SSH host key of {uri} does not match the credentials Secret's known_hosts "
+            f"(unknown or changed host key); nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    if "+tls" in uri and any(marker.lower() in lowered for marker in _CERTIFICATE_ERRORS):
+        return BackendError(
+            "CertificateVerificationFailed",
+            f"the TLS handshake with {uri} failed (check ca.crt, tls.crt and tls.key in the "
+            f"credentials Secret); nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    if any(marker.lower() in lowered for marker in _AUTH_ERRORS):
+        return BackendError(
+            "AuthenticationFailed",
+            f"{uri} refused our credentials; nothing was done there: {detail}",
+            retry_after=60.0,
+        )
+    return BackendError("HostUnreachable", f"cannot connect to libvirt at {uri}: {detail}", retry_after=30.0)
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

@@ -9,9 +9,7 @@ C3osControlPlane's `controlPlaneInitialized`), because those run in other issues
 from __future__ import annotations
 
 import base64
-import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,10 +18,8 @@ from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.dev.mgmt import ManagementPlane
-from capi_c3os.dev.processes import ManagedProcess, free_port
 from capi_c3os.reconcilers.kube import Kube
-from tests.conftest import provider_identity
-from tests.integration.test_manager import Manager
+from tests.conftest import Manager, RunManager, provider_identity
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
@@ -209,31 +205,13 @@ def bootstrap_kubeconfig(mgmt: ManagementPlane, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture
 def start_bootstrap_manager(
-    bootstrap_kubeconfig: Path, tmp_path: Path, namespace: str
-) -> Iterator[Callable[[str], Manager]]:
+    bootstrap_kubeconfig: Path, run_manager: RunManager, namespace: str
+) -> Callable[[str], Manager]:
     """`capi-c3os run --providers bootstrap` for this test's namespace, as a process."""
-    started: list[Manager] = []
 
     def start(name: str = "bootstrap") -> Manager:
-        health, metrics = free_port(), free_port()
-        process = ManagedProcess(
-            name,
-            [
-                sys.executable, "-m", "capi_c3os", "run",
-                "--kubeconfig", str(bootstrap_kubeconfig),
-                "--providers", "bootstrap",
-                "--namespace", namespace,
-                "--health-addr", f"127.0.0.1:{health}",
-                "--metrics-addr", f"127.0.0.1:{metrics}",
-                "--log-level", "debug",
-            ],
-            tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log",
-        )  # fmt: skip
-        process.start()
-        manager = Manager(process, health, metrics)
-        started.append(manager)
-        return manager
+        return run_manager(
+            name, bootstrap_kubeconfig, providers="bootstrap", namespace=namespace, log_level="debug"
+        )
 
-    yield start
-    for manager in started:
-        manager.stop()
+    return start

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -21,9 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import ManagementPlane
-from capi_c3os.dev.processes import ManagedProcess, free_port
-from tests.conftest import REPO, provider_identity
-from tests.integration.test_manager import Manager
+from tests.conftest import REPO, Manager, RunManager, provider_identity
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
@@ -144,31 +140,19 @@ def infrastructure_kubeconfig(mgmt: ManagementPlane, tmp_path_factory: pytest.Te
 
 @pytest.fixture
 def start_manager(
-    infrastructure_kubeconfig: Path, tmp_path: Path, namespace: str
-) -> Iterator[Callable[[str], Manager]]:
-    """`capi-c3os run --providers infrastructure` for this test's namespace, as a process."""
-    started: list[Manager] = []
+    infrastructure_kubeconfig: Path, run_manager: RunManager, namespace: str
+) -> Callable[..., Manager]:
+    """`capi-c3os run --providers infrastructure` for this test's namespace, as a process
+    (`env` adds to its environment)."""
 
-    def start(name: str = "infrastructure") -> Manager:
-        health, metrics = free_port(), free_port()
-        process = ManagedProcess(
+    def start(name: str = "infrastructure", env: dict[str, str] | None = None) -> Manager:
+        return run_manager(
             name,
-            [
-                sys.executable, "-m", "capi_c3os", "run",
-                "--kubeconfig", str(infrastructure_kubeconfig),
-                "--providers", "infrastructure",
-                "--namespace", namespace,
-                "--health-addr", f"127.0.0.1:{health}",
-                "--metrics-addr", f"127.0.0.1:{metrics}",
-                "--log-level", "debug",
-            ],
-            tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log",
-        )  # fmt: skip
-        process.start()
-        manager = Manager(process, health, metrics)
-        started.append(manager)
-        return manager
+            infrastructure_kubeconfig,
+            providers="infrastructure",
+            namespace=namespace,
+            log_level="debug",
+            env=env,
+        )
 
-    yield start
-    for manager in started:
-        manager.stop()
+    return start
