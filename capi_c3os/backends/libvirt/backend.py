@@ -45,6 +45,7 @@ from capi_c3os.backends.base import (
 )
 from capi_c3os.backends.configdrive import build_config_drive
 from capi_c3os.backends.libvirt import domain as dx
+from capi_c3os.backends.libvirt import kvmprobe
 from capi_c3os.backends.libvirt.connection import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class LibvirtBackend:
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._verdicts: dict[str, kvmprobe.Verdict] = {}
+        """site URI -> what `domainType: auto` means there (the boot check runs once per
+        host and manager process)."""
+        self._verdict_locks: dict[str, threading.Lock] = {}
 
     # ------------------------------------------------------------------ the protocol
 
@@ -251,7 +256,7 @@ class LibvirtBackend:
         spec = dx.DomainSpec(
             identity=identity,
             tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster),
-            domain_type="test" if test_driver else _domain_type(site),
+            domain_type="test" if test_driver else self._domain_type(conn, site, pool),
             cpus=intent.cpus,
             memory_mib=intent.memory_mib,
             disk_path=disk.path(),
@@ -274,6 +279,7 @@ class LibvirtBackend:
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
+        note = self._domain_type_note(dom, _libvirt_site(intent.site))
         started = _started(dom)
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
             dom.create()
@@ -288,7 +294,7 @@ class LibvirtBackend:
             return Progress(
                 Phase.RUNNING,
                 "DomainRunning",
-                f"domain {dom.name()} is running" + (", waiting for its address" if waiting else ""),
+                f"domain {dom.name()} is running" + (", waiting for its address" if waiting else "") + note,
                 addresses=tuple(addresses),
                 requeue_after=ADDRESS_RETRY if waiting else None,
                 details=details,
@@ -331,6 +337,31 @@ class LibvirtBackend:
             pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
             return BaseImage(vol.path(), image.format, virtual)
 
+    def _domain_type(self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool) -> str:
+        if site.domain_type != "auto":
+            return site.domain_type
+        with self._locks_lock:
+            lock = self._verdict_locks.setdefault(site.uri, threading.Lock())
+        with lock:  # one check per host, however many machines wait for it
+            verdict = self._verdicts.get(site.uri)
+            if verdict is None:
+                verdict = kvmprobe.check(conn, pool, _upload, dx.volume_xml)
+                self._verdicts[site.uri] = verdict
+                level = logging.INFO if verdict.domain_type == "kvm" else logging.WARNING
+                log.log(
+                    level, "domainType auto on %s means %s: %s", site.uri, verdict.domain_type, verdict.reason
+                )
+            return verdict.domain_type
+
+    def _domain_type_note(self, dom: libvirt.virDomain, site: LibvirtSite) -> str:
+        """For the Ready message: which type `auto` chose on this host, and why."""
+        verdict = self._verdicts.get(site.uri)
+        if site.domain_type != "auto" or verdict is None:
+            return ""
+        if ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") != verdict.domain_type:
+            return ""  # defined before this check ran (another manager process)
+        return f" ({verdict.domain_type}: {verdict.reason})"
+
     def _base_lock(self, uri: str, pool: str, name: str) -> threading.Lock:
         with self._locks_lock:
             return self._base_locks.setdefault((uri, pool, name), threading.Lock())
@@ -354,12 +385,6 @@ def _libvirt_site(site: Site) -> LibvirtSite:
     if site.libvirt is None:
         raise BackendError("WrongBackend", f"site {site.name!r} is not a libvirt site", retry_after=None)
     return site.libvirt
-
-
-def _domain_type(site: LibvirtSite) -> str:
-    # "auto" stays on TCG: KVM can be advertised and then hang guests (nested
-    # virtualisation), and no boot check has proven it yet (libvirt.md).
-    return "kvm" if site.domain_type == "kvm" else "qemu"
 
 
 def _interfaces(site: LibvirtSite, intent: MachineIntent) -> list[LibvirtNetworkInterface]:
