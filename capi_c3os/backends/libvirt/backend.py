@@ -24,6 +24,7 @@ import queue
 import struct
 import tempfile
 import threading
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -52,7 +53,12 @@ log = logging.getLogger(__name__)
 
 GIB = 1024**3
 ADDRESS_RETRY = 5.0
-"""Seconds between looks for a DHCP lease / guest-agent address of a running domain."""
+"""Seconds between the first looks for a DHCP lease / guest-agent address."""
+ADDRESS_RETRY_MAX = 300.0
+"""Looks get rarer the longer a NIC goes without an address, down to one per 5 minutes
+(never none: a DHCP server that was down may still answer)."""
+ADDRESS_PATIENCE = 180.0
+"""Seconds after the start without any address before the Ready reason says so."""
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -289,20 +295,51 @@ class LibvirtBackend:
             _mark_started(dom)  # a crash between create() and the mark
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
             addresses = [MachineAddress(type="Hostname", address=intent.hostname), *_addresses(dom)]
-            has_nic = bool(_interfaces_of(dom))
-            waiting = has_nic and len(addresses) == 1
-            return Progress(
-                Phase.RUNNING,
-                "DomainRunning",
-                f"domain {dom.name()} is running" + (", waiting for its address" if waiting else "") + note,
-                addresses=tuple(addresses),
-                requeue_after=ADDRESS_RETRY if waiting else None,
-                details=details,
-            )
+            if len(addresses) > 1 or not _interfaces_of(dom):
+                return Progress(
+                    Phase.RUNNING,
+                    "DomainRunning",
+                    f"domain {dom.name()} is running{note}",
+                    addresses=tuple(addresses),
+                    details=details,
+                )
+            return self._without_address(dom, addresses, note, details)
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
             f"domain {dom.name()} is {_state_name(state, reason)}",
+            details=details,
+        )
+
+    @staticmethod
+    def _without_address(
+        dom: libvirt.virDomain, addresses: list[MachineAddress], note: str, details: dict[str, str]
+    ) -> Progress:
+        """Running, but no NIC has an address yet. Still provisioned: the guest boots and
+        joins the cluster by its providerID whatever its address (addresses are for
+        people and tools); we keep looking, ever less often, and say so after a while."""
+        started_at = _started_at(dom)
+        if started_at is None:  # started by an older version: the clock starts now
+            _mark_started(dom)
+            started_at = time.time()
+        waited = max(0.0, time.time() - started_at)
+        delay = address_retry(waited)
+        if waited < ADDRESS_PATIENCE:
+            reason, message = "DomainRunning", f"domain {dom.name()} is running, waiting for its address"
+        else:
+            reason = "NoAddress"
+            message = (
+                f"domain {dom.name()} is running but no NIC has an address after {waited / 60:.0f} min "
+                "(no DHCP lease on its libvirt network, no answer from a guest agent; bridged NICs "
+                "need qemu-guest-agent in the image or static addresses in spec.network); "
+                f"still provisioned, looking again in {delay:.0f} s"
+            )
+        return Progress(
+            Phase.RUNNING,
+            reason,
+            message + note,
+            addresses=tuple(addresses),
+            requeue_after=delay,
             details=details,
         )
 
@@ -463,6 +500,15 @@ def _check_owner(dom: libvirt.virDomain, identity: MachineIdentity) -> None:
 
 
 _STARTED = "started"
+_STARTED_AT = "startedAt"
+"""Unix time of our first start of the domain (address backoff survives restarts)."""
+
+
+def address_retry(waited: float) -> float:
+    """Seconds until the next look for an address, after `waited` seconds without one:
+    every 5 s at first, then half the time waited so far (so the looks are geometric),
+    at most every 5 minutes."""
+    return min(max(ADDRESS_RETRY, waited / 2), ADDRESS_RETRY_MAX)
 
 
 def _safe_tag_source(dom: libvirt.virDomain) -> str:
@@ -480,12 +526,23 @@ def _started(dom: libvirt.virDomain) -> bool:
     return False
 
 
+def _started_at(dom: libvirt.virDomain) -> float | None:
+    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED_AT}"):
+        try:
+            return float(element.text or "")
+        except ValueError:
+            return None
+    return None
+
+
 def _mark_started(dom: libvirt.virDomain) -> None:
     tag = _domain_tag(dom)
     if tag is None:  # pragma: no cover - checked by the caller
         return
     root = ET.fromstring(dx.tag_xml(tag))
     ET.SubElement(root, _STARTED).text = "true"
+    ET.SubElement(root, _STARTED_AT).text = str(int(time.time()))
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     if dom.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
