@@ -205,6 +205,7 @@ def _provision(ctx: MachineContext) -> Outcome:
         hostname=hostname,
         user_data=user_data,
         meta_data={"instance-id": identity.uuid, "local-hostname": hostname, "provider-id": provider_id},
+        network=spec.network,
         libvirt=spec.backend.libvirt,
         ironic=spec.backend.ironic,
         cluster=f"{ctx.namespace}/{ctx.cluster['metadata']['name']}",
@@ -307,6 +308,13 @@ def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
         return Outcome.wait(
             "BackendMismatch",
             f"site {site.name} is a {kind} site but spec.backend does not set {kind}",
+            WAIT_FOR_USER,
+        )
+    if spec.network is not None and kind != "libvirt":
+        return Outcome.wait(
+            "NetworkConfigUnsupported",
+            f"spec.network is applied on libvirt sites only; site {site.name} is a {kind} site "
+            "(remove spec.network)",
             WAIT_FOR_USER,
         )
     return site

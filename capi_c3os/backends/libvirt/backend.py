@@ -18,6 +18,7 @@ All calls block; the reconciler runs them on worker threads.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import queue
@@ -44,7 +45,7 @@ from capi_c3os.backends.base import (
     Progress,
     SiteCredentials,
 )
-from capi_c3os.backends.configdrive import build_config_drive
+from capi_c3os.backends.configdrive import build_config_drive, render_network_config, render_network_data
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.backends.libvirt import kvmprobe
 from capi_c3os.backends.libvirt.connection import ConnectionPool
@@ -225,6 +226,14 @@ class LibvirtBackend:
                     f"network {nic.network!r} does not exist on {site.uri}",
                     retry_after=60.0,
                 )
+        if intent.network is not None and len(intent.network.interfaces) > len(interfaces):
+            raise BackendError(
+                "NetworkConfigMismatch",
+                f"spec.network configures {len(intent.network.interfaces)} interface(s) but the machine "
+                f"has {len(interfaces)} NIC(s) (backend.libvirt.networkInterfaces, or the site's "
+                "network/bridge)",
+                retry_after=None,
+            )
         base = self._base_image(conn, site, pool, intent.image)
         wanted = intent.disk_gib * GIB
         if intent.image.format != "iso" and wanted < base.capacity:
@@ -253,7 +262,12 @@ class LibvirtBackend:
         if old is not None:
             old.delete(0)
         fmt = machine.config_drive_format if machine else "nocloud"
-        iso = build_config_drive(intent.user_data, intent.meta_data, intent.network_config, fmt)
+        macs = tuple(dx.mac_address(identity, i) for i in range(len(interfaces)))
+        network_config = intent.network_config
+        if intent.network is not None:
+            render = render_network_config if fmt == "nocloud" else render_network_data
+            network_config = render(intent.network, macs)
+        iso = build_config_drive(intent.user_data, intent.meta_data, network_config, fmt)
         drive = pool.createXML(dx.volume_xml(drive_name, len(iso), "raw"), 0)
         if not test_driver:
             _upload(conn, drive, iso)
@@ -274,6 +288,7 @@ class LibvirtBackend:
             initrd=dkb.initrd if dkb else None,
             cmdline=dkb.cmdline if dkb else None,
             interfaces=tuple(interfaces),
+            macs=macs,
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
         conn.defineXML(dx.domain_xml(spec))
@@ -294,7 +309,10 @@ class LibvirtBackend:
         elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:
             _mark_started(dom)  # a crash between create() and the mark
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            addresses = [MachineAddress(type="Hostname", address=intent.hostname), *_addresses(dom)]
+            addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
+            for found in (*_static_addresses(intent), *_addresses(dom)):
+                if found not in addresses:
+                    addresses.append(found)
             if len(addresses) > 1 or not _interfaces_of(dom):
                 return Progress(
                     Phase.RUNNING,
@@ -600,6 +618,15 @@ def _addresses(dom: libvirt.virDomain) -> list[MachineAddress]:
         if found:
             return found
     return []
+
+
+def _static_addresses(intent: MachineIntent) -> list[MachineAddress]:
+    """The addresses spec.network gives the guest: known without asking anyone."""
+    found = []
+    for iface in intent.network.interfaces if intent.network else []:
+        for text in iface.addresses or []:
+            found.append(MachineAddress(type="InternalIP", address=str(ipaddress.ip_interface(text).ip)))
+    return found
 
 
 def _state_name(state: int, reason: int) -> str:

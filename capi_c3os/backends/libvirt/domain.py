@@ -6,6 +6,7 @@ UUID, so a repeated or resumed provision finds what an earlier one made.
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -51,6 +52,15 @@ def base_volume_name(digest: str, fmt: str) -> str:
     """A base image downloaded from a URL is shared by every machine of the pool that
     names the same checksum."""
     return f"{BASE_PREFIX}{digest[:32]}.{fmt}"
+
+
+def mac_address(identity: MachineIdentity, index: int) -> str:
+    """The MAC of the machine's `index`-th NIC: the same on every (re)creation, so the
+    config drive's network settings can name it and a DHCP server keeps its lease. A
+    locally administered unicast address (first byte 02) with 40 bits from the identity:
+    collisions on one network are as unlikely as with random MACs (libvirt's are 24 bits)."""
+    digest = hashlib.sha256(f"{identity.provider_id}/nic{index}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def tag_xml(tag: Tag) -> str:
@@ -105,6 +115,8 @@ class DomainSpec:
     initrd: str | None = None
     cmdline: str | None = None
     interfaces: tuple[LibvirtNetworkInterface, ...] = ()
+    macs: tuple[str, ...] = ()
+    """MAC of each interface, in order (libvirt picks one where missing)."""
     serial_log: str | None = None
 
 
@@ -158,13 +170,15 @@ def _add_devices(devices: ET.Element, spec: DomainSpec) -> None:
         ET.SubElement(cdrom, "source", {"file": path})
         ET.SubElement(cdrom, "target", {"dev": dev, "bus": "sata"})
         ET.SubElement(cdrom, "readonly")
-    for nic in spec.interfaces:
+    for index, nic in enumerate(spec.interfaces):
         if nic.network:
             iface = ET.SubElement(devices, "interface", {"type": "network"})
             ET.SubElement(iface, "source", {"network": nic.network})
         else:
             iface = ET.SubElement(devices, "interface", {"type": "bridge"})
             ET.SubElement(iface, "source", {"bridge": nic.bridge or ""})
+        if index < len(spec.macs):
+            ET.SubElement(iface, "mac", {"address": spec.macs[index]})
         ET.SubElement(iface, "model", {"type": nic.model})
     if spec.domain_type != "test":
         serial = ET.SubElement(devices, "serial", {"type": "pty"})
