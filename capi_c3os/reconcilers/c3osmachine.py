@@ -2,10 +2,13 @@
 
     paused?                      -> report Paused, touch nothing else
     being deleted?               -> backend deprovision until DELETED, then drop our finalizer
+                                    (at the site recorded on the machine: works without
+                                    the C3osCluster)
     await owner Machine, its Cluster, infrastructure provisioned, bootstrap data
     resolve the site             (Machine.spec.failureDomain, else the cluster's default)
-    ensure finalizer + providerID   (one write, before the backend creates anything; a
-                                     machine that never got this far deletes freely)
+    ensure finalizer + providerID + site record
+                                 (one write, before the backend creates anything; a
+                                  machine that never got this far deletes freely)
     provision                    -> intent to the backend; its Progress becomes conditions
     report                       -> providerID, addresses, failureDomain, provisioned
 

@@ -9,8 +9,12 @@ adopts what the earlier run made and makes no duplicate:
    shared volume (a `.verified` marker volume says the upload finished);
 3. the machine disk: a qcow2 overlay on the base, resized to the requested size;
 4. the config drive: (re)built and uploaded while no domain exists yet;
-5. the domain: defined with a deterministic name and UUID and our tag in <metadata>,
-   started, and marked started (so a domain stopped later is reported, not restarted).
+5. the domain: defined with a deterministic name and UUID (and NIC MACs) and our tag in
+   <metadata>, started, and marked started with the time (so a domain stopped later is
+   reported, not restarted, and address polling backs off from its start).
+
+`domainType: auto` is settled once per host by a boot check (kvmprobe.py). spec.network
+is rendered onto the config drive for the NICs' deterministic MACs.
 
 All calls block; the reconciler runs them on worker threads.
 """
@@ -190,8 +194,30 @@ class LibvirtBackend:
     def tagged_identities(
         self, site: Site, credentials: SiteCredentials, cluster: str
     ) -> list[MachineIdentity]:
-        """`registry.FindsOrphans`: identities of the cluster's domains on the site."""
-        return [tag.identity() for tag in self.tagged_machines(site, credentials, cluster)]
+        """`registry.FindsOrphans`: identities of the cluster's machines the site still
+        holds something for: domains tagged with the cluster, and machines of the
+        cluster's namespace whose disk or config drive is in the pool without a domain
+        (a crash between creating volumes and defining the domain; volumes carry no tag,
+        so their names are decoded). The caller removes those whose C3osMachine is gone;
+        it lists machines after this returns, so a machine that is creating its volumes
+        right now is already listed."""
+        found = {tag.identity() for tag in self.tagged_machines(site, credentials, cluster)}
+        namespace = cluster.split("/", 1)[0]
+        lsite = _libvirt_site(site)
+        with self._errors(lsite, credentials):
+            conn = self.connections.get(lsite, credentials)
+            pool = _lookup_pool(conn, lsite.pool)
+            if pool is not None and pool.isActive():
+                domains = {dom.name() for dom in conn.listAllDomains(0)}
+                for name in pool.listVolumes():
+                    identity = dx.identity_of_volume(name)
+                    if (
+                        identity is not None
+                        and identity.namespace == namespace
+                        and dx.domain_name(identity) not in domains
+                    ):
+                        found.add(identity)
+        return sorted(found, key=lambda i: (i.namespace, i.name))
 
     def tagged_machines(self, site: Site, credentials: SiteCredentials, cluster: str) -> list[dx.Tag]:
         """Tags of every domain on the site that belongs to `cluster` (namespace/name)."""

@@ -48,6 +48,33 @@ def config_drive_volume_name(identity: MachineIdentity) -> str:
     return identity.resource_name + CONFIG_DRIVE_SUFFIX
 
 
+def identity_of_volume(name: str) -> MachineIdentity | None:
+    """The machine a disk or config-drive volume was named for, recovered from its name
+    (volumes carry no tag): `<namespace>-<name>-<8 hex of the UUID>` only decodes where
+    one split of the readable part into namespace and name reproduces the UUID prefix
+    (32 bits: a foreign volume matches by chance once in 4 billion). Names truncated at
+    50 characters, and machines with a providerID of their own, do not decode."""
+    for suffix in (DISK_SUFFIX, CONFIG_DRIVE_SUFFIX):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            break
+    else:
+        return None
+    readable, _, short = stem.rpartition("-")
+    if len(short) != 8:
+        return None
+    for index, char in enumerate(readable):
+        if char != "-":
+            continue
+        namespace, machine = readable[:index], readable[index + 1 :]
+        if not namespace or not machine:
+            continue
+        identity = MachineIdentity(namespace, machine, f"c3os://{namespace}/{machine}")
+        if identity.resource_name == stem:
+            return identity
+    return None
+
+
 def base_volume_name(digest: str, fmt: str) -> str:
     """A base image downloaded from a URL is shared by every machine of the pool that
     names the same checksum."""
