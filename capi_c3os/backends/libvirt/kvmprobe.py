@@ -124,20 +124,26 @@ def check(
         upload(conn, vol, BOOT_SECTOR + bytes(DISK_SIZE - len(BOOT_SECTOR)))
         path = str(vol.path())
         emulated = _run(conn, probe_xml("qemu", path), EMULATED_DEADLINE)
+        if isinstance(emulated, str):
+            return Verdict(
+                "qemu", f"the boot check could not start an emulated guest ({emulated}); KVM is unproven"
+            )
         kvm = _run(conn, probe_xml("kvm", path), emulated) if emulated is not None else None
     finally:
         _remove_domain(conn)
         _remove_volume(pool)
+    if isinstance(kvm, str):
+        return decide(f"a kvm guest does not start: {kvm}", None, None)
     return decide(None, emulated, kvm)
 
 
-def _run(conn: libvirt.virConnect, xml: str, deadline: float) -> float | None:
+def _run(conn: libvirt.virConnect, xml: str, deadline: float) -> float | str | None:
     """Seconds from start until the guest powered itself off; None if it did not within
-    `deadline` (the domain is destroyed then) or could not start."""
+    `deadline` (the domain is destroyed then); libvirt's message if it could not start."""
     try:
         dom = conn.createXML(xml, 0)
-    except libvirt.libvirtError:
-        return None
+    except libvirt.libvirtError as exc:
+        return str(exc.get_error_message() or exc)
     started = time.monotonic()
     while True:
         elapsed = time.monotonic() - started
