@@ -8,6 +8,7 @@ failure domain, or the cluster's default site.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
@@ -423,6 +424,121 @@ class MachineImage(ApiModel):
         return self
 
 
+IpAddress = Annotated[str, StringConstraints(min_length=2, max_length=45)]
+IpInterface = Annotated[str, StringConstraints(min_length=4, max_length=49)]
+SearchDomain = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+]
+
+
+class InterfaceNetwork(ApiModel):
+    """How the guest configures one of its NICs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            (
+                "self.dhcp4 || self.dhcp6 || (has(self.addresses) && size(self.addresses) > 0)",
+                "set dhcp4, dhcp6 or addresses",
+            ),
+            (
+                "!has(self.addresses) || self.addresses.all(a, isCIDR(a))",
+                "addresses must be IP addresses with a prefix length, e.g. 10.0.0.5/24",
+            ),
+            (
+                "!has(self.gateway4) || (isIP(self.gateway4) && ip(self.gateway4).family() == 4"
+                " && has(self.addresses) && self.addresses.exists(a, isCIDR(a)"
+                " && cidr(a).ip().family() == 4 && cidr(a).containsIP(self.gateway4)))",
+                "gateway4 must be an IPv4 address inside one of the IPv4 addresses' subnets",
+            ),
+            (
+                "!has(self.gateway6) || (isIP(self.gateway6) && ip(self.gateway6).family() == 6"
+                " && has(self.addresses) && self.addresses.exists(a, isCIDR(a)"
+                " && cidr(a).ip().family() == 6 && (cidr(a).containsIP(self.gateway6)"
+                " || ip(self.gateway6).isLinkLocalUnicast())))",
+                "gateway6 must be an IPv6 address inside one of the IPv6 addresses' subnets (or link-local)",
+            ),
+        )
+    )
+
+    dhcp4: bool = False
+    """Ask DHCP for an IPv4 address."""
+    dhcp6: bool = False
+    """Ask DHCPv6 for an IPv6 address."""
+    addresses: list[IpInterface] | None = Field(None, max_length=16, json_schema_extra=list_set())
+    """Static addresses with their prefix length, e.g. 10.0.0.5/24 or 2001:db8::5/64."""
+    gateway4: IpAddress | None = None
+    """IPv4 default gateway; must lie in one of the IPv4 addresses' subnets."""
+    gateway6: IpAddress | None = None
+    """IPv6 default gateway."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InterfaceNetwork:
+        nets = []
+        for text in self.addresses or []:
+            try:
+                nets.append(ipaddress.ip_interface(text))
+            except ValueError:
+                raise ValueError(
+                    "addresses must be IP addresses with a prefix length, e.g. 10.0.0.5/24"
+                ) from None
+            if "/" not in text:
+                raise ValueError("addresses must be IP addresses with a prefix length, e.g. 10.0.0.5/24")
+        if not (self.dhcp4 or self.dhcp6 or nets):
+            raise ValueError("set dhcp4, dhcp6 or addresses")
+        for version, gateway in ((4, self.gateway4), (6, self.gateway6)):
+            if gateway is None:
+                continue
+            try:
+                address = ipaddress.ip_address(gateway)
+            except ValueError:
+                raise ValueError(f"gateway{version} {gateway!r} is not an IP address") from None
+            if address.version != version or not any(
+                n.version == version and (address in n.network or (address.is_link_local and version == 6))
+                for n in nets
+            ):
+                raise ValueError(
+                    f"gateway{version} must be an IPv{version} address inside one of the "
+                    f"IPv{version} addresses' subnets"
+                )
+        return self
+
+
+class MachineNetwork(ApiModel):
+    """Network settings the guest applies at boot (NoCloud network-config v2 or config-2
+    network_data.json on its config drive), e.g. static addresses at an edge site
+    without DHCP. Without it, the image's own defaults apply (usually DHCP)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            (
+                "!has(self.nameservers) || self.nameservers.all(n, isIP(n))",
+                "nameservers must be IP addresses",
+            ),
+        )
+    )
+
+    interfaces: list[InterfaceNetwork] = Field(min_length=1, max_length=8)
+    """Settings of the machine's NICs, in order: the first entry configures the first NIC
+    (of backend.libvirt.networkInterfaces, or the site's network/bridge)."""
+    nameservers: list[IpAddress] | None = Field(None, max_length=3)
+    """DNS servers."""
+    search_domains: list[SearchDomain] | None = Field(None, max_length=6)
+    """DNS search domains."""
+
+    @model_validator(mode="after")
+    def _nameservers(self) -> MachineNetwork:
+        for server in self.nameservers or []:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ValueError("nameservers must be IP addresses") from None
+        return self
+
+    @property
+    def has_static_addresses(self) -> bool:
+        return any(i.addresses for i in self.interfaces)
+
+
 class C3osMachineSpec(ApiModel):
     """Desired state of a C3osMachine: what to run, how big, and on which backend."""
 
@@ -449,6 +565,9 @@ class C3osMachineSpec(ApiModel):
     """Memory in MiB (libvirt)."""
     disk_gib: int = Field(20, alias="diskGiB", ge=1, le=65536)
     """Size of the machine's disk in GiB (libvirt; never smaller than the base image)."""
+    network: MachineNetwork | None = None
+    """Network settings written to the config drive (libvirt sites). Static addresses
+    belong to one machine: a template may use DHCP and nameservers only."""
 
 
 class LibvirtMachineStatus(ApiModel):
@@ -524,6 +643,10 @@ class C3osMachineTemplateResource(ApiModel):
                 "!has(self.spec.providerID)",
                 "providerID is chosen per machine and must not be set in a template",
             ),
+            (
+                "!has(self.spec.network) || self.spec.network.interfaces.all(i, !has(i.addresses))",
+                "static addresses belong to one machine and must not be set in a template",
+            ),
         )
     )
 
@@ -536,6 +659,8 @@ class C3osMachineTemplateResource(ApiModel):
     def _no_provider_id(self) -> C3osMachineTemplateResource:
         if self.spec.provider_id is not None:
             raise ValueError("providerID is chosen per machine and must not be set in a template")
+        if self.spec.network is not None and self.spec.network.has_static_addresses:
+            raise ValueError("static addresses belong to one machine and must not be set in a template")
         return self
 
 

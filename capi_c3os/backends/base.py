@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from capi_c3os.api.common import MachineAddress
-from capi_c3os.api.infrastructure import IronicMachine, LibvirtMachine, MachineImage, Site
+from capi_c3os.api.infrastructure import IronicMachine, LibvirtMachine, MachineImage, MachineNetwork, Site
 
 # Fixed namespace for deterministic UUIDs: the same identity gives the same UUID on every
 # management cluster, so `clusterctl move` keeps domain and Ironic instance UUIDs.
@@ -78,6 +78,10 @@ class MachineIntent:
     meta_data: Mapping[str, Any]
     """instance-id, local-hostname, provider-id, ... (NoCloud meta-data / meta_data.json)."""
     network_config: Mapping[str, Any] | None = None
+    """OpenStack network_data, passed through as is (the Ironic backend)."""
+    network: MachineNetwork | None = None
+    """The machine's network settings (spec.network); a backend renders them for its
+    guests (the libvirt backend: network-config / network_data.json with its NICs' MACs)."""
     libvirt: LibvirtMachine | None = None
     ironic: IronicMachine | None = None
     cluster: str = ""

@@ -16,12 +16,15 @@ whatever it mounts with.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import pycdlib
 import yaml
+
+from capi_c3os.api.infrastructure import MachineNetwork
 
 Layout = Literal["nocloud", "configdrive"]
 
@@ -46,6 +49,86 @@ def render_meta_data(meta_data: Mapping[str, Any], layout: Layout) -> bytes:
         data.setdefault("hostname", data["local-hostname"])
         data.setdefault("name", data["local-hostname"])
     return json.dumps(data, sort_keys=True, indent=2).encode()
+
+
+def interface_name(index: int) -> str:
+    """The name the guest gives its `index`-th NIC (matched by MAC)."""
+    return f"eth{index}"
+
+
+def render_network_config(network: MachineNetwork, macs: Sequence[str]) -> dict[str, Any]:
+    """NoCloud `network-config`, version 2 (netplan style, as cloud-init and Kairos read
+    it): one entry per configured NIC, matched by its MAC and named eth<N>."""
+    ethernets: dict[str, Any] = {}
+    for index, (iface, mac) in enumerate(zip(network.interfaces, macs, strict=False)):
+        name = interface_name(index)
+        entry: dict[str, Any] = {
+            "match": {"macaddress": mac},
+            "set-name": name,
+            "dhcp4": iface.dhcp4,
+            "dhcp6": iface.dhcp6,
+        }
+        if iface.addresses:
+            entry["addresses"] = list(iface.addresses)
+        routes = [
+            {"to": default, "via": gateway}
+            for default, gateway in (("0.0.0.0/0", iface.gateway4), ("::/0", iface.gateway6))
+            if gateway
+        ]
+        if routes:
+            entry["routes"] = routes
+        dns: dict[str, Any] = {}
+        if network.nameservers:
+            dns["addresses"] = list(network.nameservers)
+        if network.search_domains:
+            dns["search"] = list(network.search_domains)
+        if dns:
+            entry["nameservers"] = dns
+        ethernets[name] = entry
+    return {"version": 2, "ethernets": ethernets}
+
+
+def render_network_data(network: MachineNetwork, macs: Sequence[str]) -> dict[str, Any]:
+    """OpenStack `network_data.json` (config-2 drives): links by MAC, one network per
+    static address or DHCP family, default routes on the first network of their family,
+    nameservers as dns services."""
+    links: list[dict[str, Any]] = []
+    networks: list[dict[str, Any]] = []
+    for index, (iface, mac) in enumerate(zip(network.interfaces, macs, strict=False)):
+        link = interface_name(index)
+        links.append({"id": link, "name": link, "type": "phy", "ethernet_mac_address": mac})
+        gateways = {4: iface.gateway4, 6: iface.gateway6}
+        for text in iface.addresses or []:
+            address = ipaddress.ip_interface(text)
+            net: dict[str, Any] = {
+                "id": f"{link}-{len(networks)}",
+                "link": link,
+                "type": f"ipv{address.version}",
+                "ip_address": str(address.ip),
+                "netmask": str(address.netmask),
+                "routes": [],
+            }
+            gateway = gateways[address.version]
+            if gateway and _reaches(gateway, address):
+                any_net = "0.0.0.0" if address.version == 4 else "::"
+                net["routes"].append({"network": any_net, "netmask": any_net, "gateway": gateway})
+                gateways[address.version] = None  # one default route per family
+            if network.nameservers:
+                net["dns_nameservers"] = list(network.nameservers)
+            if network.search_domains:
+                net["dns_search"] = list(network.search_domains)
+            networks.append(net)
+        for wanted, kind in ((iface.dhcp4, "ipv4_dhcp"), (iface.dhcp6, "ipv6_dhcp")):
+            if wanted:
+                networks.append({"id": f"{link}-{len(networks)}", "link": link, "type": kind})
+    services = [{"type": "dns", "address": server} for server in network.nameservers or []]
+    return {"links": links, "networks": networks, "services": services}
+
+
+def _reaches(gateway: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bool:
+    """The gateway is on the address's subnet (or IPv6 link-local, always on-link)."""
+    ip = ipaddress.ip_address(gateway)
+    return ip in address.network or (ip.version == 6 and ip.is_link_local)
 
 
 def build_config_drive(

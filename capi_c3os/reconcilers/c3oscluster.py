@@ -7,7 +7,8 @@
     validate sites and controlPlaneEndpoint
     report sites as failureDomains, provisioned, Ready
     sweep: remove backend machines tagged for this cluster whose C3osMachine is gone
-           (a finalizer removed by hand); never blocks the cluster
+           (a finalizer removed by hand), and volumes a crash left without a domain;
+           never blocks the cluster
 
 Status is written once per reconcile.
 """

@@ -2,10 +2,13 @@
 
     paused?                      -> report Paused, touch nothing else
     being deleted?               -> backend deprovision until DELETED, then drop our finalizer
+                                    (at the site recorded on the machine: works without
+                                    the C3osCluster)
     await owner Machine, its Cluster, infrastructure provisioned, bootstrap data
     resolve the site             (Machine.spec.failureDomain, else the cluster's default)
-    ensure finalizer + providerID   (one write, before the backend creates anything; a
-                                     machine that never got this far deletes freely)
+    ensure finalizer + providerID + site record
+                                 (one write, before the backend creates anything; a
+                                  machine that never got this far deletes freely)
     provision                    -> intent to the backend; its Progress becomes conditions
     report                       -> providerID, addresses, failureDomain, provisioned
 
@@ -17,6 +20,7 @@ resource is named from it. Status is written once per reconcile.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +61,28 @@ HEALTH_POLL = 60.0
 PROVISION_POLL = 10.0
 PAUSED_DELETION_POLL = 30.0
 
+SITE_ANNOTATION = "infrastructure.cluster.x-k8s.io/c3os-site"
+"""The site (as in the C3osCluster, JSON; no secret material, Secrets are referenced by
+name) the machine was placed on, written before the backend creates anything."""
+
 C3OS_CLUSTERS = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osclusters", "C3osCluster")
+
+
+def site_record(site: Site) -> str:
+    return json.dumps(site.to_wire(), sort_keys=True, separators=(",", ":"))
+
+
+def recorded_site(obj: dict[str, Any]) -> Site | None:
+    """The site recorded on the machine, or None (not placed yet, or placed by a version
+    that did not record it)."""
+    text = (obj["metadata"].get("annotations") or {}).get(SITE_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return Site.model_validate(json.loads(text))
+    except (ValueError, ValidationError):
+        log.warning("ignoring unreadable %s annotation", SITE_ANNOTATION)
+        return None
 
 
 def provider_id_for(namespace: str, name: str) -> str:
@@ -179,13 +204,21 @@ def _provision(ctx: MachineContext) -> Outcome:
     # One write before anything exists anywhere: our finalizer (so deletion waits for
     # the backend) and the providerID every backend resource is named from.
     provider_id = spec.provider_id or provider_id_for(ctx.namespace, ctx.name)
-    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None:
+    annotations = ctx.obj["metadata"].get("annotations") or {}
+    if (
+        FINALIZER not in _finalizers(ctx.obj)
+        or spec.provider_id is None
+        or SITE_ANNOTATION not in annotations
+    ):
         body = _copy(ctx.obj)
         body["metadata"]["finalizers"] = [
             *_finalizers(ctx.obj),
             *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
         ]
         body["spec"]["providerID"] = provider_id
+        # Where the machine goes, recorded with it: its deletion must find the backend
+        # even when the C3osCluster is gone (first write wins: the machine stays there).
+        body["metadata"]["annotations"] = {SITE_ANNOTATION: site_record(site), **annotations}
         body.pop("status", None)
         ctx.obj = {
             **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
@@ -205,6 +238,7 @@ def _provision(ctx: MachineContext) -> Outcome:
         hostname=hostname,
         user_data=user_data,
         meta_data={"instance-id": identity.uuid, "local-hostname": hostname, "provider-id": provider_id},
+        network=spec.network,
         libvirt=spec.backend.libvirt,
         ironic=spec.backend.ironic,
         cluster=f"{ctx.namespace}/{ctx.cluster['metadata']['name']}",
@@ -309,6 +343,13 @@ def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
             f"site {site.name} is a {kind} site but spec.backend does not set {kind}",
             WAIT_FOR_USER,
         )
+    if spec.network is not None and kind != "libvirt":
+        return Outcome.wait(
+            "NetworkConfigUnsupported",
+            f"spec.network is applied on libvirt sites only; site {site.name} is a {kind} site "
+            "(remove spec.network)",
+            WAIT_FOR_USER,
+        )
     return site
 
 
@@ -403,7 +444,12 @@ def _delete(ctx: MachineContext) -> Outcome:
             return site
         credentials = _site_credentials(ctx, site)
         if isinstance(credentials, Outcome):
-            return credentials
+            return Outcome.wait(
+                credentials.reason,
+                f"{credentials.message}: the machine's resources cannot be removed without it. "
+                f"Recreate the Secret, or remove them by hand and then the finalizer {FINALIZER}",
+                WAIT_FOR_USER,
+            )
         identity = MachineIdentity(ctx.namespace, ctx.name, provider_id)
         try:
             progress = ctx.backends.for_site(site).deprovision(identity, site, credentials)
@@ -426,27 +472,39 @@ def _delete(ctx: MachineContext) -> Outcome:
 
 
 def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:
-    """Where the machine was placed: status.failureDomain (written when placed), else the
-    Machine's failure domain (status does not survive clusterctl move), else the default."""
+    """Where the machine was placed. The site recorded on the machine says where its
+    resources are, whatever became of the C3osCluster; if the C3osCluster still lists a
+    site of that name at the same place, its current entry is used (a credentials
+    Secret may have been renamed since). Machines placed before sites were recorded
+    fall back to the C3osCluster: status.failureDomain, the Machine's failure domain,
+    or the default site."""
+    recorded = recorded_site(ctx.obj)
+    current = _current_site(ctx, recorded.name if recorded else None)
+    if recorded is None:
+        return current
+    if isinstance(current, Site) and _same_place(current, recorded):
+        return current
+    return recorded
+
+
+def _current_site(ctx: MachineContext, name: str | None) -> Site | Outcome:
     cluster = ctx.cluster
     if cluster is None:
-        name = owner_machine_name(ctx.obj)
-        ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, name) if name else None
+        machine_name = owner_machine_name(ctx.obj)
+        ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, machine_name) if machine_name else None
         cluster_name = ((ctx.machine or {}).get("spec") or {}).get("clusterName")
         cluster = ctx.kube.get(CLUSTERS, ctx.namespace, cluster_name) if cluster_name else None
     if cluster is None:
-        return Outcome.wait(
-            "WaitingForCluster",
-            "cannot find the Cluster, so not the site to delete the machine from",
-            WAIT_FOR_USER,
-        )
+        return _lost("the Cluster is gone")
     spec = _c3os_cluster_spec(ctx.kube, ctx.namespace, cluster)
     if isinstance(spec, Outcome):
-        return spec
-    placed = (ctx.obj.get("status") or {}).get("failureDomain")
+        return _lost(spec.message) if spec.reason == "WaitingForC3osCluster" else spec
+    placed = name or (ctx.obj.get("status") or {}).get("failureDomain")
     if not placed:
-        name = owner_machine_name(ctx.obj)
-        machine = ctx.machine or (ctx.kube.get(MACHINES, ctx.namespace, name) if name else None)
+        machine_name = owner_machine_name(ctx.obj)
+        machine = ctx.machine or (
+            ctx.kube.get(MACHINES, ctx.namespace, machine_name) if machine_name else None
+        )
         placed = ((machine or {}).get("spec") or {}).get("failureDomain")
     site = spec.site(placed or None)
     if site is None:
@@ -454,6 +512,25 @@ def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:
             "UnknownFailureDomain", f"site {placed!r} is no longer in the C3osCluster", WAIT_FOR_USER
         )
     return site
+
+
+def _lost(why: str) -> Outcome:
+    return Outcome.wait(
+        "SiteUnknown",
+        f"cannot tell where this machine's resources are: {why}, and the machine has no "
+        f"{SITE_ANNOTATION} annotation (placed by an older version). Recreate the C3osCluster "
+        "with the same sites, or add that annotation (the site as JSON), or remove the "
+        f"resources by hand and then the finalizer {FINALIZER}",
+        WAIT_FOR_USER,
+    )
+
+
+def _same_place(a: Site, b: Site) -> bool:
+    if a.libvirt is not None and b.libvirt is not None:
+        return (a.libvirt.uri, a.libvirt.pool) == (b.libvirt.uri, b.libvirt.pool)
+    if a.ironic is not None and b.ironic is not None:
+        return a.ironic.endpoint == b.ironic.endpoint
+    return False
 
 
 def _finalizers(obj: dict[str, Any]) -> list[str]:

@@ -9,8 +9,12 @@ adopts what the earlier run made and makes no duplicate:
    shared volume (a `.verified` marker volume says the upload finished);
 3. the machine disk: a qcow2 overlay on the base, resized to the requested size;
 4. the config drive: (re)built and uploaded while no domain exists yet;
-5. the domain: defined with a deterministic name and UUID and our tag in <metadata>,
-   started, and marked started (so a domain stopped later is reported, not restarted).
+5. the domain: defined with a deterministic name and UUID (and NIC MACs) and our tag in
+   <metadata>, started, and marked started with the time (so a domain stopped later is
+   reported, not restarted, and address polling backs off from its start).
+
+`domainType: auto` is settled once per host by a boot check (kvmprobe.py). spec.network
+is rendered onto the config drive for the NICs' deterministic MACs.
 
 All calls block; the reconciler runs them on worker threads.
 """
@@ -18,12 +22,14 @@ All calls block; the reconciler runs them on worker threads.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import queue
 import struct
 import tempfile
 import threading
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -43,15 +49,21 @@ from capi_c3os.backends.base import (
     Progress,
     SiteCredentials,
 )
-from capi_c3os.backends.configdrive import build_config_drive
+from capi_c3os.backends.configdrive import build_config_drive, render_network_config, render_network_data
 from capi_c3os.backends.libvirt import domain as dx
+from capi_c3os.backends.libvirt import kvmprobe
 from capi_c3os.backends.libvirt.connection import ConnectionPool
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 ADDRESS_RETRY = 5.0
-"""Seconds between looks for a DHCP lease / guest-agent address of a running domain."""
+"""Seconds between the first looks for a DHCP lease / guest-agent address."""
+ADDRESS_RETRY_MAX = 300.0
+"""Looks get rarer the longer a NIC goes without an address, down to one per 5 minutes
+(never none: a DHCP server that was down may still answer)."""
+ADDRESS_PATIENCE = 180.0
+"""Seconds after the start without any address before the Ready reason says so."""
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -93,6 +105,10 @@ class LibvirtBackend:
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._verdicts: dict[str, kvmprobe.Verdict] = {}
+        """site URI -> what `domainType: auto` means there (the boot check runs once per
+        host and manager process)."""
+        self._verdict_locks: dict[str, threading.Lock] = {}
 
     # ------------------------------------------------------------------ the protocol
 
@@ -178,8 +194,30 @@ class LibvirtBackend:
     def tagged_identities(
         self, site: Site, credentials: SiteCredentials, cluster: str
     ) -> list[MachineIdentity]:
-        """`registry.FindsOrphans`: identities of the cluster's domains on the site."""
-        return [tag.identity() for tag in self.tagged_machines(site, credentials, cluster)]
+        """`registry.FindsOrphans`: identities of the cluster's machines the site still
+        holds something for: domains tagged with the cluster, and machines of the
+        cluster's namespace whose disk or config drive is in the pool without a domain
+        (a crash between creating volumes and defining the domain; volumes carry no tag,
+        so their names are decoded). The caller removes those whose C3osMachine is gone;
+        it lists machines after this returns, so a machine that is creating its volumes
+        right now is already listed."""
+        found = {tag.identity() for tag in self.tagged_machines(site, credentials, cluster)}
+        namespace = cluster.split("/", 1)[0]
+        lsite = _libvirt_site(site)
+        with self._errors(lsite, credentials):
+            conn = self.connections.get(lsite, credentials)
+            pool = _lookup_pool(conn, lsite.pool)
+            if pool is not None and pool.isActive():
+                domains = {dom.name() for dom in conn.listAllDomains(0)}
+                for name in pool.listVolumes():
+                    identity = dx.identity_of_volume(name)
+                    if (
+                        identity is not None
+                        and identity.namespace == namespace
+                        and dx.domain_name(identity) not in domains
+                    ):
+                        found.add(identity)
+        return sorted(found, key=lambda i: (i.namespace, i.name))
 
     def tagged_machines(self, site: Site, credentials: SiteCredentials, cluster: str) -> list[dx.Tag]:
         """Tags of every domain on the site that belongs to `cluster` (namespace/name)."""
@@ -214,6 +252,14 @@ class LibvirtBackend:
                     f"network {nic.network!r} does not exist on {site.uri}",
                     retry_after=60.0,
                 )
+        if intent.network is not None and len(intent.network.interfaces) > len(interfaces):
+            raise BackendError(
+                "NetworkConfigMismatch",
+                f"spec.network configures {len(intent.network.interfaces)} interface(s) but the machine "
+                f"has {len(interfaces)} NIC(s) (backend.libvirt.networkInterfaces, or the site's "
+                "network/bridge)",
+                retry_after=None,
+            )
         base = self._base_image(conn, site, pool, intent.image)
         wanted = intent.disk_gib * GIB
         if intent.image.format != "iso" and wanted < base.capacity:
@@ -242,7 +288,12 @@ class LibvirtBackend:
         if old is not None:
             old.delete(0)
         fmt = machine.config_drive_format if machine else "nocloud"
-        iso = build_config_drive(intent.user_data, intent.meta_data, intent.network_config, fmt)
+        macs = tuple(dx.mac_address(identity, i) for i in range(len(interfaces)))
+        network_config = intent.network_config
+        if intent.network is not None:
+            render = render_network_config if fmt == "nocloud" else render_network_data
+            network_config = render(intent.network, macs)
+        iso = build_config_drive(intent.user_data, intent.meta_data, network_config, fmt)
         drive = pool.createXML(dx.volume_xml(drive_name, len(iso), "raw"), 0)
         if not test_driver:
             _upload(conn, drive, iso)
@@ -251,7 +302,7 @@ class LibvirtBackend:
         spec = dx.DomainSpec(
             identity=identity,
             tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster),
-            domain_type="test" if test_driver else _domain_type(site),
+            domain_type="test" if test_driver else self._domain_type(conn, site, pool),
             cpus=intent.cpus,
             memory_mib=intent.memory_mib,
             disk_path=disk.path(),
@@ -263,6 +314,7 @@ class LibvirtBackend:
             initrd=dkb.initrd if dkb else None,
             cmdline=dkb.cmdline if dkb else None,
             interfaces=tuple(interfaces),
+            macs=macs,
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
         conn.defineXML(dx.domain_xml(spec))
@@ -274,6 +326,7 @@ class LibvirtBackend:
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
+        note = self._domain_type_note(dom, _libvirt_site(intent.site))
         started = _started(dom)
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
             dom.create()
@@ -282,21 +335,55 @@ class LibvirtBackend:
         elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:
             _mark_started(dom)  # a crash between create() and the mark
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            addresses = [MachineAddress(type="Hostname", address=intent.hostname), *_addresses(dom)]
-            has_nic = bool(_interfaces_of(dom))
-            waiting = has_nic and len(addresses) == 1
-            return Progress(
-                Phase.RUNNING,
-                "DomainRunning",
-                f"domain {dom.name()} is running" + (", waiting for its address" if waiting else ""),
-                addresses=tuple(addresses),
-                requeue_after=ADDRESS_RETRY if waiting else None,
-                details=details,
-            )
+            addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
+            for found in (*_static_addresses(intent), *_addresses(dom)):
+                if found not in addresses:
+                    addresses.append(found)
+            if len(addresses) > 1 or not _interfaces_of(dom):
+                return Progress(
+                    Phase.RUNNING,
+                    "DomainRunning",
+                    f"domain {dom.name()} is running{note}",
+                    addresses=tuple(addresses),
+                    details=details,
+                )
+            return self._without_address(dom, addresses, note, details)
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
             f"domain {dom.name()} is {_state_name(state, reason)}",
+            details=details,
+        )
+
+    @staticmethod
+    def _without_address(
+        dom: libvirt.virDomain, addresses: list[MachineAddress], note: str, details: dict[str, str]
+    ) -> Progress:
+        """Running, but no NIC has an address yet. Still provisioned: the guest boots and
+        joins the cluster by its providerID whatever its address (addresses are for
+        people and tools); we keep looking, ever less often, and say so after a while."""
+        started_at = _started_at(dom)
+        if started_at is None:  # started by an older version: the clock starts now
+            _mark_started(dom)
+            started_at = time.time()
+        waited = max(0.0, time.time() - started_at)
+        delay = address_retry(waited)
+        if waited < ADDRESS_PATIENCE:
+            reason, message = "DomainRunning", f"domain {dom.name()} is running, waiting for its address"
+        else:
+            reason = "NoAddress"
+            message = (
+                f"domain {dom.name()} is running but no NIC has an address after {waited / 60:.0f} min "
+                "(no DHCP lease on its libvirt network, no answer from a guest agent; bridged NICs "
+                "need qemu-guest-agent in the image or static addresses in spec.network); "
+                f"still provisioned, looking again in {delay:.0f} s"
+            )
+        return Progress(
+            Phase.RUNNING,
+            reason,
+            message + note,
+            addresses=tuple(addresses),
+            requeue_after=delay,
             details=details,
         )
 
@@ -331,6 +418,31 @@ class LibvirtBackend:
             pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
             return BaseImage(vol.path(), image.format, virtual)
 
+    def _domain_type(self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool) -> str:
+        if site.domain_type != "auto":
+            return site.domain_type
+        with self._locks_lock:
+            lock = self._verdict_locks.setdefault(site.uri, threading.Lock())
+        with lock:  # one check per host, however many machines wait for it
+            verdict = self._verdicts.get(site.uri)
+            if verdict is None:
+                verdict = kvmprobe.check(conn, pool, _upload, dx.volume_xml)
+                self._verdicts[site.uri] = verdict
+                level = logging.INFO if verdict.domain_type == "kvm" else logging.WARNING
+                log.log(
+                    level, "domainType auto on %s means %s: %s", site.uri, verdict.domain_type, verdict.reason
+                )
+            return verdict.domain_type
+
+    def _domain_type_note(self, dom: libvirt.virDomain, site: LibvirtSite) -> str:
+        """For the Ready message: which type `auto` chose on this host, and why."""
+        verdict = self._verdicts.get(site.uri)
+        if site.domain_type != "auto" or verdict is None:
+            return ""
+        if ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") != verdict.domain_type:
+            return ""  # defined before this check ran (another manager process)
+        return f" ({verdict.domain_type}: {verdict.reason})"
+
     def _base_lock(self, uri: str, pool: str, name: str) -> threading.Lock:
         with self._locks_lock:
             return self._base_locks.setdefault((uri, pool, name), threading.Lock())
@@ -354,12 +466,6 @@ def _libvirt_site(site: Site) -> LibvirtSite:
     if site.libvirt is None:
         raise BackendError("WrongBackend", f"site {site.name!r} is not a libvirt site", retry_after=None)
     return site.libvirt
-
-
-def _domain_type(site: LibvirtSite) -> str:
-    # "auto" stays on TCG: KVM can be advertised and then hang guests (nested
-    # virtualisation), and no boot check has proven it yet (libvirt.md).
-    return "kvm" if site.domain_type == "kvm" else "qemu"
 
 
 def _interfaces(site: LibvirtSite, intent: MachineIntent) -> list[LibvirtNetworkInterface]:
@@ -438,6 +544,15 @@ def _check_owner(dom: libvirt.virDomain, identity: MachineIdentity) -> None:
 
 
 _STARTED = "started"
+_STARTED_AT = "startedAt"
+"""Unix time of our first start of the domain (address backoff survives restarts)."""
+
+
+def address_retry(waited: float) -> float:
+    """Seconds until the next look for an address, after `waited` seconds without one:
+    every 5 s at first, then half the time waited so far (so the looks are geometric),
+    at most every 5 minutes."""
+    return min(max(ADDRESS_RETRY, waited / 2), ADDRESS_RETRY_MAX)
 
 
 def _safe_tag_source(dom: libvirt.virDomain) -> str:
@@ -455,12 +570,23 @@ def _started(dom: libvirt.virDomain) -> bool:
     return False
 
 
+def _started_at(dom: libvirt.virDomain) -> float | None:
+    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED_AT}"):
+        try:
+            return float(element.text or "")
+        except ValueError:
+            return None
+    return None
+
+
 def _mark_started(dom: libvirt.virDomain) -> None:
     tag = _domain_tag(dom)
     if tag is None:  # pragma: no cover - checked by the caller
         return
     root = ET.fromstring(dx.tag_xml(tag))
     ET.SubElement(root, _STARTED).text = "true"
+    ET.SubElement(root, _STARTED_AT).text = str(int(time.time()))
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     if dom.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -518,6 +644,15 @@ def _addresses(dom: libvirt.virDomain) -> list[MachineAddress]:
         if found:
             return found
     return []
+
+
+def _static_addresses(intent: MachineIntent) -> list[MachineAddress]:
+    """The addresses spec.network gives the guest: known without asking anyone."""
+    found = []
+    for iface in intent.network.interfaces if intent.network else []:
+        for text in iface.addresses or []:
+            found.append(MachineAddress(type="InternalIP", address=str(ipaddress.ip_interface(text).ip)))
+    return found
 
 
 def _state_name(state: int, reason: int) -> str:

@@ -6,6 +6,7 @@ UUID, so a repeated or resumed provision finds what an earlier one made.
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -47,10 +48,46 @@ def config_drive_volume_name(identity: MachineIdentity) -> str:
     return identity.resource_name + CONFIG_DRIVE_SUFFIX
 
 
+def identity_of_volume(name: str) -> MachineIdentity | None:
+    """The machine a disk or config-drive volume was named for, recovered from its name
+    (volumes carry no tag): `<namespace>-<name>-<8 hex of the UUID>` only decodes where
+    one split of the readable part into namespace and name reproduces the UUID prefix
+    (32 bits: a foreign volume matches by chance once in 4 billion). Names truncated at
+    50 characters, and machines with a providerID of their own, do not decode."""
+    for suffix in (DISK_SUFFIX, CONFIG_DRIVE_SUFFIX):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            break
+    else:
+        return None
+    readable, _, short = stem.rpartition("-")
+    if len(short) != 8:
+        return None
+    for index, char in enumerate(readable):
+        if char != "-":
+            continue
+        namespace, machine = readable[:index], readable[index + 1 :]
+        if not namespace or not machine:
+            continue
+        identity = MachineIdentity(namespace, machine, f"c3os://{namespace}/{machine}")
+        if identity.resource_name == stem:
+            return identity
+    return None
+
+
 def base_volume_name(digest: str, fmt: str) -> str:
     """A base image downloaded from a URL is shared by every machine of the pool that
     names the same checksum."""
     return f"{BASE_PREFIX}{digest[:32]}.{fmt}"
+
+
+def mac_address(identity: MachineIdentity, index: int) -> str:
+    """The MAC of the machine's `index`-th NIC: the same on every (re)creation, so the
+    config drive's network settings can name it and a DHCP server keeps its lease. A
+    locally administered unicast address (first byte 02) with 40 bits from the identity:
+    collisions on one network are as unlikely as with random MACs (libvirt's are 24 bits)."""
+    digest = hashlib.sha256(f"{identity.provider_id}/nic{index}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def tag_xml(tag: Tag) -> str:
@@ -105,6 +142,8 @@ class DomainSpec:
     initrd: str | None = None
     cmdline: str | None = None
     interfaces: tuple[LibvirtNetworkInterface, ...] = ()
+    macs: tuple[str, ...] = ()
+    """MAC of each interface, in order (libvirt picks one where missing)."""
     serial_log: str | None = None
 
 
@@ -158,13 +197,15 @@ def _add_devices(devices: ET.Element, spec: DomainSpec) -> None:
         ET.SubElement(cdrom, "source", {"file": path})
         ET.SubElement(cdrom, "target", {"dev": dev, "bus": "sata"})
         ET.SubElement(cdrom, "readonly")
-    for nic in spec.interfaces:
+    for index, nic in enumerate(spec.interfaces):
         if nic.network:
             iface = ET.SubElement(devices, "interface", {"type": "network"})
             ET.SubElement(iface, "source", {"network": nic.network})
         else:
             iface = ET.SubElement(devices, "interface", {"type": "bridge"})
             ET.SubElement(iface, "source", {"bridge": nic.bridge or ""})
+        if index < len(spec.macs):
+            ET.SubElement(iface, "mac", {"address": spec.macs[index]})
         ET.SubElement(iface, "model", {"type": nic.model})
     if spec.domain_type != "test":
         serial = ET.SubElement(devices, "serial", {"type": "pty"})
