@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from capi_c3os.api.infrastructure import IronicMachine, IronicSite, Site
@@ -56,6 +57,7 @@ WORK_DELAY = 10.0
 WAIT_FOR_NODE_DELAY = 30.0
 SLOT_COUNT_TTL = 2.0
 ALLOCATION_TIMEOUT = 60.0
+STALLED_TEARDOWN_AFTER = 600.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class IronicBackend:
         wait_for_node_delay: float = WAIT_FOR_NODE_DELAY,
         slot_count_ttl: float = SLOT_COUNT_TTL,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
+        stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
         rng: random.Random | None = None,
         connector: Any = connect,
     ) -> None:
@@ -92,6 +95,7 @@ class IronicBackend:
         self.wait_for_node_delay = wait_for_node_delay
         self.slot_count_ttl = slot_count_ttl
         self.allocation_timeout = allocation_timeout
+        self.stalled_teardown_after = stalled_teardown_after
         self._rng = rng or random.Random()
         self._connect = connector
         self._lock = threading.Lock()
@@ -414,7 +418,7 @@ class IronicBackend:
         node = api.get_node(allocation.node_uuid)
         if node is None or node.instance_uuid is not None:
             return None
-        released = states.CLEAN_IN_PROGRESS | {states.CLEAN_FAILED, states.MANAGEABLE}
+        released = states.CLEAN_IN_PROGRESS | {states.CLEAN_FAILED, states.MANAGEABLE, states.ERROR}
         return node if node.provision_state in released else None
 
     def _release_allocation(self, api: IronicApi, allocation: Allocation) -> Progress:
@@ -463,6 +467,9 @@ class IronicBackend:
             self._forget(identity)
             return Progress(Phase.DELETED, "Deleted", f"node {node.label} was released")
         if state in states.CLEAN_IN_PROGRESS:
+            stalled = self._stalled_teardown(node)
+            if stalled is not None:
+                return stalled
             return Progress(
                 Phase.DELETING,
                 "Cleaning",
@@ -508,6 +515,9 @@ class IronicBackend:
                 requeue_after=self._jitter(self.busy_delay),
                 details=details,
             )
+        if state == states.ERROR:
+            # Where a conductor restart puts a teardown its worker never finished.
+            return self._undeploy_again(api, site, identity, node, failures)
         if state == states.MANAGEABLE:
             if failures >= self.max_clean_attempts:
                 # Out of the pool, so nobody gets an uncleaned disk; Metal3 stops here too.
@@ -545,6 +555,60 @@ class IronicBackend:
             f"node {node.label} is {state!r}; waiting for cleaning to finish",
             requeue_after=self._jitter(self.work_delay),
             details=details,
+        )
+
+    def _stalled_teardown(self, node: Node) -> Progress | None:
+        """A node `deleting` for longer than any teardown takes: Ironic's worker died
+        without moving it on (Ironic 39 on SQLite under concurrent undeploys, see
+        capi_c3os.dev.ironic). Nothing over the API moves a node out of `deleting`; a
+        conductor restart fails it to `error`, from which the undeploy is retried."""
+        if node.provision_state != states.DELETING:
+            return None
+        age = _age(node.provision_updated_at)
+        if age is None or age < self.stalled_teardown_after:
+            return None
+        return Progress(
+            Phase.DELETING,
+            "TeardownStalled",
+            f"node {node.label} has been {states.DELETING!r} for {age:.0f}s: Ironic's conductor "
+            "stopped its teardown (seen with Ironic on SQLite); restart the Ironic conductor, "
+            "which moves the node to 'error', and the undeploy is retried from there",
+            requeue_after=self._jitter(self.wait_for_node_delay),
+            details=_details(node),
+        )
+
+    def _undeploy_again(
+        self, api: IronicApi, site: IronicSite, identity: MachineIdentity, node: Node, failures: int
+    ) -> Progress:
+        error = node.last_error or "no error recorded"
+        if failures >= self.max_clean_attempts:
+            self._drop_marker(api, node)
+            self._forget(identity)
+            log.warning("node %s left in error after %d teardowns: %s", node.uuid, failures, error)
+            return Progress(
+                Phase.DELETED,
+                "NodeLeftInError",
+                f"tearing down node {node.label} failed {failures} times; it is left in "
+                f"'error' for an operator: {error}",
+                details=_details(node),
+            )
+        waiting = self._ready_for_state_change(api, node, Phase.DELETING)
+        if waiting is not None:
+            return waiting
+        blocked = self._take_slot(api, site, Phase.DELETING, node)
+        if blocked is not None:
+            return blocked
+        failures += 1
+        api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{CLEAN_ATTEMPTS}", "value": failures}])
+        api.set_provision_state(node.uuid, states.TARGET_DELETED)
+        log.info("undeploy of node %s retried (%s/%s)", node.uuid, identity.namespace, identity.name)
+        return Progress(
+            Phase.DELETING,
+            "RetryingUndeploy",
+            f"node {node.label} was in 'error' after its teardown ({error}); undeploying again "
+            f"(attempt {failures} of {self.max_clean_attempts})",
+            requeue_after=self._jitter(self.work_delay),
+            details=_details(node, states.DELETING),
         )
 
     def _drop_marker(self, api: IronicApi, node: Node) -> None:
@@ -637,6 +701,19 @@ def _count(value: Any) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return 0
+
+
+def _age(timestamp: str | None) -> float | None:
+    """Seconds since an Ironic timestamp (ISO 8601, UTC), None when absent or unreadable."""
+    if not timestamp:
+        return None
+    try:
+        when = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - when).total_seconds()
 
 
 def _failure_reason(state: str) -> str:
