@@ -338,7 +338,7 @@ def process_usage(pid: int) -> tuple[float, float]:
 
 
 def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
-    server: IronicServer, root: Path, machines: int, idle: float, workers: int
+    server: IronicServer, root: Path, machines: int, idle: float, workers: int, sync_period: float | None
 ) -> None:
     site = IronicSite(endpoint=server.url)
     admin = connect(site, SiteCredentials())
@@ -359,6 +359,7 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
             "--providers=infrastructure",
             f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}",
+            *([f"--sync-period={sync_period}"] if sync_period else []),
         ], root / "manager.log")  # fmt: skip
         manager.start()
         manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
@@ -437,10 +438,11 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 "  writes per machine: "
                 + ", ".join(f"{k} {n / machines:.1f}" for k, n in (kinds - kinds0).most_common(8))
             )
-            cpu0, (kube0_all, kube0_writes), ironic0 = cpu, (kube, writes), ironic
+            cpu0, (kube0_all, kube0_writes), ironic0, kinds0 = cpu, (kube, writes), ironic, kinds
             time.sleep(idle)
             cpu, peak = process_usage(manager.pid)
-            (kube, writes), ironic = kube_requests(plane.audit_log), ironic_requests(server)
+            kinds = Counter()
+            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server)
             print(
                 f"manager idle for {idle:.0f}s with {machines} provisioned machines: "
                 f"{cpu - cpu0:.1f} CPU s, peak RSS {peak:.0f} MiB, "
@@ -448,6 +450,11 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 f"{(kube - kube0_all) / machines:.2f} Kubernetes requests "
                 f"({(writes - kube0_writes) / machines:.2f} writes) per machine"
             )
+            if kinds - kinds0:
+                print(
+                    "  idle writes per machine: "
+                    + ", ".join(f"{k} {n / machines:.2f}" for k, n in (kinds - kinds0).most_common(8))
+                )
     finally:
         if manager:
             manager.stop()
@@ -464,6 +471,7 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.2, help="cap on the wait between calls, seconds")
     parser.add_argument("--machines", type=int, default=10, help="manager-level scale; 0 skips it")
     parser.add_argument("--idle", type=float, default=60.0, help="manager-level idle phase, seconds")
+    parser.add_argument("--sync-period", type=float, help="the manager's resync period (its default: 600 s)")
     args = parser.parse_args()
     # Ironic runs in its own process group: turn SIGTERM into an exit that stops it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -477,7 +485,7 @@ def main() -> int:
             if args.nodes:
                 many_machines(server, args.nodes, args.workers, args.poll)
             if args.machines:
-                manager_scale(server, Path(root), args.machines, args.idle, args.workers)
+                manager_scale(server, Path(root), args.machines, args.idle, args.workers, args.sync_period)
         finally:
             server.stop()
     return 0
