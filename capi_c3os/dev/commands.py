@@ -74,14 +74,20 @@ def up_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    _clean(root)  # a stopped or half-started earlier run
+    if root.exists() and any(p.name != "logs" for p in root.iterdir()):
+        _say(f"cleaning up what an earlier run left in {root} ...")
+        _down(root, timeout=60)
     started = time.monotonic()
     try:
         image = demo_cluster.choose_image(dict(os.environ))
+    except DemoError as exc:
+        print(f"dev up: {exc}", file=sys.stderr)
+        return 1
+    try:
         plane, site = _start(root, args.crds, image.standin)
         watch = Watch(api_client(plane.kubeconfig), root / "k3s" / "k3s.log" if image.standin else None)
         _create_cluster(root, plane, site, image, watch)
-    except (DemoError, ProcessError, TimeoutError, OSError) as exc:
+    except (DemoError, ProcessError, TimeoutError, OSError, KeyboardInterrupt) as exc:
         print(
             f"dev up failed: {exc}\nstopping what was started (logs stay in {root / 'logs'})", file=sys.stderr
         )
@@ -89,25 +95,36 @@ def up_main(args: argparse.Namespace) -> int:
         return 1
     _say(f"waiting for {NAME}: 1 control-plane + 1 worker machine (a line per change)")
     deadline = time.monotonic() + args.timeout
-    while True:
-        for line in watch.changes():
-            _say(line)
-        if watch.up(need_nodes=image.standin):
-            break
-        if time.monotonic() > deadline:
-            print(
-                f"{NAME} not up after {args.timeout:.0f}s; everything is left running for a look "
-                f"(logs in {root / 'logs'}, consoles in {root / 'libvirtd' / 'log' / 'qemu'}); "
-                "`make demo-down` removes it",
-                file=sys.stderr,
-            )
-            return 1
-        time.sleep(2)
-    _say(f"{NAME} is up after {time.monotonic() - started:.0f}s")
+    try:
+        while True:
+            for line in watch.changes():
+                _say(line)
+            if watch.up(need_nodes=image.standin):
+                break
+            if time.monotonic() > deadline:
+                print(f"{NAME} not up after {args.timeout:.0f}s; {_left_running(root)}", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    except KeyboardInterrupt:
+        print(f"stopped watching; {_left_running(root)}", file=sys.stderr)
+        return 130
+    took = time.monotonic() - started
+    _say(
+        f"{NAME} is up after {took:.0f}s"
+        if image.standin
+        else f"{NAME}: the server's VM runs after {took:.0f}s"
+    )
     workload = _workload_kubeconfig(root, watch, image.standin)
     _say(demo_cluster.describe(plane.kubeconfig))
     _say(_usage(root, plane, workload, image.standin))
     return 0
+
+
+def _left_running(root: Path) -> str:
+    return (
+        f"everything is left running for a look (logs in {root / 'logs'}, serial consoles in "
+        f"{root / 'libvirtd' / 'log' / 'qemu'}); `make demo-down` removes it"
+    )
 
 
 def _start(root: Path, crds_dir: Path, with_k3s: bool) -> tuple[ManagementPlane, dict[str, str]]:
@@ -182,9 +199,10 @@ def _usage(root: Path, plane: ManagementPlane, workload: Path | None, standin: b
   (k3s is the stand-in: the VMs boot the stand-in image, {root / "k3s" / "k3s.log"} says what
   k3s would have done with what their consoles show they received)"""
     else:
-        k3s = f"""  (C3OS_IMAGE: the VMs boot that image and no k3s stand-in runs; Nodes appear only if k3s
-  in the VMs reaches the endpoint 127.0.0.1:{plane.ports["endpoint"]}, which it cannot from the
-  site's network namespace. Workload kubeconfig: {workload})"""
+        k3s = f"""  (C3OS_IMAGE: the server's VM boots that image and no k3s stand-in runs. Its Node, and so
+  the worker (whose bootstrap data waits for an initialized control plane), appear only if
+  k3s in the VM serves the endpoint 127.0.0.1:{plane.ports["endpoint"]}, which it cannot from
+  the site's network namespace. Its serial console: {root / "libvirtd" / "log" / "qemu"})"""
     return f"""
 everything is running (logs in {plane.logs})
 
@@ -220,6 +238,8 @@ def down_main(args: argparse.Namespace) -> int:
 
 
 def _down(root: Path, timeout: float) -> int:
+    if not root.exists():
+        return 0
     live = _live_pids(root)
     failed = 0
     if {"kube-apiserver", "capi-manager", "capi-c3os-manager", SITE} <= set(live):

@@ -190,13 +190,18 @@ class Watch:
         return cond.is_true(cc, "VariablesReady")
 
     def up(self, servers: int = 1, workers: int = 1, need_nodes: bool = True) -> bool:
-        """Available with every Machine Running and (with k3s) a Node; without k3s the VMs
-        can only be started (Provisioned or further)."""
+        """Available with every Machine Running with a Node. Without k3s (a real image
+        whose k3s cannot serve the loopback endpoint) only the servers' VMs can start:
+        workers get bootstrap data once the control plane is initialized."""
         cluster, machines = self.cluster(), self.items(CAPI, "machines")
         if cluster is None or len(machines) != servers + workers:
             return False
         if not need_nodes:
-            return all((m.get("status") or {}).get("phase") in ("Provisioned", "Running") for m in machines)
+            return all(
+                (m.get("status") or {}).get("phase") in ("Provisioned", "Running")
+                for m in machines
+                if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})
+            )
         return cond.is_true(cluster, "Available") and all(
             (m.get("status") or {}).get("phase") == "Running" and (m.get("status") or {}).get("nodeRef")
             for m in machines
@@ -239,7 +244,11 @@ class Watch:
                     f" ({', '.join(addresses)})" if addresses else ""
                 )
         lines = [f"{k}: {v}" for k, v in now.items() if self._seen.get(k) != v]
-        lines += [f"{k}: gone" for k in self._seen if k not in now and not k.endswith(" node")]
+        lines += [
+            f"{k.removesuffix(' phase')}: gone" + (" (its VM removed)" if k.startswith("c3osmachine") else "")
+            for k in self._seen
+            if k not in now and not k.endswith(" node")
+        ]
         self._seen = now
         lines += [f"k3s: {line}" for line in self._new_k3s_lines()]
         stamp = time.strftime("%H:%M:%S")
