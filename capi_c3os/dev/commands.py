@@ -248,9 +248,21 @@ def _down(root: Path, timeout: float) -> int:
     for name, pid in reversed(list(live.items())):
         _stop(pid)
         _say(f"stopped {name}")
-    for pid in processes_using(root):
-        _stop(pid)
+    leftovers = processes_using(root)  # QEMU, virtlogd, dnsmasq of a site that died
+    for pid in leftovers:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in leftovers:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
         _say(f"stopped leftover process {pid}")
+    time.sleep(0.5 if leftovers else 0)
+    left = processes_using(root)
+    if left:
+        print(f"processes still using {root}: {left}", file=sys.stderr)
+        return 1
     _clean(root)
     _say(f"removed the demo state in {root} (logs kept in {root / 'logs'})")
     return failed
@@ -293,25 +305,25 @@ def _libvirt_leftovers(root: Path) -> str:
 
 
 def _stop(pid: int, timeout: float = 30.0) -> None:
-    """SIGTERM to the process group (a managed process leads its own), then SIGKILL."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGTERM)
-            break
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            continue
+    """SIGTERM (to its process group when it leads one, as a managed process does), then
+    SIGKILL if it is still there after `timeout`."""
+    _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
             return
         time.sleep(0.1)
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
+    _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _alive(pid: int) -> bool:
