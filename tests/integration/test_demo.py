@@ -80,9 +80,11 @@ def test_demo_up_creates_an_edge_cluster_and_down_removes_everything(tmp_path: P
 
         # Progress: a line per change, machine phases through to nodes joining.
         out = up.stdout
+        # (Polled every 2 s: a phase that lasts less may be skipped, so not every one is required.)
         for role in ("control-plane", "worker"):
-            for phase in ("Provisioning", "Provisioned", "Running"):
-                assert re.search(rf"machine {NAME}-\S+ \({role}\) phase: {phase}\n", out), (role, phase)
+            phases = re.findall(rf"machine {NAME}-\S+ \({role}\) phase: (\S+)\n", out)
+            assert phases[-1] == "Running" and len(phases) >= 2, (role, phases)
+            assert set(phases) <= {"-", "Pending", "Provisioning", "Provisioned", "Running"}, phases
             assert re.search(rf"machine {NAME}-\S+ \({role}\) node: \S+ joined\n", out), role
         assert len(re.findall(rf"c3osmachine {NAME}-\S+: VM \S+ started", out)) >= 2
         assert "k3s server joined" in out and "k3s agent joined" in out
