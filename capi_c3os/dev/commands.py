@@ -252,10 +252,10 @@ def _down(root: Path, timeout: float) -> int:
     for pid in leftovers:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in leftovers:
-        if _alive(pid):
+        if alive(pid):
             _signal(pid, signal.SIGKILL)
         _say(f"stopped leftover process {pid}")
     time.sleep(0.5 if leftovers else 0)
@@ -310,10 +310,13 @@ def _stop(pid: int, timeout: float = 30.0) -> None:
     _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return
         time.sleep(0.1)
     _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -326,12 +329,13 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running: it exists and is no zombie (exited, not yet reaped by its parent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # a zombie (not yet reaped by its parent) is gone for our purposes
+    try:
         return " Z " not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
     except OSError:
         return False
@@ -351,7 +355,7 @@ def processes_using(root: Path) -> list[int]:
             mounts = (entry / "mountinfo").read_bytes()
         except OSError:
             continue
-        if (marker + b"/" in cmdline or marker + b"\0" in cmdline or marker + b"/" in mounts) and _alive(
+        if (marker + b"/" in cmdline or marker + b"\0" in cmdline or marker + b"/" in mounts) and alive(
             int(entry.name)
         ):
             found.append(int(entry.name))
@@ -363,7 +367,7 @@ def _live_pids(root: Path) -> dict[str, int]:
         state = json.loads((root / "state.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {name: pid for name, pid in state.get("pids", {}).items() if _alive(pid)}
+    return {name: pid for name, pid in state.get("pids", {}).items() if alive(pid)}
 
 
 def _clean(root: Path) -> None:

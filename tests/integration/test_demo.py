@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client as kc
 
 from capi_c3os.capi import conditions as cond
-from capi_c3os.dev.commands import processes_using
+from capi_c3os.dev.commands import alive, processes_using
 from capi_c3os.dev.demo_cluster import CAPI, CONTROL_PLANE_LABEL, NAME, NAMESPACE
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import api_client
@@ -34,14 +34,6 @@ PROCESSES = {
     "edge-site",
 }
 UP_TIMEOUT = 2400  # two VM boots one after the other under TCG on a shared machine: a safety net
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _dev(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -69,6 +61,21 @@ def _mounted(root: Path) -> list[str]:
     return found
 
 
+def _assert_progress_printed(out: str) -> None:
+    """A line per change, machine phases through to nodes joining, then the description."""
+    # (Polled every 2 s: a phase that lasts less may be skipped, so not every one is required.)
+    for role in ("control-plane", "worker"):
+        phases = re.findall(rf"machine {NAME}-\S+ \({role}\) phase: (\S+)\n", out)
+        assert phases[-1] == "Running" and len(phases) >= 2, (role, phases)
+        assert set(phases) <= {"-", "Pending", "Provisioning", "Provisioned", "Running"}, phases
+        assert re.search(rf"machine {NAME}-\S+ \({role}\) node: \S+ joined\n", out), role
+    assert len(re.findall(rf"c3osmachine {NAME}-\S+: VM \S+ started", out)) >= 2
+    assert "k3s server joined" in out and "k3s agent joined" in out
+    assert f"cluster {NAME} Available: True" in out
+    # `clusterctl describe cluster`, printed.
+    assert re.search(rf"Cluster {NAMESPACE}/{NAME}, v\S+ +2/2 +2 +2", out), out[-3000:]
+
+
 def test_demo_up_creates_an_edge_cluster_and_down_removes_everything(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     up = _dev("up", "--dir", str(root), timeout=UP_TIMEOUT)
@@ -76,21 +83,9 @@ def test_demo_up_creates_an_edge_cluster_and_down_removes_everything(tmp_path: P
         assert up.returncode == 0, f"{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
         pids = json.loads((root / "state.json").read_text())["pids"]
         assert set(pids) == PROCESSES
-        assert all(_alive(pid) for pid in pids.values())
+        assert all(alive(pid) for pid in pids.values())
 
-        # Progress: a line per change, machine phases through to nodes joining.
-        out = up.stdout
-        # (Polled every 2 s: a phase that lasts less may be skipped, so not every one is required.)
-        for role in ("control-plane", "worker"):
-            phases = re.findall(rf"machine {NAME}-\S+ \({role}\) phase: (\S+)\n", out)
-            assert phases[-1] == "Running" and len(phases) >= 2, (role, phases)
-            assert set(phases) <= {"-", "Pending", "Provisioning", "Provisioned", "Running"}, phases
-            assert re.search(rf"machine {NAME}-\S+ \({role}\) node: \S+ joined\n", out), role
-        assert len(re.findall(rf"c3osmachine {NAME}-\S+: VM \S+ started", out)) >= 2
-        assert "k3s server joined" in out and "k3s agent joined" in out
-        assert f"cluster {NAME} Available: True" in out
-        # `clusterctl describe cluster`, printed.
-        assert re.search(rf"Cluster {NAMESPACE}/{NAME}, v\S+ +2/2 +2 +2", out), out[-3000:]
+        _assert_progress_printed(up.stdout)
 
         # The cluster, as the management plane has it.
         with api_client(root / "kubeconfig") as client:
@@ -109,7 +104,7 @@ def test_demo_up_creates_an_edge_cluster_and_down_removes_everything(tmp_path: P
 
         # The workload kubeconfig works against the cluster the k3s stand-in serves.
         workload = root / f"{NAME}.kubeconfig"
-        assert f"workload kubeconfig (from Secret {NAMESPACE}/{NAME}-kubeconfig): {workload}" in out
+        assert f"workload kubeconfig (from Secret {NAMESPACE}/{NAME}-kubeconfig): {workload}" in up.stdout
         with api_client(workload) as client:
             nodes = {n.metadata.name for n in kc.CoreV1Api(client).list_node().items}
         assert nodes == {m["status"]["nodeRef"]["name"] for m in machines}
@@ -134,7 +129,8 @@ def test_demo_up_creates_an_edge_cluster_and_down_removes_everything(tmp_path: P
     assert down.returncode == 0, f"{down.stdout[-3000:]}\n{down.stderr[-3000:]}"
     # The cluster was deleted through the API first: our manager removed VMs and volumes.
     assert f"{NAME} deleted; libvirt domains left: none, machine volumes left: none" in down.stdout
-    assert not any(_alive(pid) for pid in pids.values())
+    still = {name: Path(f"/proc/{pid}/stat").read_text()[:80] for name, pid in pids.items() if alive(pid)}
+    assert still == {}, down.stdout[-3000:]
     assert processes_using(root) == []
     assert _mounted(root) == []
     assert sorted(p.name for p in root.iterdir()) == ["logs"]
