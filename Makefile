@@ -39,11 +39,11 @@ $(STAMP): pyproject.toml
 binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl
 	$(PYTHON) -m capi_c3os.dev.binaries
 
-demo: system-deps venv binaries ## a local management plane with CAPI core and our manager
+demo: system-deps venv binaries ## management plane, our manager, a private libvirtd and a 1+1 edge cluster, left running
 	$(PY) -m capi_c3os dev up --dir .demo
 
-demo-down:
-	$(PY) -m capi_c3os dev down --dir .demo
+demo-down: ## remove the demo cluster and stop everything `make demo` started (safe to re-run)
+	test ! -d .demo || $(PY) -m capi_c3os dev down --dir .demo
 
 clean: demo-down
 	rm -rf .demo $(VENV)
