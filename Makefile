@@ -18,8 +18,8 @@ integration: venv binaries
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check capi_c3os tests e2e
-	$(VENV)/bin/ruff format --check capi_c3os tests e2e
+	$(VENV)/bin/ruff check capi_c3os tests e2e bench
+	$(VENV)/bin/ruff format --check capi_c3os tests e2e bench
 	$(VENV)/bin/mypy
 	$(PY) -m capi_c3os manifests --check
 
