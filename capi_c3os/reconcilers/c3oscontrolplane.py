@@ -51,12 +51,12 @@ from capi_c3os.capi.metadata import (
     PRE_TERMINATE_HOOK_PREFIX,
 )
 from capi_c3os.capi.outcome import Outcome
-from capi_c3os.capi.owners import owner_references
+from capi_c3os.capi.owners import owner_cluster_name, owner_references
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers.cluster_secrets import ClusterSecretsError, ensure_cluster_secrets
-from capi_c3os.reconcilers.generic import fetch_owner_cluster
-from capi_c3os.reconcilers.kube import MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.view import ClusterView
 from capi_c3os.workload.client import NodeState, WorkloadClient, WorkloadClients, WorkloadUnreachableError
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,11 @@ class _Ctx:
     workload_error: str | None = None
     last_remediation: dict[str, Any] | None = None
     workload: WorkloadClient | None = None
+    view: ClusterView | None = None
+    """The manager's watch-fed view (None: read everything from the API server)."""
+    machines_fresh: bool = False
+    """ctx.machines came from the API server in this reconcile, not from the view."""
+    kubeconfig: dict[str, Any] | None = None
 
     @property
     def namespace(self) -> str:
@@ -152,11 +157,33 @@ def _owned(ctx: _Ctx, obj: dict[str, Any]) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in owner_references(obj))
 
 
-def _read_machines(ctx: _Ctx) -> None:
+def _read_machines(ctx: _Ctx, *, fresh: bool = False) -> None:
+    """Our server Machines, oldest first: from the view, or (`fresh`, or no view) listed."""
+    if ctx.view is not None:
+        found = ctx.view.list(ctx.kube, MACHINES, ctx.namespace, ctx.selector, fresh=fresh)
+    else:
+        found, fresh = ctx.kube.list(MACHINES, ctx.namespace, ctx.selector), True
+    ctx.machines_fresh = fresh
     ctx.machines = sorted(
-        (m for m in ctx.kube.list(MACHINES, ctx.namespace, ctx.selector) if _owned(ctx, m)),
+        (m for m in found if _owned(ctx, m)),
         key=lambda m: (m["metadata"].get("creationTimestamp") or "", m["metadata"]["name"]),
     )
+
+
+def _confirmed(ctx: _Ctx) -> bool:
+    """Before creating or deleting a Machine: True when ctx.machines are the API server's
+    answer from this reconcile. Otherwise read them now and return False, so the
+    caller decides again on fresh data (the view may lag behind our own last write)."""
+    if ctx.machines_fresh:
+        return True
+    _read_machines(ctx, fresh=True)
+    return False
+
+
+def _get(ctx: _Ctx, resource: Resource, name: str) -> dict[str, Any] | None:
+    if ctx.view is not None:
+        return ctx.view.get(ctx.kube, resource, ctx.namespace, name)
+    return ctx.kube.get(resource, ctx.namespace, name)
 
 
 def _node_of(ctx: _Ctx, machine: dict[str, Any]) -> NodeState | None:
@@ -196,7 +223,8 @@ def _ensure_kubeconfig(ctx: _Ctx, server_ca: bytes, client_ca: Any) -> None:
     endpoint = ctx.cluster["spec"]["controlPlaneEndpoint"]
     host, port = endpoint["host"], int(endpoint.get("port") or 6443)
     name = f"{ctx.cluster_name}-kubeconfig"
-    existing = ctx.kube.get(SECRETS, ctx.namespace, name)
+    # A stale view is safe here: the replacement below carries its resourceVersion.
+    existing = ctx.kubeconfig = _get(ctx, SECRETS, name)
     if existing is not None:
         stored = base64.b64decode((existing.get("data") or {}).get("value", "")).decode(errors="replace")
         why = needs_rotation(
@@ -219,10 +247,10 @@ def _ensure_kubeconfig(ctx: _Ctx, server_ca: bytes, client_ca: Any) -> None:
         "data": {"value": base64.b64encode(value.encode()).decode()},
     }
     if existing is None:
-        ctx.kube.create(SECRETS, ctx.namespace, body)
+        ctx.kubeconfig = ctx.kube.create(SECRETS, ctx.namespace, body)
     else:
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        ctx.kube.replace(SECRETS, ctx.namespace, name, body)
+        ctx.kubeconfig = ctx.kube.replace(SECRETS, ctx.namespace, name, body)
 
 
 # ------------------------------------------------------------------ what is outdated
@@ -347,6 +375,9 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
     labels = _labels(ctx)
     template_meta = template["spec"]["template"].get("metadata") or {}
     owner = [ctx.controller_ref()]
+    # Until the Machine exists, a crash leaves parts behind for the next run to finish.
+    if ctx.view is not None:
+        ctx.view.unlearn(_no_partial_creation(ctx))
     _create_if_absent(
         ctx.kube,
         infra_resource,
@@ -420,12 +451,25 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
             "spec": machine_spec,
         },
     )
+    if ctx.view is not None:
+        ctx.view.learn(_no_partial_creation(ctx))
     return None
+
+
+def _no_partial_creation(ctx: _Ctx) -> str:
+    return f"no-partial-creation/{ctx.obj['metadata']['uid']}"
 
 
 def _resume_interrupted_creations(ctx: _Ctx) -> None:
     """C3osConfigs of ours whose Machine was never created: a reconcile died half-way.
-    Finish it (the same names) when a Machine is still wanted, else remove the parts."""
+    Finish it (the same names) when a Machine is still wanted, else remove the parts.
+    Looked for on this process's first reconcile of the control plane and after a
+    creation that did not finish; a crash means a new process, so nothing is missed."""
+    if ctx.view is not None and ctx.view.knows(_no_partial_creation(ctx)):
+        return
+    # The C3osConfigs are listed from the API server; the Machines must be as recent.
+    if not ctx.machines_fresh:
+        _read_machines(ctx, fresh=True)
     have = {m["metadata"]["name"] for m in ctx.machines}
     selector = f"{MACHINE_CONTROL_PLANE_NAME_LABEL}={ctx.name}"
     for config in ctx.kube.list(C3OS_CONFIGS, ctx.namespace, selector):
@@ -435,11 +479,13 @@ def _resume_interrupted_creations(ctx: _Ctx) -> None:
         if len(_active(ctx.machines)) < ctx.spec.replicas:
             log.info("finishing the creation of control-plane Machine %s/%s", ctx.namespace, name)
             if _create_machine(ctx, name, _failure_domain(ctx)) is None:
-                _read_machines(ctx)
+                _read_machines(ctx, fresh=True)
         else:
             _, infra = _infra_resource(ctx)
             ctx.kube.delete(infra, ctx.namespace, name)
             ctx.kube.delete(C3OS_CONFIGS, ctx.namespace, name)
+    if ctx.view is not None:
+        ctx.view.learn(_no_partial_creation(ctx))
 
 
 # ------------------------------------------------------------------ scaling down
@@ -479,7 +525,7 @@ def _remove_hook(ctx: _Ctx, machine: dict[str, Any]) -> None:
 
 def _workload(ctx: _Ctx) -> WorkloadClient | None:
     """The cached client for the workload cluster, from the kubeconfig Secret we wrote."""
-    secret = ctx.kube.get(SECRETS, ctx.namespace, f"{ctx.cluster_name}-kubeconfig")
+    secret = ctx.kubeconfig
     if secret is None:
         return None
     return WORKLOADS.get(ctx.namespace, ctx.cluster_name, base64.b64decode(secret["data"]["value"]).decode())
@@ -556,6 +602,8 @@ def _remediate(ctx: _Ctx) -> Outcome | None:
                     f"{name} is unhealthy and {policy.max_retry} "
                     "remediation(s) did not help; fix the cause, then delete the Machine",
                 )
+    if not _confirmed(ctx):
+        return _remediate(ctx)
     ctx.kube.delete(MACHINES, ctx.namespace, name, uid=victim["metadata"]["uid"])
     ctx.last_remediation = {"machine": name, "time": cond.format_time(ctx.now), "retryCount": retry}
     return Outcome.wait("Remediating", f"deleting unhealthy server {name}; a new one replaces it", SHORT_WAIT)
@@ -590,6 +638,8 @@ def _scale(ctx: _Ctx) -> Outcome:
                 f"not adding a server while {', '.join(unhealthy)} is not Ready",
                 SHORT_WAIT,
             )
+        if not _confirmed(ctx):
+            return _scale(ctx)
         name = _new_name(ctx)
         blocked = _create_machine(ctx, name, _failure_domain(ctx))
         if blocked:
@@ -607,6 +657,8 @@ def _scale(ctx: _Ctx) -> Outcome:
                 f"not removing a server while {', '.join(others_unhealthy)} is not Ready",
                 SHORT_WAIT,
             )
+        if not _confirmed(ctx):
+            return _scale(ctx)
         ctx.kube.delete(MACHINES, ctx.namespace, victim["metadata"]["name"], uid=victim["metadata"]["uid"])
         return Outcome.wait(
             "ScalingDown", f"deleting server Machine {victim['metadata']['name']}", SHORT_WAIT
@@ -656,7 +708,7 @@ def _run(ctx: _Ctx) -> Outcome:
             "WaitingForControlPlaneEndpoint", "the Cluster has no control-plane endpoint yet", SHORT_WAIT
         )
     try:
-        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster)
+        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster, ctx.view)
     except ClusterSecretsError as exc:
         return Outcome.error("ClusterSecretsInvalid", str(exc))
     _ensure_kubeconfig(ctx, cluster_secrets.cas.server.cert_pem, cluster_secrets.cas.client)
@@ -732,15 +784,39 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
     ]
 
 
-def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime | None = None) -> Outcome:
+def reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    now: datetime | None = None,
+    view: ClusterView | None = None,
+) -> Outcome:
+    """`view`: the manager's watch-fed view of cluster Secrets, control-plane Machines and
+    Clusters (None: every read goes to the API server)."""
     meta = obj["metadata"]
     with _lock_for(meta["namespace"], meta["name"]):
-        return _reconcile(kube, resource, obj, now or datetime.now(UTC))
+        try:
+            return _reconcile(kube, resource, obj, now or datetime.now(UTC), view)
+        except ConflictError:
+            # A write based on the view found the object changed: list afresh next time.
+            if view is not None:
+                view.invalidate(MACHINES, meta["namespace"])
+            raise
 
 
-def _reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime) -> Outcome:
+def _owner_cluster(kube: Kube, obj: dict[str, Any], view: ClusterView | None) -> dict[str, Any] | None:
+    name = owner_cluster_name(obj)
+    if not name:
+        return None
+    namespace = obj["metadata"]["namespace"]
+    return view.get(kube, CLUSTERS, namespace, name) if view else kube.get(CLUSTERS, namespace, name)
+
+
+def _reconcile(
+    kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime, view: ClusterView | None
+) -> Outcome:
     meta = obj["metadata"]
-    cluster = fetch_owner_cluster(kube, obj)
+    cluster = _owner_cluster(kube, obj, view)
     paused = is_paused(obj, cluster)
     pause = paused_condition(obj, cluster, now)
     if paused:
@@ -764,10 +840,11 @@ def _reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetim
         if patch:
             kube.patch_status(resource, meta["namespace"], meta["name"], patch)
         return outcome
-    ctx = _Ctx(kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now)
+    ctx = _Ctx(kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now, view=view)
     ctx.last_remediation = (obj.get("status") or {}).get("lastRemediation")
     if meta.get("deletionTimestamp"):
-        _read_machines(ctx)
+        # The finalizer goes once no Machine is left: never on the view's word.
+        _read_machines(ctx, fresh=True)
         return _delete(ctx)
     _set_finalizer(ctx, present=True)
     outcome = _run(ctx)

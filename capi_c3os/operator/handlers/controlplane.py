@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 C3OS_CONTROL_PLANE = Resource(CONTROL_PLANE_GROUP, "v1alpha1", "c3oscontrolplanes", "C3osControlPlane")
 
-KINDS = (Kind(C3OS_CONTROL_PLANE, c3oscontrolplane.reconcile),)
+KINDS = (Kind(C3OS_CONTROL_PLANE, c3oscontrolplane.reconcile, reads_view=True),)
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
