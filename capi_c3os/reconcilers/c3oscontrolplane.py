@@ -54,6 +54,7 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_cluster_name, owner_references
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
+from capi_c3os.reconcilers import contract
 from capi_c3os.reconcilers.cluster_secrets import ClusterSecretsError, ensure_cluster_secrets
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
 from capi_c3os.reconcilers.view import ClusterView
@@ -68,9 +69,6 @@ OWNER_REMEDIATED = "OwnerRemediated"
 ETCD_REMOVE = "etcd.k3s.cattle.io/remove"
 ETCD_REMOVED = "etcd.k3s.cattle.io/removed-node-name"
 C3OS_CONFIGS = Resource(BOOTSTRAP_GROUP, "v1alpha1", "c3osconfigs", "C3osConfig")
-INFRA_VERSION = "v1alpha1"
-"""Version of the infrastructure template kinds we clone (ours; a foreign provider's
-kind would need its CRD's contract label read here)."""
 
 SERVER_CONFIG_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-server-config"
 """Hash of the server config a Machine was made with: a change means a rollout."""
@@ -346,12 +344,17 @@ def _labels(ctx: _Ctx) -> dict[str, str]:
     }
 
 
-def _infra_resource(ctx: _Ctx) -> tuple[Resource, Resource]:
+def _infra_resource(ctx: _Ctx) -> tuple[Resource, Resource] | Outcome:
+    """The template kind and the machine kind cloned from it, at the API version the
+    template's CRD names for CAPI's contract (the clone keeps the template's version,
+    as CAPI's own cloning does)."""
     ref = ctx.spec.machine_template.spec.infrastructure_ref
+    try:
+        template = contract.resource_for(ctx.kube, ref.api_group, ref.kind)
+    except contract.ContractError as exc:
+        return Outcome.wait("InfrastructureTemplateUnusable", str(exc), LONG_WAIT)
     kind = ref.kind.removesuffix("Template")
-    template = Resource(ref.api_group, INFRA_VERSION, ref.kind.lower() + "s", ref.kind)
-    machine = Resource(ref.api_group, INFRA_VERSION, kind.lower() + "s", kind)
-    return template, machine
+    return template, Resource(ref.api_group, template.version, contract.plural(kind), kind)
 
 
 def _create_if_absent(kube: Kube, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
@@ -364,7 +367,10 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
     """Infrastructure machine, then C3osConfig, then the Machine that ties them together;
     each create tolerates "exists", so a crash in between is finished by the next run."""
     ref = ctx.spec.machine_template.spec.infrastructure_ref
-    template_resource, infra_resource = _infra_resource(ctx)
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return resources
+    template_resource, infra_resource = resources
     template = ctx.kube.get(template_resource, ctx.namespace, ref.name)
     if template is None:
         return Outcome.wait(
@@ -383,7 +389,7 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
         infra_resource,
         ctx.namespace,
         {
-            "apiVersion": f"{ref.api_group}/{INFRA_VERSION}",
+            "apiVersion": infra_resource.api_version,
             "kind": infra_resource.kind,
             "metadata": {
                 "name": name,
@@ -478,11 +484,14 @@ def _resume_interrupted_creations(ctx: _Ctx) -> None:
             continue
         if len(_active(ctx.machines)) < ctx.spec.replicas:
             log.info("finishing the creation of control-plane Machine %s/%s", ctx.namespace, name)
-            if _create_machine(ctx, name, _failure_domain(ctx)) is None:
-                _read_machines(ctx, fresh=True)
+            if _create_machine(ctx, name, _failure_domain(ctx)) is not None:
+                return  # blocked (the scale step says why); look again next time
+            _read_machines(ctx, fresh=True)
         else:
-            _, infra = _infra_resource(ctx)
-            ctx.kube.delete(infra, ctx.namespace, name)
+            resources = _infra_resource(ctx)
+            if isinstance(resources, Outcome):
+                return
+            ctx.kube.delete(resources[1], ctx.namespace, name)
             ctx.kube.delete(C3OS_CONFIGS, ctx.namespace, name)
     if ctx.view is not None:
         ctx.view.learn(_no_partial_creation(ctx))
