@@ -76,6 +76,8 @@ INFRA_TEMPLATE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-infrastructure-t
 """The infrastructure template a Machine was cloned from: a new template means a rollout."""
 
 SHORT_WAIT = 5.0
+ROLLOUT_SCHEDULED = "RolloutScheduled"
+"""Ready, with a rollout.after ahead: a wait that is no trouble."""
 LONG_WAIT = 30.0
 
 WORKLOADS = WorkloadClients()
@@ -279,6 +281,11 @@ def outdated_because(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> str
     ):
         return f"rollout.after {after.isoformat()} passed"
     return None
+
+
+def _created(machine: dict[str, Any]) -> datetime:
+    stamp = machine["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else datetime.min.replace(tzinfo=UTC)
 
 
 def _outdated(ctx: _Ctx, machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -674,7 +681,27 @@ def _scale(ctx: _Ctx) -> Outcome:
         )
     if unhealthy:
         return Outcome.wait("WaitingForHealthyServers", f"{', '.join(unhealthy)} not Ready yet", SHORT_WAIT)
+    scheduled = _rollout_scheduled(ctx, active)
+    if scheduled is not None:
+        return scheduled
     return Outcome.ready("Available", f"{len(active)} of {ctx.spec.replicas} servers Ready")
+
+
+def _rollout_scheduled(ctx: _Ctx, active: list[dict[str, Any]]) -> Outcome | None:
+    """A `rollout.after` still ahead that will outdate some server: nothing else would
+    wake us when it passes, so come back then (as CAPI's control planes do)."""
+    after = ctx.spec.rollout.after if ctx.spec.rollout else None
+    if after is None or after <= ctx.now:
+        return None
+    older = [m for m in active if _created(m) < after]
+    if not older:
+        return None
+    return Outcome.wait(
+        ROLLOUT_SCHEDULED,
+        f"{len(active)} of {ctx.spec.replicas} servers Ready; {len(older)} to be replaced "
+        f"after {cond.format_time(after)} (rollout.after)",
+        (after - ctx.now).total_seconds() + 1,
+    )
 
 
 def _delete(ctx: _Ctx) -> Outcome:
@@ -789,7 +816,12 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
             "ScalingDown" if len(active) > ctx.spec.replicas or _deleting(ctx.machines) else "NotScalingDown",
             outcome.message if outcome.reason == "ScalingDown" else "",
         ),
-        c("Ready", outcome.done, outcome.reason or "Ready", outcome.message),
+        c(
+            "Ready",
+            outcome.done or outcome.reason == ROLLOUT_SCHEDULED,
+            outcome.reason or "Ready",
+            outcome.message,
+        ),
     ]
 
 
