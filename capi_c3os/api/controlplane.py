@@ -87,11 +87,13 @@ class RollingUpdate(ApiModel):
         1,
         ge=0,
         le=1,
-        json_schema_extra=validations((
-            "self == 0 || self == 1",
-            "maxSurge must be 0 (remove an old server first, for sites without a spare) "
-            "or 1 (add the new server first)",
-        )),
+        json_schema_extra=validations(
+            (
+                "self == 0 || self == 1",
+                "maxSurge must be 0 (remove an old server first, for sites without a spare) "
+                "or 1 (add the new server first)",
+            )
+        ),
     )
     """Extra servers created before an old one is removed: 1 (create, then delete) or 0
     (delete, then create; for bare metal without a spare server)."""
