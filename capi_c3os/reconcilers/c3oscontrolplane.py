@@ -176,6 +176,11 @@ def _confirmed(ctx: _Ctx) -> bool:
     caller decides again on fresh data (the view may lag behind our own last write)."""
     if ctx.machines_fresh:
         return True
+    # The Cluster came from the view too: a pause (clusterctl move) must stop this write.
+    cluster = ctx.kube.get(CLUSTERS, ctx.namespace, ctx.cluster_name)
+    if cluster is None or is_paused(ctx.obj, cluster):
+        raise ConflictError(f"Cluster {ctx.namespace}/{ctx.cluster_name} changed meanwhile")
+    ctx.cluster = cluster
     _read_machines(ctx, fresh=True)
     return False
 

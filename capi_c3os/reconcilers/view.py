@@ -91,10 +91,12 @@ class ClusterView:
         self._primed: set[tuple[str, str]] = set()
         self._seq = 0
         self._facts: set[str] = set()
+        self._known: list[Resource] = []
 
     def watch(self, resource: Resource, scope: Scope) -> None:
         """Declare that events of `resource` within `scope` reach `observe`."""
         self._scopes[str(resource)] = scope
+        self._known.append(resource)
 
     def watches(self, resource: Resource) -> bool:
         return str(resource) in self._scopes
@@ -150,6 +152,16 @@ class ClusterView:
                 if r == key[0] and ns == namespace and e.obj is not None
                 and matches(selector, e.obj["metadata"].get("labels") or {})
             ]  # fmt: skip
+
+    def refresh(self, kube: Kube) -> None:
+        """List again every (resource, namespace) the view holds: drops what a watch gap
+        hid the deletion of (kopf's re-list after one reports no deletions). The periodic
+        resync calls it."""
+        with self._lock:
+            seen = {(key[0], key[1]) for key in self._entries} | set(self._primed)
+        resources = {str(r): r for r in self._known}
+        for name, namespace in sorted(seen):
+            self._prime(kube, resources[name], namespace, self._scopes[name])
 
     def _prime(self, kube: Kube, resource: Resource, namespace: str, scope: Scope) -> None:
         with self._lock:

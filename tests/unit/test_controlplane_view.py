@@ -123,3 +123,14 @@ def test_selectors() -> None:
     assert not matches("a=2", labels)
     assert not matches("c", labels)
     assert not matches("!b", labels)
+
+
+def test_refresh_drops_what_a_watch_gap_hid_the_deletion_of() -> None:
+    server = Server(machine("a"))
+    view, kube = view_of(server)
+    view.observe(MACHINES, None, machine("a"))  # kopf's listing; never primed by a read
+    view.observe(MACHINES, None, machine("b"))  # deleted later; its DELETED event was lost
+    view.refresh(kube)
+    assert view.get(kube, MACHINES, "ns", "b") is None
+    assert names(view.list(kube, MACHINES, "ns", CP)) == ["a"]
+    assert server.calls == ["list", "get b"]
