@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from capi_c3os.operator.handlers.controlplane import Coalescer
+from capi_c3os.operator.handlers.controlplane import Changes, Coalescer, machine_essence
 
 
 def test_a_burst_during_a_reconcile_becomes_one_more_reconcile() -> None:
@@ -54,3 +54,24 @@ def test_other_control_planes_are_not_held_up() -> None:
     assert ran == ["b"]
     release.set()
     thread.join(10)
+
+
+def _machine(**status: object) -> dict[str, object]:
+    return {"metadata": {"uid": "u1", "labels": {"cluster.x-k8s.io/control-plane": ""}},
+            "spec": {"version": "v1.33.4+k3s1"}, "status": dict(status)}  # fmt: skip
+
+
+def test_only_machine_changes_the_control_plane_acts_on_wake_it() -> None:
+    changes = Changes()
+
+    def matters(event: str | None, machine: dict[str, object]) -> bool:
+        return changes.matters(event, machine, machine_essence(machine))
+
+    waiting = {"type": "NodeHealthy", "status": "False", "reason": "Waiting", "message": "no node yet"}
+    assert matters(None, _machine(conditions=[waiting]))  # first sight (kopf's listing)
+    assert not matters(None, _machine(conditions=[waiting]))
+    reworded = {**waiting, "message": "still no node", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    assert not matters("MODIFIED", _machine(conditions=[reworded]))
+    assert matters("MODIFIED", _machine(conditions=[{**reworded, "status": "True"}]))
+    assert matters("MODIFIED", _machine(conditions=[{**reworded, "status": "True"}], nodeRef={"name": "n"}))
+    assert matters("DELETED", _machine())

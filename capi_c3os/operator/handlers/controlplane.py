@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -53,11 +54,46 @@ C3OS_CONTROL_PLANE = Resource(CONTROL_PLANE_GROUP, "v1alpha1", "c3oscontrolplane
 KINDS = (Kind(C3OS_CONTROL_PLANE, c3oscontrolplane.reconcile, reads_view=True),)
 
 
+def machine_essence(machine: dict[str, Any]) -> str:
+    """What of a server Machine the control plane acts on: metadata it reads, spec,
+    nodeRef, phase, initialization and each condition's status. CAPI rewrites condition
+    reasons, messages and times often; those alone need no reconcile."""
+    meta = machine.get("metadata") or {}
+    status = machine.get("status") or {}
+    conditions = sorted((str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or [])
+    return json.dumps(
+        [meta.get("labels"), meta.get("annotations"), meta.get("deletionTimestamp"),
+         meta.get("ownerReferences"), machine.get("spec"), status.get("nodeRef"), status.get("phase"),
+         status.get("initialization"), conditions],
+        sort_keys=True,
+    )  # fmt: skip
+
+
+class Changes:
+    """The last essence seen per object uid: tells an event that matters from one that
+    does not. First sight (kopf's listing after a start) always matters."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._seen: dict[str, str] = {}
+
+    def matters(self, event_type: str | None, obj: dict[str, Any], essence: str) -> bool:
+        uid = str((obj.get("metadata") or {}).get("uid"))
+        with self._guard:
+            if event_type == "DELETED":
+                self._seen.pop(uid, None)
+                return True
+            before = self._seen.get(uid)
+            self._seen[uid] = essence
+        return before != essence
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     for kind in KINDS:
         register_kind(registry, kind, runtime, deletion=True)
 
     wakeups = Coalescer()
+    machine_changes = Changes()
 
     # A server Machine's progress (provisioned, nodeRef, Node health, deletion) shows on
     # the Machine, and a kubeconfig Secret can be changed by hand: wake the owning
@@ -79,6 +115,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
         wakeups.run((namespace, owner["name"]), wake)
 
+    def machine_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        machine = dict(body)
+        if machine_changes.matters(type, machine, machine_essence(machine)):
+            owned_object_changed(body)
+
     kopf.on.event(
         MACHINES.group,
         MACHINES.version,
@@ -86,7 +127,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         labels={MACHINE_CONTROL_PLANE_LABEL: kopf.PRESENT},
         registry=registry,
         id="control-plane-machines",
-    )(owned_object_changed)
+    )(machine_changed)
     kopf.on.event(
         "",
         "v1",
