@@ -479,31 +479,35 @@ def _no_partial_creation(ctx: _Ctx) -> str:
 
 
 def _resume_interrupted_creations(ctx: _Ctx) -> None:
-    """C3osConfigs of ours whose Machine was never created: a reconcile died half-way.
-    Finish it (the same names) when a Machine is still wanted, else remove the parts.
-    Looked for on this process's first reconcile of the control plane and after a
-    creation that did not finish; a crash means a new process, so nothing is missed."""
+    """Infrastructure machines or C3osConfigs of ours whose Machine was never created: a
+    reconcile died half-way. Finish it (the same names) when a Machine is still wanted,
+    else remove the parts. Looked for on this process's first reconcile of the control
+    plane and after a creation that did not finish; a crash means a new process, so
+    nothing is missed. (Parts of the current infrastructure kind only: after a change of
+    kind, older parts stay until the control plane is deleted, their owner.)"""
     if ctx.view is not None and ctx.view.knows(_no_partial_creation(ctx)):
         return
-    # The C3osConfigs are listed from the API server; the Machines must be as recent.
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return  # the scale step reports why; look again next time
+    infra = resources[1]
+    # The parts are listed from the API server; the Machines must be as recent.
     if not ctx.machines_fresh:
         _read_machines(ctx, fresh=True)
     have = {m["metadata"]["name"] for m in ctx.machines}
     selector = f"{MACHINE_CONTROL_PLANE_NAME_LABEL}={ctx.name}"
-    for config in ctx.kube.list(C3OS_CONFIGS, ctx.namespace, selector):
-        name = config["metadata"]["name"]
-        if name in have or not _owned(ctx, config):
-            continue
+    parts = [
+        *ctx.kube.list(infra, ctx.namespace, selector),
+        *ctx.kube.list(C3OS_CONFIGS, ctx.namespace, selector),
+    ]
+    for name in sorted({p["metadata"]["name"] for p in parts if _owned(ctx, p)} - have):
         if len(_active(ctx.machines)) < ctx.spec.replicas:
             log.info("finishing the creation of control-plane Machine %s/%s", ctx.namespace, name)
             if _create_machine(ctx, name, _failure_domain(ctx)) is not None:
                 return  # blocked (the scale step says why); look again next time
             _read_machines(ctx, fresh=True)
         else:
-            resources = _infra_resource(ctx)
-            if isinstance(resources, Outcome):
-                return
-            ctx.kube.delete(resources[1], ctx.namespace, name)
+            ctx.kube.delete(infra, ctx.namespace, name)
             ctx.kube.delete(C3OS_CONFIGS, ctx.namespace, name)
     if ctx.view is not None:
         ctx.view.learn(_no_partial_creation(ctx))
