@@ -5,9 +5,11 @@ Runs the real management plane (with a metadata-only audit log), our manager
 told apart), the workload-cluster stand-in and the machine player, then walks one
 cluster through scale 1 -> 3, a version rollout of 3 servers, and scale 3 -> 1.
 For each phase it prints the changes (Machines created + deleted), the C3osControlPlane
-reconciles and the API requests our manager made, and both per change.
+reconciles and the API requests our manager made, and both per change — side by side
+for the manager reading everything from the API server (`--no-watch-cache`) and
+reading through the watch-fed view (the default). ROUNDS (default 1) alternates them.
 
-    .venv/bin/python bench/controlplane.py
+    .venv/bin/python bench/controlplane.py [ROUNDS]
 """
 
 from __future__ import annotations
@@ -64,84 +66,113 @@ def reconciles(metrics_port: int) -> float:
     )  # fmt: skip
 
 
-def main() -> int:  # noqa: PLR0915 — one linear scenario reads best as one function
+MODES = (("API reads", ["--no-watch-cache"]), ("watch view", []))
+"""The manager as it was (every read a request) and with the watch-fed view."""
+
+
+def run_mode(
+    plane: ManagementPlane, root: Path, namespace: str, flags: list[str]
+) -> list[tuple[str, int, float, int, float]]:
+    standin: WorkloadStandIn | None = None
+    player: MachinePlayer | None = None
+    manager: ManagedProcess | None = None
+    rows: list[tuple[str, int, float, int, float]] = []
+    try:
+        kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", USER, ("system:masters",))
+        health, metrics = free_port(), free_port()
+        manager = ManagedProcess(f"manager-{namespace}", [
+            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
+            "--providers=bootstrap,control-plane", f"--namespace={namespace}",
+            f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}", *flags,
+        ], root / f"manager-{namespace}.log")  # fmt: skip
+        manager.start()
+        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
+        with api_client(plane.kubeconfig) as client:
+            api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
+            core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=namespace)))
+            port = free_port()
+            create_cluster(api, namespace, port)
+
+            def secret(name: str) -> KeyPair | None:
+                try:
+                    data = core.read_namespaced_secret(name, namespace).data
+                except kc.exceptions.ApiException:
+                    return None
+                return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+
+            wait(lambda: secret("shop-cca") is not None, "cluster CAs")
+            server_ca, client_ca = secret("shop-ca"), secret("shop-cca")
+            assert server_ca and client_ca
+            standin = WorkloadStandIn(root / f"workload-{namespace}", server_ca, client_ca, port).start()
+            standin.keep_answering_etcd_removals()
+            player = MachinePlayer(client, namespace)
+            player.standin = standin
+            player.start()
+
+            def status() -> dict[str, Any]:
+                obj = api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
+                return dict(obj.get("status") or {})
+
+            def settled(replicas: int, version: str) -> Callable[[], bool]:
+                return lambda: (
+                    status().get("readyReplicas") == replicas
+                    and status().get("replicas") == replicas
+                    and status().get("versions") == [{"version": version, "replicas": replicas}]
+                )
+
+            wait(settled(1, "v1.33.4+k3s1"), "first server")
+            phases: list[tuple[str, dict[str, Any], int, Callable[[], bool]]] = [
+                ("scale 1 -> 3", {"replicas": 3}, 2, settled(3, "v1.33.4+k3s1")),
+                ("rollout of 3 servers", {"version": "v1.34.1+k3s1"}, 6, settled(3, "v1.34.1+k3s1")),
+                ("scale 3 -> 1", {"replicas": 1}, 2, settled(1, "v1.34.1+k3s1")),
+            ]
+            for name, patch, changes, done in phases:
+                r0, q0, t0 = reconciles(metrics), our_requests(plane.audit_log), time.monotonic()
+                api.patch_namespaced_custom_object(
+                    *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": patch}
+                )
+                wait(done, name)
+                r, q = reconciles(metrics) - r0, our_requests(plane.audit_log) - q0
+                rows.append((name, changes, r, q, time.monotonic() - t0))
+    finally:
+        if player:
+            player.stop()
+        if standin:
+            standin.stop()
+        if manager:
+            manager.stop()
+    return rows
+
+
+def main() -> int:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         root = Path(tmp)
         plane = ManagementPlane(root / "mgmt", audit=True).start()
-        standin: WorkloadStandIn | None = None
-        player: MachinePlayer | None = None
-        manager: ManagedProcess | None = None
         try:
             crds = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "config" / "crd").glob("*.yaml"))]
             apply(plane.kubeconfig, crds)
             wait_for_crds_established(plane.kubeconfig, crds)
-            kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", USER, ("system:masters",))
-            health, metrics = free_port(), free_port()
-            manager = ManagedProcess("manager", [
-                sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
-                "--providers=bootstrap,control-plane",
-                f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}",
-            ], root / "manager.log")  # fmt: skip
-            manager.start()
-            manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
-            with api_client(plane.kubeconfig) as client:
-                api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
-                core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name="bench")))
-                port = free_port()
-                create_cluster(api, "bench", port)
-
-                def secret(name: str) -> KeyPair | None:
-                    try:
-                        data = core.read_namespaced_secret(name, "bench").data
-                    except kc.exceptions.ApiException:
-                        return None
-                    return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
-
-                wait(lambda: secret("shop-cca") is not None, "cluster CAs")
-                server_ca, client_ca = secret("shop-ca"), secret("shop-cca")
-                assert server_ca and client_ca
-                standin = WorkloadStandIn(root / "workload", server_ca, client_ca, port).start()
-                standin.keep_answering_etcd_removals()
-                player = MachinePlayer(client, "bench")
-                player.standin = standin
-                player.start()
-
-                def status() -> dict[str, Any]:
-                    obj = api.get_namespaced_custom_object(*CP, "bench", "c3oscontrolplanes", "shop-cp")
-                    return dict(obj.get("status") or {})
-
-                def settled(replicas: int, version: str) -> Callable[[], bool]:
-                    return lambda: (
-                        status().get("readyReplicas") == replicas
-                        and status().get("replicas") == replicas
-                        and status().get("versions") == [{"version": version, "replicas": replicas}]
-                    )
-
-                wait(settled(1, "v1.33.4+k3s1"), "first server")
-                phases: list[tuple[str, dict[str, Any], int, Callable[[], bool]]] = [
-                    ("scale 1 -> 3", {"replicas": 3}, 2, settled(3, "v1.33.4+k3s1")),
-                    ("rollout of 3 servers", {"version": "v1.34.1+k3s1"}, 6, settled(3, "v1.34.1+k3s1")),
-                    ("scale 3 -> 1", {"replicas": 1}, 2, settled(1, "v1.34.1+k3s1")),
-                ]
-                print(f"{'phase':<22}{'changes':>8}{'reconciles':>12}{'requests':>10}{'rec/chg':>9}"
-                      f"{'req/chg':>9}{'seconds':>9}")  # fmt: skip
-                for name, patch, changes, done in phases:
-                    r0, q0, t0 = reconciles(metrics), our_requests(plane.audit_log), time.monotonic()
-                    api.patch_namespaced_custom_object(
-                        *CP, "bench", "c3oscontrolplanes", "shop-cp", {"spec": patch}
-                    )
-                    wait(done, name)
-                    r, q = reconciles(metrics) - r0, our_requests(plane.audit_log) - q0
-                    print(f"{name:<22}{changes:>8}{r:>12.0f}{q:>10}{r / changes:>9.1f}{q / changes:>9.1f}"
-                          f"{time.monotonic() - t0:>9.1f}")  # fmt: skip
+            results: dict[tuple[str, str], list[tuple[int, float, int, float]]] = {}
+            # The modes alternate in one management plane, one manager at a time, each on
+            # its own namespace and cluster, so both see the same machine and load.
+            for round_ in range(rounds):
+                for index, (mode, flags) in enumerate(MODES):
+                    for phase, changes, r, q, seconds in run_mode(
+                        plane, root, f"bench-{round_}-{index}", flags
+                    ):
+                        results.setdefault((phase, mode), []).append((changes, r, q, seconds))
         finally:
-            if player:
-                player.stop()
-            if standin:
-                standin.stop()
-            if manager:
-                manager.stop()
             plane.stop()
+    print(f"{'phase':<22}{'mode':<12}{'changes':>8}{'reconciles':>12}{'requests':>10}{'rec/chg':>9}"
+          f"{'req/chg':>9}{'req/rec':>9}{'seconds':>9}")  # fmt: skip
+    for (phase, mode), runs in results.items():
+        changes = sum(c for c, _, _, _ in runs)
+        r = sum(x for _, x, _, _ in runs)
+        q = sum(x for _, _, x, _ in runs)
+        seconds = sum(x for _, _, _, x in runs) / len(runs)
+        print(f"{phase:<22}{mode:<12}{changes:>8}{r:>12.0f}{q:>10}{r / changes:>9.1f}{q / changes:>9.1f}"
+              f"{q / max(r, 1):>9.1f}{seconds:>9.1f}")  # fmt: skip
     return 0
 
 

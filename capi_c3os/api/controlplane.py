@@ -29,6 +29,7 @@ API_VERSION: Final = "controlplane.cluster.x-k8s.io/v1alpha1"
 # Semantic version with an optional k3s build suffix: v1.33.4, v1.33.4+k3s1, v1.34.0-rc1+k3s1.
 K3S_VERSION = r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+k3s[0-9]+)?$"
 MAX_REPLICAS = 5
+REPLICAS_MESSAGE = "replicas must be 1, 3 or 5: an odd number of servers keeps etcd quorum"
 
 
 class MachineDeletion(ApiModel):
@@ -82,7 +83,18 @@ class ControlPlaneTemplateMachineTemplate(ApiModel):
 class RollingUpdate(ApiModel):
     """How servers are replaced."""
 
-    max_surge: int = Field(1, ge=0, le=1)
+    max_surge: int = Field(
+        1,
+        ge=0,
+        le=1,
+        json_schema_extra=validations(
+            (
+                "self == 0 || self == 1",
+                "maxSurge must be 0 (remove an old server first, for sites without a spare) "
+                "or 1 (add the new server first)",
+            )
+        ),
+    )
     """Extra servers created before an old one is removed: 1 (create, then delete) or 0
     (delete, then create; for bare metal without a spare server)."""
 
@@ -123,7 +135,7 @@ def _replicas_field() -> int:
         ge=1,
         le=MAX_REPLICAS,
         json_schema_extra=validations(
-            ("self % 2 == 1", "replicas must be odd (1, 3 or 5) so etcd keeps quorum"),
+            ("self % 2 == 1", REPLICAS_MESSAGE),
         ),
     )
     return result
@@ -150,7 +162,7 @@ class C3osControlPlaneSpec(ApiModel):
     @classmethod
     def _odd(cls, replicas: int) -> int:
         if replicas % 2 != 1:
-            raise ValueError("replicas must be odd (1, 3 or 5) so etcd keeps quorum")
+            raise ValueError(REPLICAS_MESSAGE)
         return replicas
 
 

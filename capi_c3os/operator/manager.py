@@ -29,13 +29,14 @@ from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import connection_info, load_configuration
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
-from capi_c3os.operator.handlers import build_registry, kinds_of
+from capi_c3os.operator.handlers import VIEW_READERS, build_registry, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
 from capi_c3os.operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
 from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Runtime
 from capi_c3os.operator.settings import build_settings
 from capi_c3os.reconcilers.kube import CLUSTERS, Kube
+from capi_c3os.reconcilers.view import ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Options:
     shutdown_timeout: float = 20.0
     """How long in-flight reconciles may take to finish on shutdown."""
     identity: str = ""
+    watch_cache: bool = True
+    """Bootstrap and control-plane reconcilers read cluster Secrets, control-plane
+    Machines and Clusters from the watches (reconcilers/view.py) instead of the API
+    server; off: every read is a request (for comparison and debugging)."""
 
 
 @dataclass
@@ -154,7 +159,8 @@ async def _lead(
     elector: LeaderElector | None,
 ) -> int:
     kube = Kube(api)
-    runtime = Runtime(kube)
+    view = ClusterView() if options.watch_cache and set(VIEW_READERS) & set(options.providers) else None
+    runtime = Runtime(kube, view)
     kinds = kinds_of(options.providers)
     resync = Resync(runtime, kinds, options.namespaces)
     registry = build_registry(

@@ -114,6 +114,11 @@ class Resync:
     ) -> None:
         while True:
             await asyncio.sleep(period)
+            if self._runtime.view is not None:
+                try:
+                    await loop.run_in_executor(executor, self._runtime.view.refresh, self._runtime.kube)
+                except Exception as exc:
+                    log.warning("resync could not refresh the watch view: %s", exc)
             try:
                 objects = await loop.run_in_executor(executor, self.all_objects)
             except Exception as exc:

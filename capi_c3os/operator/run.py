@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent-reconciles", type=int, default=4, help="reconciles running at once (default 4)"
     )
+    parser.add_argument(
+        "--no-watch-cache",
+        dest="watch_cache",
+        action="store_false",
+        help="read every object from the API server in each reconcile instead of from the "
+        "watches (bootstrap and control plane; for comparison and debugging)",
+    )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
     parser.set_defaults(func=run_main)
@@ -149,6 +156,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         sync_period=args.sync_period,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
         identity=identity,
+        watch_cache=args.watch_cache,
     )
 
 

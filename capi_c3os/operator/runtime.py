@@ -15,10 +15,12 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.operator import metrics
 from capi_c3os.operator.logs import object_ref
 from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
+from capi_c3os.reconcilers.view import ClusterView
 
 log = logging.getLogger(__name__)
 
-ReconcileFn = Callable[[Kube, Resource, dict[str, Any]], Outcome]
+ReconcileFn = Callable[..., Outcome]
+"""(kube, resource, obj) -> Outcome; with `view=` too for kinds that read the view."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Kind:
 
     resource: Resource
     reconcile: ReconcileFn
+    reads_view: bool = False
+    """`reconcile` takes `view=`: the watch-fed ClusterView, when the manager keeps one."""
 
 
 def result_label(outcome: Outcome) -> str:
@@ -36,8 +40,9 @@ def result_label(outcome: Outcome) -> str:
 
 
 class Runtime:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, view: ClusterView | None = None) -> None:
         self.kube = kube
+        self.view = view
 
     def reconcile(self, kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
         """Run `kind.reconcile` on `obj`; `ConflictError` and unexpected exceptions propagate
@@ -46,7 +51,10 @@ class Runtime:
         started = time.perf_counter()
         result = "exception"
         try:
-            outcome = kind.reconcile(self.kube, kind.resource, obj)
+            if kind.reads_view and self.view is not None:
+                outcome = kind.reconcile(self.kube, kind.resource, obj, view=self.view)
+            else:
+                outcome = kind.reconcile(self.kube, kind.resource, obj)
             result = result_label(outcome)
         except ConflictError:
             result = "conflict"

@@ -45,6 +45,7 @@ from capi_c3os.reconcilers import init_lock
 from capi_c3os.reconcilers.cluster_secrets import ClusterSecretsError, ensure_cluster_secrets
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.view import ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class _Context:
         self.namespace: str = config["metadata"]["namespace"]
         self.cluster = cluster
         self.machine: dict[str, Any] | None = None
+        self.view: ClusterView | None = None
 
 
 def _existing_data(ctx: _Context) -> Outcome | None:
@@ -234,7 +236,7 @@ def _bootstrap(ctx: _Context) -> Outcome:
     if isinstance(role, Outcome):
         return role
     try:
-        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster)
+        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster, ctx.view)
     except ClusterSecretsError as exc:
         return Outcome.error("ClusterSecretsInvalid", str(exc))
     secrets = _read_secrets(ctx, spec)
@@ -270,9 +272,16 @@ def _ready_condition(outcome: Outcome, generation: int | None, now: datetime) ->
     )
 
 
-def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime | None = None) -> Outcome:
+def reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    now: datetime | None = None,
+    view: ClusterView | None = None,
+) -> Outcome:
     """One level-triggered pass over a C3osConfig; at most one status patch. Raises
-    `ConflictError` when something changed since it was read (run again)."""
+    `ConflictError` when something changed since it was read (run again). `view`: the
+    manager's watch-fed view, for the cluster Secrets."""
     now = now or datetime.now(UTC)
     meta = obj["metadata"]
     cluster = fetch_owner_cluster(kube, obj)
@@ -285,6 +294,7 @@ def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime
     if meta.get("deletionTimestamp"):
         return Outcome.ready()  # the garbage collector takes the Secret with the config
     ctx = _Context(kube, obj, cluster)
+    ctx.view = view
     outcome = _bootstrap(ctx)
     generation = meta.get("generation")
     fields: dict[str, Any] = {}

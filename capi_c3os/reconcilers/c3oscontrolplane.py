@@ -51,12 +51,13 @@ from capi_c3os.capi.metadata import (
     PRE_TERMINATE_HOOK_PREFIX,
 )
 from capi_c3os.capi.outcome import Outcome
-from capi_c3os.capi.owners import owner_references
+from capi_c3os.capi.owners import owner_cluster_name, owner_references
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
+from capi_c3os.reconcilers import contract
 from capi_c3os.reconcilers.cluster_secrets import ClusterSecretsError, ensure_cluster_secrets
-from capi_c3os.reconcilers.generic import fetch_owner_cluster
-from capi_c3os.reconcilers.kube import MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.view import ClusterView
 from capi_c3os.workload.client import NodeState, WorkloadClient, WorkloadClients, WorkloadUnreachableError
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ OWNER_REMEDIATED = "OwnerRemediated"
 ETCD_REMOVE = "etcd.k3s.cattle.io/remove"
 ETCD_REMOVED = "etcd.k3s.cattle.io/removed-node-name"
 C3OS_CONFIGS = Resource(BOOTSTRAP_GROUP, "v1alpha1", "c3osconfigs", "C3osConfig")
-INFRA_VERSION = "v1alpha1"
-"""Version of the infrastructure template kinds we clone (ours; a foreign provider's
-kind would need its CRD's contract label read here)."""
 
 SERVER_CONFIG_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-server-config"
 """Hash of the server config a Machine was made with: a change means a rollout."""
@@ -78,6 +76,8 @@ INFRA_TEMPLATE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-infrastructure-t
 """The infrastructure template a Machine was cloned from: a new template means a rollout."""
 
 SHORT_WAIT = 5.0
+ROLLOUT_SCHEDULED = "RolloutScheduled"
+"""Ready, with a rollout.after ahead: a wait that is no trouble."""
 LONG_WAIT = 30.0
 
 WORKLOADS = WorkloadClients()
@@ -107,6 +107,11 @@ class _Ctx:
     workload_error: str | None = None
     last_remediation: dict[str, Any] | None = None
     workload: WorkloadClient | None = None
+    view: ClusterView | None = None
+    """The manager's watch-fed view (None: read everything from the API server)."""
+    machines_fresh: bool = False
+    """ctx.machines came from the API server in this reconcile, not from the view."""
+    kubeconfig: dict[str, Any] | None = None
 
     @property
     def namespace(self) -> str:
@@ -152,11 +157,38 @@ def _owned(ctx: _Ctx, obj: dict[str, Any]) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in owner_references(obj))
 
 
-def _read_machines(ctx: _Ctx) -> None:
+def _read_machines(ctx: _Ctx, *, fresh: bool = False) -> None:
+    """Our server Machines, oldest first: from the view, or (`fresh`, or no view) listed."""
+    if ctx.view is not None:
+        found = ctx.view.list(ctx.kube, MACHINES, ctx.namespace, ctx.selector, fresh=fresh)
+    else:
+        found, fresh = ctx.kube.list(MACHINES, ctx.namespace, ctx.selector), True
+    ctx.machines_fresh = fresh
     ctx.machines = sorted(
-        (m for m in ctx.kube.list(MACHINES, ctx.namespace, ctx.selector) if _owned(ctx, m)),
+        (m for m in found if _owned(ctx, m)),
         key=lambda m: (m["metadata"].get("creationTimestamp") or "", m["metadata"]["name"]),
     )
+
+
+def _confirmed(ctx: _Ctx) -> bool:
+    """Before creating or deleting a Machine: True when ctx.machines are the API server's
+    answer from this reconcile. Otherwise read them now and return False, so the
+    caller decides again on fresh data (the view may lag behind our own last write)."""
+    if ctx.machines_fresh:
+        return True
+    # The Cluster came from the view too: a pause (clusterctl move) must stop this write.
+    cluster = ctx.kube.get(CLUSTERS, ctx.namespace, ctx.cluster_name)
+    if cluster is None or is_paused(ctx.obj, cluster):
+        raise ConflictError(f"Cluster {ctx.namespace}/{ctx.cluster_name} changed meanwhile")
+    ctx.cluster = cluster
+    _read_machines(ctx, fresh=True)
+    return False
+
+
+def _get(ctx: _Ctx, resource: Resource, name: str) -> dict[str, Any] | None:
+    if ctx.view is not None:
+        return ctx.view.get(ctx.kube, resource, ctx.namespace, name)
+    return ctx.kube.get(resource, ctx.namespace, name)
 
 
 def _node_of(ctx: _Ctx, machine: dict[str, Any]) -> NodeState | None:
@@ -196,7 +228,8 @@ def _ensure_kubeconfig(ctx: _Ctx, server_ca: bytes, client_ca: Any) -> None:
     endpoint = ctx.cluster["spec"]["controlPlaneEndpoint"]
     host, port = endpoint["host"], int(endpoint.get("port") or 6443)
     name = f"{ctx.cluster_name}-kubeconfig"
-    existing = ctx.kube.get(SECRETS, ctx.namespace, name)
+    # A stale view is safe here: the replacement below carries its resourceVersion.
+    existing = ctx.kubeconfig = _get(ctx, SECRETS, name)
     if existing is not None:
         stored = base64.b64decode((existing.get("data") or {}).get("value", "")).decode(errors="replace")
         why = needs_rotation(
@@ -219,10 +252,10 @@ def _ensure_kubeconfig(ctx: _Ctx, server_ca: bytes, client_ca: Any) -> None:
         "data": {"value": base64.b64encode(value.encode()).decode()},
     }
     if existing is None:
-        ctx.kube.create(SECRETS, ctx.namespace, body)
+        ctx.kubeconfig = ctx.kube.create(SECRETS, ctx.namespace, body)
     else:
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        ctx.kube.replace(SECRETS, ctx.namespace, name, body)
+        ctx.kubeconfig = ctx.kube.replace(SECRETS, ctx.namespace, name, body)
 
 
 # ------------------------------------------------------------------ what is outdated
@@ -253,6 +286,11 @@ def outdated_because(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> str
     ):
         return f"rollout.after {after.isoformat()} passed"
     return None
+
+
+def _created(machine: dict[str, Any]) -> datetime:
+    stamp = machine["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else datetime.min.replace(tzinfo=UTC)
 
 
 def _outdated(ctx: _Ctx, machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -318,12 +356,17 @@ def _labels(ctx: _Ctx) -> dict[str, str]:
     }
 
 
-def _infra_resource(ctx: _Ctx) -> tuple[Resource, Resource]:
+def _infra_resource(ctx: _Ctx) -> tuple[Resource, Resource] | Outcome:
+    """The template kind and the machine kind cloned from it, at the API version the
+    template's CRD names for CAPI's contract (the clone keeps the template's version,
+    as CAPI's own cloning does)."""
     ref = ctx.spec.machine_template.spec.infrastructure_ref
+    try:
+        template = contract.resource_for(ctx.kube, ref.api_group, ref.kind)
+    except contract.ContractError as exc:
+        return Outcome.wait("InfrastructureTemplateUnusable", str(exc), LONG_WAIT)
     kind = ref.kind.removesuffix("Template")
-    template = Resource(ref.api_group, INFRA_VERSION, ref.kind.lower() + "s", ref.kind)
-    machine = Resource(ref.api_group, INFRA_VERSION, kind.lower() + "s", kind)
-    return template, machine
+    return template, Resource(ref.api_group, template.version, contract.plural(kind), kind)
 
 
 def _create_if_absent(kube: Kube, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
@@ -336,7 +379,10 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
     """Infrastructure machine, then C3osConfig, then the Machine that ties them together;
     each create tolerates "exists", so a crash in between is finished by the next run."""
     ref = ctx.spec.machine_template.spec.infrastructure_ref
-    template_resource, infra_resource = _infra_resource(ctx)
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return resources
+    template_resource, infra_resource = resources
     template = ctx.kube.get(template_resource, ctx.namespace, ref.name)
     if template is None:
         return Outcome.wait(
@@ -347,12 +393,15 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
     labels = _labels(ctx)
     template_meta = template["spec"]["template"].get("metadata") or {}
     owner = [ctx.controller_ref()]
+    # Until the Machine exists, a crash leaves parts behind for the next run to finish.
+    if ctx.view is not None:
+        ctx.view.unlearn(_no_partial_creation(ctx))
     _create_if_absent(
         ctx.kube,
         infra_resource,
         ctx.namespace,
         {
-            "apiVersion": f"{ref.api_group}/{INFRA_VERSION}",
+            "apiVersion": infra_resource.api_version,
             "kind": infra_resource.kind,
             "metadata": {
                 "name": name,
@@ -420,26 +469,48 @@ def _create_machine(ctx: _Ctx, name: str, failure_domain: str | None) -> Outcome
             "spec": machine_spec,
         },
     )
+    if ctx.view is not None:
+        ctx.view.learn(_no_partial_creation(ctx))
     return None
 
 
+def _no_partial_creation(ctx: _Ctx) -> str:
+    return f"no-partial-creation/{ctx.obj['metadata']['uid']}"
+
+
 def _resume_interrupted_creations(ctx: _Ctx) -> None:
-    """C3osConfigs of ours whose Machine was never created: a reconcile died half-way.
-    Finish it (the same names) when a Machine is still wanted, else remove the parts."""
+    """Infrastructure machines or C3osConfigs of ours whose Machine was never created: a
+    reconcile died half-way. Finish it (the same names) when a Machine is still wanted,
+    else remove the parts. Looked for on this process's first reconcile of the control
+    plane and after a creation that did not finish; a crash means a new process, so
+    nothing is missed. (Parts of the current infrastructure kind only: after a change of
+    kind, older parts stay until the control plane is deleted, their owner.)"""
+    if ctx.view is not None and ctx.view.knows(_no_partial_creation(ctx)):
+        return
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return  # the scale step reports why; look again next time
+    infra = resources[1]
+    # The parts are listed from the API server; the Machines must be as recent.
+    if not ctx.machines_fresh:
+        _read_machines(ctx, fresh=True)
     have = {m["metadata"]["name"] for m in ctx.machines}
     selector = f"{MACHINE_CONTROL_PLANE_NAME_LABEL}={ctx.name}"
-    for config in ctx.kube.list(C3OS_CONFIGS, ctx.namespace, selector):
-        name = config["metadata"]["name"]
-        if name in have or not _owned(ctx, config):
-            continue
+    parts = [
+        *ctx.kube.list(infra, ctx.namespace, selector),
+        *ctx.kube.list(C3OS_CONFIGS, ctx.namespace, selector),
+    ]
+    for name in sorted({p["metadata"]["name"] for p in parts if _owned(ctx, p)} - have):
         if len(_active(ctx.machines)) < ctx.spec.replicas:
             log.info("finishing the creation of control-plane Machine %s/%s", ctx.namespace, name)
-            if _create_machine(ctx, name, _failure_domain(ctx)) is None:
-                _read_machines(ctx)
+            if _create_machine(ctx, name, _failure_domain(ctx)) is not None:
+                return  # blocked (the scale step says why); look again next time
+            _read_machines(ctx, fresh=True)
         else:
-            _, infra = _infra_resource(ctx)
             ctx.kube.delete(infra, ctx.namespace, name)
             ctx.kube.delete(C3OS_CONFIGS, ctx.namespace, name)
+    if ctx.view is not None:
+        ctx.view.learn(_no_partial_creation(ctx))
 
 
 # ------------------------------------------------------------------ scaling down
@@ -479,7 +550,7 @@ def _remove_hook(ctx: _Ctx, machine: dict[str, Any]) -> None:
 
 def _workload(ctx: _Ctx) -> WorkloadClient | None:
     """The cached client for the workload cluster, from the kubeconfig Secret we wrote."""
-    secret = ctx.kube.get(SECRETS, ctx.namespace, f"{ctx.cluster_name}-kubeconfig")
+    secret = ctx.kubeconfig
     if secret is None:
         return None
     return WORKLOADS.get(ctx.namespace, ctx.cluster_name, base64.b64decode(secret["data"]["value"]).decode())
@@ -556,6 +627,8 @@ def _remediate(ctx: _Ctx) -> Outcome | None:
                     f"{name} is unhealthy and {policy.max_retry} "
                     "remediation(s) did not help; fix the cause, then delete the Machine",
                 )
+    if not _confirmed(ctx):
+        return _remediate(ctx)
     ctx.kube.delete(MACHINES, ctx.namespace, name, uid=victim["metadata"]["uid"])
     ctx.last_remediation = {"machine": name, "time": cond.format_time(ctx.now), "retryCount": retry}
     return Outcome.wait("Remediating", f"deleting unhealthy server {name}; a new one replaces it", SHORT_WAIT)
@@ -590,6 +663,8 @@ def _scale(ctx: _Ctx) -> Outcome:
                 f"not adding a server while {', '.join(unhealthy)} is not Ready",
                 SHORT_WAIT,
             )
+        if not _confirmed(ctx):
+            return _scale(ctx)
         name = _new_name(ctx)
         blocked = _create_machine(ctx, name, _failure_domain(ctx))
         if blocked:
@@ -607,13 +682,35 @@ def _scale(ctx: _Ctx) -> Outcome:
                 f"not removing a server while {', '.join(others_unhealthy)} is not Ready",
                 SHORT_WAIT,
             )
+        if not _confirmed(ctx):
+            return _scale(ctx)
         ctx.kube.delete(MACHINES, ctx.namespace, victim["metadata"]["name"], uid=victim["metadata"]["uid"])
         return Outcome.wait(
             "ScalingDown", f"deleting server Machine {victim['metadata']['name']}", SHORT_WAIT
         )
     if unhealthy:
         return Outcome.wait("WaitingForHealthyServers", f"{', '.join(unhealthy)} not Ready yet", SHORT_WAIT)
+    scheduled = _rollout_scheduled(ctx, active)
+    if scheduled is not None:
+        return scheduled
     return Outcome.ready("Available", f"{len(active)} of {ctx.spec.replicas} servers Ready")
+
+
+def _rollout_scheduled(ctx: _Ctx, active: list[dict[str, Any]]) -> Outcome | None:
+    """A `rollout.after` still ahead that will outdate some server: nothing else would
+    wake us when it passes, so come back then (as CAPI's control planes do)."""
+    after = ctx.spec.rollout.after if ctx.spec.rollout else None
+    if after is None or after <= ctx.now:
+        return None
+    older = [m for m in active if _created(m) < after]
+    if not older:
+        return None
+    return Outcome.wait(
+        ROLLOUT_SCHEDULED,
+        f"{len(active)} of {ctx.spec.replicas} servers Ready; {len(older)} to be replaced "
+        f"after {cond.format_time(after)} (rollout.after)",
+        (after - ctx.now).total_seconds() + 1,
+    )
 
 
 def _delete(ctx: _Ctx) -> Outcome:
@@ -656,7 +753,7 @@ def _run(ctx: _Ctx) -> Outcome:
             "WaitingForControlPlaneEndpoint", "the Cluster has no control-plane endpoint yet", SHORT_WAIT
         )
     try:
-        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster)
+        cluster_secrets = ensure_cluster_secrets(ctx.kube, ctx.cluster, ctx.view)
     except ClusterSecretsError as exc:
         return Outcome.error("ClusterSecretsInvalid", str(exc))
     _ensure_kubeconfig(ctx, cluster_secrets.cas.server.cert_pem, cluster_secrets.cas.client)
@@ -728,19 +825,48 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
             "ScalingDown" if len(active) > ctx.spec.replicas or _deleting(ctx.machines) else "NotScalingDown",
             outcome.message if outcome.reason == "ScalingDown" else "",
         ),
-        c("Ready", outcome.done, outcome.reason or "Ready", outcome.message),
+        c(
+            "Ready",
+            outcome.done or outcome.reason == ROLLOUT_SCHEDULED,
+            outcome.reason or "Ready",
+            outcome.message,
+        ),
     ]
 
 
-def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime | None = None) -> Outcome:
+def reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    now: datetime | None = None,
+    view: ClusterView | None = None,
+) -> Outcome:
+    """`view`: the manager's watch-fed view of cluster Secrets, control-plane Machines and
+    Clusters (None: every read goes to the API server)."""
     meta = obj["metadata"]
     with _lock_for(meta["namespace"], meta["name"]):
-        return _reconcile(kube, resource, obj, now or datetime.now(UTC))
+        try:
+            return _reconcile(kube, resource, obj, now or datetime.now(UTC), view)
+        except ConflictError:
+            # A write based on the view found the object changed: list afresh next time.
+            if view is not None:
+                view.invalidate(MACHINES, meta["namespace"])
+            raise
 
 
-def _reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime) -> Outcome:
+def _owner_cluster(kube: Kube, obj: dict[str, Any], view: ClusterView | None) -> dict[str, Any] | None:
+    name = owner_cluster_name(obj)
+    if not name:
+        return None
+    namespace = obj["metadata"]["namespace"]
+    return view.get(kube, CLUSTERS, namespace, name) if view else kube.get(CLUSTERS, namespace, name)
+
+
+def _reconcile(
+    kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime, view: ClusterView | None
+) -> Outcome:
     meta = obj["metadata"]
-    cluster = fetch_owner_cluster(kube, obj)
+    cluster = _owner_cluster(kube, obj, view)
     paused = is_paused(obj, cluster)
     pause = paused_condition(obj, cluster, now)
     if paused:
@@ -764,10 +890,11 @@ def _reconcile(kube: Kube, resource: Resource, obj: dict[str, Any], now: datetim
         if patch:
             kube.patch_status(resource, meta["namespace"], meta["name"], patch)
         return outcome
-    ctx = _Ctx(kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now)
+    ctx = _Ctx(kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now, view=view)
     ctx.last_remediation = (obj.get("status") or {}).get("lastRemediation")
     if meta.get("deletionTimestamp"):
-        _read_machines(ctx)
+        # The finalizer goes once no Machine is left: never on the view's word.
+        _read_machines(ctx, fresh=True)
         return _delete(ctx)
     _set_finalizer(ctx, present=True)
     outcome = _run(ctx)

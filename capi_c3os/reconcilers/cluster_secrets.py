@@ -30,6 +30,7 @@ from capi_c3os.bootstrap.cloudconfig import ClusterCAs
 from capi_c3os.bootstrap.tokens import new_secret, pinned_token, pins
 from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, CLUSTER_SECRET_TYPE, CORE_API_VERSION
 from capi_c3os.reconcilers.kube import SECRETS, ConflictError, Kube
+from capi_c3os.reconcilers.view import ClusterView
 
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
@@ -95,10 +96,12 @@ def _body(cluster: dict[str, Any], name: str, data: dict[str, bytes]) -> dict[st
 
 
 def _get_or_create(
-    kube: Kube, cluster: dict[str, Any], name: str, make: Any, created: list[str]
+    kube: Kube, view: ClusterView | None, cluster: dict[str, Any], name: str, make: Any, created: list[str]
 ) -> dict[str, Any]:
     namespace = cluster["metadata"]["namespace"]
-    existing = kube.get(SECRETS, namespace, name)
+    # From the watch when it has the Secret (they never change once made); a GET
+    # confirms absence before anything is created.
+    existing = view.get(kube, SECRETS, namespace, name) if view else kube.get(SECRETS, namespace, name)
     if existing is not None:
         return existing
     try:
@@ -117,9 +120,11 @@ def _ca(secret: dict[str, Any], name: str) -> KeyPair:
     return KeyPair(_decoded(secret, TLS_CERT, name), _decoded(secret, TLS_KEY, name))
 
 
-def ensure_cluster_secrets(kube: Kube, cluster: dict[str, Any]) -> ClusterSecrets:
+def ensure_cluster_secrets(
+    kube: Kube, cluster: dict[str, Any], view: ClusterView | None = None
+) -> ClusterSecrets:
     """Read (or create) the three CAs and the token of `cluster` (a CAPI Cluster as the
-    API server returns it). Raises `ClusterSecretsError` for unusable Secrets and
+    API server returns it), through `view` when given. Raises `ClusterSecretsError` for unusable Secrets and
     `ConflictError` when it should simply run again."""
     name = cluster["metadata"]["name"]
     created: list[str] = []
@@ -131,11 +136,12 @@ def ensure_cluster_secrets(kube: Kube, cluster: dict[str, Any]) -> ClusterSecret
             pair = new_ca(f"k3s-{purpose}-ca@{name}")
             return {TLS_CERT: pair.cert_pem, TLS_KEY: pair.key_pem}
 
-        pairs[purpose] = _ca(_get_or_create(kube, cluster, secret_name, make, created), secret_name)
+        pairs[purpose] = _ca(_get_or_create(kube, view, cluster, secret_name, make, created), secret_name)
     server_ca = pairs["server"].cert_pem
     token_name = token_secret_name(name)
     token_secret = _get_or_create(
         kube,
+        view,
         cluster,
         token_name,
         lambda: {TOKEN_KEY: pinned_token(server_ca, new_secret()).encode()},

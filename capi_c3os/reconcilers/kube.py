@@ -240,3 +240,15 @@ class Kube:
             # Drop the body (it may echo Secret data) and the chained exception.
             raise ApiException(status=exc.status, reason=exc.reason) from None
         return cast(dict[str, Any], json.loads(response.data))
+
+    def get_cluster_scoped(self, resource: Resource, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped custom object (e.g. a CRD), or None when it does not exist."""
+        try:
+            obj = self._api.get_cluster_custom_object(
+                resource.group, resource.version, resource.plural, name, _request_timeout=self._timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], obj)

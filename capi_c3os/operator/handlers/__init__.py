@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from capi_c3os.operator.handlers import bootstrap, controlplane, infrastructure
+from capi_c3os.operator.handlers import bootstrap, controlplane, infrastructure, view
 from capi_c3os.operator.handlers.clusters import PauseWatch
 from capi_c3os.operator.runtime import Kind, Runtime
 
@@ -18,6 +18,10 @@ PROVIDERS: dict[str, ModuleType] = {
     "bootstrap": bootstrap,
     "control-plane": controlplane,
 }
+
+
+VIEW_READERS = ("bootstrap", "control-plane")
+"""Providers whose reconcilers read the watch-fed view (see handlers/view.py)."""
 
 
 def kinds_of(providers: Iterable[str]) -> list[Kind]:
@@ -41,6 +45,9 @@ def build_registry(
     def _login(**_: Any) -> kopf.ConnectionInfo:
         return login()
 
+    # First: the view must hold an event's object before other handlers of it run.
+    if runtime.view is not None:
+        view.register(registry, runtime.view)
     for provider in providers:
         PROVIDERS[provider].register(registry, runtime)
     pause_watch.register(registry)

@@ -12,7 +12,7 @@ from capi_c3os.reconcilers.kube import Resource
 
 C3OS_CONFIG = Resource(BOOTSTRAP_GROUP, "v1alpha1", "c3osconfigs", "C3osConfig")
 
-KINDS = (Kind(C3OS_CONFIG, c3osconfig.reconcile),)
+KINDS = (Kind(C3OS_CONFIG, c3osconfig.reconcile, reads_view=True),)
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:

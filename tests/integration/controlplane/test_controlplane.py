@@ -10,8 +10,6 @@ CAPI objects and a real workload API server that trusts only the cluster's CAs."
 from __future__ import annotations
 
 import base64
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
+from capi_c3os.dev.processes import ManagedProcess, free_port
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
 from tests.support import eventually
 
@@ -37,19 +35,6 @@ NEXT = "v1.34.1+k3s1"
 def secret_pair(core: kc.CoreV1Api, namespace: str, name: str) -> KeyPair:
     data = core.read_namespaced_secret(name, namespace).data
     return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
-
-
-@pytest.fixture
-def manager(mgmt: ManagementPlane, tmp_path: Path) -> Iterator[ManagedProcess]:
-    health = free_port()
-    process = ManagedProcess("manager", [
-        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(mgmt.kubeconfig),
-        "--providers=bootstrap,control-plane", f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0",
-    ], tmp_path / "manager.log")  # fmt: skip
-    process.start()
-    process.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
-    yield process
-    assert process.stop() == 0, process.tail()
 
 
 def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members_removed(

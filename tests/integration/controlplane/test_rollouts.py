@@ -1,0 +1,148 @@
+"""Rollouts other than a version change: a new infrastructure template, a changed server
+config and `rollout.after` passing each replace every server, one at a time (surge 1:
+never more than replicas + 1 Machines, never two going at once), with the real CAPI core
+manager and our manager; the test plays infrastructure and nodes (MachinePlayer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as kc
+
+from capi_c3os.dev.processes import ManagedProcess, free_port
+from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
+from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+BOOTSTRAP = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
+CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
+CAPI = ("cluster.x-k8s.io", "v1beta2")
+REPLICAS = 3
+
+
+class Rollout:
+    """Watches one rollout: which Machines were there, the most at once, the most
+    deleting at once."""
+
+    def __init__(self, api: kc.CustomObjectsApi, namespace: str) -> None:
+        self.api, self.namespace = api, namespace
+        self.before = {m["metadata"]["name"] for m in self.machines()}
+        self.most = self.most_deleting = 0
+
+    def machines(self) -> list[dict[str, Any]]:
+        return list(self.api.list_namespaced_custom_object(*CAPI, self.namespace, "machines")["items"])
+
+    def status(self) -> dict[str, Any]:
+        obj = self.api.get_namespaced_custom_object(*CP, self.namespace, "c3oscontrolplanes", "shop-cp")
+        return dict(obj.get("status") or {})
+
+    def done(self) -> bool:
+        machines = self.machines()
+        self.most = max(self.most, len(machines))
+        deleting = sum(1 for m in machines if m["metadata"].get("deletionTimestamp"))
+        self.most_deleting = max(self.most_deleting, deleting)
+        names = {m["metadata"]["name"] for m in machines}
+        status = self.status()
+        return (
+            not names & self.before
+            and len(names) == REPLICAS
+            and status.get("readyReplicas") == REPLICAS
+            and status.get("upToDateReplicas") == REPLICAS
+        )
+
+    def run(self, change: Callable[[], None], what: str) -> list[dict[str, Any]]:
+        change()
+        eventually(self.done, what, timeout=300, explain=lambda: str(self.status()))
+        assert self.most <= REPLICAS + 1, f"{what}: {self.most} Machines at once"
+        assert self.most_deleting <= 1, f"{what}: {self.most_deleting} Machines deleting at once"
+        return self.machines()
+
+
+@pytest.fixture
+def three_servers(
+    k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+) -> Iterator[kc.CustomObjectsApi]:
+    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
+    port = free_port()
+    create_cluster(api, namespace, port, replicas=REPLICAS)
+    eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
+    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
+                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
+    standin.keep_answering_etcd_removals()
+    player = MachinePlayer(k8s, namespace)
+    player.standin = standin
+    player.start()
+    try:
+        eventually(lambda: Rollout(api, namespace).status().get("readyReplicas") == REPLICAS,
+                   "three servers Ready", timeout=180)  # fmt: skip
+        yield api
+    finally:
+        player.stop()
+        standin.stop()
+
+
+def patch_spec(api: kc.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> Callable[[], None]:
+    return lambda: api.patch_namespaced_custom_object(
+        *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": spec}
+    )
+
+
+def test_new_template_server_config_and_rollout_after_each_replace_every_server_one_at_a_time(
+    three_servers: kc.CustomObjectsApi, namespace: str
+) -> None:
+    api = three_servers
+    template = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachinetemplates", "cp")
+    spec = template["spec"]["template"]["spec"]
+    api.create_namespaced_custom_object(*INFRA, namespace, "c3osmachinetemplates", {
+        "apiVersion": "/".join(INFRA), "kind": "C3osMachineTemplate", "metadata": {"name": "cp-2"},
+        "spec": {"template": {"spec": {**spec, "image": {"volume": "c3os-2"}}}},
+    })  # fmt: skip
+
+    # A new infrastructure template (templates are immutable in CAPI: a change is a new name).
+    machines = Rollout(api, namespace).run(
+        patch_spec(api, namespace, {"machineTemplate": {"spec": {"infrastructureRef": {"name": "cp-2"}}}}),
+        "every server on the new template",
+    )
+    for machine in machines:
+        infra = api.get_namespaced_custom_object(
+            *INFRA, namespace, "c3osmachines", machine["metadata"]["name"]
+        )
+        assert infra["metadata"]["annotations"]["cluster.x-k8s.io/cloned-from-name"] == "cp-2"
+        assert infra["spec"]["image"]["volume"] == "c3os-2"
+
+    # A server config change.
+    machines = Rollout(api, namespace).run(
+        patch_spec(api, namespace, {"serverConfig": {"k3s": {"nodeLabels": {"tier": "server"}}}}),
+        "every server with the new server config",
+    )
+    for machine in machines:
+        config = api.get_namespaced_custom_object(
+            *BOOTSTRAP, namespace, "c3osconfigs", machine["metadata"]["name"]
+        )
+        assert config["spec"]["k3s"]["nodeLabels"] == {"tier": "server"}
+
+    # rollout.after a little ahead: nothing changes until it passes, then every server
+    # created before it is replaced (the manager wakes itself at that time).
+    after = datetime.now(UTC) + timedelta(seconds=10)
+    rollout = Rollout(api, namespace)
+    patch_spec(api, namespace, {"rollout": {"after": after.strftime("%Y-%m-%dT%H:%M:%SZ")}})()
+
+    def scheduled() -> bool:
+        ready = [c for c in rollout.status().get("conditions") or [] if c["type"] == "Ready"]
+        return bool(ready) and ready[0]["reason"] == "RolloutScheduled"
+
+    eventually(lambda: scheduled() or datetime.now(UTC) >= after, "the rollout.after change seen")
+    if datetime.now(UTC) < after:  # on a slow machine the time may have passed already
+        assert {m["metadata"]["name"] for m in rollout.machines()} == rollout.before
+    machines = rollout.run(lambda: None, "every server created before rollout.after replaced")
+    created = [
+        datetime.fromisoformat(m["metadata"]["creationTimestamp"].replace("Z", "+00:00")) for m in machines
+    ]
+    assert min(created) >= after.replace(microsecond=0)
