@@ -100,6 +100,8 @@ _PROVIDER_RULES: dict[Provider, list[Rule]] = {
         _rule([CONTROLPLANE], ["c3oscontrolplanetemplates"], READ),
         _rule([CAPI], ["clusters"], READ),
         _rule([CAPI], ["machines"], OWN),
+        # The owner of control-plane Machines reports their UpToDate condition (v1beta2).
+        _rule([CAPI], ["machines/status"], STATUS),
         _rule([BOOTSTRAP], ["c3osconfigs"], OWN),
         _rule([INFRA], ["c3osmachines"], OWN),
         _rule([INFRA], ["c3osmachinetemplates"], RECONCILE),

@@ -77,6 +77,7 @@ INFRA_TEMPLATE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-infrastructure-t
 
 SHORT_WAIT = 5.0
 ROLLOUT_SCHEDULED = "RolloutScheduled"
+UP_TO_DATE = "UpToDate"
 """Ready, with a rollout.after ahead: a wait that is no trouble."""
 LONG_WAIT = 30.0
 
@@ -295,6 +296,28 @@ def _created(machine: dict[str, Any]) -> datetime:
 
 def _outdated(ctx: _Ctx, machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in machines if outdated_because(ctx.spec, m)]
+
+
+def _report_up_to_date(ctx: _Ctx) -> None:
+    """Set each server Machine's `UpToDate` condition: in the v1beta2 contract the owner of
+    a Machine reports it (CAPI's Machine controller only reads it, and the Cluster's
+    ControlPlaneMachinesUpToDate summarises it). Written only when it changes."""
+    for machine in _active(ctx.machines):
+        why = outdated_because(ctx.spec, machine)
+        wanted = cond.new_condition(
+            UP_TO_DATE,
+            cond.FALSE if why else cond.TRUE,
+            "NotUpToDate" if why else "UpToDate",
+            why or "",
+            generation=machine["metadata"].get("generation"),
+            now=ctx.now,
+        )
+        patch = status_patch(machine, [wanted])
+        if patch:
+            # CAPI rewrites Machine status often: a conflict means a newer Machine that
+            # the next reconcile reports on; it must not stop this one.
+            with contextlib.suppress(ConflictError):
+                ctx.kube.patch_status(MACHINES, ctx.namespace, machine["metadata"]["name"], patch)
 
 
 def _propagate_in_place(ctx: _Ctx) -> None:
@@ -760,6 +783,7 @@ def _run(ctx: _Ctx) -> Outcome:
     _read_machines(ctx)
     _resume_interrupted_creations(ctx)
     _propagate_in_place(ctx)
+    _report_up_to_date(ctx)
     _read_workload(ctx)
     _release_hooks(ctx)
     return _scale(ctx)

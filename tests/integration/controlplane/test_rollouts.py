@@ -35,6 +35,8 @@ class Rollout:
         self.api, self.namespace = api, namespace
         self.before = {m["metadata"]["name"] for m in self.machines()}
         self.most = self.most_deleting = 0
+        self.not_up_to_date: set[str] = set()
+        """Machines seen with UpToDate=False (the control plane reports it on each)."""
 
     def machines(self) -> list[dict[str, Any]]:
         return list(self.api.list_namespaced_custom_object(*CAPI, self.namespace, "machines")["items"])
@@ -48,6 +50,7 @@ class Rollout:
         self.most = max(self.most, len(machines))
         deleting = sum(1 for m in machines if m["metadata"].get("deletionTimestamp"))
         self.most_deleting = max(self.most_deleting, deleting)
+        self.not_up_to_date |= {m["metadata"]["name"] for m in machines if up_to_date(m) == "False"}
         names = {m["metadata"]["name"] for m in machines}
         status = self.status()
         return (
@@ -62,7 +65,19 @@ class Rollout:
         eventually(self.done, what, timeout=300, explain=lambda: str(self.status()))
         assert self.most <= REPLICAS + 1, f"{what}: {self.most} Machines at once"
         assert self.most_deleting <= 1, f"{what}: {self.most_deleting} Machines deleting at once"
+        assert self.not_up_to_date <= self.before, f"{what}: new Machines reported not up to date"
+        assert self.not_up_to_date, f"{what}: no replaced Machine was reported UpToDate=False"
+        eventually(
+            lambda: all(up_to_date(m) == "True" for m in self.machines()),
+            f"{what}: every new Machine reported UpToDate=True",
+        )
         return self.machines()
+
+
+def up_to_date(machine: dict[str, Any]) -> str | None:
+    """The Machine's UpToDate condition status, as its owner (the control plane) reports it."""
+    conditions = (machine.get("status") or {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "UpToDate"), None)
 
 
 @pytest.fixture
