@@ -12,7 +12,11 @@ once the first server serves, etcd member removal on request) are played on dema
 
 from __future__ import annotations
 
+import base64
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.capi import conditions as cond
 from capi_c3os.capi.metadata import MACHINE_CONTROL_PLANE_LABEL
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
+from capi_c3os.dev.processes import free_port
 
 ETCD_REMOVE = "etcd.k3s.cattle.io/remove"
 ETCD_REMOVED = "etcd.k3s.cattle.io/removed-node-name"
@@ -297,3 +302,42 @@ def create_cluster(
         "spec": {"infrastructureRef": {"apiGroup": _INFRA[0], "kind": "C3osCluster", "name": "shop"},
                  "controlPlaneRef": {"apiGroup": _CP[0], "kind": "C3osControlPlane",
                                      "name": "shop-cp"}}})  # fmt: skip
+
+
+def cluster_ca(core: kc.CoreV1Api, namespace: str, name: str) -> KeyPair:
+    """A CA the providers keep in a cluster Secret (`<cluster>-ca`, `-cca`, ...)."""
+    data = core.read_namespaced_secret(name, namespace).data
+    return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+
+
+@contextmanager
+def played_cluster(
+    k8s: Any, namespace: str, workdir: Path, *, answer_etcd_removals: bool = True, **create: Any
+) -> Iterator[WorkloadStandIn]:
+    """`create_cluster(**create)`, then, once the providers made the cluster CAs, the
+    workload stand-in serving with them on the endpoint's port and a `MachinePlayer`
+    playing infrastructure and nodes; both stopped on exit. For control-plane tests and
+    benchmarks."""
+    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
+    port = free_port()
+    create_cluster(api, namespace, port, **create)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            server_ca, client_ca = (cluster_ca(core, namespace, f"shop-{n}") for n in ("ca", "cca"))
+            break
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    standin = WorkloadStandIn(workdir, server_ca, client_ca, port).start()
+    if answer_etcd_removals:
+        standin.keep_answering_etcd_removals()
+    player = MachinePlayer(k8s, namespace)
+    player.standin = standin
+    player.start()
+    try:
+        yield standin
+    finally:
+        player.stop()
+        standin.stop()

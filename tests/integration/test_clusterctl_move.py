@@ -22,9 +22,9 @@ from capi_c3os.dev import binaries
 from capi_c3os.dev.clusterctl import write_repository
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
-from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
+from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca, create_cluster
 from tests.conftest import REPO, keep_logs
-from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from tests.integration.controlplane.test_controlplane import _exists
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -89,8 +89,8 @@ def test_move_keeps_identities_and_the_new_managers_adopt(
         create_cluster(api, "edge", port, replicas=3)
         manager = run_manager(source, tmp_path / "source-manager.log")
         eventually(lambda: _exists(core, "edge", "shop-cca"), "cluster CAs")
-        standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, "edge", "shop-ca"),
-                                  secret_pair(core, "edge", "shop-cca"), port).start()  # fmt: skip
+        standin = WorkloadStandIn(tmp_path / "workload", cluster_ca(core, "edge", "shop-ca"),
+                                  cluster_ca(core, "edge", "shop-cca"), port).start()  # fmt: skip
         player = MachinePlayer(client, "edge")
         player.standin = standin
         player.start()

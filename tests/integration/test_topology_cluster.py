@@ -17,8 +17,8 @@ from kubernetes import client as kc
 
 from capi_c3os.dev.mgmt import ManagementPlane, apply
 from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
-from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn
-from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca
+from tests.integration.controlplane.test_controlplane import _exists
 from tests.integration.test_templates import await_class_accepted, render
 from tests.support import eventually
 
@@ -67,8 +67,8 @@ def test_a_topology_cluster_comes_up_servers_first_then_workers(
 
         player.provision_cluster(eventually(cloned, "C3osCluster cloned"))
         eventually(lambda: _exists(core, namespace, "shop-17-cca"), "cluster CAs", timeout=120)
-        standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-17-ca"),
-                                  secret_pair(core, namespace, "shop-17-cca"), port).start()  # fmt: skip
+        standin = WorkloadStandIn(tmp_path / "workload", cluster_ca(core, namespace, "shop-17-ca"),
+                                  cluster_ca(core, namespace, "shop-17-cca"), port).start()  # fmt: skip
         player.standin = standin
         player.start()
 

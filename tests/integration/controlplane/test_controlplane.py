@@ -17,10 +17,9 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.processes import ManagedProcess, free_port
-from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
+from capi_c3os.dev.processes import ManagedProcess
+from capi_c3os.dev.workload import played_cluster
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -32,28 +31,11 @@ VERSION = "v1.33.4+k3s1"
 NEXT = "v1.34.1+k3s1"
 
 
-def secret_pair(core: kc.CoreV1Api, namespace: str, name: str) -> KeyPair:
-    data = core.read_namespaced_secret(name, namespace).data
-    return KeyPair(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
-
-
 def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members_removed(
     mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
 ) -> None:
     api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
-    port = free_port()
-    create_cluster(api, namespace, port)
-
-    # The control plane (or the bootstrap provider) creates the cluster CAs; the stand-in
-    # serves with them, as the first k3s server would.
-    eventually(lambda: _exists(core, namespace, "shop-cca") and _exists(core, namespace, "shop-kubeconfig"),
-               "cluster CAs and kubeconfig")  # fmt: skip
-    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
-                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
-    player = MachinePlayer(k8s, namespace)
-    player.standin = standin
-    player.start()
-    try:
+    with played_cluster(k8s, namespace, tmp_path / "workload", answer_etcd_removals=False) as standin:
 
         def status() -> dict[str, Any]:
             obj = api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
@@ -115,9 +97,6 @@ def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members
         (survivor,) = remaining
         in_place_changes_and_kubeconfig_rewrite(api, core, namespace, survivor["metadata"]["name"])
         deleting_the_cluster_leaves_nothing(api, core, namespace)
-    finally:
-        player.stop()
-        standin.stop()
 
 
 def in_place_changes_and_kubeconfig_rewrite(
@@ -192,17 +171,9 @@ def _exists(core: kc.CoreV1Api, namespace: str, name: str) -> bool:
 def test_a_server_a_health_check_marks_unhealthy_is_replaced_keeping_quorum(
     mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
 ) -> None:
-    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
-    port = free_port()
-    create_cluster(api, namespace, port, replicas=3, remediation={"maxRetry": 2, "retryPeriodSeconds": 0})
-    eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
-    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
-                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
-    standin.keep_answering_etcd_removals()
-    player = MachinePlayer(k8s, namespace)
-    player.standin = standin
-    player.start()
-    try:
+    api = kc.CustomObjectsApi(k8s)
+    retries = {"maxRetry": 2, "retryPeriodSeconds": 0}
+    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=3, remediation=retries) as standin:
 
         def status() -> dict[str, Any]:
             return dict(api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
@@ -235,9 +206,6 @@ def test_a_server_a_health_check_marks_unhealthy_is_replaced_keeping_quorum(
         eventually(replaced, "the unhealthy server replaced", timeout=240, explain=lambda: str(status()))
         assert status()["lastRemediation"]["machine"] == victim
         assert victim in standin.etcd_removed
-    finally:
-        player.stop()
-        standin.stop()
 
 
 def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
@@ -245,18 +213,10 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
 ) -> None:
     """Bare-metal sites have no spare server: remove one outdated server, then add its
     replacement, never more than `replicas` at once."""
-    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
-    port = free_port()
-    create_cluster(api, namespace, port, replicas=3, rollout={"strategy": {"rollingUpdate": {"maxSurge": 0}}})
-    eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
-    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
-                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
-    standin.keep_answering_etcd_removals()
-    player = MachinePlayer(k8s, namespace)
-    player.standin = standin
-    player.start()
+    api = kc.CustomObjectsApi(k8s)
     most = 0
-    try:
+    surge_zero = {"strategy": {"rollingUpdate": {"maxSurge": 0}}}
+    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=3, rollout=surge_zero) as standin:
 
         def status() -> dict[str, Any]:
             return dict(api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
@@ -277,6 +237,3 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
         eventually(rolled_out, "all servers on the new version", timeout=300, explain=lambda: str(status()))
         assert most == 3
         assert len(standin.etcd_removed) == 3
-    finally:
-        player.stop()
-        standin.stop()

@@ -13,9 +13,9 @@ from kubernetes import client as kc
 
 from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.dev.processes import free_port
-from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
+from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca, create_cluster
 from tests.integration.controlplane.conftest import start_manager
-from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from tests.integration.controlplane.test_controlplane import _exists
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,8 @@ def test_a_manager_killed_mid_scale_up_is_finished_by_the_next_one(
     port = free_port()
     create_cluster(api, namespace, port)
     eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
-    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
-                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
+    standin = WorkloadStandIn(tmp_path / "workload", cluster_ca(core, namespace, "shop-ca"),
+                              cluster_ca(core, namespace, "shop-cca"), port).start()  # fmt: skip
     standin.keep_answering_etcd_removals()
     player = MachinePlayer(k8s, namespace)
     player.standin = standin

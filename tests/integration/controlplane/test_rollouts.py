@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client as kc
 
-from capi_c3os.dev.processes import ManagedProcess, free_port
-from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster
-from tests.integration.controlplane.test_controlplane import _exists, secret_pair
+from capi_c3os.dev.processes import ManagedProcess
+from capi_c3os.dev.workload import played_cluster
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -84,23 +83,11 @@ def up_to_date(machine: dict[str, Any]) -> str | None:
 def three_servers(
     k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
 ) -> Iterator[kc.CustomObjectsApi]:
-    api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
-    port = free_port()
-    create_cluster(api, namespace, port, replicas=REPLICAS)
-    eventually(lambda: _exists(core, namespace, "shop-cca"), "cluster CAs")
-    standin = WorkloadStandIn(tmp_path / "workload", secret_pair(core, namespace, "shop-ca"),
-                              secret_pair(core, namespace, "shop-cca"), port).start()  # fmt: skip
-    standin.keep_answering_etcd_removals()
-    player = MachinePlayer(k8s, namespace)
-    player.standin = standin
-    player.start()
-    try:
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=REPLICAS):
         eventually(lambda: Rollout(api, namespace).status().get("readyReplicas") == REPLICAS,
                    "three servers Ready", timeout=180)  # fmt: skip
         yield api
-    finally:
-        player.stop()
-        standin.stop()
 
 
 def patch_spec(api: kc.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> Callable[[], None]:
