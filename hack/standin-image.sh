@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the stand-in "c3os" image the tests boot: a Debian kernel plus a busybox
 # initramfs whose /init finds the config drive by label (cidata or config-2), prints
-# user-data and meta-data to the serial console between markers, reports the disk it
-# was given, optionally gets a DHCP address, and stays up.
+# user-data, meta-data and network settings to the serial console between markers,
+# reports the disk it was given, applies the static IPv4 address + default gateway the
+# drive's network-config (NoCloud v2) or network_data.json (config-2) gives a NIC (by
+# MAC), else asks DHCP, runs a minimal QEMU guest agent (sync, ping, info,
+# network-get-interfaces) on the org.qemu.guest_agent.0 port, and stays up.
 #
 # Output (cached; rebuilt only when this script changes):
 #   ${CAPI_C3OS_IMAGE_DIR:-~/.cache/capi-c3os/images}/standin-<hash>/{vmlinuz,initrd.img,base.qcow2,boot.qcow2}
@@ -47,7 +50,8 @@ for applet in $("$busybox" --list); do
   [ -e "initramfs/bin/$applet" ] || ln -s busybox "initramfs/bin/$applet"
 done
 modules="scsi_common scsi_mod libata libahci ahci ata_piix cdrom sr_mod isofs virtio_ring virtio
-virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk"
+virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk
+virtio_console"
 moddir="kroot/lib/modules/$version"
 for m in $modules; do
   path=$(find "$moddir" -name "$m.ko*" | head -1)
@@ -69,6 +73,132 @@ esac
 exit 0
 SCRIPT
 chmod +x initramfs/usr/share/udhcpc/default.script
+
+# Reads network-config (NoCloud v2 YAML, as configdrive.py renders it: one key a line,
+# keys sorted) or network_data.json (config-2, indented JSON) and prints one line per
+# NIC: "<mac> <dhcp4 yes|no> <ipv4/prefix or -> <ipv4 gateway or ->". Only the subset
+# we render; the first IPv4 address and the IPv4 default route of each NIC.
+cat > initramfs/bin/c3os-netcfg <<'NETCFG'
+#!/bin/sh
+case "$1" in
+  *.json) kind=json ;;
+  *) kind=yaml ;;
+esac
+tr -d "\"'," < "$1" | awk -v kind="$kind" '
+function prefix(mask,   n, i, parts, b) {
+  n = 0; split(mask, parts, ".")
+  for (i = 1; i <= 4; i++) { b = parts[i] + 0; while (b > 0) { n += b % 2; b = int(b / 2) } }
+  return n
+}
+function flush() {
+  if (name != "") { order[++count] = name; macs[name] = mac; dhcp[name] = dhcp4; addr[name] = a; gw[name] = g }
+  name = ""; mac = ""; dhcp4 = "no"; a = "-"; g = "-"
+}
+BEGIN { name = ""; dhcp4 = "no"; a = "-"; g = "-" }
+kind == "yaml" {
+  match($0, /^ */); depth = RLENGTH
+  if (depth == 2 && $1 ~ /:$/) { flush(); name = substr($1, 1, length($1) - 1); section = ""; next }
+  if (name == "") next
+  if (depth == 4 && $1 != "-") section = $1
+  if ($1 == "macaddress:") mac = $2
+  if ($1 == "dhcp4:" && $2 == "true") dhcp4 = "yes"
+  if (section == "addresses:" && $1 == "-" && $2 ~ /^[0-9]+\.[0-9.]+\/[0-9]+$/ && a == "-") a = $2
+  if (section == "routes:" && $1 == "-" && $2 == "to:") to = $3
+  if (section == "routes:" && $1 == "via:" && to == "0.0.0.0/0" && g == "-") g = $2
+}
+kind == "json" {
+  if ($1 == "links:") { part = "links"; next }
+  if ($1 == "networks:") { part = "networks"; next }
+  if ($1 == "services:") { part = ""; next }
+  if (part == "links") {
+    if ($1 == "ethernet_mac_address:") linkmac = $2
+    if ($1 == "id:") linkid = $2
+    if ($1 ~ /^}/ && linkid != "") { mac_of[linkid] = linkmac; links[++nlinks] = linkid; linkid = "" }
+  }
+  if (part == "networks") {
+    if ($1 == "routes:") inroutes = ($2 != "[]")
+    else if (inroutes && $1 ~ /^\]/) inroutes = 0
+    else if (inroutes && $1 == "gateway:") rgw = $2
+    else if (inroutes && $1 == "network:") rnet = $2
+    else if (!inroutes && $1 == "ip_address:") ip = $2
+    else if (!inroutes && $1 == "netmask:") mask = $2
+    else if (!inroutes && $1 == "link:") link = $2
+    else if (!inroutes && $1 == "type:") {
+      if ($2 == "ipv4_dhcp") jdhcp[link] = "yes"
+      if ($2 == "ipv4" && !(link in jaddr)) { jaddr[link] = ip "/" prefix(mask); if (rnet == "0.0.0.0") jgw[link] = rgw }
+      ip = ""; mask = ""; rgw = ""; rnet = ""
+    }
+  }
+}
+END {
+  if (kind == "yaml") {
+    flush()
+    for (i = 1; i <= count; i++) { n = order[i]; print macs[n], dhcp[n], addr[n], gw[n] }
+  } else {
+    for (i = 1; i <= nlinks; i++) {
+      l = links[i]
+      print mac_of[l], (l in jdhcp ? "yes" : "no"), (l in jaddr ? jaddr[l] : "-"), (l in jgw && jgw[l] != "" ? jgw[l] : "-")
+    }
+  }
+}'
+NETCFG
+chmod +x initramfs/bin/c3os-netcfg
+
+# A minimal QEMU guest agent: newline-terminated JSON commands in, one JSON line out
+# (the qemu-ga protocol libvirt speaks); guest-sync-delimited answers after the 0xFF
+# sentinel byte. Just what address discovery needs; anything else is CommandNotFound.
+cat > initramfs/bin/c3os-agent <<'AGENT'
+#!/bin/sh
+port=""
+while [ -z "$port" ]; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+  done
+  [ -n "$port" ] || sleep 1
+done
+echo "C3OS-STANDIN AGENT $port"
+interfaces() {
+  first=1
+  printf '['
+  for dir in /sys/class/net/*; do
+    n=${dir##*/}
+    [ $first = 1 ] || printf ','
+    first=0
+    printf '{"name":"%s","hardware-address":"%s","ip-addresses":[' "$n" "$(cat "$dir/address")"
+    ip -o addr show dev "$n" | awk '$3 == "inet" || $3 == "inet6" {
+      split($4, p, "/"); t = ($3 == "inet") ? "ipv4" : "ipv6"
+      printf "%s{\"ip-address-type\":\"%s\",\"ip-address\":\"%s\",\"prefix\":%d}", (k++ ? "," : ""), t, p[1], p[2]
+    }'
+    printf ']}'
+  done
+  printf ']'
+}
+answer() {
+  cmd=$(echo "$1" | sed -n 's/.*"execute" *: *"\([a-z-]*\)".*/\1/p')
+  id=$(echo "$1" | sed -n 's/.*"arguments" *: *{[^}]*"id" *: *\([0-9-]*\).*/\1/p')
+  case "$cmd" in
+    guest-sync-delimited) printf '\377{"return": %s}\n' "${id:-0}" ;;
+    guest-sync) printf '{"return": %s}\n' "${id:-0}" ;;
+    guest-ping) printf '{"return": {}}\n' ;;
+    guest-info) printf '{"return": {"version": "c3os-standin", "supported_commands": [%s]}}\n' \
+      "$(for c in guest-sync-delimited guest-sync guest-ping guest-info guest-network-get-interfaces; do
+           printf '{"name":"%s","enabled":true,"success-response":true},' "$c"; done | sed 's/,$//')" ;;
+    guest-network-get-interfaces) printf '{"return": %s}\n' "$(interfaces)" ;;
+    *) printf '{"error": {"class": "CommandNotFound", "desc": "The command %s has not been found"}}\n' "$cmd" ;;
+  esac
+}
+# The port opens once (a second open is EBUSY); read gives EOF while no host side is
+# connected: wait and read again. ash reads a pipe/char device byte by byte, so no
+# command is lost between reads.
+exec 3<>"$port"
+while true; do
+  while IFS= read -r line <&3; do
+    [ -n "$line" ] && answer "$line" >&3
+  done
+  sleep 1
+done
+AGENT
+chmod +x initramfs/bin/c3os-agent
 
 cat > initramfs/init <<'INIT'
 #!/bin/sh
@@ -97,6 +227,11 @@ if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt/cfg; then
   echo "----- BEGIN USER-DATA BASE64 -----"; base64 "$ud"; echo "----- END USER-DATA BASE64 -----"
   echo "----- BEGIN META-DATA BASE64 -----"; base64 "$md"; echo "----- END META-DATA BASE64 -----"
   echo "----- BEGIN META-DATA -----"; cat "$md"; echo; echo "----- END META-DATA -----"
+  if [ $layout = nocloud ]; then nc=/mnt/cfg/network-config; else nc=/mnt/cfg/openstack/latest/network_data.json; fi
+  if [ -f "$nc" ]; then
+    echo "----- BEGIN NETWORK-CONFIG -----"; cat "$nc"; echo; echo "----- END NETWORK-CONFIG -----"
+    c3os-netcfg "$nc" > /tmp/netcfg
+  fi
 else
   echo "C3OS-STANDIN NO CONFIG DRIVE"
   cat /proc/partitions; dmesg | grep -i -E "ata|sr|scsi|cdrom|insmod|module" | tail -20
@@ -104,10 +239,31 @@ fi
 if [ -e /sys/block/vda/size ]; then
   echo "C3OS-STANDIN DISK vda SECTORS $(cat /sys/block/vda/size) HEAD $(head -c 20 /dev/vda | tr -c 'A-Za-z0-9-' '.')"
 fi
-if [ -e /sys/class/net/eth0 ]; then
-  ip link set lo up; ip link set eth0 up
-  udhcpc -i eth0 -t 20 -T 1 -n -q -s /usr/share/udhcpc/default.script || echo "C3OS-STANDIN NO DHCP"
+ip link set lo up
+c3os-agent &
+# NICs by MAC; with network settings on the drive they decide (static and/or DHCP),
+# without them eth0 asks DHCP as before.
+dhcp=""
+if [ -f /tmp/netcfg ]; then
+  while read -r mac wants4 addr gw; do
+    nic=""
+    for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$mac" ] && nic=${d##*/}; done
+    [ -n "$nic" ] || { echo "C3OS-STANDIN NO NIC $mac"; continue; }
+    ip link set "$nic" up
+    if [ "$addr" != - ]; then
+      ip addr add "$addr" dev "$nic"
+      [ "$gw" = - ] || ip route add default via "$gw" dev "$nic"
+      echo "C3OS-STANDIN STATIC $nic $addr GATEWAY $gw"
+    fi
+    [ "$wants4" = yes ] && dhcp="$dhcp $nic"
+  done < /tmp/netcfg
+elif [ -e /sys/class/net/eth0 ]; then
+  dhcp=eth0
 fi
+for nic in $dhcp; do
+  ip link set "$nic" up
+  udhcpc -i "$nic" -t 20 -T 1 -n -q -s /usr/share/udhcpc/default.script || echo "C3OS-STANDIN NO DHCP $nic"
+done
 echo "C3OS-STANDIN READY"
 while true; do sleep 3600; done
 INIT
