@@ -1,6 +1,7 @@
 """Benchmark of the Ironic backend against a real standalone Ironic (fake-hardware, SQLite).
 
     .venv/bin/python bench/ironic.py [--nodes 100] [--workers 8] [--rounds 5]
+                                     [--machines 10] [--idle 60]
 
 1. One machine, create -> running: the backend (provision() called whenever its
    requeue says, polling capped at --poll s) against the same ironicclient call sequence
@@ -11,14 +12,26 @@
    CPU seconds and peak RSS, Ironic requests per machine; then one health pass over the
    running machines (requests per machine) and the deletion of all of them.
 
-Everything runs on loopback; Ironic is started and stopped by the script.
+3. Manager level (--machines, 0 to skip): as many fake nodes -> C3osMachines reconciled by
+   our real `capi-c3os run --providers infrastructure` process against a real management
+   plane (etcd, kube-apiserver with a metadata-only audit log, the real CAPI core manager),
+   each with its Machine and bootstrap Secret, to provisioned: wall time, the manager's CPU
+   seconds and peak RSS, Kubernetes API writes per machine (the audit log, by the manager's
+   own user) and Ironic requests per machine (Ironic's access log); then --idle seconds
+   with nothing to do: requests per machine and CPU.
+
+Everything runs on loopback; Ironic and the management plane are started and stopped by
+the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import heapq
+import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -30,6 +43,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import yaml
+from kubernetes import client as kc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,7 +62,10 @@ from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.ironic.instance import allocation_request, configdrive, instance_info
 from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
+from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 
+REPO = Path(__file__).resolve().parent.parent
 CHECKSUM = "ab" * 32
 USER_DATA = b"#cloud-config\nk3s:\n  enabled: true\n"
 
@@ -277,6 +296,151 @@ def many_machines(  # noqa: PLR0915 - one scenario, read top to bottom
     )
 
 
+MANAGER_USER = "capi-c3os-bench-infrastructure"
+INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+CAPI = ("cluster.x-k8s.io", "v1beta2")
+CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
+WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+IRONIC_REQUEST = re.compile(r" ironic\.api \[.*\] \S+ - (GET|PUT|POST|PATCH|DELETE) /v1")
+
+
+def kube_requests(audit_log: Path) -> tuple[int, int]:
+    """(all, writes) the manager's identity made, from the API server's audit log."""
+    total = writes = 0
+    with audit_log.open() as log:
+        for line in log:
+            event = json.loads(line)
+            if event.get("user", {}).get("username") == MANAGER_USER:
+                total += 1
+                writes += event.get("verb") in WRITES
+    return total, writes
+
+
+def ironic_requests(server: IronicServer) -> int:
+    with server.log_path.open(errors="replace") as log:
+        return sum(1 for line in log if IRONIC_REQUEST.search(line))
+
+
+def process_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MiB) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return cpu, peak / 1024
+
+
+def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
+    server: IronicServer, root: Path, machines: int, idle: float, workers: int
+) -> None:
+    site = IronicSite(endpoint=server.url)
+    admin = connect(site, SiteCredentials())
+    rc = f"mgr-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    enroll(admin._client, machines, rc, workers)
+    print(f"enrolled {machines} fake-hardware nodes to available in {time.perf_counter() - started:.1f}s")
+
+    plane = ManagementPlane(root / "mgmt", audit=True).start()
+    manager: ManagedProcess | None = None
+    try:
+        crds = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "config" / "crd").glob("*.yaml"))]
+        apply(plane.kubeconfig, crds)
+        wait_for_crds_established(plane.kubeconfig, crds)
+        kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", MANAGER_USER, ("system:masters",))
+        health, metrics = free_port(), free_port()
+        manager = ManagedProcess("manager", [
+            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
+            "--providers=infrastructure",
+            f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}",
+        ], root / "manager.log")  # fmt: skip
+        manager.start()
+        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
+        assert manager.pid is not None
+        with api_client(plane.kubeconfig) as client:
+            api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
+            ns = "bench"
+            core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=ns)))
+            api.create_namespaced_custom_object(*INFRA, ns, "c3osclusters", {
+                "apiVersion": "/".join(INFRA), "kind": "C3osCluster", "metadata": {"name": "metal"},
+                "spec": {"controlPlaneEndpoint": {"host": "cp.example.test", "port": 6443},
+                         "sites": [{"name": "rack", "ironic": {"endpoint": server.url}}]},
+            })  # fmt: skip
+            api.create_namespaced_custom_object(*CAPI, ns, "clusters", {
+                "apiVersion": "/".join(CAPI), "kind": "Cluster", "metadata": {"name": "metal"},
+                "spec": {"infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osCluster", "name": "metal"}},
+            })  # fmt: skip
+            cpu0, _ = process_usage(manager.pid)
+            kube0, ironic0 = kube_requests(plane.audit_log), ironic_requests(server)
+            started = time.perf_counter()
+
+            def create(i: int) -> None:
+                name = f"m-{i:04d}"
+                core.create_namespaced_secret(ns, kc.V1Secret(
+                    metadata=kc.V1ObjectMeta(name=f"{name}-bootstrap"),
+                    data={"value": base64.b64encode(USER_DATA).decode(),
+                          "format": base64.b64encode(b"cloud-config").decode()},
+                ))  # fmt: skip
+                api.create_namespaced_custom_object(*INFRA, ns, "c3osmachines", {
+                    "apiVersion": "/".join(INFRA), "kind": "C3osMachine",
+                    "metadata": {"name": name, "labels": {CLUSTER_NAME: "metal"}},
+                    "spec": {"backend": {"ironic": {"resourceClass": rc}},
+                             "image": {"url": "http://images.example/c3os.qcow2", "checksum": CHECKSUM}},
+                })  # fmt: skip
+                api.create_namespaced_custom_object(*CAPI, ns, "machines", {
+                    "apiVersion": "/".join(CAPI), "kind": "Machine",
+                    "metadata": {"name": name, "labels": {CLUSTER_NAME: "metal"}},
+                    "spec": {"clusterName": "metal", "bootstrap": {"dataSecretName": f"{name}-bootstrap"},
+                             "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachine",
+                                                   "name": name}},
+                })  # fmt: skip
+
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(create, range(machines)))
+            created = time.perf_counter() - started
+
+            def provisioned() -> int:
+                items = api.list_namespaced_custom_object(*INFRA, ns, "c3osmachines")["items"]
+                return sum(
+                    1 for m in items
+                    if ((m.get("status") or {}).get("initialization") or {}).get("provisioned")
+                )  # fmt: skip
+
+            limit = float(os.environ.get("BENCH_DEADLINE", "3600"))
+            deadline = time.monotonic() + limit
+            while (done := provisioned()) < machines:
+                if time.monotonic() > deadline or not manager.alive():
+                    raise SystemExit(
+                        f"{done} of {machines} provisioned after {limit:.0f}s:\n{manager.tail()}"
+                    )
+                time.sleep(2.0)
+            wall = time.perf_counter() - started
+            cpu, peak = process_usage(manager.pid)
+            (kube, writes), ironic = kube_requests(plane.audit_log), ironic_requests(server)
+            print(
+                f"manager: {machines} C3osMachines to provisioned: {wall:.1f}s wall "
+                f"(objects created in {created:.1f}s), manager {cpu - cpu0:.1f} CPU s, "
+                f"peak RSS {peak:.0f} MiB, "
+                f"{(writes - kube0[1]) / machines:.1f} Kubernetes API writes and "
+                f"{(kube - kube0[0]) / machines:.1f} requests per machine, "
+                f"{(ironic - ironic0) / machines:.1f} Ironic requests per machine"
+            )
+            cpu0, (kube0_all, kube0_writes), ironic0 = cpu, (kube, writes), ironic
+            time.sleep(idle)
+            cpu, peak = process_usage(manager.pid)
+            (kube, writes), ironic = kube_requests(plane.audit_log), ironic_requests(server)
+            print(
+                f"manager idle for {idle:.0f}s with {machines} provisioned machines: "
+                f"{cpu - cpu0:.1f} CPU s, peak RSS {peak:.0f} MiB, "
+                f"{(ironic - ironic0) / machines:.2f} Ironic requests, "
+                f"{(kube - kube0_all) / machines:.2f} Kubernetes requests "
+                f"({(writes - kube0_writes) / machines:.2f} writes) per machine"
+            )
+    finally:
+        if manager:
+            manager.stop()
+        plane.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,6 +449,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--poll", type=float, default=0.2, help="cap on the wait between calls, seconds")
+    parser.add_argument("--machines", type=int, default=10, help="manager-level scale; 0 skips it")
+    parser.add_argument("--idle", type=float, default=60.0, help="manager-level idle phase, seconds")
     args = parser.parse_args()
     # Ironic runs in its own process group: turn SIGTERM into an exit that stops it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -293,9 +459,12 @@ def main() -> int:
         server = IronicServer(Path(root)).start()
         print(f"Ironic up in {time.perf_counter() - started:.1f}s at {server.url}")
         try:
-            one_machine(server, args.rounds, args.poll)
+            if args.rounds:
+                one_machine(server, args.rounds, args.poll)
             if args.nodes:
                 many_machines(server, args.nodes, args.workers, args.poll)
+            if args.machines:
+                manager_scale(server, Path(root), args.machines, args.idle, args.workers)
         finally:
             server.stop()
     return 0

@@ -10,17 +10,24 @@ its gotchas are in ``shared/facts/ironic.md``.
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import gzip
+import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pycdlib
 
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
 
@@ -59,6 +66,23 @@ def ensure_installed(python: str = sys.executable) -> Path:
     return venv
 
 
+# Ironic 39 retries SQLite's "database is locked" (its `wrap_sqlite_retry`) on node writes
+# but not on the allocation writes. Under concurrent undeploys a teardown worker dies in
+# `destroy_allocation` right after "Successfully unprovisioned": the node stays `deleting`
+# for good (only a conductor restart moves it on, to `error`). The test Ironic is started
+# through this launcher, which applies Ironic's own retry to those four methods; nothing
+# else of Ironic is changed. Production Ironics on MySQL/PostgreSQL never take this path.
+SQLITE_RETRY_LAUNCHER = """
+import sys
+from ironic.db.sqlalchemy import api
+for name in ("create_allocation", "update_allocation", "take_over_allocation", "destroy_allocation"):
+    setattr(api.Connection, name, api.wrap_sqlite_retry(getattr(api.Connection, name)))
+from ironic.command.singleprocess import main
+sys.argv[0] = "ironic"
+sys.exit(main())
+"""
+
+
 def _run(argv: list[str], cwd: Path | None = None) -> None:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -79,6 +103,9 @@ class IronicServer:
     deploy_callback_timeout: int = 6
     """Seconds a `direct` deploy (or a clean) waits for the agent before Ironic fails it:
     with fake power no agent ever calls back, which gives tests a real failure."""
+    sqlite_allocation_retries: bool = True
+    """Start Ironic through SQLITE_RETRY_LAUNCHER (False: the plain `ironic` command, to
+    show the upstream bug)."""
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     venv: Path | None = None
@@ -161,9 +188,19 @@ lock_path = {self.root / "locks"}
         venv = self._venv
         self.write_config()
         _run([str(venv / "bin" / "ironic-dbsync"), "--config-file", str(self.config_file), "create_schema"])
+        return self._launch(timeout)
+
+    def restart(self, timeout: float = 120.0) -> IronicServer:
+        """Stop and start again on the same database and port (what an operator's restart of
+        the conductor does: nodes left in a transient state are failed on start)."""
+        self.stop()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> IronicServer:
+        venv = self._venv
         self.process = ManagedProcess(
             "ironic",
-            [str(venv / "bin" / "ironic"), "--config-file", str(self.config_file)],
+            [*self._command(venv), "--config-file", str(self.config_file)],
             self.root / "ironic.out",
         )
         self.process.start()
@@ -175,6 +212,11 @@ lock_path = {self.root / "locks"}
             self.stop()  # its own process group: nothing outlives a failed start
             raise
         return self
+
+    def _command(self, venv: Path) -> list[str]:
+        if self.sqlite_allocation_retries:
+            return [str(venv / "bin" / "python"), "-c", SQLITE_RETRY_LAUNCHER]
+        return [str(venv / "bin" / "ironic")]
 
     def _driver_ready(self) -> bool:
         try:
@@ -210,6 +252,60 @@ lock_path = {self.root / "locks"}
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+# Ironic keeps the config drive as its JSON source and masters the ISO when a deploy
+# interface needs it (agent, redfish virtual media) with this very function; fake-hardware
+# never does, so read_configdrive has Ironic master it the same way.
+MASTER_CONFIGDRIVE = """
+import json, sys, types
+from ironic.conductor import configdrive_utils
+node = types.SimpleNamespace(**json.load(sys.stdin))
+sys.stdout.write(configdrive_utils.get_configdrive_image(node))
+"""
+CONFIGDRIVE_ROOT = "/openstack/latest"
+
+
+def read_configdrive(server: IronicServer, node_uuid: str) -> tuple[bytes, dict[str, Any]]:
+    """What the bare-metal machine behind `node_uuid` would boot with: the config drive Ironic
+    holds for it (read from Ironic's own database: the API shows `******`), as the ISO Ironic
+    writes to the machine, decoded: (`openstack/latest/user_data`, `meta_data.json`)."""
+    database = f"file:{server.root / 'ironic.sqlite'}?mode=ro"
+    with closing(sqlite3.connect(database, uri=True, timeout=30)) as db:
+        query = "SELECT uuid, name, instance_info FROM nodes WHERE uuid = ?"
+        row = db.execute(query, (node_uuid,)).fetchone()
+    if row is None:
+        raise LookupError(f"Ironic has no node {node_uuid}")
+    uuid, name, raw_info = row
+    info = json.loads(raw_info or "{}")
+    if not info.get("configdrive"):
+        raise LookupError(f"node {node_uuid} holds no config drive (it is not deployed)")
+    if not any(shutil.which(tool) for tool in ("genisoimage", "mkisofs", "xorrisofs")):
+        raise ProcessError("Ironic masters config drives with genisoimage, mkisofs or xorrisofs: install one")
+    proc = subprocess.run(
+        [str(server._venv / "bin" / "python"), "-c", MASTER_CONFIGDRIVE],
+        input=json.dumps({"uuid": uuid, "name": name, "instance_info": info}),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ProcessError(f"Ironic could not master the config drive of {node_uuid}:\n{proc.stderr[-2000:]}")
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(gzip.decompress(base64.b64decode(proc.stdout))))
+    try:
+        if iso.pvd.volume_identifier.decode().strip() != "config-2":
+            raise ProcessError(f"the config drive of {node_uuid} is not labelled config-2")
+        user_data, meta_data = (_iso_file(iso, name) for name in ("user_data", "meta_data.json"))
+    finally:
+        iso.close()
+    return user_data, json.loads(meta_data)
+
+
+def _iso_file(iso: pycdlib.PyCdlib, name: str) -> bytes:
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, rr_path=f"{CONFIGDRIVE_ROOT}/{name}")
+    return out.getvalue()
 
 
 def _bcrypt(password: str, venv: Path) -> str:

@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from capi_c3os.api.infrastructure import IronicMachine, IronicSite, Site
@@ -56,6 +57,7 @@ WORK_DELAY = 10.0
 WAIT_FOR_NODE_DELAY = 30.0
 SLOT_COUNT_TTL = 2.0
 ALLOCATION_TIMEOUT = 60.0
+STALLED_TEARDOWN_AFTER = 600.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class IronicBackend:
         wait_for_node_delay: float = WAIT_FOR_NODE_DELAY,
         slot_count_ttl: float = SLOT_COUNT_TTL,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
+        stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
         rng: random.Random | None = None,
         connector: Any = connect,
     ) -> None:
@@ -92,6 +95,7 @@ class IronicBackend:
         self.wait_for_node_delay = wait_for_node_delay
         self.slot_count_ttl = slot_count_ttl
         self.allocation_timeout = allocation_timeout
+        self.stalled_teardown_after = stalled_teardown_after
         self._rng = rng or random.Random()
         self._connect = connector
         self._lock = threading.Lock()
@@ -181,12 +185,12 @@ class IronicBackend:
         """A machine that was running has no node any more: report it, never deploy anew."""
         if not intent.provisioned or api.get_allocation(intent.identity.uuid) is not None:
             return None
-        return Progress(
+        return self._later(
             Phase.MISSING,
             "NodeMissing",
             f"no Ironic node holds the machine any more (instance_uuid {intent.identity.uuid}); "
             "it was undeployed or deleted outside the cluster",
-            requeue_after=self._jitter(60.0),
+            60.0,
         )
 
     def _allocation_stuck(self, identity: MachineIdentity) -> bool:
@@ -213,30 +217,30 @@ class IronicBackend:
                 # taken: read what is there.
                 allocation = api.get_allocation(identity.uuid)
                 if allocation is None:
-                    return Progress(
+                    return self._later(
                         Phase.FAILED,
                         "AllocationNameTaken",
                         f"Ironic already has an allocation named {identity.resource_name} that does not "
                         "belong to this machine; delete it in Ironic",
-                        requeue_after=self._jitter(self.wait_for_node_delay),
+                        self.wait_for_node_delay,
                     )
         if allocation.state == "allocating" and self._allocation_stuck(identity):
             # Ironic leaves an allocation `allocating` for good when its worker dies on an
             # unexpected error (seen with SQLite "database is locked"): drop it, ask again.
             api.delete_allocation(allocation.uuid)
-            return Progress(
+            return self._later(
                 Phase.PROVISIONING,
                 "WaitingForNode",
                 f"Ironic did not finish allocating a node within {self.allocation_timeout:.0f}s; "
                 "asking again",
-                requeue_after=self._jitter(self.busy_delay),
+                self.busy_delay,
             )
         if allocation.state == "allocating":
-            return Progress(
+            return self._later(
                 Phase.PROVISIONING,
                 "AllocatingNode",
                 "Ironic is choosing a node for the machine",
-                requeue_after=self._jitter(self.busy_delay),
+                self.busy_delay,
             )
         with self._lock:
             self._allocating_since.pop(identity.uuid, None)
@@ -244,12 +248,12 @@ class IronicBackend:
             # An allocation that failed never retries by itself: drop it so the next call
             # asks again (a node may have been enrolled or freed meanwhile).
             api.delete_allocation(allocation.uuid)
-            return Progress(
+            return self._later(
                 Phase.PROVISIONING,
                 "WaitingForNode",
                 f"no Ironic node is free for the machine ({_selector(machine)}): "
                 f"{allocation.last_error or 'allocation failed'}; asking again",
-                requeue_after=self._jitter(self.wait_for_node_delay),
+                self.wait_for_node_delay,
             )
         node = api.get_node(allocation.node_uuid)
         if node is None:
@@ -277,12 +281,8 @@ class IronicBackend:
                 details=details,
             )
         if state in states.DEPLOY_IN_PROGRESS:
-            return Progress(
-                Phase.PROVISIONING,
-                "Deploying",
-                f"node {node.label} is {state}",
-                requeue_after=self._jitter(self.work_delay),
-                details=details,
+            return self._later(
+                Phase.PROVISIONING, "Deploying", f"node {node.label} is {state}", self.work_delay, details
             )
         if state == states.AVAILABLE:
             return self._start_deploy(api, site, intent, machine, node, info, drive, previous_error=None)
@@ -304,12 +304,12 @@ class IronicBackend:
                 f"node {node.label} is in state {state!r}: {node.last_error or 'no error recorded'}",
                 details=details,
             )
-        return Progress(
+        return self._later(
             Phase.PROVISIONING,
             "NodeNotReady",
             f"node {node.label} is {state!r}, waiting for it to become available",
-            requeue_after=self._jitter(self.work_delay),
-            details=details,
+            self.work_delay,
+            details,
         )
 
     def _start_deploy(
@@ -323,12 +323,9 @@ class IronicBackend:
         drive: dict[str, Any],
         previous_error: str | None,
     ) -> Progress:
-        waiting = self._ready_for_state_change(api, node, Phase.PROVISIONING)
-        if waiting is not None:
-            return waiting
-        blocked = self._take_slot(api, site, Phase.PROVISIONING, node)
-        if blocked is not None:
-            return blocked
+        held = self._before_change(api, site, node, Phase.PROVISIONING)
+        if held is not None:
+            return held
         attempt = _count(node.extra.get(DEPLOY_ATTEMPTS)) + 1
         identity = intent.identity
         patch: list[dict[str, Any]] = [
@@ -353,12 +350,12 @@ class IronicBackend:
         message = f"deploying node {node.label} (attempt {attempt} of {self.max_deploy_attempts})"
         if previous_error:
             message += f"; previous attempt failed: {previous_error}"
-        return Progress(
+        return self._later(
             Phase.PROVISIONING,
             "Deploying" if previous_error is None else "RetryingDeploy",
             message,
-            requeue_after=self._jitter(self.work_delay),
-            details=_details(node, states.DEPLOYING),
+            self.work_delay,
+            _details(node, states.DEPLOYING),
         )
 
     # --- deprovisioning steps ------------------------------------------------------------------
@@ -372,37 +369,34 @@ class IronicBackend:
         if state == states.AVAILABLE:
             # Allocated but never deployed: dropping the allocation frees the node.
             api.delete_allocation(identity.uuid)
-            return Progress(
+            return self._later(
                 Phase.DELETING,
                 "ReleasingNode",
                 f"releasing node {node.label}, which was never deployed",
-                requeue_after=self._jitter(0.5),
-                details=details,
+                0.5,
+                details,
             )
         if state in (states.ACTIVE, states.DEPLOY_FAILED, states.DEPLOY_WAIT, states.ERROR):
-            waiting = self._ready_for_state_change(api, node, Phase.DELETING)
-            if waiting is not None:
-                return waiting
-            blocked = self._take_slot(api, site, Phase.DELETING, node)
-            if blocked is not None:
-                return blocked
+            held = self._before_change(api, site, node, Phase.DELETING)
+            if held is not None:
+                return held
             if node.extra.get(MARKER) != identity.uuid:
                 api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{MARKER}", "value": identity.uuid}])
             api.set_provision_state(node.uuid, states.TARGET_DELETED)
             log.info("undeploy of node %s started for %s/%s", node.uuid, identity.namespace, identity.name)
-            return Progress(
+            return self._later(
                 Phase.DELETING,
                 "Undeploying",
                 f"undeploying node {node.label}",
-                requeue_after=self._jitter(self.work_delay),
-                details=_details(node, states.DELETING),
+                self.work_delay,
+                _details(node, states.DELETING),
             )
-        return Progress(
+        return self._later(
             Phase.DELETING,
             "WaitingForNode",
             f"node {node.label} is {state!r}; undeploy starts when Ironic allows it",
-            requeue_after=self._jitter(self.work_delay),
-            details=details,
+            self.work_delay,
+            details,
         )
 
     def _node_being_released(self, api: IronicApi, allocation: Allocation) -> Node | None:
@@ -414,23 +408,23 @@ class IronicBackend:
         node = api.get_node(allocation.node_uuid)
         if node is None or node.instance_uuid is not None:
             return None
-        released = states.CLEAN_IN_PROGRESS | {states.CLEAN_FAILED, states.MANAGEABLE}
+        released = states.CLEAN_IN_PROGRESS | {states.CLEAN_FAILED, states.MANAGEABLE, states.ERROR}
         return node if node.provision_state in released else None
 
     def _release_allocation(self, api: IronicApi, allocation: Allocation) -> Progress:
         if allocation.state == "allocating":
-            return Progress(
+            return self._later(
                 Phase.DELETING,
                 "AllocatingNode",
                 "waiting for Ironic to finish the allocation before releasing it",
-                requeue_after=self._jitter(self.busy_delay),
+                self.busy_delay,
             )
         api.delete_allocation(allocation.uuid)
-        return Progress(
+        return self._later(
             Phase.DELETING,
             "ReleasingAllocation",
             f"allocation {allocation.name or allocation.uuid} deleted",
-            requeue_after=self._jitter(0.5),
+            0.5,
         )
 
     def _find_released(self, api: IronicApi, identity: MachineIdentity) -> Node | None:
@@ -463,12 +457,11 @@ class IronicBackend:
             self._forget(identity)
             return Progress(Phase.DELETED, "Deleted", f"node {node.label} was released")
         if state in states.CLEAN_IN_PROGRESS:
-            return Progress(
-                Phase.DELETING,
-                "Cleaning",
-                f"node {node.label} is {state}",
-                requeue_after=self._jitter(self.work_delay),
-                details=details,
+            stalled = self._stalled_teardown(node)
+            if stalled is not None:
+                return stalled
+            return self._later(
+                Phase.DELETING, "Cleaning", f"node {node.label} is {state}", self.work_delay, details
             )
         if state == states.AVAILABLE:
             # Normally gone with the teardown; left behind when Ironic's teardown failed late.
@@ -485,13 +478,13 @@ class IronicBackend:
                 # Ironic sets maintenance (fault "clean failure") on a failed clean; Metal3
                 # clears it before moving the node on.
                 api.set_maintenance(node.uuid, False)
-                return Progress(
+                return self._later(
                     Phase.DELETING,
                     "CleaningFailed",
                     f"cleaning node {node.label} failed: {node.last_error or 'no error recorded'}; "
                     "clearing maintenance",
-                    requeue_after=self._jitter(self.busy_delay),
-                    details=details,
+                    self.busy_delay,
+                    details,
                 )
             failures += 1
             api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{CLEAN_ATTEMPTS}", "value": failures}])
@@ -500,14 +493,17 @@ class IronicBackend:
             verdict = (
                 "retrying" if failures < self.max_clean_attempts else "giving up; the node stays manageable"
             )
-            return Progress(
+            return self._later(
                 Phase.DELETING,
                 "CleaningFailed",
                 f"cleaning node {node.label} failed ({failures} of {self.max_clean_attempts}): "
                 f"{node.last_error or 'no error recorded'}; {verdict}",
-                requeue_after=self._jitter(self.busy_delay),
-                details=details,
+                self.busy_delay,
+                details,
             )
+        if state == states.ERROR:
+            # Where a conductor restart puts a teardown its worker never finished.
+            return self._undeploy_again(api, site, identity, node, failures)
         if state == states.MANAGEABLE:
             if failures >= self.max_clean_attempts:
                 # Out of the pool, so nobody gets an uncleaned disk; Metal3 stops here too.
@@ -532,19 +528,70 @@ class IronicBackend:
             if blocked is not None:
                 return blocked
             api.set_provision_state(node.uuid, states.TARGET_PROVIDE)
-            return Progress(
+            return self._later(
                 Phase.DELETING,
                 "Cleaning",
                 f"cleaning node {node.label} again (attempt {failures + 1} of {self.max_clean_attempts})",
-                requeue_after=self._jitter(self.work_delay),
-                details=_details(node, states.CLEANING),
+                self.work_delay,
+                _details(node, states.CLEANING),
             )
-        return Progress(
+        return self._later(
             Phase.DELETING,
             "NodeNotReady",
             f"node {node.label} is {state!r}; waiting for cleaning to finish",
-            requeue_after=self._jitter(self.work_delay),
-            details=details,
+            self.work_delay,
+            details,
+        )
+
+    def _stalled_teardown(self, node: Node) -> Progress | None:
+        """A node `deleting` for longer than any teardown takes: Ironic's worker died
+        without moving it on (Ironic 39 on SQLite under concurrent undeploys, see
+        capi_c3os.dev.ironic). Nothing over the API moves a node out of `deleting`; a
+        conductor restart fails it to `error`, from which the undeploy is retried."""
+        if node.provision_state != states.DELETING:
+            return None
+        age = _age(node.provision_updated_at)
+        if age is None or age < self.stalled_teardown_after:
+            return None
+        return self._later(
+            Phase.DELETING,
+            "TeardownStalled",
+            f"node {node.label} has been {states.DELETING!r} for {age:.0f}s: Ironic's conductor "
+            "stopped its teardown (seen with Ironic on SQLite); restart the Ironic conductor, "
+            "which moves the node to 'error', and the undeploy is retried from there",
+            self.wait_for_node_delay,
+            _details(node),
+        )
+
+    def _undeploy_again(
+        self, api: IronicApi, site: IronicSite, identity: MachineIdentity, node: Node, failures: int
+    ) -> Progress:
+        error = node.last_error or "no error recorded"
+        if failures >= self.max_clean_attempts:
+            self._drop_marker(api, node)
+            self._forget(identity)
+            log.warning("node %s left in error after %d teardowns: %s", node.uuid, failures, error)
+            return Progress(
+                Phase.DELETED,
+                "NodeLeftInError",
+                f"tearing down node {node.label} failed {failures} times; it is left in "
+                f"'error' for an operator: {error}",
+                details=_details(node),
+            )
+        held = self._before_change(api, site, node, Phase.DELETING)
+        if held is not None:
+            return held
+        failures += 1
+        api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{CLEAN_ATTEMPTS}", "value": failures}])
+        api.set_provision_state(node.uuid, states.TARGET_DELETED)
+        log.info("undeploy of node %s retried (%s/%s)", node.uuid, identity.namespace, identity.name)
+        return self._later(
+            Phase.DELETING,
+            "RetryingUndeploy",
+            f"node {node.label} was in 'error' after its teardown ({error}); undeploying again "
+            f"(attempt {failures} of {self.max_clean_attempts})",
+            self.work_delay,
+            _details(node, states.DELETING),
         )
 
     def _drop_marker(self, api: IronicApi, node: Node) -> None:
@@ -569,26 +616,30 @@ class IronicBackend:
         """Metal3's rule: a node with a fault waits for Ironic to clear it; maintenance set
         by hand is cleared, because provision-state changes are refused under it."""
         if node.fault:
-            return Progress(
+            return self._later(
                 phase,
                 "NodeFault",
                 f"node {node.label} has a fault ({node.fault}): "
                 f"{node.maintenance_reason or 'no reason recorded'}; waiting for Ironic to recover it",
-                requeue_after=self._jitter(self.work_delay),
-                details=_details(node),
+                self.work_delay,
+                _details(node),
             )
         if node.maintenance:
             api.set_maintenance(node.uuid, False)
             log.info("cleared maintenance of node %s (%s)", node.uuid, node.maintenance_reason)
-            return Progress(
+            return self._later(
                 phase,
                 "ClearingMaintenance",
                 f"node {node.label} was in maintenance ({node.maintenance_reason or 'no reason'}); "
                 "cleared it",
-                requeue_after=self._jitter(self.busy_delay),
-                details=_details(node),
+                self.busy_delay,
+                _details(node),
             )
         return None
+
+    def _before_change(self, api: IronicApi, site: IronicSite, node: Node, phase: Phase) -> Progress | None:
+        """What holds a deploy or undeploy back: the node's state, then the site's cap."""
+        return self._ready_for_state_change(api, node, phase) or self._take_slot(api, site, phase, node)
 
     def _take_slot(self, api: IronicApi, site: IronicSite, phase: Phase, node: Node) -> Progress | None:
         with self._lock:
@@ -600,19 +651,25 @@ class IronicBackend:
                 slots.busy = sum(1 for n in nodes if n.provision_state in states.BUSY)
                 slots.read_at = now
             if slots.busy >= site.max_concurrent_provisioning:
-                return Progress(
+                return self._later(
                     phase,
                     "WaitingForProvisioningSlot",
                     f"{slots.busy} nodes of the site are deploying or cleaning "
                     f"(maxConcurrentProvisioning is {site.max_concurrent_provisioning})",
-                    requeue_after=self._jitter(self.work_delay),
-                    details=_details(node),
+                    self.work_delay,
+                    _details(node),
                 )
             slots.busy += 1
             return None
 
     def _busy(self, phase: Phase, busy: IronicBusyError) -> Progress:
-        return Progress(phase, "IronicBusy", str(busy), requeue_after=self._jitter(self.busy_delay))
+        return self._later(phase, "IronicBusy", str(busy), self.busy_delay)
+
+    def _later(
+        self, phase: Phase, reason: str, message: str, delay: float, details: dict[str, str] | None = None
+    ) -> Progress:
+        """Not there yet: call again after `delay` seconds plus jitter."""
+        return Progress(phase, reason, message, requeue_after=self._jitter(delay), details=details or {})
 
     def _jitter(self, delay: float) -> float:
         with self._lock:
@@ -637,6 +694,19 @@ def _count(value: Any) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return 0
+
+
+def _age(timestamp: str | None) -> float | None:
+    """Seconds since an Ironic timestamp (ISO 8601, UTC), None when absent or unreadable."""
+    if not timestamp:
+        return None
+    try:
+        when = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - when).total_seconds()
 
 
 def _failure_reason(state: str) -> str:

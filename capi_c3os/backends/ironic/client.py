@@ -61,6 +61,7 @@ class Node:
     instance_uuid: str | None
     allocation_uuid: str | None
     deploy_interface: str | None
+    provision_updated_at: str | None = None
     instance_info: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -79,6 +80,7 @@ class Node:
             instance_uuid=data.get("instance_uuid"),
             allocation_uuid=data.get("allocation_uuid"),
             deploy_interface=data.get("deploy_interface"),
+            provision_updated_at=data.get("provision_updated_at"),
             instance_info=data.get("instance_info") or {},
             extra=data.get("extra") or {},
         )
@@ -121,6 +123,7 @@ NODE_FIELDS = [
     "last_error",
     "instance_uuid",
     "deploy_interface",
+    "provision_updated_at",
     "instance_info",
     "extra",
 ]
