@@ -19,6 +19,8 @@ those bytes:
   servers carry the control-plane role label;
 - etcd-removal annotations are answered like k3s (`keep_answering_etcd_removals`);
 - a domain that stops or vanishes: its Node goes Ready=False (heartbeats stop).
+- machines of other `sources` (bare metal: `k3s_ironic`) join the same way from the
+  config drive their source says they received.
 
 The endpoint's port cannot be read from the first server's user-data (k3s listens on
 6443 and a VIP or load balancer maps the endpoint to it): the endpoints the stand-in
@@ -44,7 +46,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
@@ -189,6 +191,16 @@ class _Joined:
     ready: bool = True
 
 
+class MachineSource(Protocol):
+    """Machines besides the daemon's VMs (e.g. `k3s_ironic.IronicMachines`)."""
+
+    def running(self) -> dict[str, bool]:
+        """name -> up; names must not collide with domain names."""
+
+    def received(self, name: str) -> dict[str, bytes] | None:
+        """USER-DATA and META-DATA as the machine read them, None until it booted."""
+
+
 class K3sStandIn:
     """Plays k3s on the VMs of one private libvirtd (see the module docstring)."""
 
@@ -216,6 +228,9 @@ class K3sStandIn:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: libvirt.virConnect | None = None
+        self.sources: list[MachineSource] = []
+        """More machines to play k3s on (appended by their owners)."""
+        self._owners: dict[str, MachineSource] = {}
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -286,6 +301,10 @@ class K3sStandIn:
         """One round: join what booted, mark down what stopped."""
         with self._lock:
             domains = self._domains()
+            for source in self.sources:
+                found = source.running()
+                self._owners.update(dict.fromkeys(found, source))
+                domains.update(found)
             for name, joined in self._joined.items():
                 running = domains.get(name, False)
                 if running != joined.ready:
@@ -312,12 +331,19 @@ class K3sStandIn:
             self._event(f"{domain}: k3s does not join: {reason}")
 
     def _try_join(self, domain: str) -> None:
-        console = serial_log(self.daemon, domain)
-        if BOOTED not in console:
-            return
+        source = self._owners.get(domain)
+        if source is not None:
+            received = source.received(domain)
+            if received is None:
+                return
+            blocks = received
+        else:
+            console = serial_log(self.daemon, domain)
+            if BOOTED not in console:
+                return
+            blocks = console_blocks(console)
         if domain not in self.boot_seconds:
             self.boot_seconds[domain] = time.monotonic() - self._started[domain]
-        blocks = console_blocks(console)
         if "USER-DATA" not in blocks or "META-DATA" not in blocks:
             self._refuse(domain, "no config drive read at boot")
             return
@@ -386,4 +412,4 @@ class K3sStandIn:
         return cluster
 
 
-__all__ = ["BOOTED", "BootData", "BootDataError", "K3sStandIn", "console_blocks", "serial_log"]
+__all__ = ["BOOTED", "BootData", "BootDataError", "K3sStandIn", "MachineSource", "console_blocks", "serial_log"]
