@@ -412,4 +412,4 @@ class K3sStandIn:
         return cluster
 
 
-__all__ = ["BOOTED", "BootData", "BootDataError", "K3sStandIn", "MachineSource", "console_blocks", "serial_log"]
+__all__ = ["BOOTED", "BootData", "BootDataError", "K3sStandIn", "console_blocks", "serial_log"]

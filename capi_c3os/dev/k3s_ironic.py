@@ -2,7 +2,8 @@
 
 fake-hardware boots nothing, so what such a machine "receives" is exactly what Ironic
 would write to it: the config-2 drive Ironic holds for a node (`read_configdrive`). A node
-counts as up while it is `active` and powered on; it is known by its node and instance
+counts as up while it is `active` (not its power state: fake deploys leave the fake power
+as it was, off); it is known by its node and instance
 (`ironic/<node name>/<instance uuid>`), so a node deployed again for another machine is a
 new machine to k3s, and an undeployed one is down (its Node goes Ready=False).
 
@@ -31,7 +32,7 @@ class IronicMachines:
         self._lock = threading.Lock()
 
     def running(self) -> dict[str, bool]:
-        fields = "uuid,name,provision_state,power_state,instance_uuid"
+        fields = "uuid,name,provision_state,instance_uuid"
         nodes: list[dict[str, Any]] = self.server.request("GET", f"/v1/nodes?fields={fields}")["nodes"]
         up = {}
         with self._lock:
@@ -40,7 +41,7 @@ class IronicMachines:
                     continue
                 name = f"{PREFIX}{node['name'] or node['uuid']}/{node['instance_uuid']}"
                 self._nodes[name] = (node["uuid"], node["instance_uuid"])
-                up[name] = node["provision_state"] == "active" and node["power_state"] == "power on"
+                up[name] = node["provision_state"] == "active"
         return up
 
     def received(self, name: str) -> dict[str, bytes] | None:
