@@ -29,7 +29,8 @@ from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
 from tests.integration.test_templates import await_class_accepted
 from tests.support import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ironic_logs")]
+# pytest-timeout counts fixture setup too: a VM under TCG on a shared machine.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ironic_logs"), pytest.mark.timeout(1800)]
 
 NAMESPACE = "e2e-mixed"
 CREATE_TIMEOUT = 900  # one VM under TCG on a shared machine, Ironic's fake deploys: a safety net

@@ -37,7 +37,8 @@ from tests.integration.test_clusterctl_move import clusterctl
 from tests.integration.test_templates import await_class_accepted
 from tests.support import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ironic_logs")]
+# pytest-timeout counts fixture setup too: two planes to initialise, then VMs under TCG on a shared machine.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ironic_logs"), pytest.mark.timeout(2400)]
 
 NAMESPACE = "e2e-move"
 CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
