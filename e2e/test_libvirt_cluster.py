@@ -5,7 +5,13 @@ cluster does; each scenario's own waits fail it with what is missing):
 1. create: `clusterctl generate cluster shop-17 --flavor topology` from the offline
    repository (`capi-c3os manifests` output), 3 servers + 2 workers on the private
    libvirtd, booting the self-booting stand-in image by URL + checksum;
-2. delete: nothing left behind (domains, volumes, NVRAM, cluster Secrets).
+2. upgrade: a new k3s version through the topology: the control plane rolls with
+   surge 1, then the workers;
+3. remediation by MachineHealthCheck of a worker and of a server whose VM was destroyed
+   (the server's etcd member removed first);
+4. scale: workers 2 -> 4 -> 1, control plane 3 -> 1 (removed servers' etcd members
+   removed first);
+5. delete: nothing left behind (domains, volumes, NVRAM, cluster Secrets).
 
 One cluster carried through keeps the run short (each VM boot is tens of seconds under
 TCG) and is what a cluster lives through; the price is that a failing scenario fails the
@@ -16,8 +22,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,8 @@ CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
 SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
 CREATE_TIMEOUT = 1500  # 5 VMs under TCG on a shared 2-core machine: a safety net only
+ROLL_TIMEOUT = 2400
+NEW_VERSION = "v1.33.5+k3s1"
 
 
 class Cluster:
@@ -226,6 +235,107 @@ def _healthy(machine: dict[str, Any]) -> bool:
     )
 
 
+class Watch:
+    """Records every Machine seen (name -> creation time, version, role) and the most
+    Machines of each role existing at once, polling in a thread during a change."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.most = {"servers": 0, "workers": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                ms = self.cluster.machines()
+            except ApiException:
+                continue
+            servers = [m for m in ms if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})]
+            self.most["servers"] = max(self.most["servers"], len(servers))
+            self.most["workers"] = max(self.most["workers"], len(ms) - len(servers))
+            for m in ms:
+                self.seen.setdefault(m["metadata"]["name"], {
+                    "created": m["metadata"]["creationTimestamp"], "version": m["spec"].get("version"),
+                    "server": m in servers,
+                })  # fmt: skip
+
+
+def _wait(cluster: Cluster, probe: Callable[[], bool], what: str, timeout: float = ROLL_TIMEOUT) -> float:
+    started = time.monotonic()
+    eventually(probe, what, timeout, 2.0, explain=cluster.summary)
+    return time.monotonic() - started
+
+
+def test_upgrade_rolls_servers_with_surge_one_then_workers(cluster: Cluster) -> None:
+    before = {m["metadata"]["name"] for m in cluster.machines()}
+    with Watch(cluster) as watch:
+        cluster.patch_topology({"version": NEW_VERSION})
+        took = _wait(cluster, lambda: cluster.settled(3, 2, NEW_VERSION), f"every Machine at {NEW_VERSION}")
+    print(f"\nupgrade: {took:.0f}s for 3 servers and 2 workers")
+    assert not before & {m["metadata"]["name"] for m in cluster.machines()}, "every Machine replaced"
+    assert watch.most["servers"] <= 4, watch.most  # surge 1 over 3 replicas
+    new = {n: m for n, m in watch.seen.items() if m["version"] == NEW_VERSION}
+    new_servers = sorted(m["created"] for m in new.values() if m["server"])
+    new_workers = sorted(m["created"] for m in new.values() if not m["server"])
+    assert len(new_servers) == 3 and len(new_workers) == 2, new
+    assert new_workers[0] >= new_servers[-1], "workers rolled only after the control plane"
+
+
+def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Cluster) -> None:
+    env = cluster.env
+    cluster.api.create_namespaced_custom_object(*CAPI, cluster.namespace, "machinehealthchecks", {
+        "apiVersion": "/".join(CAPI), "kind": "MachineHealthCheck", "metadata": {"name": NAME},
+        "spec": {"clusterName": NAME, "selector": {"matchLabels": {CLUSTER_LABEL: NAME}},
+                 "checks": {"nodeStartupTimeoutSeconds": 900, "unhealthyNodeConditions": [
+                     {"type": "Ready", "status": "False", "timeoutSeconds": 20},
+                     {"type": "Ready", "status": "Unknown", "timeoutSeconds": 20}]}},
+    })  # fmt: skip
+    for victim in (cluster.workers()[0], cluster.servers()[0]):
+        name = victim["metadata"]["name"]
+        node = victim["status"]["nodeRef"]["name"]
+        domain = cluster.domain_of(victim)
+        with env.libvirtd.connect() as conn:
+            conn.lookupByName(domain).destroy()  # the VM dies; its kubelet goes silent
+
+        def replaced(name: str = name) -> bool:
+            return cluster.get(CAPI, "machines", name) is None and cluster.settled(3, 2)
+
+        took = _wait(cluster, replaced, f"{name} replaced")
+        print(f"\nremediation of {name}: {took:.0f}s until replaced and settled")
+        if CONTROL_PLANE_LABEL in victim["metadata"]["labels"]:
+            assert node in cluster.workload().etcd_removed, "a server leaves etcd before it goes"
+    cluster.api.delete_namespaced_custom_object(*CAPI, cluster.namespace, "machinehealthchecks", NAME)
+
+
+def test_scale_workers_2_4_1_and_servers_3_1(cluster: Cluster) -> None:
+    took = {}
+    for servers, workers in ((3, 4), (3, 1), (1, 1)):
+        removed_servers = [m["status"]["nodeRef"]["name"] for m in cluster.servers()]
+        md = {"class": "default-worker", "name": "md-0", "replicas": workers}
+        cluster.patch_topology(
+            {"controlPlane": {"replicas": servers}, "workers": {"machineDeployments": [md]}}
+        )
+
+        def scaled(s: int = servers, w: int = workers) -> bool:
+            return cluster.settled(s, w)
+
+        took[f"{servers}+{workers}"] = _wait(cluster, scaled, f"{servers} servers, {workers} workers")
+        kept = {m["status"]["nodeRef"]["name"] for m in cluster.servers()}
+        for node in set(removed_servers) - kept:
+            assert node in cluster.workload().etcd_removed, f"{node} left etcd before its Machine went"
+    print("\nscale: " + ", ".join(f"to {k}: {v:.0f}s" for k, v in took.items()))
+
+
 def test_delete_the_cluster_leaves_nothing_behind(cluster: Cluster) -> None:
     env = cluster.env
     started = time.monotonic()
@@ -247,6 +357,9 @@ def test_delete_the_cluster_leaves_nothing_behind(cluster: Cluster) -> None:
     assert left == set()
     nvram = env.libvirtd.root / "lib" / "qemu" / "nvram"
     assert not nvram.exists() or list(nvram.iterdir()) == []
+
+    # k3s went with its last server.
+    eventually(lambda: env.k3s.cluster("127.0.0.1", cluster.port) is None, "the k3s cluster stopped")
 
     secrets = cluster.core.list_namespaced_secret(cluster.namespace, label_selector=f"{CLUSTER_LABEL}={NAME}")
     assert [s.metadata.name for s in secrets.items] == []

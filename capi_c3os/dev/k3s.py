@@ -17,8 +17,11 @@ those bytes:
 - a joined node is a Ready Node named after the meta-data `local-hostname`, with the
   meta-data `provider-id` (what the bootstrap's ExecStartPre gives the kubelet);
   servers carry the control-plane role label;
-- etcd-removal annotations are answered like k3s (`keep_answering_etcd_removals`);
-- a domain that stops or vanishes: its Node goes Ready=False (heartbeats stop).
+- etcd-removal annotations are answered like k3s's etcd controller (every round, see
+  `WorkloadStandIn.answer_etcd_removals`; `etcd_removed` lists them);
+- a domain that stops or vanishes: its Node goes Ready=False (heartbeats stop);
+- once every server that joined a cluster is undefined, the cluster stops (its
+  datastore went with them) and the endpoint is free again.
 - machines of other `sources` (bare metal: `k3s_ironic`) join the same way from the
   config drive their source says they received.
 
@@ -188,6 +191,7 @@ class _Cluster:
 class _Joined:
     cluster: _Cluster
     node: str
+    server: bool
     ready: bool = True
 
 
@@ -314,6 +318,22 @@ class K3sStandIn:
                     self._started.setdefault(name, time.monotonic())
                 if running and name not in self._joined:
                     self._try_join(name)
+            for cluster in list(self._clusters.values()):
+                for node in cluster.workload.answer_etcd_removals():
+                    self._event(f"etcd member {node} removed (k3s etcd controller), node annotated")
+                self._forget_if_gone(cluster, domains)
+
+    def _forget_if_gone(self, cluster: _Cluster, domains: dict[str, bool]) -> None:
+        """Once every server that joined a cluster is undefined, its datastore is gone
+        with them: the cluster stops and its endpoint is free for a new one."""
+        servers = [d for d, j in self._joined.items() if j.cluster is cluster and j.server]
+        if not servers or any(d in domains for d in servers):
+            return
+        cluster.workload.stop()
+        del self._clusters[(cluster.host, cluster.port)]
+        for domain in [d for d, j in self._joined.items() if j.cluster is cluster]:
+            del self._joined[domain]
+        self._event(f"every server of https://{cluster.host}:{cluster.port} is gone: the cluster is gone")
 
     def _set_ready(self, domain: str, joined: _Joined, ready: bool) -> None:
         try:
@@ -362,7 +382,7 @@ class K3sStandIn:
         cluster.workload.register_node(data.hostname, data.provider_id, control_plane=server)
         if server:
             cluster.workload.mark_serving()
-        self._joined[domain] = _Joined(cluster, data.hostname)
+        self._joined[domain] = _Joined(cluster, data.hostname, server)
         self._refused.pop(domain, None)
         self._event(
             f"{domain}: k3s {'server' if server else 'agent'} joined https://{cluster.host}:{cluster.port}"
@@ -384,7 +404,6 @@ class K3sStandIn:
         workload = WorkloadStandIn(
             self.workdir / f"cluster-{port}", data.server_ca, data.client_ca, port
         ).start()
-        workload.keep_answering_etcd_removals()
         cluster = _Cluster(host, port, workload, data.server_ca.cert_pem, parsed.secret)
         self._clusters[(host, port)] = cluster
         return cluster
