@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -304,15 +305,21 @@ WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 IRONIC_REQUEST = re.compile(r" ironic\.api \[.*\] \S+ - (GET|PUT|POST|PATCH|DELETE) /v1")
 
 
-def kube_requests(audit_log: Path) -> tuple[int, int]:
-    """(all, writes) the manager's identity made, from the API server's audit log."""
+def kube_requests(audit_log: Path, kinds: Counter[str] | None = None) -> tuple[int, int]:
+    """(all, writes) the manager's identity made, from the API server's audit log; each
+    write counted by verb and resource in `kinds` when given."""
     total = writes = 0
     with audit_log.open() as log:
         for line in log:
             event = json.loads(line)
             if event.get("user", {}).get("username") == MANAGER_USER:
                 total += 1
-                writes += event.get("verb") in WRITES
+                if event.get("verb") in WRITES:
+                    writes += 1
+                    if kinds is not None:
+                        ref = event.get("objectRef") or {}
+                        sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                        kinds[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
     return total, writes
 
 
@@ -370,7 +377,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 "spec": {"infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osCluster", "name": "metal"}},
             })  # fmt: skip
             cpu0, _ = process_usage(manager.pid)
-            kube0, ironic0 = kube_requests(plane.audit_log), ironic_requests(server)
+            kinds0: Counter[str] = Counter()
+            kube0, ironic0 = kube_requests(plane.audit_log, kinds0), ironic_requests(server)
             started = time.perf_counter()
 
             def create(i: int) -> None:
@@ -415,7 +423,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 time.sleep(2.0)
             wall = time.perf_counter() - started
             cpu, peak = process_usage(manager.pid)
-            (kube, writes), ironic = kube_requests(plane.audit_log), ironic_requests(server)
+            kinds: Counter[str] = Counter()
+            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server)
             print(
                 f"manager: {machines} C3osMachines to provisioned: {wall:.1f}s wall "
                 f"(objects created in {created:.1f}s), manager {cpu - cpu0:.1f} CPU s, "
@@ -423,6 +432,10 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 f"{(writes - kube0[1]) / machines:.1f} Kubernetes API writes and "
                 f"{(kube - kube0[0]) / machines:.1f} requests per machine, "
                 f"{(ironic - ironic0) / machines:.1f} Ironic requests per machine"
+            )
+            print(
+                "  writes per machine: "
+                + ", ".join(f"{k} {n / machines:.1f}" for k, n in (kinds - kinds0).most_common(8))
             )
             cpu0, (kube0_all, kube0_writes), ironic0 = cpu, (kube, writes), ironic
             time.sleep(idle)

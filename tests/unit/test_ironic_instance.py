@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from capi_c3os.api.infrastructure import (
 )
 from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, SiteCredentials
 from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic.client import Node
 from capi_c3os.backends.ironic.instance import (
     addresses,
     allocation_request,
@@ -159,3 +161,33 @@ def test_requeue_delays_carry_up_to_a_quarter_of_jitter() -> None:
     delays = [backend._jitter(10.0) for _ in range(200)]
     assert all(10.0 <= d <= 12.5 for d in delays)
     assert len(set(delays)) > 1
+
+
+def ironic_node(state: str, updated: str | None) -> Node:
+    return Node.from_api({"uuid": "n-1", "provision_state": state, "provision_updated_at": updated})
+
+
+@pytest.mark.parametrize(
+    ("state", "minutes_ago", "stalled"),
+    [("deleting", 20, True), ("deleting", 1, False), ("cleaning", 20, False), ("clean wait", 60, False)],
+)
+def test_only_a_teardown_stuck_in_deleting_past_the_limit_is_called_stalled(
+    state: str, minutes_ago: int, stalled: bool
+) -> None:
+    backend = IronicBackend(connector=NoConnection(), stalled_teardown_after=600)
+    updated = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat()
+
+    progress = backend._stalled_teardown(ironic_node(state, updated))
+
+    assert (progress is not None) is stalled
+    if progress is not None:
+        assert progress.reason == "TeardownStalled" and "restart the Ironic conductor" in progress.message
+        assert progress.requeue_after is not None
+
+
+def test_a_teardown_without_a_readable_timestamp_is_never_called_stalled() -> None:
+    backend = IronicBackend(connector=NoConnection(), stalled_teardown_after=0)
+    assert backend._stalled_teardown(ironic_node("deleting", None)) is None
+    assert backend._stalled_teardown(ironic_node("deleting", "yesterday")) is None
+    naive = (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None).isoformat()
+    assert backend._stalled_teardown(ironic_node("deleting", naive)) is not None, "Ironic's times are UTC"

@@ -654,7 +654,9 @@ class IronicBackend:
                 return self._later(
                     phase,
                     "WaitingForProvisioningSlot",
-                    f"{slots.busy} nodes of the site are deploying or cleaning "
+                    # No count in the message: a message that changes on every requeue
+                    # is a status write on every requeue.
+                    "as many nodes of the site as it allows are deploying or cleaning "
                     f"(maxConcurrentProvisioning is {site.max_concurrent_provisioning})",
                     self.work_delay,
                     _details(node),

@@ -42,5 +42,6 @@ def lab(ironic_server: IronicServer) -> IronicLab:
 
 @pytest.fixture
 def backend() -> IronicBackend:
-    # Ironic with SQLite can lose an allocation under concurrency: give up on it sooner.
+    # An allocation Ironic never finishes is dropped and asked again after this long (a
+    # plain Ironic 39 on SQLite loses some; the test Ironic retries those writes).
     return IronicBackend(allocation_timeout=15)
