@@ -28,7 +28,8 @@ those bytes:
 The endpoint's port cannot be read from the first server's user-data (k3s listens on
 6443 and a VIP or load balancer maps the endpoint to it): the endpoints the stand-in
 "load balancer" answers on are given (`add_endpoint`); the first server whose `tls-san`
-names an endpoint's host takes the first such endpoint with no cluster yet.
+names an endpoint's host takes the newest such endpoint with no cluster (a freed endpoint
+is older than one added for the cluster being made now).
 
 Use: `K3sStandIn(daemon, workdir, endpoints=[("127.0.0.1", port)]).start()`, then
 `cluster(host, port)` for the running `WorkloadStandIn`, `events` / `workdir/k3s.log`
@@ -399,7 +400,7 @@ class K3sStandIn:
         if parsed is None or not tokens.pins(data.token, data.server_ca.cert_pem):
             self._refuse(domain, "--cluster-init with a token that does not pin its own server CA")
             return None
-        host, port = free[0]
+        host, port = free[-1]
         self._event(f"{domain}: k3s --cluster-init: starting the cluster on https://{host}:{port}")
         workload = WorkloadStandIn(
             self.workdir / f"cluster-{port}", data.server_ca, data.client_ca, port
