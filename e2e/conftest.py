@@ -122,3 +122,7 @@ def scenario_logs(request: pytest.FixtureRequest, e2e: E2eEnv) -> Iterator[None]
     yield
     if request.node.stash.get(_FAILED, False):
         e2e.keep_logs(request.node.name)
+
+
+# Scenarios with an Ironic site share one Ironic (e2e/ironic_site.py).
+from e2e.ironic_site import e2e_ironic, ironic_logs  # noqa: E402, F401

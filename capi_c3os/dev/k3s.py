@@ -22,11 +22,14 @@ those bytes:
 - a domain that stops or vanishes: its Node goes Ready=False (heartbeats stop);
 - once every server that joined a cluster is undefined, the cluster stops (its
   datastore went with them) and the endpoint is free again.
+- machines of other `sources` (bare metal: `k3s_ironic`) join the same way from the
+  config drive their source says they received.
 
 The endpoint's port cannot be read from the first server's user-data (k3s listens on
 6443 and a VIP or load balancer maps the endpoint to it): the endpoints the stand-in
 "load balancer" answers on are given (`add_endpoint`); the first server whose `tls-san`
-names an endpoint's host takes the first such endpoint with no cluster yet.
+names an endpoint's host takes the newest such endpoint with no cluster (a freed endpoint
+is older than one added for the cluster being made now).
 
 Use: `K3sStandIn(daemon, workdir, endpoints=[("127.0.0.1", port)]).start()`, then
 `cluster(host, port)` for the running `WorkloadStandIn`, `events` / `workdir/k3s.log`
@@ -47,7 +50,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
@@ -193,6 +196,16 @@ class _Joined:
     ready: bool = True
 
 
+class MachineSource(Protocol):
+    """Machines besides the daemon's VMs (e.g. `k3s_ironic.IronicMachines`)."""
+
+    def running(self) -> dict[str, bool]:
+        """name -> up; names must not collide with domain names."""
+
+    def received(self, name: str) -> dict[str, bytes] | None:
+        """USER-DATA and META-DATA as the machine read them, None until it booted."""
+
+
 class K3sStandIn:
     """Plays k3s on the VMs of one private libvirtd (see the module docstring)."""
 
@@ -220,6 +233,9 @@ class K3sStandIn:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: libvirt.virConnect | None = None
+        self.sources: list[MachineSource] = []
+        """More machines to play k3s on (appended by their owners)."""
+        self._owners: dict[str, MachineSource] = {}
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -290,6 +306,10 @@ class K3sStandIn:
         """One round: join what booted, mark down what stopped."""
         with self._lock:
             domains = self._domains()
+            for source in self.sources:
+                found = source.running()
+                self._owners.update(dict.fromkeys(found, source))
+                domains.update(found)
             for name, joined in self._joined.items():
                 running = domains.get(name, False)
                 if running != joined.ready:
@@ -332,12 +352,19 @@ class K3sStandIn:
             self._event(f"{domain}: k3s does not join: {reason}")
 
     def _try_join(self, domain: str) -> None:
-        console = serial_log(self.daemon, domain)
-        if BOOTED not in console:
-            return
+        source = self._owners.get(domain)
+        if source is not None:
+            received = source.received(domain)
+            if received is None:
+                return
+            blocks = received
+        else:
+            console = serial_log(self.daemon, domain)
+            if BOOTED not in console:
+                return
+            blocks = console_blocks(console)
         if domain not in self.boot_seconds:
             self.boot_seconds[domain] = time.monotonic() - self._started[domain]
-        blocks = console_blocks(console)
         if "USER-DATA" not in blocks or "META-DATA" not in blocks:
             self._refuse(domain, "no config drive read at boot")
             return
@@ -373,7 +400,7 @@ class K3sStandIn:
         if parsed is None or not tokens.pins(data.token, data.server_ca.cert_pem):
             self._refuse(domain, "--cluster-init with a token that does not pin its own server CA")
             return None
-        host, port = free[0]
+        host, port = free[-1]
         self._event(f"{domain}: k3s --cluster-init: starting the cluster on https://{host}:{port}")
         workload = WorkloadStandIn(
             self.workdir / f"cluster-{port}", data.server_ca, data.client_ca, port

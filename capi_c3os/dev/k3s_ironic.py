@@ -1,0 +1,67 @@
+"""Bare-metal machines for the k3s stand-in: the nodes of a test Ironic.
+
+fake-hardware boots nothing, so what such a machine "receives" is exactly what Ironic
+would write to it: the config-2 drive Ironic holds for a node (`read_configdrive`). A node
+counts as up while it is `active` (not its power state: fake deploys leave the fake power
+as it was, off); it is known by its node and instance
+(`ironic/<node name>/<instance uuid>`), so a node deployed again for another machine is a
+new machine to k3s, and an undeployed one is down (its Node goes Ready=False).
+
+Use: `k3s.sources.append(IronicMachines(server))`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from capi_c3os.dev.ironic import IronicServer, read_configdrive
+
+PREFIX = "ironic/"
+
+
+class IronicMachines:
+    """A `k3s.MachineSource` over the deployed nodes of one Ironic."""
+
+    def __init__(self, server: IronicServer) -> None:
+        self.server = server
+        self._nodes: dict[str, tuple[str, str]] = {}  # machine name -> (node, instance) uuid
+        # What an instance received never changes: master each drive once (a subprocess).
+        self._received: dict[str, dict[str, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def running(self) -> dict[str, bool]:
+        fields = "uuid,name,provision_state,instance_uuid"
+        nodes: list[dict[str, Any]] = self.server.request("GET", f"/v1/nodes?fields={fields}")["nodes"]
+        up = {}
+        with self._lock:
+            for node in nodes:
+                if not node.get("instance_uuid"):
+                    continue
+                name = f"{PREFIX}{node['name'] or node['uuid']}/{node['instance_uuid']}"
+                self._nodes[name] = (node["uuid"], node["instance_uuid"])
+                up[name] = node["provision_state"] == "active"
+        return up
+
+    def received(self, name: str) -> dict[str, bytes] | None:
+        with self._lock:
+            if name in self._received:
+                return self._received[name]
+            known = self._nodes.get(name)
+        if known is None:
+            return None
+        node, instance = known
+        try:
+            user_data, meta_data = read_configdrive(self.server, node)
+        except LookupError:  # undeployed meanwhile
+            return None
+        if meta_data.get("uuid") != instance:  # deployed again meanwhile: another machine's
+            return None
+        blocks = {"USER-DATA": user_data, "META-DATA": json.dumps(meta_data).encode()}
+        with self._lock:
+            self._received[name] = blocks
+        return blocks
+
+
+__all__ = ["IronicMachines"]

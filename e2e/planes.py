@@ -1,0 +1,79 @@
+"""Management planes of their own for the move scenario: each initialised with `clusterctl
+init` from the offline repository (CAPI core run as a local process by the harness) and
+running our manager, all three providers, as a real process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from capi_c3os.dev.clusterctl import write_repository
+from capi_c3os.dev.mgmt import ManagementPlane
+from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
+from tests.conftest import REPO
+from tests.integration.test_clusterctl_move import clusterctl
+
+
+@dataclass
+class Plane:
+    name: str
+    mgmt: ManagementPlane
+    manager: ManagedProcess
+
+    def log_sources(self) -> dict[str, Path]:
+        return {f"{self.name}-manager.log": self.manager.log_path, f"{self.name}-mgmt": self.mgmt.logs}
+
+
+def start_manager(mgmt: ManagementPlane, log: Path) -> ManagedProcess:
+    health = free_port()
+    manager = ManagedProcess(log.stem, [
+        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(mgmt.kubeconfig),
+        f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0", "--log-level=debug",
+    ], log)  # fmt: skip
+    manager.start()
+    manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
+    return manager
+
+
+@contextmanager
+def planes(root: Path, *names: str) -> Iterator[list[Plane]]:
+    """Management planes, `clusterctl init`-ed, each with our manager; stopped on exit."""
+    config = write_repository(root / "repository", REPO / "config" / "clusterctl")
+    started: list[Plane] = []
+    mgmts: list[ManagementPlane] = []
+    try:
+        for name in names:
+            mgmt = ManagementPlane(root / name).start(capi=False)
+            mgmts.append(mgmt)
+            clusterctl(root, "init", "--config", str(config), "--kubeconfig", str(mgmt.kubeconfig),
+                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
+                       "--infrastructure", "c3os")  # fmt: skip
+            mgmt.start_capi()
+            started.append(Plane(name, mgmt, start_manager(mgmt, root / f"{name}-manager.log")))
+        yield started
+    finally:
+        for plane in started:
+            plane.manager.stop()
+        for mgmt in mgmts:
+            mgmt.stop()
+
+
+def keep_logs(planes: list[Plane], test: str) -> None:
+    """The planes' logs next to the e2e environment's (e2e.conftest.E2eEnv.keep_logs)."""
+    keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
+    sources = {k: v for plane in planes for k, v in plane.log_sources().items()}
+    if not keep:
+        print(*(f"  {k}: {p}" for k, p in sources.items()), sep="\n")
+        return
+    target = Path(keep) / "e2e" / test
+    for what, path in sources.items():
+        if path.is_dir():
+            shutil.copytree(path, target / what, dirs_exist_ok=True)
+        elif path.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target / what)
