@@ -43,7 +43,11 @@ from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
 from tests.integration.test_templates import await_class_accepted, render
 from tests.support import eventually
 
-pytestmark = pytest.mark.integration
+CREATE_TIMEOUT = 1500  # 5 VMs under TCG on a shared 2-core machine: a safety net only
+ROLL_TIMEOUT = 1500
+# pytest-timeout must outlast the scenarios' own waits, so a stuck one fails with
+# `cluster.summary` (where every Machine stands) instead of a bare timeout.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(CREATE_TIMEOUT + 300)]
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
@@ -51,8 +55,6 @@ NAME = "shop-17"  # what tests.integration.test_templates.render generates
 CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
 SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
-CREATE_TIMEOUT = 1500  # 5 VMs under TCG on a shared 2-core machine: a safety net only
-ROLL_TIMEOUT = 2400
 NEW_VERSION = "v1.33.5+k3s1"
 
 
