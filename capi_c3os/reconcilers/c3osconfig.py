@@ -152,10 +152,10 @@ def _decide_role(ctx: _Context) -> Role | Outcome:
         )
     state = init_lock.acquire(ctx.kube, ctx.cluster, ctx.machine)
     if state.held:
-        # The lock is released only once the Cluster says initialised, and the Cluster read
-        # above (the watch view) may predate that: a fresh read after taking the lock tells
-        # whether this server really creates the cluster. Without it a second server could
-        # take a just-released lock and render `--cluster-init` too (seen in a crash test).
+        # The lock is released only once the Cluster says initialised, and this reconcile's
+        # Cluster read may predate that: a fresh read after taking the lock tells whether
+        # this server really creates the cluster. Without it a second server could take a
+        # just-released lock and render `--cluster-init` too (seen in a crash test).
         fresh = ctx.kube.get(CLUSTERS, ctx.namespace, ctx.cluster["metadata"]["name"])
         if fresh is not None and _cluster_flag(fresh, "controlPlaneInitialized", "ControlPlaneInitialized"):
             init_lock.release(ctx.kube, fresh)

@@ -205,3 +205,32 @@ def test_config_template_accepts_server_side_apply_dry_run(k8s: Any, capi: Capi)
     assert capi.get(BOOTSTRAP, "c3osconfigtemplates", "workers") is None  # dry run: nothing stored
     templates.server_side_apply(body=body, namespace=capi.namespace, field_manager="capi-topology")
     assert capi.get(BOOTSTRAP, "c3osconfigtemplates", "workers") is not None
+
+
+def test_a_server_whose_cluster_read_predates_initialisation_joins_not_initialises(
+    kube: Kube, capi: Capi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a crash test once hit: a reconcile reads the Cluster (not initialised),
+    then the control plane is initialised and another reconcile releases the init lock;
+    the first one finds the lock free. It must still join, never render a second
+    `--cluster-init`."""
+    stale = _cluster(kube, capi, "late")
+    for name in ("cp-0", "cp-1"):
+        capi.create_machine("late", name, control_plane=True)
+        _linked(capi, name)
+    assert _reconcile(kube, capi, "cp-0").done
+    assert "--cluster-init" in capi.secret_data("cp-0")
+    capi.initialise_control_plane("late")
+
+    def initialised() -> dict[str, Any] | None:
+        cluster = kube.get(CLUSTERS, capi.namespace, "late")
+        status = (cluster or {}).get("status") or {}
+        return cluster if (status.get("initialization") or {}).get("controlPlaneInitialized") else None
+
+    init_lock.release(kube, eventually(initialised, "CAPI: control plane initialised"))
+    # cp-1's reconcile read the Cluster before all that.
+    monkeypatch.setattr(c3osconfig, "fetch_owner_cluster", lambda _kube, _obj: stale)
+    assert _reconcile(kube, capi, "cp-1").done
+    data = capi.secret_data("cp-1")
+    assert "--cluster-init" not in data and "--server=https://" in data
+    assert kube.get(CONFIG_MAPS, capi.namespace, init_lock.lock_name("late")) is None
