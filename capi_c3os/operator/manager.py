@@ -163,6 +163,7 @@ async def _lead(
     runtime = Runtime(kube, view)
     kinds = kinds_of(options.providers)
     resync = Resync(runtime, kinds, options.namespaces)
+    runtime.requeue = resync.requeue
     registry = build_registry(
         options.providers,
         runtime,

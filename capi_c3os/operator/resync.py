@@ -8,10 +8,13 @@ the next resync. It also serves `PauseWatch`: reconcile the objects of one Clust
 Reconciles run on the same executor as kopf's sync handlers, so stopping that
 executor waits for every in-flight write before the lease is released.
 
-A reconcile started here that answers "wait" (e.g. a config woken by unpausing its
-Cluster, now waiting for its Machine) is run again after the delay it asked for: kopf
-only retries what its own handlers started, and kopf already counted that object as
-handled (it was paused), so without this the wait would last until the next resync.
+A reconcile that answers "wait" is run again after the delay it asked for, here, in
+memory (`requeue`). That serves reconciles started here (a config woken by unpausing
+its Cluster: kopf already counted that object as handled) and kopf's own handlers,
+which hand their waits over instead of raising kopf's TemporaryError: kopf records
+every retry in a progress annotation, one API write per wait (most of the writes per
+machine during a long deploy). A requeue lost to a restart is found again by kopf's
+resume handlers and the periodic resync.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from typing import Any
 from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL
 from capi_c3os.operator.logs import object_ref
 from capi_c3os.operator.runtime import Kind, Runtime
+from capi_c3os.operator.settings import HANDLER_BACKOFF
 from capi_c3os.reconcilers.kube import ConflictError
 
 log = logging.getLogger(__name__)
+
+CONFLICT_RETRY_DELAY = 1.0
+"""Seconds before a requeued reconcile whose write met a newer object runs again."""
 
 
 class Resync:
@@ -40,27 +47,53 @@ class Resync:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: Executor | None = None
         self._pending: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
+        """The one pending re-run per object (by resource plural, namespace, name)."""
+
+    def requeue(self, kind: Kind, obj: dict[str, Any], after: float) -> bool:
+        """Any thread: reconcile `obj` again (freshly read) after `after` seconds; one
+        pending run per object. False when the resync is not running (the caller then
+        retries its own way)."""
+        meta = obj.get("metadata") or {}
+        key = (kind.resource.plural, str(meta.get("namespace")), str(meta.get("name")))
+        return self._requeue_key(kind, key, after)
+
+    def _requeue_key(self, kind: Kind, key: tuple[str, str, str], after: float) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._schedule, kind, key, after)
+        except RuntimeError:  # the loop is closed: shutting down
+            return False
+        return True
 
     def _reconcile_quietly(self, kind: Kind, obj: dict[str, Any], trigger: str) -> None:
-        """Blocking. A failure here is only logged: the object's own handlers retry, and
-        the next resync comes anyway."""
+        """Blocking. A failure here is only logged, except for a requeued run, which
+        nobody else retries soon: that one is run again after a pause."""
+        retry_after: float | None
         try:
             outcome = self._runtime.reconcile(kind, obj, trigger)
+            retry_after = (outcome.after or 0.0) if outcome.waiting else None
         except ConflictError:
-            return  # it changed meanwhile, so kopf is about to handle it
+            # It changed meanwhile. kopf reacts to spec changes, not to every write.
+            retry_after = CONFLICT_RETRY_DELAY if trigger == "requeue" else None
         except Exception:
             log.exception("%s reconcile failed", trigger, extra=object_ref(obj))
-            return
-        if outcome.waiting and self._loop is not None:
-            meta = obj.get("metadata") or {}
-            key = (kind.resource.plural, str(meta.get("namespace")), str(meta.get("name")))
-            self._loop.call_soon_threadsafe(self._schedule, kind, key, outcome.after or 0.0)
+            retry_after = HANDLER_BACKOFF if trigger == "requeue" else None
+        if retry_after is not None:
+            self.requeue(kind, obj, retry_after)
 
     def _schedule(self, kind: Kind, key: tuple[str, str, str], after: float) -> None:
-        """On the manager's loop: one pending re-run per object."""
-        if key in self._pending or self._loop is None:
+        """On the manager's loop: one pending re-run per object, the earliest asked for."""
+        if self._loop is None:
             return
-        self._pending[key] = self._loop.call_later(after, self._rerun, kind, key)
+        pending = self._pending.get(key)
+        when = self._loop.time() + after
+        if pending is not None:
+            if pending.when() <= when:
+                return
+            pending.cancel()
+        self._pending[key] = self._loop.call_at(when, self._rerun, kind, key)
 
     def _rerun(self, kind: Kind, key: tuple[str, str, str]) -> None:
         self._pending.pop(key, None)
@@ -76,6 +109,7 @@ class Resync:
             obj = self._runtime.kube.get(kind.resource, namespace, name)
         except Exception as exc:
             log.warning("requeue could not read %s %s/%s: %s", kind.resource.kind, namespace, name, exc)
+            self._requeue_key(kind, key, HANDLER_BACKOFF)
             return
         if obj is not None:
             self._reconcile_quietly(kind, obj, "requeue")

@@ -39,10 +39,16 @@ def result_label(outcome: Outcome) -> str:
     return outcome.kind.value
 
 
+Requeue = Callable[[Kind, dict[str, Any], float], bool]
+"""(kind, obj, after) -> whether a re-run of `obj` after `after` seconds was taken on."""
+
+
 class Runtime:
     def __init__(self, kube: Kube, view: ClusterView | None = None) -> None:
         self.kube = kube
         self.view = view
+        self.requeue: Requeue | None = None
+        """Set by the manager once the resync runs: kopf handlers hand their waits to it."""
 
     def reconcile(self, kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
         """Run `kind.reconcile` on `obj`; `ConflictError` and unexpected exceptions propagate

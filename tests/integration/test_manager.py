@@ -209,6 +209,35 @@ def test_manager_leads_serves_probes_and_metrics_and_releases_the_lease_on_sigte
     assert "released leader lease" in manager.process.tail(5)
 
 
+def test_a_waiting_object_is_retried_in_memory_without_kopf_progress_writes(
+    start_manager: Callable[..., Manager], objects: Objects, namespace: str
+) -> None:
+    """A C3osConfig without a Machine waits (5 s at a time). kopf's own retries would
+    record each attempt in a `kopf.zalando.org/reconcile-*` annotation, an API write per
+    wait; the manager's in-memory requeue retries without writing anything."""
+    manager = start_manager("manager")
+    manager.wait_ready()
+    objects.create("C3osConfig", namespace, "cfg")
+    eventually(
+        lambda: reconciled(objects, "C3osConfig", namespace, "cfg", status="False", reason="NotPaused"),
+        "C3osConfig status",
+    )
+
+    def requeued() -> float:
+        return manager.metric_sum("capi_c3os_reconcile_total", kind="C3osConfig", trigger="requeue")
+
+    eventually(lambda: requeued() >= 1, "a requeued reconcile")
+    settled = objects.get("C3osConfig", namespace, "cfg")["metadata"]["resourceVersion"]
+    before = requeued()
+    eventually(lambda: requeued() >= before + 2, "two more requeued reconciles")
+    obj = objects.get("C3osConfig", namespace, "cfg")
+    annotations = obj["metadata"].get("annotations") or {}
+    progress = [k for k in annotations if k.startswith("kopf.zalando.org/reconcile")]
+    assert progress == []
+    assert obj["metadata"]["resourceVersion"] == settled  # waiting again wrote nothing
+    assert manager.metric_sum("capi_c3os_reconcile_total", kind="C3osConfig", result="wait") >= 3
+
+
 def test_every_kind_gets_paused_condition_and_observed_generation_and_follows_pause(
     start_manager: Callable[..., Manager], objects: Objects, namespace: str, k8s: Any
 ) -> None:

@@ -13,7 +13,7 @@ from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, PAUSED_ANNOTATION
 from capi_c3os.capi.outcome import Outcome
 from capi_c3os.operator.handlers import PROVIDERS, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
-from capi_c3os.operator.handlers.common import to_kopf
+from capi_c3os.operator.handlers.common import handle, to_kopf
 from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE
 from capi_c3os.operator.runtime import Kind, Runtime, result_label
 from capi_c3os.reconcilers import generic
@@ -156,6 +156,39 @@ def test_to_kopf_wait_is_a_temporary_error_with_the_delay() -> None:
 def test_to_kopf_error_is_permanent() -> None:
     with pytest.raises(kopf.PermanentError):
         to_kopf(Outcome.error("InvalidSpec", "no site"))
+
+
+def test_a_kopf_handler_hands_its_wait_to_the_requeue_except_for_deletion() -> None:
+    """kopf would write a progress annotation per retry; the requeue writes nothing.
+    Deletion keeps kopf's retries (its finalizer brings a restarted manager back)."""
+    waiting = Outcome.wait("Deploying", "node is deploying", after=10)
+    taken: list[tuple[str, float]] = []
+    runtime = Runtime(cast(Kube, FakeKube()))
+    runtime.reconcile = lambda kind, obj, trigger: waiting  # type: ignore[method-assign]
+    kind = Kind(C3OS_MACHINE, generic.reconcile)
+
+    def requeue(kind: Kind, obj: dict[str, Any], after: float) -> bool:
+        taken.append((obj["metadata"]["name"], after))
+        return True
+
+    runtime.requeue = requeue
+    for cause in ("create", "update", "resume"):
+        handle(runtime, kind, c3os_machine(), cause)  # returns: kopf records success
+    assert taken == [("m", 10.0)] * 3
+    with pytest.raises(kopf.TemporaryError) as raised:
+        handle(runtime, kind, c3os_machine(), "delete")
+    assert raised.value.delay == 10
+    assert len(taken) == 3
+
+    runtime.requeue = lambda kind, obj, after: False  # the resync is not running yet
+    with pytest.raises(kopf.TemporaryError):
+        handle(runtime, kind, c3os_machine(), "update")
+
+    runtime.reconcile = lambda kind, obj, trigger: Outcome.error("InvalidSpec", "no site")  # type: ignore[method-assign]
+    runtime.requeue = requeue
+    with pytest.raises(kopf.PermanentError):
+        handle(runtime, kind, c3os_machine(), "update")
+    assert len(taken) == 3
 
 
 def test_each_provider_handles_its_own_kinds() -> None:

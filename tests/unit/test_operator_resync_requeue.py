@@ -1,5 +1,6 @@
-"""Reconciles started outside kopf (a Cluster unpaused, the periodic resync) that answer
-"wait" are run again after the delay they asked for, once per object, with fresh data."""
+"""Reconciles that answer "wait" (started by kopf, a Cluster unpaused or the periodic
+resync) are run again in memory after the delay they asked for, once per object, with
+fresh data; a requeued run that fails is retried."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
+import pytest
+
 from capi_c3os.capi.outcome import Outcome
+from capi_c3os.operator import resync as resync_module
 from capi_c3os.operator.handlers.bootstrap import C3OS_CONFIG
 from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Kind, Runtime
-from capi_c3os.reconcilers.kube import Kube, Resource
+from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
 
 OBJ = {"kind": "C3osConfig", "metadata": {"name": "cfg", "namespace": "ns", "resourceVersion": "1"}}
 
@@ -89,3 +93,76 @@ def test_requeue_stops_when_the_object_is_gone_and_on_shutdown() -> None:
 
     asyncio.run(scenario())
     assert calls == ["cfg"]
+
+
+def test_an_earlier_requeue_replaces_a_later_one_and_a_later_one_is_ignored() -> None:
+    store = Store()
+    runs: list[str] = []
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        runs.append("run")
+        return Outcome.ready()
+
+    kind = Kind(C3OS_CONFIG, reconcile)
+    resync = Resync(Runtime(cast(Kube, store)), [kind], [])
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)
+            assert resync.requeue(kind, OBJ, 3600)
+            assert resync.requeue(kind, OBJ, 0.01)  # earlier: replaces the hour
+            assert resync.requeue(kind, OBJ, 1800)  # later than the pending one: ignored
+            for _ in range(200):
+                if runs:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert resync._pending == {}  # nothing left behind for the hour
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert len(runs) == 1
+
+
+def test_a_requeued_reconcile_that_raises_is_run_again_after_the_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resync_module, "HANDLER_BACKOFF", 0.01)
+    store = Store()
+    answers: list[Outcome | Exception] = [RuntimeError("boom"), ConflictError("changed"), Outcome.ready()]
+    calls: list[str] = []
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        calls.append("run")
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(resync_module, "CONFLICT_RETRY_DELAY", 0.01)
+    kind = Kind(C3OS_CONFIG, reconcile)
+    resync = Resync(Runtime(cast(Kube, store)), [kind], [])
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)
+            assert resync.requeue(kind, OBJ, 0.01)
+            for _ in range(400):
+                if len(calls) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # room for a wrong extra run
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert calls == ["run", "run", "run"]
+    assert answers == []
+
+
+def test_requeue_is_refused_while_the_resync_is_not_running() -> None:
+    kind = Kind(C3OS_CONFIG, lambda kube, resource, obj: Outcome.ready())
+    assert Resync(Runtime(cast(Kube, Store())), [kind], []).requeue(kind, OBJ, 1.0) is False

@@ -26,6 +26,24 @@ def to_kopf(outcome: Outcome) -> None:
         raise kopf.PermanentError(f"{outcome.reason}: {outcome.message}")
 
 
+def handle(runtime: Runtime, kind: Kind, obj: dict[str, Any], cause: str) -> None:
+    """One kopf handler call: reconcile, then answer kopf (None, or its exceptions)."""
+    try:
+        outcome = runtime.reconcile(kind, obj, trigger=cause)
+    except ConflictError as exc:
+        raise kopf.TemporaryError(f"{exc}; reconciling again", delay=CONFLICT_RETRY_DELAY) from exc
+    if outcome.waiting and cause != "delete" and _requeued(runtime, kind, obj, outcome):
+        return
+    to_kopf(outcome)
+
+
+def _requeued(runtime: Runtime, kind: Kind, obj: dict[str, Any], outcome: Outcome) -> bool:
+    """Hand a wait to the in-memory requeue rather than to kopf, whose retries cost an
+    annotation write each. Not for deletion: there kopf's finalizer is what brings a
+    restarted manager back to the object, and it stays only while the handler retries."""
+    return runtime.requeue is not None and runtime.requeue(kind, obj, outcome.after or 0.0)
+
+
 def register_kind(
     registry: kopf.OperatorRegistry, kind: Kind, runtime: Runtime, deletion: bool = False
 ) -> None:
@@ -39,12 +57,7 @@ def register_kind(
 
     def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
         # dict(body) is a plain dict of the object as the API server sent it.
-        obj = dict(body)
-        try:
-            outcome = runtime.reconcile(kind, obj, trigger=str(reason))
-        except ConflictError as exc:
-            raise kopf.TemporaryError(f"{exc}; reconciling again", delay=CONFLICT_RETRY_DELAY) from exc
-        to_kopf(outcome)
+        handle(runtime, kind, dict(body), str(reason))
 
     causes = [(kopf.on.create, "create"), (kopf.on.update, "update"), (kopf.on.resume, "resume")]
     if deletion:
