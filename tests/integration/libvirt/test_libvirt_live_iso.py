@@ -63,7 +63,13 @@ def test_live_iso_boots_from_cdrom_reads_its_config_drive_and_installs_onto_the_
     manager.wait_ready()
     volumes_before = pool_volumes(libvirtd)
     capi.create_cluster("c1", {"libvirt": {"uri": libvirtd.uri, "network": NETWORK_NAME}})
-    spec = {"image": {"volume": LIVE_VOLUME, "format": "iso"}, "cpus": 1, "memoryMiB": 256, "diskGiB": 1}
+    spec = {
+        "backend": {"libvirt": {}},
+        "image": {"volume": LIVE_VOLUME, "format": "iso"},
+        "cpus": 1,
+        "memoryMiB": 256,
+        "diskGiB": 1,
+    }
     capi.create_machine("c1", "live-0", spec, USER_DATA)
 
     eventually(
