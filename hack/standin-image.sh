@@ -288,7 +288,8 @@ if grep -qw c3os.live /proc/cmdline; then
     target=$n; break
   done
   if [ -n "$target" ] && [ -n "${ud:-}" ]; then
-    { echo "C3OS-STANDIN-INSTALLED"; cat "$ud"; } > "/dev/$target" && sync
+    # fsync: the host sees the data (qcow2 metadata included) once the disk flushed.
+    { echo "C3OS-STANDIN-INSTALLED"; cat "$ud"; } | dd of="/dev/$target" conv=fsync 2>/dev/null
     echo "C3OS-STANDIN INSTALLED $target"
   elif [ -z "${ud:-}" ]; then
     echo "C3OS-STANDIN LIVE NOT INSTALLED: NO CONFIG DRIVE"

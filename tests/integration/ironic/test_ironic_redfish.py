@@ -48,6 +48,7 @@ DOMAIN_XML = """\
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
@@ -129,7 +130,7 @@ def enroll_redfish_node(lab: IronicLab, sushy: SushyEmulator, system_uuid: str, 
     lab.admin.node.update(node.uuid, [{"op": "add", "path": "/automated_clean", "value": False}])
     lab.admin.node.set_provision_state(node.uuid, "provide")
     lab.wait_states([node.uuid], "available")
-    lab.admin.node.update(node.uuid, [{"op": "remove", "path": "/automated_clean"}])
+    lab.admin.node.update(node.uuid, [{"op": "replace", "path": "/automated_clean", "value": None}])
     eventually(lambda: lab.node(node.uuid)["power_state"] == "power off", "Redfish power state read", 60)
     return str(node.uuid)
 
@@ -173,7 +174,8 @@ def test_live_iso_is_deployed_through_redfish_virtual_media_boots_with_its_confi
     manager.wait_ready()
     capi.create_cluster("bm", {"ironic": {"endpoint": redfish_ironic.url}})
     spec = {
-        "backend": {"ironic": {"resourceClass": rc, "automatedCleaning": False}},
+        # The stand-in ISO boots with isolinux (BIOS); Ironic's default boot mode is UEFI.
+        "backend": {"ironic": {"resourceClass": rc, "automatedCleaning": False, "bootMode": "bios"}},
         "image": {"url": iso_url, "checksum": checksum, "format": "iso"},
     }
     capi.create_machine("bm", "metal-0", spec, USER_DATA)
