@@ -47,7 +47,11 @@ DOMAIN_XML = """\
   <uuid>{uuid}</uuid>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <loader type='rom'>/usr/share/seabios/bios-256k.bin</loader>
+    <boot dev='hd'/>
+  </os>
   <features><acpi/><apic/></features>
   <devices>
     <disk type='file' device='disk'>
