@@ -197,6 +197,8 @@ http_url = {self.http_url}
 http_root = {self.http_root}
 iso_master_path = {self.root / "master_iso_images"}
 ramdisk_image_download_source = local
+[nova]
+send_power_notifications = false
 """
         enabled = "".join(f"enabled_{kind}_interfaces = {names}\n" for kind, names in interfaces.items())
         self.config_file.write_text(
