@@ -41,6 +41,9 @@ BOOT_TIMEOUT = 300.0
 
 USER_DATA = b"#cloud-config\n# rendered for a bare-metal node\ninstall:\n  device: auto\n  reboot: true\n"
 
+# The "server": i440fx (its floppy controller takes the config-drive medium), SeaBIOS named
+# as a rom loader so sushy reports the Legacy boot mode (without a loader it reports none,
+# and Ironic's switch to BIOS fails in libvirt: no firmware descriptor for 'bios'), no NIC.
 DOMAIN_XML = """\
 <domain type='qemu'>
   <name>{name}</name>
