@@ -19,6 +19,17 @@
 #   `image: {url, checksum}` boots it from its disk (SeaBIOS -> syslinux -> kernel).
 #   Built with mtools and syslinux's mtools installer: no loop device, no mount.
 #
+# - live.iso is a bootable live ISO (El Torito, no emulation, isolinux; isohybrid MBR, so
+#   it also boots as a USB disk), with the same kernel and initrd and `c3os.live` on the
+#   kernel command line. Booted so, the stand-in "installs itself" the way a c3os live ISO
+#   does: on the first empty disk (first sector all zero) it writes a marker line and the
+#   user-data it booted with, and prints "C3OS-STANDIN INSTALLED <disk>". (Only that: the
+#   disk is not made bootable.) Built with xorriso, no loop device, no mount.
+#
+# The config drive is found by label wherever it is attached: a second CD-ROM (libvirt
+# backend), a floppy or USB stick (Redfish virtual media: sushy-tools' libvirt driver
+# attaches Ironic's config-2 image as a floppy), or a disk partition.
+#
 # A real c3os/Kairos image is used instead by pointing C3osMachine.spec.image at its
 # qcow2 (format: qcow2) or live ISO (format: iso) and leaving out directKernelBoot.
 set -euo pipefail
@@ -27,8 +38,14 @@ hash=$(sha256sum "$here/standin-image.sh" | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 out="$cache/standin-$hash"
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
-for tool in busybox cpio depmod qemu-img apt-get dpkg-deb gzip mformat mcopy syslinux; do
+for tool in busybox cpio depmod qemu-img apt-get dpkg-deb gzip mformat mcopy syslinux xorriso; do
   [ -x "/bin/$tool" ] || command -v "$tool" >/dev/null || { echo "missing $tool (run hack/system-deps.sh)" >&2; exit 1; }
+done
+isolinux=/usr/lib/ISOLINUX/isolinux.bin
+ldlinux=/usr/lib/syslinux/modules/bios/ldlinux.c32
+isohybrid=/usr/lib/ISOLINUX/isohdpfx.bin
+for f in "$isolinux" "$ldlinux" "$isohybrid"; do
+  [ -f "$f" ] || { echo "missing $f (isolinux, syslinux-common: run hack/system-deps.sh)" >&2; exit 1; }
 done
 busybox=/bin/busybox
 [ -x "$busybox" ] && "$busybox" --list | grep -qx findfs || { echo "busybox-static is required" >&2; exit 1; }
@@ -51,14 +68,26 @@ for applet in $("$busybox" --list); do
 done
 modules="scsi_common scsi_mod libata libahci ahci ata_piix cdrom sr_mod isofs virtio_ring virtio
 virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk
-virtio_console"
+virtio_console floppy sd_mod usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci
+usb-storage"
+# Built into some kernels: only these may be missing as modules.
+builtin_ok=" usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci "
 moddir="kroot/lib/modules/$version"
+: > initramfs/lib/modules/order
 for m in $modules; do
-  path=$(find "$moddir" -name "$m.ko*" | head -1)
-  [ -n "$path" ] || { echo "module $m not in $pkg" >&2; exit 1; }
-  cp "$path" initramfs/lib/modules/
+  if ! deps=$(modprobe -d kroot -S "$version" --show-depends "$m" 2>/dev/null); then
+    case "$builtin_ok" in *" $m "*) continue ;; esac
+    echo "module $m not in $pkg" >&2; exit 1
+  fi
+  # Its dependencies first (sd_mod needs crc-t10dif, ...), each module once.
+  for path in $(echo "$deps" | awk '$1 == "insmod" {print $2}'); do
+    name=$(basename "$path"); name=${name%%.ko*}
+    grep -qx "$name" initramfs/lib/modules/order && continue
+    case "$name" in *pclmul*) continue ;; esac  # a CPU-specific variant; TCG lacks PCLMUL
+    cp "$path" initramfs/lib/modules/
+    echo "$name" >> initramfs/lib/modules/order
+  done
 done
-echo "$modules" | tr ' ' '\n' | grep -v '^$' > initramfs/lib/modules/order
 
 cat > initramfs/usr/share/udhcpc/default.script <<'SCRIPT'
 #!/bin/sh
@@ -217,9 +246,17 @@ echo "C3OS-STANDIN BOOTED"
 dev=""
 for i in $(seq 1 50); do
   dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=config-2 2>/dev/null || true)
+  # Floppies are not in /proc/partitions, where findfs looks: read their ISO 9660
+  # volume identifier (sector 16, offset 40) directly.
+  for fd in /dev/fd[0-9]; do
+    [ -z "$dev" ] && [ -b "$fd" ] || continue
+    label=$(dd if="$fd" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' ')
+    case "$label" in cidata|config-2) dev=$fd ;; esac
+  done
   [ -n "$dev" ] && break
   sleep 0.2
 done
+# A floppy holding the drive shows up with its own fixed geometry: blkid still finds it.
 if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt/cfg; then
   if [ -f /mnt/cfg/user-data ]; then ud=/mnt/cfg/user-data; md=/mnt/cfg/meta-data; layout=nocloud
   else ud=/mnt/cfg/openstack/latest/user_data; md=/mnt/cfg/openstack/latest/meta_data.json; layout=config-2; fi
@@ -238,6 +275,27 @@ else
 fi
 if [ -e /sys/block/vda/size ]; then
   echo "C3OS-STANDIN DISK vda SECTORS $(cat /sys/block/vda/size) HEAD $(head -c 20 /dev/vda | tr -c 'A-Za-z0-9-' '.')"
+fi
+# Booted from the live ISO: "install" onto the first empty disk (see the header).
+if grep -qw c3os.live /proc/cmdline; then
+  target=""
+  for d in /sys/block/vd* /sys/block/sd* /sys/block/hd*; do
+    [ -e "$d" ] || continue
+    n=${d##*/}
+    [ "$(cat "$d/removable" 2>/dev/null)" = 1 ] && continue
+    [ "$(cat "$d/size")" -gt 2048 ] || continue
+    [ "$(head -c 512 "/dev/$n" | tr -d '\000' | wc -c)" = 0 ] || continue
+    target=$n; break
+  done
+  if [ -n "$target" ] && [ -n "${ud:-}" ]; then
+    # fsync: the host sees the data (qcow2 metadata included) once the disk flushed.
+    { echo "C3OS-STANDIN-INSTALLED"; cat "$ud"; } | dd of="/dev/$target" conv=fsync 2>/dev/null
+    echo "C3OS-STANDIN INSTALLED $target"
+  elif [ -z "${ud:-}" ]; then
+    echo "C3OS-STANDIN LIVE NOT INSTALLED: NO CONFIG DRIVE"
+  else
+    echo "C3OS-STANDIN LIVE NOT INSTALLED: NO EMPTY DISK"
+  fi
 fi
 ip link set lo up
 c3os-agent &
@@ -294,6 +352,15 @@ mcopy -i boot.raw "$out.tmp/initrd.img" ::/initrd.img
 mcopy -i boot.raw syslinux.cfg ::/syslinux.cfg
 syslinux --install boot.raw
 qemu-img convert -q -f raw -O qcow2 boot.raw "$out.tmp/boot.qcow2"
+
+# The live ISO: isolinux loads the same kernel and initrd with c3os.live.
+mkdir -p iso/isolinux
+cp "$isolinux" "$ldlinux" iso/isolinux/
+cp "$out.tmp/vmlinuz" "$out.tmp/initrd.img" iso/
+sed -e 's/APPEND console=ttyS0 quiet/APPEND console=ttyS0 quiet c3os.live/' syslinux.cfg > iso/isolinux/isolinux.cfg
+xorriso -as mkisofs -quiet -V C3OS_LIVE -o "$out.tmp/live.iso" \
+  -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table \
+  -isohybrid-mbr "$isohybrid" iso
 echo "$pkg" > "$out.tmp/kernel-package"
 touch "$out.tmp/done"
 rm -rf "$out"; mv "$out.tmp" "$out"

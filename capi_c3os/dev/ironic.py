@@ -6,6 +6,13 @@ machine; ``python3 -m capi_c3os.dev.ironic`` installs it and prints its path. It
 as the single combined ``ironic`` process (API + conductor, the only mode SQLite allows)
 with ``fake-hardware`` nodes, noauth or HTTP basic auth, optionally TLS. The recipe and
 its gotchas are in ``shared/facts/ironic.md``.
+
+With ``redfish=True`` it also drives real (virtual) machines: the ``redfish`` hardware type
+with ``redfish`` power/management, ``redfish-virtual-media`` boot and the ``ramdisk``
+deploy, for nodes whose BMC is a sushy-emulator (``capi_c3os.dev.sushy``) in front of a
+libvirtd. The conductor publishes what it hands a BMC (the boot ISO it downloaded, the
+config-2 image it mastered) under ``[deploy] http_root``, which a plain HTTP server on
+loopback serves at ``[deploy] http_url``; tests put their images under its ``images/``.
 """
 
 from __future__ import annotations
@@ -106,6 +113,11 @@ class IronicServer:
     sqlite_allocation_retries: bool = True
     """Start Ironic through SQLITE_RETRY_LAUNCHER (False: the plain `ironic` command, to
     show the upstream bug)."""
+    redfish: bool = False
+    """Also enable the redfish hardware type, virtual media boot and the HTTP server (see
+    the module's docstring); fake-hardware stays available and the default."""
+    http_port: int = field(default_factory=free_port)
+    http_process: ManagedProcess | None = None
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     venv: Path | None = None
@@ -122,6 +134,27 @@ class IronicServer:
     @property
     def log_path(self) -> Path:
         return self.root / "ironic.log"
+
+    @property
+    def http_root(self) -> Path:
+        """What the HTTP server serves (redfish=True)."""
+        return self.root / "httpboot"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def publish(self, path: Path) -> str:
+        """A file served to BMCs and the conductor (redfish=True): its URL."""
+        images = self.http_root / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        target = images / path.name
+        shutil.copyfile(path, target)
+        return f"{self.http_url}/images/{path.name}"
+
+    @property
+    def hardware_types(self) -> tuple[str, ...]:
+        return ("fake-hardware", "redfish") if self.redfish else ("fake-hardware",)
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -149,13 +182,31 @@ class IronicServer:
             "rescue": "fake,no-rescue",
             "firmware": "fake,no-firmware",
         }
+        extra_sections = ""
+        if self.redfish:
+            interfaces["boot"] += ",redfish-virtual-media"
+            interfaces["management"] += ",redfish"
+            interfaces["power"] += ",redfish"
+            # Downloads (the boot ISO, into the master ISO cache) and temporary files stay
+            # under root; published images land in http_root, served on loopback.
+            (self.root / "tmp").mkdir(exist_ok=True)
+            self.http_root.mkdir(exist_ok=True)
+            extra_default += f"tempdir = {self.root / 'tmp'}\n"
+            extra_sections = f"""[deploy]
+http_url = {self.http_url}
+http_root = {self.http_root}
+iso_master_path = {self.root / "master_iso_images"}
+ramdisk_image_download_source = local
+[nova]
+send_power_notifications = false
+"""
         enabled = "".join(f"enabled_{kind}_interfaces = {names}\n" for kind, names in interfaces.items())
         self.config_file.write_text(
             f"""[DEFAULT]
 auth_strategy = {auth}
 {extra_default}host = capi-c3os-test
 rpc_transport = none
-enabled_hardware_types = fake-hardware
+enabled_hardware_types = {",".join(self.hardware_types)}
 {enabled}enabled_network_interfaces = noop
 default_network_interface = noop
 minimum_memory_warning_only = true
@@ -175,7 +226,7 @@ clean_callback_timeout = {self.deploy_callback_timeout}
 check_provision_state_interval = 1
 [oslo_concurrency]
 lock_path = {self.root / "locks"}
-"""
+{extra_sections}"""
         )
 
     @property
@@ -188,12 +239,30 @@ lock_path = {self.root / "locks"}
         venv = self._venv
         self.write_config()
         _run([str(venv / "bin" / "ironic-dbsync"), "--config-file", str(self.config_file), "create_schema"])
+        if self.redfish:
+            self._start_http(venv)
         return self._launch(timeout)
+
+    def _start_http(self, venv: Path) -> None:
+        argv = [str(venv / "bin" / "python"), "-m", "http.server", str(self.http_port), "--bind", LOOPBACK]
+        argv += ["--directory", str(self.http_root)]
+        self.http_process = ManagedProcess("ironic-http", argv, self.root / "http.log")
+        self.http_process.start()
+        self.http_process.wait_until(self._http_answers, "Ironic's HTTP server", 30)
+
+    def _http_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.http_url + "/", timeout=5):
+                return True
+        except OSError:
+            return False
 
     def restart(self, timeout: float = 120.0) -> IronicServer:
         """Stop and start again on the same database and port (what an operator's restart of
-        the conductor does: nodes left in a transient state are failed on start)."""
-        self.stop()
+        the conductor does: nodes left in a transient state are failed on start). The HTTP
+        server keeps running."""
+        if self.process is not None:
+            self.process.stop()
         return self._launch(timeout)
 
     def _launch(self, timeout: float) -> IronicServer:
@@ -207,7 +276,9 @@ lock_path = {self.root / "locks"}
         try:
             # The API answers before the conductor has registered its drivers; nodes can
             # be enrolled only once fake-hardware is listed.
-            self.process.wait_until(self._driver_ready, "Ironic API with fake-hardware", timeout)
+            self.process.wait_until(
+                self._driver_ready, f"Ironic API with {', '.join(self.hardware_types)}", timeout
+            )
         except BaseException:
             self.stop()  # its own process group: nothing outlives a failed start
             raise
@@ -223,7 +294,8 @@ lock_path = {self.root / "locks"}
             body = self.request("GET", "/v1/drivers")
         except OSError:
             return False
-        return any(d.get("name") == "fake-hardware" for d in body.get("drivers", []))
+        names = {d.get("name") for d in body.get("drivers", [])}
+        return names.issuperset(self.hardware_types)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """A raw API call with the standard library (readiness checks, test set-up)."""
@@ -246,6 +318,8 @@ lock_path = {self.root / "locks"}
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self.http_process is not None:
+            self.http_process.stop()
 
     def tail(self, lines: int = 40) -> str:
         try:

@@ -370,7 +370,10 @@ def test_a_live_iso_boots_from_cdrom_onto_an_empty_disk(conn: Any, backend: Libv
     sources: dict[str, list[str]] = {}
     for d in root.findall("devices/disk"):
         sources.setdefault(d.get("device", ""), []).append(d.find("source").get("file", ""))  # type: ignore[union-attr]
-    assert iso.path() in sources["cdrom"]
+    # The cdrom that <boot dev='cdrom'> makes bootable is the first one: the live ISO, not
+    # the config drive.
+    assert sources["cdrom"][0] == iso.path()
+    assert sources["cdrom"][1].endswith(dx.CONFIG_DRIVE_SUFFIX)
     disk = ET.fromstring(pool.storageVolLookupByName(dx.disk_volume_name(wanted.identity)).XMLDesc(0))
     assert disk.find("backingStore/path") is None
     assert int(disk.findtext("capacity", "0")) == 4 * GIB

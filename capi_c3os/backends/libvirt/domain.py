@@ -188,9 +188,10 @@ def _add_devices(devices: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(disk, "driver", {"name": "qemu", "type": spec.disk_format})
     ET.SubElement(disk, "source", {"file": spec.disk_path})
     ET.SubElement(disk, "target", {"dev": "vda", "bus": "virtio"})
-    cdroms = [("sda", spec.config_drive_path)]
-    if spec.cdrom_path:
-        cdroms.insert(0, ("sdb", spec.cdrom_path))
+    # `<boot dev='cdrom'>` marks the first cdrom by target name bootable (libvirt keeps
+    # disks sorted by target): the live ISO must be sda, the config drive after it.
+    paths = [spec.cdrom_path, spec.config_drive_path] if spec.cdrom_path else [spec.config_drive_path]
+    cdroms = list(zip(("sda", "sdb"), paths, strict=False))
     for dev, path in cdroms:
         cdrom = ET.SubElement(devices, "disk", {"type": "file", "device": "cdrom"})
         ET.SubElement(cdrom, "driver", {"name": "qemu", "type": "raw"})
