@@ -13,7 +13,7 @@ from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, PAUSED_ANNOTATION
 from capi_c3os.capi.outcome import Outcome
 from capi_c3os.operator.handlers import PROVIDERS, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
-from capi_c3os.operator.handlers.common import handle, to_kopf
+from capi_c3os.operator.handlers.common import CONFLICT_RETRY_DELAY, handle, to_kopf
 from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE
 from capi_c3os.operator.runtime import Kind, Runtime, result_label
 from capi_c3os.reconcilers import generic
@@ -189,6 +189,27 @@ def test_a_kopf_handler_hands_its_wait_to_the_requeue_except_for_deletion() -> N
     with pytest.raises(kopf.PermanentError):
         handle(runtime, kind, c3os_machine(), "update")
     assert len(taken) == 3
+
+
+def test_a_conflict_in_a_kopf_handler_is_retried_by_the_requeue_except_for_deletion() -> None:
+    taken: list[float] = []
+    runtime = Runtime(cast(Kube, FakeKube()))
+
+    def conflicting(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
+        raise ConflictError("C3osMachine ns/m changed meanwhile")
+
+    def requeue(kind: Kind, obj: dict[str, Any], after: float) -> bool:
+        taken.append(after)
+        return True
+
+    runtime.reconcile = conflicting  # type: ignore[method-assign]
+    runtime.requeue = requeue
+    kind = Kind(C3OS_MACHINE, generic.reconcile)
+    handle(runtime, kind, c3os_machine(), "update")
+    assert taken == [CONFLICT_RETRY_DELAY]
+    with pytest.raises(kopf.TemporaryError):
+        handle(runtime, kind, c3os_machine(), "delete")
+    assert taken == [CONFLICT_RETRY_DELAY]
 
 
 def test_each_provider_handles_its_own_kinds() -> None:

@@ -31,17 +31,20 @@ def handle(runtime: Runtime, kind: Kind, obj: dict[str, Any], cause: str) -> Non
     try:
         outcome = runtime.reconcile(kind, obj, trigger=cause)
     except ConflictError as exc:
+        # Common when a requeued run and this handler meet on one object.
+        if _requeued(runtime, kind, obj, cause, CONFLICT_RETRY_DELAY):
+            return
         raise kopf.TemporaryError(f"{exc}; reconciling again", delay=CONFLICT_RETRY_DELAY) from exc
-    if outcome.waiting and cause != "delete" and _requeued(runtime, kind, obj, outcome):
+    if outcome.waiting and _requeued(runtime, kind, obj, cause, outcome.after or 0.0):
         return
     to_kopf(outcome)
 
 
-def _requeued(runtime: Runtime, kind: Kind, obj: dict[str, Any], outcome: Outcome) -> bool:
-    """Hand a wait to the in-memory requeue rather than to kopf, whose retries cost an
+def _requeued(runtime: Runtime, kind: Kind, obj: dict[str, Any], cause: str, after: float) -> bool:
+    """Hand a retry to the in-memory requeue rather than to kopf, whose retries cost an
     annotation write each. Not for deletion: there kopf's finalizer is what brings a
     restarted manager back to the object, and it stays only while the handler retries."""
-    return runtime.requeue is not None and runtime.requeue(kind, obj, outcome.after or 0.0)
+    return cause != "delete" and runtime.requeue is not None and runtime.requeue(kind, obj, after)
 
 
 def register_kind(
