@@ -205,6 +205,12 @@ class PrivateLibvirtd:
         self.process.start()
         self.process.wait_until(self._answers, what, timeout)
 
+    @property
+    def pid(self) -> int | None:
+        """Host PID of libvirtd itself (`process` is the `nsenter` that started it)."""
+        found = self.namespace_processes("libvirtd")
+        return found[0] if found else None
+
     def _init_pid(self) -> int | None:
         """Host PID of the namespace's init: the one child of `unshare`."""
         if self.keeper is None or self.keeper.pid is None:
