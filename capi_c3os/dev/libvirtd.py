@@ -44,7 +44,7 @@ from pathlib import Path
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
 
-from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+from capi_c3os.dev.processes import ManagedProcess, ProcessError, all_processes, free_port
 
 # (directory inside the namespace, directory under root)
 _PRIVATE_DIRS = (
@@ -232,7 +232,9 @@ class PrivateLibvirtd:
         except OSError:
             return []
         return [
-            pid for pid, comm in _live_processes() if _pid_namespace(pid) == ns and program in (None, comm)
+            p.pid
+            for p in all_processes()
+            if not p.zombie and program in (None, p.comm) and _pid_namespace(p.pid) == ns
         ]
 
     def _libvirtd_argv(self) -> list[str]:
@@ -343,23 +345,6 @@ class PrivateLibvirtd:
         return found
 
 
-def _live_processes() -> list[tuple[int, str]]:
-    """(PID, command name) of every process that is not a zombie."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: it ends at the last ')'.
-        comm, _, rest = stat.partition(" (")[2].rpartition(")")
-        if rest.split()[0] != "Z":
-            found.append((int(entry.name), comm))
-    return found
-
-
 def _pid_namespace(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
@@ -370,7 +355,7 @@ def _pid_namespace(pid: int) -> str | None:
 def _wait_gone(pids: list[int], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        live = {pid for pid, _ in _live_processes()}
+        live = {p.pid for p in all_processes() if not p.zombie}
         if not live & set(pids):
             return
         time.sleep(0.1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
-from capi_c3os.dev.processes import ManagedProcess
+from capi_c3os.dev.processes import ManagedProcess, process_info
 from tests.conftest import REPO
 from tests.support import eventually
 
@@ -61,22 +61,13 @@ def boot_tiny_domain(daemon: PrivateLibvirtd, name: str) -> None:
         conn.createXML(DOMAIN_XML.format(name=name, disk=volume.path()), 0)
 
 
-def programs(pids: list[int]) -> dict[int, tuple[str, str]]:
+def programs(pids: list[int]) -> dict[int, tuple[str, int]]:
     """PID -> (command name, start time) of those still alive and no zombie."""
-    found = {}
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        comm, _, rest = stat.partition(" (")[2].rpartition(")")
-        fields = rest.split()
-        if fields[0] != "Z":
-            found[pid] = (comm, fields[19])  # field 22 of stat: start time
-    return found
+    infos = [process_info(pid) for pid in pids]
+    return {p.pid: (p.comm, p.start_time) for p in infos if p is not None and not p.zombie}
 
 
-def assert_all_gone(daemon: PrivateLibvirtd, before: dict[int, tuple[str, str]]) -> None:
+def assert_all_gone(daemon: PrivateLibvirtd, before: dict[int, tuple[str, int]]) -> None:
     def gone() -> bool:
         now = programs(list(before))
         return not any(now.get(pid) == seen for pid, seen in before.items())
@@ -85,7 +76,7 @@ def assert_all_gone(daemon: PrivateLibvirtd, before: dict[int, tuple[str, str]])
     assert daemon.leftover_processes() == []
 
 
-def names(processes: dict[int, tuple[str, str]]) -> set[str]:
+def names(processes: dict[int, tuple[str, int]]) -> set[str]:
     return {"qemu" if comm.startswith("qemu-system") else comm for comm, _ in processes.values()}
 
 
