@@ -15,7 +15,7 @@ from capi_c3os.dev.clusterctl import write_repository
 from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane
 from tests.conftest import REPO
-from tests.integration.test_clusterctl_move import clusterctl
+from tests.integration.test_clusterctl_move import init_plane
 
 
 @dataclass
@@ -38,10 +38,7 @@ def planes(root: Path, *names: str) -> Iterator[list[Plane]]:
         for name in names:
             mgmt = ManagementPlane(root / name).start(capi=False)
             mgmts.append(mgmt)
-            clusterctl(root, "init", "--config", str(config), "--kubeconfig", str(mgmt.kubeconfig),
-                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
-                       "--infrastructure", "c3os")  # fmt: skip
-            mgmt.start_capi()
+            init_plane(mgmt, root, config)
             manager = start_manager(
                 mgmt.kubeconfig, root / f"{name}-manager.log", log_level="debug", metrics=False
             )

@@ -39,6 +39,15 @@ def clusterctl(home: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr + done.stdout
 
 
+def init_plane(plane: ManagementPlane, home: Path, config: Path) -> None:
+    """`clusterctl init` a plane started without CAPI core from the offline repository (core
+    and our three providers), then run CAPI core as a local process."""
+    clusterctl(home, "init", "--config", str(config), "--kubeconfig", str(plane.kubeconfig),
+               "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
+               "--infrastructure", "c3os")  # fmt: skip
+    plane.start_capi()
+
+
 @pytest.fixture
 def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
     config = write_repository(tmp_path / "repository", REPO / "config" / "clusterctl")
@@ -47,10 +56,7 @@ def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
         for name in ("source", "target"):
             plane = ManagementPlane(tmp_path / name).start(capi=False)
             started.append(plane)
-            clusterctl(tmp_path, "init", "--config", str(config), "--kubeconfig", str(plane.kubeconfig),
-                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
-                       "--infrastructure", "c3os")  # fmt: skip
-            plane.start_capi()
+            init_plane(plane, tmp_path, config)
         yield started[0], started[1]
     finally:
         for plane, name in zip(started, ("move-source", "move-target"), strict=False):
