@@ -118,5 +118,9 @@ def _cluster_is_reconciled_by_capi_and_by_us(api: kc.CustomObjectsApi) -> None:
         return owned and conditions(obj).get("Paused") == "False"
 
     eventually(infra_reconciled, "CAPI to own the C3osCluster and our manager to reconcile it")
-    cluster = api.get_namespaced_custom_object("cluster.x-k8s.io", "v1beta2", "edge", "clusters", "shop")
-    assert "InfrastructureReady" in conditions(cluster)
+
+    def capi_reports_infrastructure() -> bool:  # CAPI's reconcile may come after ours
+        cluster = api.get_namespaced_custom_object("cluster.x-k8s.io", "v1beta2", "edge", "clusters", "shop")
+        return "InfrastructureReady" in conditions(cluster)
+
+    eventually(capi_reports_infrastructure, "CAPI to report the Cluster's InfrastructureReady condition")
