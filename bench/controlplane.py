@@ -19,21 +19,20 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client as kc
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from capi_c3os.bootstrap.certificates import KeyPair  # noqa: E402
+from capi_c3os.dev.manager import Manager, start_manager  # noqa: E402
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established  # noqa: E402
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok  # noqa: E402
+from capi_c3os.dev.processes import free_port  # noqa: E402
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, create_cluster  # noqa: E402
 
 USER = "capi-c3os-bench-manager"
@@ -57,13 +56,8 @@ def our_requests(audit_log: Path) -> int:
     return count
 
 
-def reconciles(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value for f in text_string_to_metric_families(text) for s in f.samples
-        if s.name == "capi_c3os_reconcile_total" and s.labels.get("kind") == "C3osControlPlane"
-    )  # fmt: skip
+def reconciles(manager: Manager) -> float:
+    return manager.metric_sum("capi_c3os_reconcile_total", kind="C3osControlPlane")
 
 
 MODES = (("API reads", ["--no-watch-cache"]), ("watch view", []))
@@ -75,18 +69,15 @@ def run_mode(
 ) -> list[tuple[str, int, float, int, float]]:
     standin: WorkloadStandIn | None = None
     player: MachinePlayer | None = None
-    manager: ManagedProcess | None = None
+    manager: Manager | None = None
     rows: list[tuple[str, int, float, int, float]] = []
     try:
         kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", USER, ("system:masters",))
-        health, metrics = free_port(), free_port()
-        manager = ManagedProcess(f"manager-{namespace}", [
-            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
-            "--providers=bootstrap,control-plane", f"--namespace={namespace}",
-            f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}", *flags,
-        ], root / f"manager-{namespace}.log")  # fmt: skip
-        manager.start()
-        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
+        manager = start_manager(
+            kubeconfig, root / f"manager-{namespace}.log", *flags, providers="bootstrap,control-plane",
+            namespace=namespace,
+        )  # fmt: skip
+        manager.wait_ready(60)
         with api_client(plane.kubeconfig) as client:
             api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)
             core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=namespace)))
@@ -127,12 +118,12 @@ def run_mode(
                 ("scale 3 -> 1", {"replicas": 1}, 2, settled(1, "v1.34.1+k3s1")),
             ]
             for name, patch, changes, done in phases:
-                r0, q0, t0 = reconciles(metrics), our_requests(plane.audit_log), time.monotonic()
+                r0, q0, t0 = reconciles(manager), our_requests(plane.audit_log), time.monotonic()
                 api.patch_namespaced_custom_object(
                     *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": patch}
                 )
                 wait(done, name)
-                r, q = reconciles(metrics) - r0, our_requests(plane.audit_log) - q0
+                r, q = reconciles(manager) - r0, our_requests(plane.audit_log) - q0
                 rows.append((name, changes, r, q, time.monotonic() - t0))
     finally:
         if player:

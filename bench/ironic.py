@@ -63,8 +63,8 @@ from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.ironic.instance import allocation_request, configdrive, instance_info
 from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKSUM = "ab" * 32
@@ -348,21 +348,17 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
     print(f"enrolled {machines} fake-hardware nodes to available in {time.perf_counter() - started:.1f}s")
 
     plane = ManagementPlane(root / "mgmt", audit=True).start()
-    manager: ManagedProcess | None = None
+    manager: Manager | None = None
     try:
         crds = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "config" / "crd").glob("*.yaml"))]
         apply(plane.kubeconfig, crds)
         wait_for_crds_established(plane.kubeconfig, crds)
         kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", MANAGER_USER, ("system:masters",))
-        health, metrics = free_port(), free_port()
-        manager = ManagedProcess("manager", [
-            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
-            "--providers=infrastructure",
-            f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}",
-            *([f"--sync-period={sync_period}"] if sync_period else []),
-        ], root / "manager.log")  # fmt: skip
-        manager.start()
-        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
+        manager = start_manager(
+            kubeconfig, root / "manager.log", *([f"--sync-period={sync_period}"] if sync_period else []),
+            providers="infrastructure",
+        )  # fmt: skip
+        manager.wait_ready()
         assert manager.pid is not None
         with api_client(plane.kubeconfig) as client:
             api, core = kc.CustomObjectsApi(client), kc.CoreV1Api(client)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ import pytest
 
 from capi_c3os.dev.k3s import K3sStandIn
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 from tests.conftest import k8s, mgmt  # noqa: F401 - session fixtures, instantiated for e2e/
 from tests.integration.libvirt.conftest import libvirtd, standin_image  # noqa: F401
 
@@ -41,7 +40,7 @@ class E2eEnv:
     """An admin `kubernetes.client.ApiClient` for the management plane."""
     libvirtd: PrivateLibvirtd
     k3s: K3sStandIn
-    manager: ManagedProcess
+    manager: Manager
     standin_image: Path
     """Directory of the stand-in images (boot.qcow2 boots by itself)."""
 
@@ -85,19 +84,10 @@ def e2e(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[E2eEnv]:
     root = tmp_path_factory.mktemp("e2e")
-    health = free_port()
-    manager = ManagedProcess(
-        "manager",
-        [
-            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(mgmt.kubeconfig),
-            f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0", "--log-level=debug",
-        ],
-        root / "manager.log",
-    )  # fmt: skip
+    manager = start_manager(mgmt.kubeconfig, root / "manager.log", log_level="debug", metrics=False)
     k3s = K3sStandIn(libvirtd, root / "k3s")
-    manager.start()
     try:
-        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
+        manager.wait_ready()
         k3s.start()
         yield E2eEnv(mgmt, k8s, libvirtd, k3s, manager, standin_image)
     finally:

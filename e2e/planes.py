@@ -6,38 +6,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from capi_c3os.dev.clusterctl import write_repository
+from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 from tests.conftest import REPO
-from tests.integration.test_clusterctl_move import clusterctl
+from tests.integration.test_clusterctl_move import init_plane
 
 
 @dataclass
 class Plane:
     name: str
     mgmt: ManagementPlane
-    manager: ManagedProcess
+    manager: Manager
 
     def log_sources(self) -> dict[str, Path]:
         return {f"{self.name}-manager.log": self.manager.log_path, f"{self.name}-mgmt": self.mgmt.logs}
-
-
-def start_manager(mgmt: ManagementPlane, log: Path) -> ManagedProcess:
-    health = free_port()
-    manager = ManagedProcess(log.stem, [
-        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(mgmt.kubeconfig),
-        f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0", "--log-level=debug",
-    ], log)  # fmt: skip
-    manager.start()
-    manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready", 120)
-    return manager
 
 
 @contextmanager
@@ -50,11 +38,12 @@ def planes(root: Path, *names: str) -> Iterator[list[Plane]]:
         for name in names:
             mgmt = ManagementPlane(root / name).start(capi=False)
             mgmts.append(mgmt)
-            clusterctl(root, "init", "--config", str(config), "--kubeconfig", str(mgmt.kubeconfig),
-                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
-                       "--infrastructure", "c3os")  # fmt: skip
-            mgmt.start_capi()
-            started.append(Plane(name, mgmt, start_manager(mgmt, root / f"{name}-manager.log")))
+            init_plane(mgmt, root, config)
+            manager = start_manager(
+                mgmt.kubeconfig, root / f"{name}-manager.log", log_level="debug", metrics=False
+            )
+            started.append(Plane(name, mgmt, manager))
+            manager.wait_ready()
         yield started
     finally:
         for plane in started:

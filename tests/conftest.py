@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import yaml
 from kubernetes import client as kc
-from prometheus_client.parser import text_string_to_metric_families
 
+from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
-from capi_c3os.dev.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,65 +85,6 @@ def provider_identity(
 # ------------------------------------------------------------------ our manager as a process
 
 
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-@dataclass
-class Manager:
-    process: ManagedProcess
-    health_port: int
-    metrics_port: int
-
-    def status(self, path: str) -> int | None:
-        return http_status(f"http://127.0.0.1:{self.health_port}{path}")
-
-    def ready(self) -> bool:
-        return self.status("/readyz") == 200
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return {}  # not listening yet: no samples
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(
-            value
-            for (sample, sample_labels), value in self.metrics().items()
-            if sample == name and set(labels.items()) <= set(sample_labels)
-        )
-
-    def identity(self) -> str:
-        for (name, labels), _ in self.metrics().items():
-            if name == "capi_c3os_manager_info":
-                return dict(labels)["identity"]
-        raise AssertionError("no capi_c3os_manager_info metric")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Leading and watching: a standby is ready too, but does not lead."""
-        self.process.wait_until(
-            lambda: self.ready() and self.metric_sum("capi_c3os_leader") == 1,
-            "leading and /readyz 200",
-            timeout,
-        )
-
-    def stop(self) -> int | None:
-        return self.process.stop(timeout=30, sig=signal.SIGTERM)
-
-
 class RunManager(Protocol):
     def __call__(
         self,
@@ -165,11 +100,12 @@ class RunManager(Protocol):
 
 @pytest.fixture
 def run_manager(tmp_path: Path) -> Iterator[RunManager]:
-    """Start `capi-c3os run` processes (health and metrics on free loopback ports, log
-    under the test's tmp dir); every one is stopped with SIGTERM at teardown. `providers`
-    and `namespace` scope it, `kubeconfig` is its identity (admin, or a provider's
-    ServiceAccount so the API server enforces the generated RBAC), `flags` go last (a
-    repeated flag wins), `env` is added to the environment."""
+    """Start `capi-c3os run` processes (`capi_c3os.dev.manager.start_manager`: health and
+    metrics on free loopback ports, log under the test's tmp dir); every one is stopped
+    with SIGTERM at teardown. `providers` and `namespace` scope it, `kubeconfig` is its
+    identity (admin, or a provider's ServiceAccount so the API server enforces the
+    generated RBAC), `flags` go last (a repeated flag wins), `env` is added to the
+    environment."""
     started: list[Manager] = []
 
     def start(
@@ -181,23 +117,11 @@ def run_manager(tmp_path: Path) -> Iterator[RunManager]:
         log_level: str | None = None,
         env: dict[str, str] | None = None,
     ) -> Manager:
-        health, metrics = free_port(), free_port()
-        argv = [sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig)]
-        if providers is not None:
-            argv += ["--providers", providers]
-        if namespace is not None:
-            argv += ["--namespace", namespace]
-        argv += ["--health-addr", f"127.0.0.1:{health}", "--metrics-addr", f"127.0.0.1:{metrics}"]
-        if log_level is not None:
-            argv += ["--log-level", log_level]
-        process = ManagedProcess(
-            name,
-            [*argv, *flags],
-            tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log",
-            env=env,
-        )
-        process.start()
-        manager = Manager(process, health, metrics)
+        log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        manager = start_manager(
+            kubeconfig, log, *flags, providers=providers, namespace=namespace, log_level=log_level, env=env,
+            name=name,
+        )  # fmt: skip
         started.append(manager)
         return manager
 

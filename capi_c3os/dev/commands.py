@@ -36,11 +36,13 @@ from capi_c3os.dev import binaries, demo_cluster
 from capi_c3os.dev.demo_cluster import NAME, NAMESPACE, DemoError, Watch
 from capi_c3os.dev.edge_site import site_file
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.manager import start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
-from capi_c3os.dev.processes import ProcessError, free_port, http_ok
+from capi_c3os.dev.processes import ProcessError, free_port
 
 DEFAULT_DIR = Path(".demo")
 SITE = "edge-site"
+MANAGER = "capi-c3os-manager"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,17 +136,15 @@ def _start(root: Path, crds_dir: Path, with_k3s: bool) -> tuple[ManagementPlane,
     crds = [yaml.safe_load(p.read_text()) for p in sorted(crds_dir.glob("*.yaml"))]
     apply(plane.kubeconfig, crds)
     wait_for_crds_established(plane.kubeconfig, crds)
-    health, metrics, endpoint = free_port(), free_port(), free_port()
+    endpoint = free_port()
     _say("starting our manager ...")
-    manager = plane.spawn(
-        "capi-c3os-manager",
-        [
-            sys.executable, "-m", "capi_c3os", "run", f"--kubeconfig={plane.kubeconfig}",
-            f"--health-addr=127.0.0.1:{health}", f"--metrics-addr=127.0.0.1:{metrics}",
-        ],
-    )  # fmt: skip
-    plane.ports.update(manager_health=health, manager_metrics=metrics, endpoint=endpoint)
-    manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager /readyz", 120)
+    manager = start_manager(
+        plane.kubeconfig, plane.logs / f"{MANAGER}.log", name=MANAGER, detached=plane.detached
+    )
+    plane.ports.update(manager_health=manager.health_port, manager_metrics=manager.metrics_port or 0)
+    plane.ports.update(endpoint=endpoint)
+    plane.adopt(manager.process)
+    manager.wait_ready(120)
     what = "a private libvirtd" + (" and the k3s stand-in" if with_k3s else "")
     _say(f"starting the edge site: {what} ...")
     site_proc = plane.spawn(
@@ -242,7 +242,7 @@ def _down(root: Path, timeout: float) -> int:
         return 0
     live = _live_pids(root)
     failed = 0
-    if {"kube-apiserver", "capi-manager", "capi-c3os-manager", SITE} <= set(live):
+    if {"kube-apiserver", "capi-manager", MANAGER, SITE} <= set(live):
         failed = _delete_cluster(root, timeout)
     # Reverse start order: the site (VMs, libvirtd) and managers first, etcd last.
     for name, pid in reversed(list(live.items())):

@@ -6,9 +6,10 @@ It runs a private libvirtd (its network in a network namespace of its own; see
 control-plane endpoints. `capi-c3os dev up` starts it detached; SIGTERM (`dev down`)
 stops the stand-in's workload API servers, destroys every VM and stops libvirtd.
 
-libvirtd and the workload servers die with this process (PR_SET_PDEATHSIG), so killing
-it leaves no daemon behind; QEMU processes it leaves are found by `dev down` by their
-disk paths (`PrivateLibvirtd.leftover_processes`).
+libvirtd's namespaces and the workload servers die with this process (PR_SET_PDEATHSIG),
+and with the namespaces libvirtd, virtlogd, dnsmasq and QEMU: killing it leaves nothing
+running behind. (`dev down` still looks for processes using the site's directory, as a
+last resort.)
 
 Once everything answers it writes `<root>/site.json` (libvirt URI, pool, network):
 the signal `dev up` waits for.

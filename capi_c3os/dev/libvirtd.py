@@ -14,13 +14,23 @@ guest traffic never leaves it. Without it, guests get no NIC.
 
 With `tls=TlsFiles(...)` the daemon also listens for `qemu+tls` on 127.0.0.1 at
 `tls_port` (host network namespace; so not together with `network=True`), checking client
-certificates against the given CA. `restart()` kills libvirtd alone (SIGKILL, QEMU and
-virtlogd keep running, as when a host's daemon crashes) and starts it again in the same
-namespaces, where it takes its running guests back. `enter_argv()` runs other programs
-(an sshd for `qemu+ssh`) where they see this daemon's socket at the standard path.
+certificates against the given CA.
 
-Stop destroys every domain through the API, stops both daemons by PID, kills any QEMU
-process still using files under `root` (by PID), which also ends the network namespace.
+Everything runs in a PID namespace of its own too (`unshare --pid --fork --kill-child`),
+whose init is a small shell (the "keeper") that only reaps orphans (QEMU is one once
+libvirtd double-forks it). The keeper dies with the process that started it
+(PR_SET_PDEATHSIG), and with it the kernel kills every process of the namespace: a test
+run killed half-way (SIGTERM, SIGKILL) leaves no libvirtd, virtlogd, dnsmasq or QEMU
+behind. libvirtd itself runs in these namespaces through `enter_argv()`, so `restart()`
+can kill libvirtd alone (SIGKILL; QEMU and virtlogd keep running, as when a host's daemon
+crashes) and start it again, and it takes its running guests back. Other programs (an
+sshd for `qemu+ssh`) run there the same way and see this daemon's socket at the standard
+path. Inside, /proc is the namespace's own, so PIDs in the daemons' pid files are not
+host PIDs: processes are found through /proc by their PID namespace instead.
+
+Stop destroys every domain through the API, stops libvirtd, then the keeper, which ends
+the namespaces and whatever still ran in them; QEMU processes that still use files under
+`root` (by PID) are killed as a last resort.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from pathlib import Path
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
 
-from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+from capi_c3os.dev.processes import ManagedProcess, ProcessError, all_processes, free_port
 
 # (directory inside the namespace, directory under root)
 _PRIVATE_DIRS = (
@@ -85,6 +95,10 @@ class TlsFiles:
     key: Path
 
 
+# `--kill-child`: the namespace's init gets SIGKILL when `unshare` (outside) dies, and
+# with it every process inside. `--mount-proc`: libvirtd reads /proc by the PIDs it sees.
+KEEPER_NAMESPACES = ("--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--mount-proc")
+
 NETWORK_NAME = "c3os-test"
 NETWORK_XML = """\
 <network>
@@ -117,6 +131,7 @@ class PrivateLibvirtd:
         self.tls = tls
         self.tls_port = free_port() if tls is not None else 0
         self.process: ManagedProcess | None = None
+        self.keeper: ManagedProcess | None = None
         self._restarts = 0
 
     @property
@@ -154,27 +169,73 @@ class PrivateLibvirtd:
         (self.root / "etc" / "virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
         self.pool_path.mkdir(exist_ok=True)
         self.qemu_log_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.root / "namespace-ready"
+        ready.unlink(missing_ok=True)
         mounts = []
         for inside, sub in _PRIVATE_DIRS:
             os.makedirs(inside, exist_ok=True)  # mount points must exist on the host
             mounts.append(f"mount --bind {self.root / sub} {inside}")
+        # PID 1 of the namespace must reap orphans (QEMU), else they stay zombies and libvirt
+        # waits on them when it destroys a domain: the shell's `wait` reaps any child while
+        # its `sleep` job runs. SIGTERM from outside does not reach a namespace's init.
         script = " && ".join(
             [
                 *mounts,
-                f"virtlogd -d -f /etc/libvirt/virtlogd.conf -p {self.root / 'virtlogd.pid'}",
-                f"exec {' '.join(self._libvirtd_argv())}",
+                "virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid",
+                f": > {ready}",
+                "{ sleep infinity & wait; }",
             ]
         )
-        namespaces = ["--mount", "--propagation", "private", *(["--net"] if self.network else [])]
-        argv = ["unshare", *namespaces, "sh", "-c", script]
-        self.process = ManagedProcess("libvirtd", argv, self.root / "libvirtd.log")
-        self.process.start()
-        self.process.wait_until(self._answers, "libvirtd answering on its socket", timeout)
+        namespaces = [*KEEPER_NAMESPACES, *(["--net"] if self.network else [])]
+        self.keeper = ManagedProcess("libvirtd-namespace", ["unshare", *namespaces, "sh", "-c", script],
+                                     self.root / "namespace.log")  # fmt: skip
+        self.keeper.start()
+        self.keeper.wait_until(
+            lambda: ready.exists() and self._init_pid() is not None, "namespaces set up", timeout
+        )
+        self._start_libvirtd(self.root / "libvirtd.log", "libvirtd answering on its socket", timeout)
         with closing(self.connect()) as conn:
             self._ensure_pool(conn)
             if self.network:
                 self._ensure_network(conn)
         return self
+
+    def _start_libvirtd(self, log: Path, what: str, timeout: float) -> None:
+        self.process = ManagedProcess("libvirtd", [*self.enter_argv(), *self._libvirtd_argv()], log)
+        self.process.start()
+        self.process.wait_until(self._answers, what, timeout)
+
+    @property
+    def pid(self) -> int | None:
+        """Host PID of libvirtd itself (`process` is the `nsenter` that started it)."""
+        found = self.namespace_processes("libvirtd")
+        return found[0] if found else None
+
+    def _init_pid(self) -> int | None:
+        """Host PID of the namespace's init: the one child of `unshare`."""
+        if self.keeper is None or self.keeper.pid is None:
+            return None
+        try:
+            children = Path(f"/proc/{self.keeper.pid}/task/{self.keeper.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def namespace_processes(self, program: str | None = None) -> list[int]:
+        """Host PIDs of the live processes in this daemon's PID namespace (of `program`
+        only, by its command name, when given)."""
+        init = self._init_pid()
+        if init is None:
+            return []
+        try:
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except OSError:
+            return []
+        return [
+            p.pid
+            for p in all_processes()
+            if not p.zombie and program in (None, p.comm) and _pid_namespace(p.pid) == ns
+        ]
 
     def _libvirtd_argv(self) -> list[str]:
         listen = ["--listen"] if self.tls is not None else []
@@ -184,28 +245,31 @@ class PrivateLibvirtd:
             "-f",
             "/etc/libvirt/libvirtd.conf",
             "-p",
-            str(self.root / "libvirtd.pid"),
+            "/run/libvirt/libvirtd.pid",
         ]
 
     def enter_argv(self) -> list[str]:
-        """The prefix that runs a program in this daemon's namespaces (mount, and network
-        when it has its own), anchored on virtlogd, which outlives libvirtd restarts."""
-        anchor = (self.root / "virtlogd.pid").read_text().strip()
-        return ["nsenter", "--target", anchor, "--mount", *(["--net"] if self.network else [])]
+        """The prefix that runs a program in this daemon's namespaces (PID, mount, and
+        network when it has its own), anchored on their init, which outlives libvirtd
+        restarts. The program dies with the namespace."""
+        init = self._init_pid()
+        if init is None:
+            raise ProcessError("the daemon's namespaces are not running (start() first)")
+        return ["nsenter", "--target", str(init), "--pid", "--mount", *(["--net"] if self.network else [])]
 
     def restart(self, timeout: float = 60.0) -> None:
         """libvirtd dies at once (SIGKILL), as in a crash; then a new libvirtd starts in
         the same namespaces and takes over the running guests."""
         assert self.process is not None, "start() first"
         self.process.stop(sig=signal.SIGKILL)
-        _kill_pidfile(self.root / "libvirtd.pid", signal.SIGKILL)
+        for pid in self.namespace_processes("libvirtd"):
+            _kill(pid, sig=signal.SIGKILL)
         self._restarts += 1
-        self.process = ManagedProcess(
-            "libvirtd", [*self.enter_argv(), *self._libvirtd_argv()],
+        self._start_libvirtd(
             self.root / f"libvirtd-{self._restarts}.log",
-        )  # fmt: skip
-        self.process.start()
-        self.process.wait_until(self._answers, "restarted libvirtd answering on its socket", timeout)
+            "restarted libvirtd answering on its socket",
+            timeout,
+        )
 
     def _answers(self) -> bool:
         if not self.socket.exists():
@@ -256,8 +320,10 @@ class PrivateLibvirtd:
             except libvirt.libvirtError:
                 pass
             self.process.stop()
-        for pidfile in ("virtlogd.pid", "libvirtd.pid"):
-            _kill_pidfile(self.root / pidfile)
+        if self.keeper is not None:
+            members = self.namespace_processes()
+            self.keeper.stop()  # its init dies, and the kernel kills the rest of the namespace
+            _wait_gone(members)
         for pid in self.leftover_processes():
             _kill(pid)
 
@@ -279,12 +345,20 @@ class PrivateLibvirtd:
         return found
 
 
-def _kill_pidfile(path: Path, sig: int = signal.SIGTERM) -> None:
+def _pid_namespace(pid: int) -> str | None:
     try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return
-    _kill(pid, sig=sig)
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _wait_gone(pids: list[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = {p.pid for p in all_processes() if not p.zombie}
+        if not live & set(pids):
+            return
+        time.sleep(0.1)
 
 
 def _kill(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:

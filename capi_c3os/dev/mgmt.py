@@ -127,7 +127,12 @@ class ManagementPlane:
     def spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.logs / f"{name}.log", die_with_parent=not self.detached)
         proc.start()
-        self.processes[name] = proc
+        return self.adopt(proc)
+
+    def adopt(self, proc: ManagedProcess) -> ManagedProcess:
+        """Count a process started elsewhere as one of this plane's (`stop` and, when
+        detached, the saved state reach it)."""
+        self.processes[proc.name] = proc
         self.save_state()
         return proc
 

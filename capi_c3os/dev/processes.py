@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -100,6 +101,43 @@ class ManagedProcess:
             return proc.wait()
         except ProcessLookupError:
             return proc.wait()
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What /proc/<pid>/stat says of a process."""
+
+    pid: int
+    comm: str
+    """The command name, cut to 15 characters by the kernel."""
+    state: str
+    ppid: int
+    start_time: int
+    """Clock ticks after boot: with the PID, it names one process (PIDs are reused)."""
+
+    @property
+    def zombie(self) -> bool:
+        return self.state == "Z"
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: it ends at the last ')'.
+    comm, _, rest = stat.partition(" (")[2].rpartition(")")
+    fields = rest.split()
+    return ProcessInfo(pid, comm, fields[0], int(fields[1]), int(fields[19]))
+
+
+def all_processes() -> list[ProcessInfo]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (info := process_info(int(entry.name))) is not None:
+            found.append(info)
+    return found
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:

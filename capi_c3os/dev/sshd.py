@@ -19,7 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
-from capi_c3os.dev.processes import ManagedProcess, free_port
+from capi_c3os.dev.processes import ManagedProcess, all_processes, free_port
 
 SSHD = "/usr/sbin/sshd"
 
@@ -118,16 +118,8 @@ class PrivateSshd:
 
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the fields after the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    for process in all_processes():
+        children.setdefault(process.ppid, []).append(process.pid)
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from kubernetes import client as kc
 from capi_c3os.api import C3osCluster
 from capi_c3os.dev import binaries
 from capi_c3os.dev.clusterctl import write_repository
+from capi_c3os.dev.manager import start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 from tests.conftest import REPO, keep_logs
 from tests.examples import GOOD, wire
 from tests.support import eventually
@@ -82,17 +81,14 @@ def test_clusterctl_init_installs_core_and_our_three_providers(
         kubeconfig = bare_plane.write_service_account_kubeconfig(
             tmp_path / "infra.kubeconfig", "c3os-infrastructure-system", "c3os-infrastructure-manager"
         )
-        health = free_port()
-        manager = ManagedProcess("infrastructure", [
-            sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig),
-            "--providers=infrastructure", "--leader-elect",
+        manager = start_manager(
+            kubeconfig, tmp_path / "infrastructure.log", "--leader-elect",
             "--leader-election-namespace=c3os-infrastructure-system",
             "--leader-election-id=c3os-infrastructure-manager",
-            f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0",
-        ], tmp_path / "infrastructure.log")  # fmt: skip
-        manager.start()
+            providers="infrastructure", metrics=False,
+        )  # fmt: skip
         try:
-            manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "our manager ready")
+            manager.wait_ready(60)
             _cluster_is_reconciled_by_capi_and_by_us(api)
         finally:
             assert manager.stop() == 0, manager.tail()
@@ -122,5 +118,9 @@ def _cluster_is_reconciled_by_capi_and_by_us(api: kc.CustomObjectsApi) -> None:
         return owned and conditions(obj).get("Paused") == "False"
 
     eventually(infra_reconciled, "CAPI to own the C3osCluster and our manager to reconcile it")
-    cluster = api.get_namespaced_custom_object("cluster.x-k8s.io", "v1beta2", "edge", "clusters", "shop")
-    assert "InfrastructureReady" in conditions(cluster)
+
+    def capi_reports_infrastructure() -> bool:  # CAPI's reconcile may come after ours
+        cluster = api.get_namespaced_custom_object("cluster.x-k8s.io", "v1beta2", "edge", "clusters", "shop")
+        return "InfrastructureReady" in conditions(cluster)
+
+    eventually(capi_reports_infrastructure, "CAPI to report the Cluster's InfrastructureReady condition")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from kubernetes import client as kc
 
 from capi_c3os.dev import binaries
 from capi_c3os.dev.clusterctl import write_repository
+from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
+from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca, create_cluster
 from tests.conftest import REPO, keep_logs
 from tests.integration.controlplane.test_controlplane import _exists
@@ -39,6 +39,15 @@ def clusterctl(home: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr + done.stdout
 
 
+def init_plane(plane: ManagementPlane, home: Path, config: Path) -> None:
+    """`clusterctl init` a plane started without CAPI core from the offline repository (core
+    and our three providers), then run CAPI core as a local process."""
+    clusterctl(home, "init", "--config", str(config), "--kubeconfig", str(plane.kubeconfig),
+               "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
+               "--infrastructure", "c3os")  # fmt: skip
+    plane.start_capi()
+
+
 @pytest.fixture
 def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
     config = write_repository(tmp_path / "repository", REPO / "config" / "clusterctl")
@@ -47,10 +56,7 @@ def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
         for name in ("source", "target"):
             plane = ManagementPlane(tmp_path / name).start(capi=False)
             started.append(plane)
-            clusterctl(tmp_path, "init", "--config", str(config), "--kubeconfig", str(plane.kubeconfig),
-                       "--core", "cluster-api", "--bootstrap", "c3os", "--control-plane", "c3os",
-                       "--infrastructure", "c3os")  # fmt: skip
-            plane.start_capi()
+            init_plane(plane, tmp_path, config)
         yield started[0], started[1]
     finally:
         for plane, name in zip(started, ("move-source", "move-target"), strict=False):
@@ -58,15 +64,9 @@ def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
             keep_logs(plane, name)
 
 
-def run_manager(plane: ManagementPlane, log: Path) -> ManagedProcess:
-    health = free_port()
-    process = ManagedProcess(log.stem, [
-        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(plane.kubeconfig),
-        "--providers=bootstrap,control-plane", f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0",
-    ], log)  # fmt: skip
-    process.start()
-    process.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
-    return process
+def run_manager(plane: ManagementPlane, log: Path) -> Manager:
+    manager = start_manager(plane.kubeconfig, log, providers="bootstrap,control-plane", metrics=False)
+    return manager.wait_ready(60)
 
 
 def snapshot(api: kc.CustomObjectsApi, core: kc.CoreV1Api) -> dict[str, Any]:

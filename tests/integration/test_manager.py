@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane
-from tests.conftest import Manager as Manager  # noqa: PLC0414 - re-exported, test modules import it here
 from tests.conftest import RunManager, provider_identity
 from tests.support import eventually
 

@@ -7,7 +7,6 @@ initialises, CAPI then creates the workers, and every Machine gets its Node."""
 from __future__ import annotations
 
 import base64
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,9 @@ import pytest
 import yaml
 from kubernetes import client as kc
 
+from capi_c3os.dev.manager import start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, apply
-from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
+from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca
 from tests.integration.controlplane.test_controlplane import _exists
 from tests.integration.test_templates import await_class_accepted, render
@@ -49,16 +49,13 @@ def test_a_topology_cluster_comes_up_servers_first_then_workers(
     await_class_accepted(api, namespace, "c3os-libvirt")
     apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] == "Cluster"])
 
-    health = free_port()
-    manager = ManagedProcess("manager", [
-        sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(mgmt.kubeconfig),
-        "--providers=bootstrap,control-plane", f"--health-addr=127.0.0.1:{health}", "--metrics-addr=0",
-    ], tmp_path / "manager.log")  # fmt: skip
-    manager.start()
+    manager = start_manager(
+        mgmt.kubeconfig, tmp_path / "manager.log", providers="bootstrap,control-plane", metrics=False
+    )
     standin: WorkloadStandIn | None = None
     player = MachinePlayer(k8s, namespace)
     try:
-        manager.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), "manager ready")
+        manager.wait_ready(60)
 
         # Play the infrastructure cluster: provisioned, one failure domain.
         def cloned() -> str | None:

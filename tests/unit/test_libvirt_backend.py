@@ -7,45 +7,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtSite, MachineImage, Site
 from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, Phase, SiteCredentials
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
-
-URI = "test:///default"
-POOL = "default-pool"
-GIB = 1024**3
-
-
-@pytest.fixture
-def conn() -> Iterator[Any]:
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def backend() -> Iterator[LibvirtBackend]:
-    b = LibvirtBackend()
-    yield b
-    b.connections.close()
-
-
-@pytest.fixture
-def base(conn: Any) -> Iterator[str]:
-    """A 1 GiB base image volume, unique to the test."""
-    name = f"base-{uuid.uuid4().hex[:8]}.qcow2"
-    pool = conn.storagePoolLookupByName(POOL)
-    vol = pool.createXML(dx.volume_xml(name, GIB, "qcow2"), 0)
-    yield name
-    vol.delete(0)
+from tests.unit.conftest import GIB, POOL, URI
 
 
 def site(**libvirt_fields: Any) -> Site:

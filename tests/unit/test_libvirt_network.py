@@ -5,42 +5,16 @@ creates nothing. (The ISO a real daemon stores: tests/integration/libvirt.)"""
 
 from __future__ import annotations
 
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from typing import Any
 
-import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtNetworkInterface, MachineNetwork
 from capi_c3os.backends.base import BackendError, MachineIdentity, Phase
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
-from tests.unit.test_libvirt_backend import GIB, POOL, URI, domains_named, intent, site, volume_names
-
-
-@pytest.fixture
-def conn() -> Iterator[Any]:
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def backend() -> Iterator[LibvirtBackend]:
-    b = LibvirtBackend()
-    yield b
-    b.connections.close()
-
-
-@pytest.fixture
-def base(conn: Any) -> Iterator[str]:
-    name = f"base-{uuid.uuid4().hex[:8]}.qcow2"
-    vol = conn.storagePoolLookupByName(POOL).createXML(dx.volume_xml(name, GIB, "qcow2"), 0)
-    yield name
-    vol.delete(0)
-
+from tests.unit.test_libvirt_backend import domains_named, intent, site, volume_names
 
 STATIC = MachineNetwork.model_validate(
     {"interfaces": [{"addresses": ["10.20.0.5/24", "2001:db8::5/64"], "gateway4": "10.20.0.1"}]}

@@ -5,16 +5,15 @@ cluster's orphan sweep only where no domain exists and the namespace is the clus
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from capi_c3os.backends.base import MachineIdentity
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
-from tests.unit.test_libvirt_backend import GIB, POOL, URI, intent, site
+from tests.unit.conftest import GIB, POOL
+from tests.unit.test_libvirt_backend import intent, site
 
 
 @pytest.mark.parametrize(
@@ -41,13 +40,6 @@ def test_volume_names_decode_to_their_machine(namespace: str, name: str) -> None
 )
 def test_other_volumes_do_not_decode(name: str) -> None:
     assert dx.identity_of_volume(name) is None
-
-
-@pytest.fixture
-def conn() -> Iterator[Any]:
-    c = libvirt.open(URI)
-    yield c
-    c.close()
 
 
 def test_volumes_without_a_domain_are_listed_for_their_namespace_only(conn: Any) -> None:

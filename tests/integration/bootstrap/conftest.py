@@ -17,9 +17,10 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.reconcilers.kube import Kube
-from tests.conftest import Manager, RunManager, provider_identity
+from tests.conftest import RunManager, provider_identity
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")

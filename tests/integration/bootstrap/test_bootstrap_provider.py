@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from capi_c3os.dev.manager import Manager
 from tests.integration.bootstrap.conftest import CLUSTER_NAME, Capi, condition_of
-from tests.integration.test_manager import Manager
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.processes import ManagedProcess
 from capi_c3os.dev.workload import played_cluster
 from tests.support import eventually
 
@@ -32,7 +32,7 @@ NEXT = "v1.34.1+k3s1"
 
 
 def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members_removed(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: Manager, tmp_path: Path
 ) -> None:
     api, core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload", answer_etcd_removals=False) as standin:
@@ -169,7 +169,7 @@ def _exists(core: kc.CoreV1Api, namespace: str, name: str) -> bool:
 
 
 def test_a_server_a_health_check_marks_unhealthy_is_replaced_keeping_quorum(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: Manager, tmp_path: Path
 ) -> None:
     api = kc.CustomObjectsApi(k8s)
     retries = {"maxRetry": 2, "retryPeriodSeconds": 0}
@@ -209,7 +209,7 @@ def test_a_server_a_health_check_marks_unhealthy_is_replaced_keeping_quorum(
 
 
 def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: Manager, tmp_path: Path
 ) -> None:
     """Bare-metal sites have no spare server: remove one outdated server, then add its
     replacement, never more than `replicas` at once."""

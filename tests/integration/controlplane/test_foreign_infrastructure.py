@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from kubernetes import client as kc
 
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
-from capi_c3os.dev.processes import ManagedProcess, free_port
+from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import create_cluster
 from tests.support import eventually
 
@@ -59,7 +60,7 @@ def foo_provider(mgmt: ManagementPlane) -> Iterator[None]:
 
 
 def test_servers_are_cloned_from_a_foreign_template_at_its_contract_version(
-    k8s: Any, namespace: str, foo_provider: None, manager: ManagedProcess
+    k8s: Any, namespace: str, foo_provider: None, manager: Manager
 ) -> None:
     api = kc.CustomObjectsApi(k8s)
     api.create_namespaced_custom_object(GROUP, "v1alpha3", namespace, "foomachinetemplates", {

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client as kc
 
-from capi_c3os.dev.processes import ManagedProcess
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.workload import played_cluster
 from tests.support import eventually
 
@@ -81,7 +81,7 @@ def up_to_date(machine: dict[str, Any]) -> str | None:
 
 @pytest.fixture
 def three_servers(
-    k8s: Any, namespace: str, manager: ManagedProcess, tmp_path: Path
+    k8s: Any, namespace: str, manager: Manager, tmp_path: Path
 ) -> Iterator[kc.CustomObjectsApi]:
     api = kc.CustomObjectsApi(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload", replicas=REPLICAS):

@@ -18,8 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane
-from tests.conftest import REPO, Manager, RunManager, provider_identity
+from tests.conftest import REPO, RunManager, provider_identity
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")

@@ -193,11 +193,11 @@ def test_keepalive_drops_a_connection_to_a_frozen_daemon_and_the_next_call_recon
     machine = intent(remote.tls_uri, remote.tls_credentials(), standin_image, "tls-1")
     site, creds = machine.site.libvirt, machine.credentials
     assert site is not None
-    process = remote.daemon.process
-    assert process is not None and process.pid is not None
+    pid = remote.daemon.pid
+    assert pid is not None
     try:
         backend.connections.get(site, creds)
-        os.kill(process.pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
         try:
             eventually(
                 lambda: not backend.connections.holds_live(site, creds),
@@ -205,7 +205,7 @@ def test_keepalive_drops_a_connection_to_a_frozen_daemon_and_the_next_call_recon
                 KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) * 4,
             )
         finally:
-            os.kill(process.pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         assert backend.provision(machine).phase is Phase.RUNNING
         assert backend.connections.holds_live(site, creds)
     finally:
