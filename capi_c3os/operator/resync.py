@@ -68,18 +68,18 @@ class Resync:
         return True
 
     def _reconcile_quietly(self, kind: Kind, obj: dict[str, Any], trigger: str) -> None:
-        """Blocking. A failure here is only logged, except for a requeued run, which
-        nobody else retries soon: that one is run again after a pause."""
+        """Blocking. A failure is logged and the object requeued: nobody else may come
+        soon (a write that met a newer object, e.g. CAPI adding an owner reference,
+        wakes no kopf handler; the next resync may be minutes away)."""
         retry_after: float | None
         try:
             outcome = self._runtime.reconcile(kind, obj, trigger)
             retry_after = (outcome.after or 0.0) if outcome.waiting else None
         except ConflictError:
-            # It changed meanwhile. kopf reacts to spec changes, not to every write.
-            retry_after = CONFLICT_RETRY_DELAY if trigger == "requeue" else None
+            retry_after = CONFLICT_RETRY_DELAY
         except Exception:
             log.exception("%s reconcile failed", trigger, extra=object_ref(obj))
-            retry_after = HANDLER_BACKOFF if trigger == "requeue" else None
+            retry_after = HANDLER_BACKOFF
         if retry_after is not None:
             self.requeue(kind, obj, retry_after)
 

@@ -166,3 +166,51 @@ def test_a_requeued_reconcile_that_raises_is_run_again_after_the_backoff(
 def test_requeue_is_refused_while_the_resync_is_not_running() -> None:
     kind = Kind(C3OS_CONFIG, lambda kube, resource, obj: Outcome.ready())
     assert Resync(Runtime(cast(Kube, Store())), [kind], []).requeue(kind, OBJ, 1.0) is False
+
+
+def test_a_cluster_triggered_reconcile_that_meets_a_newer_object_is_requeued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unpausing a Cluster wakes its configs while CAPI adds owner references to them: a
+    conflict then must not end the wake-up (no kopf handler fires for that change)."""
+    monkeypatch.setattr(resync_module, "CONFLICT_RETRY_DELAY", 0.01)
+    store = Store()
+    triggers: list[str] = []
+    answers: list[Outcome | Exception] = [
+        ConflictError("C3osConfig ns/cfg changed meanwhile"),
+        Outcome.ready(),
+    ]
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    kind = Kind(C3OS_CONFIG, reconcile)
+    runtime = Runtime(cast(Kube, store))
+    original = runtime.reconcile
+
+    def recording(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
+        triggers.append(trigger)
+        return original(kind, obj, trigger)
+
+    runtime.reconcile = recording  # type: ignore[method-assign]
+    resync = Resync(runtime, [kind], [])
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)
+            await asyncio.get_running_loop().run_in_executor(executor, resync.reconcile_dependents, "ns", "c")
+            for _ in range(400):
+                if len(triggers) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert triggers == ["cluster", "requeue"]
+    assert answers == []
