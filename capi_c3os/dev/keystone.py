@@ -257,7 +257,11 @@ key_repository = {self.root / "credential-keys"}
             "bootstrap",
             "--bootstrap-region-id",
             REGION,
-            *(arg for kind in ("admin", "internal", "public") for arg in (f"--bootstrap-{kind}-url", self.auth_url)),
+            *(
+                arg
+                for kind in ("admin", "internal", "public")
+                for arg in (f"--bootstrap-{kind}-url", self.auth_url)
+            ),
         ]
         _run([*manage, *bootstrap], env={**os.environ, "OS_BOOTSTRAP_PASSWORD": self.admin_password})
         self.process = ManagedProcess(
@@ -289,7 +293,11 @@ key_repository = {self.root / "credential-keys"}
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        all_headers = {"X-Auth-Token": self.admin.token(), "Content-Type": "application/json", **(headers or {})}
+        all_headers = {
+            "X-Auth-Token": self.admin.token(),
+            "Content-Type": "application/json",
+            **(headers or {}),
+        }
         req = urllib.request.Request(self.auth_url + path, data=data, method=method, headers=all_headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:

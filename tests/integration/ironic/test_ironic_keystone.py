@@ -23,6 +23,7 @@ from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.keystone import Credentials, KeystoneServer
+from capi_c3os.dev.processes import free_port
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class, settle
 from tests.integration.ironic.test_ironic_machine import machine_spec, provisioned, ready_message
 from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
@@ -171,7 +172,9 @@ def test_a_revoked_token_is_replaced_and_the_deploy_goes_on(
     rc = new_resource_class()
     lab.enroll(1, rc, owner=owner)
     credentials = SiteCredentials(provider.secret_data())
-    intent = lab.intent("revoked", IronicMachine(resource_class=rc), site=keystone_site(ironic), credentials=credentials)
+    intent = lab.intent(
+        "revoked", IronicMachine(resource_class=rc), site=keystone_site(ironic), credentials=credentials
+    )
     backend = IronicBackend()
     first = backend.provision(intent)
     assert first.phase is Phase.PROVISIONING, first
@@ -242,11 +245,15 @@ def test_the_sites_user_gets_only_the_nodes_its_project_owns(
     assert lab.allocations_for_class(rc) == []
 
 
-def test_a_wrong_password_names_keystone_without_the_password(ironic: IronicServer, provider: Credentials) -> None:
+def test_a_wrong_password_names_keystone_without_the_password(
+    ironic: IronicServer, provider: Credentials
+) -> None:
     wrong = "n0t-the-Pa55word"
     credentials = SiteCredentials({**provider.secret_data(), "password": wrong.encode()})
     lab = IronicLab(ironic)
-    intent = lab.intent("wrong", IronicMachine(resource_class="x"), site=keystone_site(ironic), credentials=credentials)
+    intent = lab.intent(
+        "wrong", IronicMachine(resource_class="x"), site=keystone_site(ironic), credentials=credentials
+    )
 
     with pytest.raises(BackendError) as raised:
         IronicBackend().provision(intent)
@@ -255,3 +262,22 @@ def test_a_wrong_password_names_keystone_without_the_password(ironic: IronicServ
     assert provider.auth_url in raised.value.message
     assert wrong not in str(raised.value) and provider.password not in str(raised.value)
     assert raised.value.__suppress_context__, "the client's exception is not chained into logs"
+
+
+def test_an_unreachable_keystone_is_named_not_ironic() -> None:
+    auth_url = f"http://127.0.0.1:{free_port()}/v3"
+    ironic_site = IronicSite.model_validate(
+        {
+            "endpoint": f"http://127.0.0.1:{free_port()}",
+            "authType": "keystone",
+            "credentialsSecretRef": {"name": "ironic-keystone"},
+        }
+    )
+    data = {"auth-url": auth_url, "username": "u", "password": "p", "project-name": "p"}
+    api = connect(ironic_site, SiteCredentials({k: v.encode() for k, v in data.items()}))
+
+    with pytest.raises(BackendError) as raised:
+        api.list_nodes(["uuid"])
+
+    assert raised.value.reason == "KeystoneUnreachable", raised.value.message
+    assert auth_url in raised.value.message and raised.value.retry_after
