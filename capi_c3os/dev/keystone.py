@@ -338,6 +338,26 @@ key_repository = {self.root / "credential-keys"}
             endpoint = {"service_id": service["service"]["id"], "interface": interface, "url": url}
             self.request("POST", "/endpoints", {"endpoint": {**endpoint, "region_id": REGION}})
 
+    def application_credential(self, user: Credentials, name: str) -> dict[str, bytes]:
+        """A new application credential of `user` (for its project), as the Ironic site's
+        credentials Secret holds it."""
+        token = user.token()
+        body = {"application_credential": {"name": name}}
+        user_id = self.request("GET", f"/users?name={user.username}")["users"][0]["id"]
+        req = urllib.request.Request(
+            f"{self.auth_url}/users/{user_id}/application_credentials",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"X-Auth-Token": token, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            created = json.loads(resp.read())["application_credential"]
+        return {
+            "auth-url": user.auth_url.encode(),
+            "application-credential-id": created["id"].encode(),
+            "application-credential-secret": created["secret"].encode(),
+        }
+
     def revoke(self, token: str) -> None:
         self.request("DELETE", "/auth/tokens", headers={"X-Subject-Token": token})
 

@@ -219,6 +219,19 @@ def test_an_auth_url_without_its_version_is_discovered(ironic: IronicServer, pro
     assert isinstance(api.list_nodes(["uuid"]), list)
 
 
+def test_an_application_credential_acts_for_its_project(
+    ironic: IronicServer, keystone: KeystoneServer, provider: Credentials, owner: str
+) -> None:
+    lab = IronicLab(ironic)
+    rc = new_resource_class()
+    [owned] = lab.enroll(1, rc, owner=owner)
+    data = keystone.application_credential(provider, f"capi-c3os-{rc}")
+    data["auth-url"] = provider.auth_url.removesuffix("/v3").encode()  # completed to /v3
+    api = connect(keystone_site(ironic).ironic, SiteCredentials(data))  # type: ignore[arg-type]
+
+    assert owned in {node.uuid for node in api.list_nodes(["uuid"])}
+
+
 def test_the_sites_user_gets_only_the_nodes_its_project_owns(
     ironic: IronicServer, provider: Credentials, owner: str
 ) -> None:
@@ -242,6 +255,41 @@ def test_the_sites_user_gets_only_the_nodes_its_project_owns(
     drive(lambda: backend.deprovision(intents[1].identity, site, credentials), {Phase.DELETED})
     drive(lambda: backend.deprovision(intents[0].identity, site, credentials), {Phase.DELETED})
     assert lab.node(owned)["provision_state"] == "available"
+    assert lab.allocations_for_class(rc) == []
+
+
+def test_what_ironics_policy_denies_the_sites_user_is_reported_as_forbidden(
+    ironic: IronicServer, provider: Credentials, owner: str
+) -> None:
+    """Changing a node's deploy interface takes `manager` or `admin` of the owning project;
+    a `member` is refused, the condition says by whom and what, and the machine can go."""
+    lab = IronicLab(ironic)
+    rc = new_resource_class()
+    [node_uuid] = lab.enroll(1, rc, owner=owner)
+    credentials = SiteCredentials(provider.secret_data())
+    site = keystone_site(ironic)
+    intent = lab.intent(
+        "forbidden",
+        IronicMachine(resource_class=rc, deploy_interface="direct"),
+        site=site,
+        credentials=credentials,
+    )
+    backend = IronicBackend()
+
+    def refusal() -> BackendError | None:
+        try:
+            backend.provision(intent)
+        except BackendError as err:
+            return err
+        return None
+
+    refused = eventually(refusal, "Ironic to refuse a step", 60)
+
+    assert refused.reason == "IronicForbidden", refused.message
+    assert ironic.url in refused.message and "does not allow the site's user to" in refused.message
+    assert lab.node(node_uuid)["deploy_interface"] == "fake"
+    drive(lambda: backend.deprovision(intent.identity, site, credentials), {Phase.DELETED})
+    assert lab.node(node_uuid)["provision_state"] == "available"
     assert lab.allocations_for_class(rc) == []
 
 
