@@ -312,7 +312,9 @@ def _keystone_call(auth_url: str, what: str, authenticate: Callable[[], object])
     except ks_exc.DiscoveryFailure:
         raise BackendError(
             "KeystoneUnreachable",
-            f"no Keystone identity API found at {auth_url} ({what}): check the auth-url in the site's Secret",
+            # keystoneauth's version discovery folds TLS and HTTP errors into this one.
+            f"no Keystone identity API found at {auth_url} ({what}): check the auth-url in the site's "
+            "Secret and, for https, that the site's caBundleSecretRef signs Keystone's certificate",
             retry_after=60.0,
         ) from None
     except ks_exc.ClientException as err:
