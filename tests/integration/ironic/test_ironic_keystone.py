@@ -22,7 +22,7 @@ from capi_c3os.backends.base import BackendError, Phase, Progress, SiteCredentia
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.dev.ironic import IronicServer
-from capi_c3os.dev.keystone import Credentials, KeystoneServer
+from capi_c3os.dev.keystone import SERVICE_PROJECT, Credentials, KeystoneServer
 from capi_c3os.dev.processes import free_port
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class, settle
 from tests.integration.ironic.test_ironic_machine import machine_spec, provisioned, ready_message
@@ -291,6 +291,44 @@ def test_what_ironics_policy_denies_the_sites_user_is_reported_as_forbidden(
     drive(lambda: backend.deprovision(intent.identity, site, credentials), {Phase.DELETED})
     assert lab.node(node_uuid)["provision_state"] == "available"
     assert lab.allocations_for_class(rc) == []
+
+
+def test_the_service_role_reaches_every_node_only_where_ironic_elevates_it(
+    keystone: KeystoneServer, ironic: IronicServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The other way to give capi-c3os its nodes: the `service` role in Ironic's service
+    project, with `rbac_service_role_elevated_access` on that Ironic (off by default: there
+    the same user may not even allocate)."""
+    service_user = keystone.create_user("capi-c3os-service", SERVICE_PROJECT, ("service",))
+    credentials = SiteCredentials(service_user.secret_data())
+    on_default = IronicLab(ironic).intent(
+        "service-default",
+        IronicMachine(resource_class="x"),
+        site=keystone_site(ironic),
+        credentials=credentials,
+    )
+    with pytest.raises(BackendError) as raised:
+        IronicBackend().provision(on_default)
+    assert raised.value.reason == "IronicForbidden", raised.value.message
+
+    elevated = IronicServer(tmp_path_factory.mktemp("ironic-elevated"))
+    elevated.keystone = keystone.ironic_identities(elevated.url, elevated_service_role=True)
+    elevated.start()
+    try:
+        lab = IronicLab(elevated)
+        rc = new_resource_class()
+        [node_uuid] = lab.enroll(1, rc)  # no owner
+        site = keystone_site(elevated)
+        intent = lab.intent("service", IronicMachine(resource_class=rc), site=site, credentials=credentials)
+        backend = IronicBackend()
+
+        running = drive(lambda: backend.provision(intent), {Phase.RUNNING})
+
+        assert running.details["nodeUUID"] == node_uuid
+        drive(lambda: backend.deprovision(intent.identity, site, credentials), {Phase.DELETED})
+        assert lab.node(node_uuid)["provision_state"] == "available"
+    finally:
+        elevated.stop()
 
 
 def test_a_wrong_password_names_keystone_without_the_password(
