@@ -141,7 +141,6 @@ class IronicServer:
         authtoken = ""
         if self.keystone:
             auth = "keystone"
-            extra_default += self.keystone.default_config()
             authtoken = self.keystone.authtoken_config()
         api_tls = ""
         if self.tls:

@@ -168,13 +168,6 @@ class IronicIdentities:
 
     service: Credentials
     operator: Credentials
-    elevated_service_role: bool = False
-    """Ironic's `rbac_service_role_elevated_access`: the `service` role in the service
-    project acts on every node, like a system member (off by default in Ironic)."""
-
-    def default_config(self) -> str:
-        """Ironic's `[DEFAULT]` options for Keystone."""
-        return f"rbac_service_role_elevated_access = {str(self.elevated_service_role).lower()}\n"
 
     def authtoken_config(self) -> str:
         """Ironic's `[keystone_authtoken]` section."""
@@ -368,14 +361,12 @@ key_repository = {self.root / "credential-keys"}
     def revoke(self, token: str) -> None:
         self.request("DELETE", "/auth/tokens", headers={"X-Subject-Token": token})
 
-    def ironic_identities(self, ironic_url: str, elevated_service_role: bool = False) -> IronicIdentities:
+    def ironic_identities(self, ironic_url: str) -> IronicIdentities:
         """The ironic service user and the baremetal catalog entry for an Ironic at
         `ironic_url` (call once per Ironic)."""
         service = self.create_user(f"ironic-{secrets.token_hex(3)}", SERVICE_PROJECT, ("service",))
         self.register_endpoint("baremetal", "ironic", ironic_url)
-        return IronicIdentities(
-            service=service, operator=self.admin, elevated_service_role=elevated_service_role
-        )
+        return IronicIdentities(service=service, operator=self.admin)
 
     def tail(self, lines: int = 40) -> str:
         try:
