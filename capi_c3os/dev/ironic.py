@@ -4,7 +4,8 @@ Ironic is installed (pinned) into its own virtualenv in a cache outside the work
 ``~/.cache/capi-c3os/ironic-<version>-venv`` (or ``CAPI_C3OS_IRONIC_VENV``), once per
 machine; ``python3 -m capi_c3os.dev.ironic`` installs it and prints its path. It then runs
 as the single combined ``ironic`` process (API + conductor, the only mode SQLite allows)
-with ``fake-hardware`` nodes, noauth or HTTP basic auth, optionally TLS. The recipe and
+with ``fake-hardware`` nodes, noauth, HTTP basic auth or Keystone (a test Keystone from
+``capi_c3os.dev.keystone``), optionally TLS. The recipe and
 its gotchas are in ``shared/facts/ironic.md``.
 
 With ``redfish=True`` it also drives real (virtual) machines: the ``redfish`` hardware type
@@ -36,6 +37,7 @@ from typing import Any
 
 import pycdlib
 
+from capi_c3os.dev.keystone import IronicIdentities
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
 
 IRONIC_VERSION = "39.0.0"
@@ -103,6 +105,9 @@ class IronicServer:
     root: Path
     http_basic: tuple[str, str] | None = None
     """(user, password): serve with HTTP basic auth instead of noauth."""
+    keystone: IronicIdentities | None = None
+    """Serve with auth_strategy keystone: tokens are validated as `keystone.service`, and
+    this module's own requests authenticate as `keystone.operator`."""
     tls: tuple[Path, Path] | None = None
     """(certificate, key) files: serve HTTPS with them."""
     ca_file: Path | None = None
@@ -166,6 +171,10 @@ class IronicServer:
             users = self.root / "htpasswd"
             users.write_text(f"{self.http_basic[0]}:{_bcrypt(self.http_basic[1], self._venv)}\n")
             extra_default = f"http_basic_auth_user_file = {users}\n"
+        authtoken = ""
+        if self.keystone:
+            auth = "keystone"
+            authtoken = self.keystone.authtoken_config()
         api_tls = ""
         if self.tls:
             api_tls = f"enable_ssl_api = true\n[ssl]\ncert_file = {self.tls[0]}\nkey_file = {self.tls[1]}\n"
@@ -226,7 +235,7 @@ clean_callback_timeout = {self.deploy_callback_timeout}
 check_provision_state_interval = 1
 [oslo_concurrency]
 lock_path = {self.root / "locks"}
-{extra_sections}"""
+{extra_sections}{authtoken}"""
         )
 
     @property
@@ -306,6 +315,8 @@ lock_path = {self.root / "locks"}
         if self.http_basic:
             token = base64.b64encode(f"{self.http_basic[0]}:{self.http_basic[1]}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
+        if self.keystone:
+            headers["X-Auth-Token"] = self.keystone.operator.token()
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         context = None

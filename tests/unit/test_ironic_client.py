@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from keystoneauth1 import http_basic, noauth
-from keystoneauth1.identity import v3
+from keystoneauth1.identity import generic, v3
 
 from capi_c3os.api.common import SecretKeyRef, SecretRef
 from capi_c3os.api.infrastructure import IronicSite
@@ -43,15 +43,17 @@ def test_keystone_takes_a_password_or_an_application_credential() -> None:
             "project-name": b"bm",
         }
     )
-    assert isinstance(build_auth(site("keystone"), password), v3.Password)
+    assert isinstance(build_auth(site("keystone"), password), generic.Password)
     app = SiteCredentials(
         {
-            "auth-url": b"https://keystone.example/v3",
+            "auth-url": b"https://keystone.example/identity/",
             "application-credential-id": b"id",
             "application-credential-secret": SECRET.encode(),
         }
     )
-    assert isinstance(build_auth(site("keystone"), app), v3.ApplicationCredential)
+    app_auth = build_auth(site("keystone"), app)
+    assert isinstance(app_auth, v3.ApplicationCredential)
+    assert app_auth.auth_url == "https://keystone.example/identity/v3", "the version is added when missing"
 
 
 def test_missing_keys_are_named_and_values_never_shown() -> None:

@@ -5,7 +5,9 @@ credentials from the site's Secret, TLS verified against the site's CA bundle (o
 system store) unless the site opts out. ironicclient's own conflict retries are off
 (they sleep 2 s five times inside the call): HTTP 409 becomes `IronicBusyError` and the caller
 requeues. Every other failure becomes a `BackendError` whose message names the site's
-endpoint and Ironic's own words, never a credential.
+endpoint (or, for Keystone's own refusals, its auth URL) and the server's own words, never
+a credential. With Keystone, keystoneauth renews the token before it expires and, when
+Ironic refuses one (revoked), fetches a new one and repeats the request once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ironicclient import client as ironic_client
 from ironicclient import exc as ironic_exc
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import http_basic, noauth, session
-from keystoneauth1.identity import v3
+from keystoneauth1.identity import generic, v3
 
 from capi_c3os.api.infrastructure import IronicSite
 from capi_c3os.backends.base import BackendError, SiteCredentials
@@ -132,22 +134,41 @@ NODE_FIELDS = [
 class IronicApi:
     """The calls the backend makes, each one HTTP request, typed in and out."""
 
-    def __init__(self, endpoint: str, client: Any) -> None:
+    def __init__(
+        self, endpoint: str, client: Any, keystone: tuple[str, Callable[[], object]] | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._client = client
+        self._keystone = keystone
+        """(auth URL, a call that makes sure the session holds a valid token) for Keystone
+        sites: a failure there is Keystone's, not Ironic's, and says so."""
         self.calls = 0
         """Requests made; read by the benchmark."""
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         self.calls += 1
+        if self._keystone is not None:
+            _keystone_call(self._keystone[0], what, self._keystone[1])
         try:
             return fn()
         except ironic_exc.Conflict as err:
             raise IronicBusyError(f"{what}: {_ironic_message(err)}") from None
-        except (ironic_exc.Unauthorized, ironic_exc.Forbidden, ks_exc.Unauthorized) as err:
+        except ks_exc.Unauthorized as err:
+            # Raised only by a (re-)authentication, inside the request when Ironic refused
+            # the held token: Keystone's word, not Ironic's.
+            auth_url = self._keystone[0] if self._keystone else self.endpoint
+            raise _keystone_refused(auth_url, what, err) from None
+        except ironic_exc.Unauthorized as err:
             raise BackendError(
                 "IronicAuthenticationFailed",
                 f"Ironic at {self.endpoint} refused the site's credentials ({what}): {_ironic_message(err)}",
+                retry_after=60.0,
+            ) from None
+        except ironic_exc.Forbidden as err:
+            raise BackendError(
+                "IronicForbidden",
+                f"Ironic at {self.endpoint} does not allow the site's user to {what}: {_ironic_message(err)} "
+                "(Ironic's policy: see the roles the site's user needs)",
                 retry_after=60.0,
             ) from None
         except ironic_exc.NotAcceptable as err:
@@ -270,6 +291,48 @@ class IronicApi:
         self._optional(f"delete allocation {ident}", lambda: self._client.allocation.delete(ident))
 
 
+def _keystone_call(auth_url: str, what: str, authenticate: Callable[[], object]) -> None:
+    """Authenticate (a no-op while the held token is fresh), naming Keystone on failure."""
+    try:
+        authenticate()
+    except ks_exc.Unauthorized as err:
+        raise _keystone_refused(auth_url, what, err) from None
+    except ks_exc.SSLError:
+        raise BackendError(
+            "KeystoneTLSVerificationFailed",
+            f"TLS verification of Keystone at {auth_url} failed: check the site's caBundleSecretRef",
+            retry_after=60.0,
+        ) from None
+    except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RequestTimeout) as err:
+        raise BackendError(
+            "KeystoneUnreachable",
+            f"cannot reach Keystone at {auth_url} ({what}): {type(err).__name__}",
+            retry_after=10.0,
+        ) from None
+    except ks_exc.DiscoveryFailure:
+        raise BackendError(
+            "KeystoneUnreachable",
+            # keystoneauth's version discovery folds TLS and HTTP errors into this one.
+            f"no Keystone identity API found at {auth_url} ({what}): check the auth-url in the site's "
+            "Secret and, for https, that the site's caBundleSecretRef signs Keystone's certificate",
+            retry_after=60.0,
+        ) from None
+    except ks_exc.ClientException as err:
+        raise BackendError(
+            "KeystoneAuthenticationFailed",
+            f"authenticating with Keystone at {auth_url} failed ({what}): {_ironic_message(err)}",
+            retry_after=60.0,
+        ) from None
+
+
+def _keystone_refused(auth_url: str, what: str, err: Exception) -> BackendError:
+    return BackendError(
+        "KeystoneAuthenticationFailed",
+        f"Keystone at {auth_url} refused the site's credentials ({what}): {_ironic_message(err)}",
+        retry_after=60.0,
+    )
+
+
 def _ironic_message(err: Exception) -> str:
     # ironicclient's messages are Ironic's faultstring plus "(HTTP 409) (Request-ID: …)".
     text = str(getattr(err, "message", None) or err)
@@ -321,12 +384,13 @@ def build_auth(site: IronicSite, credentials: SiteCredentials) -> Any:
             "keystone",
         )
         return v3.ApplicationCredential(
-            auth_url=values["auth-url"],
+            auth_url=_v3(values["auth-url"]),
             application_credential_id=values["application-credential-id"],
             application_credential_secret=values["application-credential-secret"],
         )
     values = _require(credentials, _KEYSTONE_PASSWORD_KEYS, "keystone")
-    return v3.Password(
+    # The generic plugin discovers the identity API: an auth-url with or without /v3 works.
+    return generic.Password(
         auth_url=values["auth-url"],
         username=values["username"],
         password=values["password"],
@@ -334,6 +398,12 @@ def build_auth(site: IronicSite, credentials: SiteCredentials) -> Any:
         user_domain_name=_text(credentials, "user-domain-name", "Default"),
         project_domain_name=_text(credentials, "project-domain-name", "Default"),
     )
+
+
+def _v3(auth_url: str) -> str:
+    """The v3 identity URL of an auth-url given with or without its version."""
+    trimmed = auth_url.rstrip("/")
+    return trimmed if trimmed.endswith("/v3") else f"{trimmed}/v3"
 
 
 _ca_dir_lock = threading.Lock()
@@ -377,7 +447,10 @@ def connect(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
         max_retries=0,
         retry_interval=0,
     )
-    return IronicApi(site.endpoint, client)
+    keystone = None
+    if site.auth_type == "keystone":
+        keystone = (_text(credentials, "auth-url", ""), sess.get_auth_headers)
+    return IronicApi(site.endpoint, client, keystone)
 
 
 def client_key(site: IronicSite, credentials: SiteCredentials) -> str:

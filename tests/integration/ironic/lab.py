@@ -10,6 +10,7 @@ from typing import Any
 
 from ironicclient import client as ironic_client
 from keystoneauth1 import http_basic, noauth, session
+from keystoneauth1.identity import v3
 
 from capi_c3os.api.infrastructure import IronicMachine, IronicSite, MachineImage, Site
 from capi_c3os.backends.base import (
@@ -37,6 +38,15 @@ class IronicLab:
         if self.server.http_basic:
             user, password = self.server.http_basic
             auth = http_basic.HTTPBasicAuth(endpoint=self.server.url, username=user, password=password)
+        if self.server.keystone:
+            operator = self.server.keystone.operator
+            auth = v3.Password(
+                auth_url=operator.auth_url,
+                username=operator.username,
+                password=operator.password,
+                user_domain_name=operator.user_domain_name,
+                system_scope="all",
+            )
         verify: bool | str = str(self.server.ca_file) if self.server.ca_file else True
         self.admin = ironic_client.Client(
             "1",
@@ -48,9 +58,11 @@ class IronicLab:
 
     # --- what an operator does ---------------------------------------------------------------
 
-    def enroll(self, count: int, resource_class: str, traits: Iterable[str] = ()) -> list[str]:
+    def enroll(
+        self, count: int, resource_class: str, traits: Iterable[str] = (), owner: str | None = None
+    ) -> list[str]:
         """Nodes enrolled, managed and provided until `available`, with power off (allocations
-        skip nodes whose power state is unknown)."""
+        skip nodes whose power state is unknown); `owner` is a Keystone project id."""
         uuids = []
         for _ in range(count):
             node = self.admin.node.create(
@@ -58,6 +70,7 @@ class IronicLab:
                 name=f"{resource_class}-{uuid.uuid4().hex[:6]}",
                 resource_class=resource_class,
                 deploy_interface="fake",
+                **({"owner": owner} if owner else {}),
             )
             if traits:
                 self.admin.node.set_traits(node.uuid, list(traits))
