@@ -7,6 +7,10 @@ cluster does; each scenario's own waits fail it with what is missing):
    libvirtd, booting the self-booting stand-in image by URL + checksum;
 2. upgrade: a new k3s version through the topology: the control plane rolls with
    surge 1, then the workers;
+2b. upgrade again with the ClusterClass's controlPlaneMaxSurge variable at 0: the servers
+   roll remove-first (never more than 3), each old server's etcd member removed;
+2c. kubeconfig rotation: a `<cluster>-kubeconfig` whose admin certificate is past half
+   its life is rewritten by the control plane, and the new one lists the Nodes;
 3. remediation by MachineHealthCheck of a worker and of a server whose VM was destroyed
    (the server's etcd member removed first);
 4. scale: workers 2 -> 4 -> 1, control plane 3 -> 1 (removed servers' etcd members
@@ -21,6 +25,7 @@ later ones, which then say so in their first wait.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import threading
 import time
@@ -30,14 +35,17 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.bootstrap.kubeconfig import render_admin_kubeconfig
 from capi_c3os.capi import conditions as cond
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import NETWORK_NAME
 from capi_c3os.dev.mgmt import api_client, apply
 from capi_c3os.dev.processes import free_port
+from capi_c3os.dev.workload import cluster_ca
 from e2e.conftest import E2eEnv
 from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
 from tests.integration.test_templates import await_class_accepted, render
@@ -56,6 +64,7 @@ CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
 SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
 NEW_VERSION = "v1.33.5+k3s1"
+SURGE_ZERO_VERSION = "v1.33.6+k3s1"
 
 
 class Cluster:
@@ -291,6 +300,75 @@ def test_upgrade_rolls_servers_with_surge_one_then_workers(cluster: Cluster) -> 
     new_workers = sorted(m["created"] for m in new.values() if not m["server"])
     assert len(new_servers) == 3 and len(new_workers) == 2, new
     assert new_workers[0] >= new_servers[-1], "workers rolled only after the control plane"
+
+
+def test_upgrade_with_surge_zero_removes_each_server_first(cluster: Cluster) -> None:
+    old_servers = {m["metadata"]["name"]: m["status"]["nodeRef"]["name"] for m in cluster.servers()}
+    old_workers = {m["metadata"]["name"] for m in cluster.workers()}
+    obj = cluster.get(CAPI, "clusters", NAME)
+    assert obj is not None
+    # What a user edits: the class's variable and the version, in one change.
+    variables = [v for v in obj["spec"]["topology"]["variables"] if v["name"] != "controlPlaneMaxSurge"]
+    variables.append({"name": "controlPlaneMaxSurge", "value": 0})
+    with Watch(cluster) as watch:
+        cluster.patch_topology({"version": SURGE_ZERO_VERSION, "variables": variables})
+        took = _wait(cluster, lambda: cluster.settled(3, 2, SURGE_ZERO_VERSION),
+                     f"every Machine at {SURGE_ZERO_VERSION}")  # fmt: skip
+    print(f"\nupgrade with surge 0: {took:.0f}s for 3 servers and 2 workers")
+    control_plane = cluster.get(("controlplane.cluster.x-k8s.io", "v1alpha1"), "c3oscontrolplanes",
+                                obj["spec"]["controlPlaneRef"]["name"])  # fmt: skip
+    assert control_plane is not None
+    assert control_plane["spec"]["rollout"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert not set(old_servers) & {m["metadata"]["name"] for m in cluster.servers()}, "every server replaced"
+    assert not old_workers & {m["metadata"]["name"] for m in cluster.workers()}, "every worker replaced"
+    assert watch.most["servers"] <= 3, watch.most  # surge 0: an old server goes before a new one comes
+    new_servers = [m for m in watch.seen.values() if m["server"] and m["version"] == SURGE_ZERO_VERSION]
+    assert len(new_servers) == 3, watch.seen
+    removed = cluster.workload().etcd_removed
+    for node in old_servers.values():
+        assert node in removed, f"{node} left etcd before its Machine went"
+
+
+def test_control_plane_rotates_an_aging_kubeconfig(cluster: Cluster, tmp_path: Path) -> None:
+    secret_name = f"{NAME}-kubeconfig"
+    server_ca = cluster_ca(cluster.core, cluster.namespace, f"{NAME}-ca")
+    client_ca = cluster_ca(cluster.core, cluster.namespace, f"{NAME}-cca")
+    # A good kubeconfig from the cluster's own CAs whose admin certificate is past half
+    # of its life (valid 4 more minutes of 9, counting the 5 minutes it is backdated).
+    aging = render_admin_kubeconfig(NAME, "127.0.0.1", cluster.port, server_ca.cert_pem, client_ca,
+                                    valid_for=dt.timedelta(minutes=4))  # fmt: skip
+    old_path = tmp_path / "aging.kubeconfig"
+    old_path.write_text(aging)
+    nodes = {m["status"]["nodeRef"]["name"] for m in cluster.machines()}
+    with api_client(old_path) as client:  # it still works: a rotation, not a repair
+        assert {n.metadata.name for n in kc.CoreV1Api(client).list_node().items} == nodes
+    stale = base64.b64encode(aging.encode()).decode()
+    started = time.monotonic()
+    cluster.core.patch_namespaced_secret(secret_name, cluster.namespace, {"data": {"value": stale}})
+
+    def rewritten() -> bool:
+        return bool(
+            cluster.core.read_namespaced_secret(secret_name, cluster.namespace).data["value"] != stale
+        )
+
+    eventually(rewritten, "the kubeconfig rewritten", 300, 1.0, explain=cluster.summary)
+    print(f"\nkubeconfig rotation: {time.monotonic() - started:.0f}s until rewritten")
+    fresh = base64.b64decode(
+        cluster.core.read_namespaced_secret(secret_name, cluster.namespace).data["value"]
+    )
+    config = yaml.safe_load(fresh)
+    cert = x509.load_pem_x509_certificate(
+        base64.b64decode(config["users"][0]["user"]["client-certificate-data"])
+    )
+    assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=3), (
+        "a new week-long certificate"
+    )
+    new_path = tmp_path / "rotated.kubeconfig"
+    new_path.write_bytes(fresh)
+    with api_client(new_path) as client:
+        assert {n.metadata.name for n in kc.CoreV1Api(client).list_node().items} == nodes
+    obj = cluster.get(CAPI, "clusters", NAME)
+    assert obj is not None and cond.is_true(obj, "Available"), cluster.summary()
 
 
 def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Cluster) -> None:
