@@ -284,16 +284,12 @@ def describe_rows(output: str) -> dict[str, dict[str, Row]]:
     last: Row | None = None
     for line in lines[1:]:
         name = line[: col["REPLICAS"]].strip().lstrip("│├└─ ")
-        message = line[col["MESSAGE"] :].strip()
+        status, message = line[col["STATUS"] : col["REASON"]].strip(), line[col["MESSAGE"] :].strip()
         found = _OBJECT_ROW.match(name)
         if found:
             current, last = objects.setdefault(f"{found['kind']}/{found['name']}", {}), None
-        elif current is not None and _CONDITION_ROW.match(name):
-            status, reason = (
-                line[col["STATUS"] : col["REASON"]].strip(),
-                line[col["REASON"] : col["SINCE"]].strip(),
-            )
-            last = current[name] = Row(status, reason, message)
+        elif current is not None and _CONDITION_ROW.match(name) and status in cond.STATUSES:
+            last = current[name] = Row(status, line[col["REASON"] : col["SINCE"]].strip(), message)
         elif not name and last is not None:
             last.message = f"{last.message} {message}".strip()
         else:  # a virtual row (Workers, a group of Machines)
