@@ -5,10 +5,16 @@ cluster does; each scenario's own waits fail it with what is missing):
 1. create: `clusterctl generate cluster shop-17 --flavor topology` from the offline
    repository (`capi-c3os manifests` output), 3 servers + 2 workers on the private
    libvirtd, booting the self-booting stand-in image by URL + checksum;
+1b. `clusterctl describe cluster` shows our objects with their conditions;
 2. upgrade: a new k3s version through the topology: the control plane rolls with
    surge 1, then the workers;
+2b. upgrade again with the ClusterClass's controlPlaneMaxSurge variable at 0: the servers
+   roll remove-first (never more than 3), each old server's etcd member removed;
+2c. kubeconfig rotation: a `<cluster>-kubeconfig` whose admin certificate is past half
+   its life is rewritten by the control plane, and the new one lists the Nodes;
 3. remediation by MachineHealthCheck of a worker and of a server whose VM was destroyed
-   (the server's etcd member removed first);
+   (the server's etcd member removed first); while the worker waits for it, `clusterctl
+   describe cluster` says why its C3osMachine is not Ready;
 4. scale: workers 2 -> 4 -> 1, control plane 3 -> 1 (removed servers' etcd members
    removed first);
 5. delete: nothing left behind (domains, volumes, NVRAM, cluster Secrets).
@@ -21,23 +27,32 @@ later ones, which then say so in their first wait.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
+import os
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.bootstrap.kubeconfig import render_admin_kubeconfig
 from capi_c3os.capi import conditions as cond
+from capi_c3os.dev import binaries
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import NETWORK_NAME
 from capi_c3os.dev.mgmt import api_client, apply
 from capi_c3os.dev.processes import free_port
+from capi_c3os.dev.workload import cluster_ca
 from e2e.conftest import E2eEnv
 from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
 from tests.integration.test_templates import await_class_accepted, render
@@ -56,6 +71,7 @@ CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
 SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
 NEW_VERSION = "v1.33.5+k3s1"
+SURGE_ZERO_VERSION = "v1.33.6+k3s1"
 
 
 class Cluster:
@@ -227,6 +243,101 @@ def test_create_three_servers_two_workers_from_the_clusterclass(cluster: Cluster
     assert nodes == {m["status"]["nodeRef"]["name"] for m in machines}
 
 
+@dataclass
+class Row:
+    """One condition as `clusterctl describe cluster --show-conditions` prints it."""
+
+    status: str
+    reason: str
+    message: str
+
+
+_OBJECT_ROW = re.compile(r"^(?:!! DELETED !! )?(?P<kind>[A-Za-z0-9]+) [\w.-]+/(?P<name>[\w.-]+)(?:, .*)?$")
+_CONDITION_ROW = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def describe(cluster: Cluster, home: Path, label: str, *flags: str) -> str:
+    """`clusterctl describe cluster` as a user runs it against the management plane; the
+    output is kept with the test logs as `describe-<label>.txt`."""
+    done = subprocess.run(
+        [str(binaries.locate("clusterctl")), "describe", "cluster", NAME, "-n", cluster.namespace,
+         "--kubeconfig", str(cluster.env.mgmt.kubeconfig), "--show-conditions", "all", *flags],
+        env={**os.environ, "HOME": str(home), "NO_COLOR": "1",
+             "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},  # no look-up of the latest release
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    keep = Path(os.environ.get("CAPI_C3OS_TEST_LOGS") or home) / "e2e"
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / f"describe-{label}.txt").write_text(done.stdout)
+    return done.stdout
+
+
+def describe_rows(output: str) -> dict[str, dict[str, Row]]:
+    """`Kind/name` -> condition type -> what the table says (columns found from the
+    header; a message wrapped over several lines joined again)."""
+    lines = output.splitlines()
+    header = lines[0]
+    col = {c: header.index(c) for c in ("REPLICAS", "STATUS", "REASON", "SINCE", "MESSAGE")}
+    objects: dict[str, dict[str, Row]] = {}
+    current: dict[str, Row] | None = None
+    last: Row | None = None
+    for line in lines[1:]:
+        name = line[: col["REPLICAS"]].strip().lstrip("│├└─ ")
+        status, message = line[col["STATUS"] : col["REASON"]].strip(), line[col["MESSAGE"] :].strip()
+        found = _OBJECT_ROW.match(name)
+        if found:
+            current, last = objects.setdefault(f"{found['kind']}/{found['name']}", {}), None
+        elif current is not None and _CONDITION_ROW.match(name) and status in cond.STATUSES:
+            last = current[name] = Row(status, line[col["REASON"] : col["SINCE"]].strip(), message)
+        elif not name and last is not None:
+            last.message = f"{last.message} {message}".strip()
+        else:  # a virtual row (Workers, a group of Machines)
+            current = last = None
+    return objects
+
+
+OUR_KINDS = ("C3osCluster", "C3osControlPlane", "C3osMachine", "C3osConfig")
+
+
+def test_clusterctl_describe_shows_our_objects_and_their_conditions(cluster: Cluster, tmp_path: Path) -> None:
+    obj = cluster.get(CAPI, "clusters", NAME)
+    assert obj is not None
+    control_plane = f"C3osControlPlane/{obj['spec']['controlPlaneRef']['name']}"
+
+    def settled_rows() -> dict[str, dict[str, Row]] | None:
+        # --echo and no grouping: every Machine with its C3osMachine and C3osConfig, Ready or not.
+        rows = describe_rows(describe(cluster, tmp_path, "after-create", "--echo", "--grouping=false"))
+        available = rows.get(control_plane, {}).get("Available")
+        return rows if available and available.message == "3 of 3 servers Ready" else None
+
+    rows = eventually(settled_rows, f"{control_plane} Available with 3 of 3 servers", 120, 2.0,
+                      explain=cluster.summary)  # fmt: skip
+    infra = rows[f"C3osCluster/{obj['spec']['infrastructureRef']['name']}"]["Ready"]
+    assert (infra.status, infra.reason) == ("True", "Provisioned") and "site-a" in infra.message, infra
+    cp = rows[control_plane]
+    assert (cp["Available"].status, cp["Available"].reason) == ("True", "Available"), cp
+    for negative in ("RollingOut", "ScalingUp", "ScalingDown"):
+        assert (cp[negative].status, cp[negative].reason) == ("False", f"Not{negative}"), cp
+    assert rows[f"Cluster/{NAME}"]["ControlPlaneAvailable"].message == "3 of 3 servers Ready"
+    for machine in cluster.machines():
+        name = machine["metadata"]["name"]
+        vm = rows[f"C3osMachine/{machine['spec']['infrastructureRef']['name']}"]["Ready"]
+        assert (vm.status, vm.reason) == ("True", "DomainRunning"), vm
+        assert f"domain {cluster.domain_of(machine)} is running" in vm.message, vm
+        assert rows[f"Machine/{name}"]["InfrastructureReady"].reason == "DomainRunning"  # CAPI mirrors ours
+        config = rows[f"C3osConfig/{machine['spec']['bootstrap']['configRef']['name']}"]["Ready"]
+        assert (config.status, config.reason) == ("True", "DataSecretAvailable"), config
+        if CONTROL_PLANE_LABEL in machine["metadata"]["labels"]:  # the control plane says so
+            assert rows[f"Machine/{name}"]["UpToDate"].status == "True", name
+    ours = {k: v for k, v in rows.items() if k.split("/")[0] in OUR_KINDS}
+    assert len(ours) == 2 + 2 * 5, sorted(ours)
+    for key, conditions in ours.items():
+        assert (conditions["Paused"].status, conditions["Paused"].reason) == ("False", "NotPaused"), key
+        for type_, row in conditions.items():
+            assert cond.is_camel_case(row.reason), (key, type_, row)
+
+
 def _healthy(machine: dict[str, Any]) -> bool:
     status = machine.get("status") or {}
     return (
@@ -293,7 +404,76 @@ def test_upgrade_rolls_servers_with_surge_one_then_workers(cluster: Cluster) -> 
     assert new_workers[0] >= new_servers[-1], "workers rolled only after the control plane"
 
 
-def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Cluster) -> None:
+def test_upgrade_with_surge_zero_removes_each_server_first(cluster: Cluster) -> None:
+    old_servers = {m["metadata"]["name"]: m["status"]["nodeRef"]["name"] for m in cluster.servers()}
+    old_workers = {m["metadata"]["name"] for m in cluster.workers()}
+    obj = cluster.get(CAPI, "clusters", NAME)
+    assert obj is not None
+    # What a user edits: the class's variable and the version, in one change.
+    variables = [v for v in obj["spec"]["topology"]["variables"] if v["name"] != "controlPlaneMaxSurge"]
+    variables.append({"name": "controlPlaneMaxSurge", "value": 0})
+    with Watch(cluster) as watch:
+        cluster.patch_topology({"version": SURGE_ZERO_VERSION, "variables": variables})
+        took = _wait(cluster, lambda: cluster.settled(3, 2, SURGE_ZERO_VERSION),
+                     f"every Machine at {SURGE_ZERO_VERSION}")  # fmt: skip
+    print(f"\nupgrade with surge 0: {took:.0f}s for 3 servers and 2 workers")
+    control_plane = cluster.get(("controlplane.cluster.x-k8s.io", "v1alpha1"), "c3oscontrolplanes",
+                                obj["spec"]["controlPlaneRef"]["name"])  # fmt: skip
+    assert control_plane is not None
+    assert control_plane["spec"]["rollout"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert not set(old_servers) & {m["metadata"]["name"] for m in cluster.servers()}, "every server replaced"
+    assert not old_workers & {m["metadata"]["name"] for m in cluster.workers()}, "every worker replaced"
+    assert watch.most["servers"] <= 3, watch.most  # surge 0: an old server goes before a new one comes
+    new_servers = [m for m in watch.seen.values() if m["server"] and m["version"] == SURGE_ZERO_VERSION]
+    assert len(new_servers) == 3, watch.seen
+    removed = cluster.workload().etcd_removed
+    for node in old_servers.values():
+        assert node in removed, f"{node} left etcd before its Machine went"
+
+
+def test_control_plane_rotates_an_aging_kubeconfig(cluster: Cluster, tmp_path: Path) -> None:
+    secret_name = f"{NAME}-kubeconfig"
+    server_ca = cluster_ca(cluster.core, cluster.namespace, f"{NAME}-ca")
+    client_ca = cluster_ca(cluster.core, cluster.namespace, f"{NAME}-cca")
+    # A good kubeconfig from the cluster's own CAs whose admin certificate is past half
+    # of its life (valid 4 more minutes of 9, counting the 5 minutes it is backdated).
+    aging = render_admin_kubeconfig(NAME, "127.0.0.1", cluster.port, server_ca.cert_pem, client_ca,
+                                    valid_for=dt.timedelta(minutes=4))  # fmt: skip
+    old_path = tmp_path / "aging.kubeconfig"
+    old_path.write_text(aging)
+    nodes = {m["status"]["nodeRef"]["name"] for m in cluster.machines()}
+    with api_client(old_path) as client:  # it still works: a rotation, not a repair
+        assert {n.metadata.name for n in kc.CoreV1Api(client).list_node().items} == nodes
+    stale = base64.b64encode(aging.encode()).decode()
+    started = time.monotonic()
+    cluster.core.patch_namespaced_secret(secret_name, cluster.namespace, {"data": {"value": stale}})
+
+    def rewritten() -> bool:
+        return bool(
+            cluster.core.read_namespaced_secret(secret_name, cluster.namespace).data["value"] != stale
+        )
+
+    eventually(rewritten, "the kubeconfig rewritten", 300, 1.0, explain=cluster.summary)
+    print(f"\nkubeconfig rotation: {time.monotonic() - started:.0f}s until rewritten")
+    fresh = base64.b64decode(
+        cluster.core.read_namespaced_secret(secret_name, cluster.namespace).data["value"]
+    )
+    config = yaml.safe_load(fresh)
+    cert = x509.load_pem_x509_certificate(
+        base64.b64decode(config["users"][0]["user"]["client-certificate-data"])
+    )
+    assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=3), (
+        "a new week-long certificate"
+    )
+    new_path = tmp_path / "rotated.kubeconfig"
+    new_path.write_bytes(fresh)
+    with api_client(new_path) as client:
+        assert {n.metadata.name for n in kc.CoreV1Api(client).list_node().items} == nodes
+    obj = cluster.get(CAPI, "clusters", NAME)
+    assert obj is not None and cond.is_true(obj, "Available"), cluster.summary()
+
+
+def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Cluster, tmp_path: Path) -> None:
     env = cluster.env
     cluster.api.create_namespaced_custom_object(*CAPI, cluster.namespace, "machinehealthchecks", {
         "apiVersion": "/".join(CAPI), "kind": "MachineHealthCheck", "metadata": {"name": NAME},
@@ -308,6 +488,8 @@ def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Clus
         domain = cluster.domain_of(victim)
         with env.libvirtd.connect() as conn:
             conn.lookupByName(domain).destroy()  # the VM dies; its kubelet goes silent
+        if CONTROL_PLANE_LABEL not in victim["metadata"]["labels"]:
+            _describe_says_why(cluster, victim, domain, tmp_path)
 
         def replaced(name: str = name) -> bool:
             return cluster.get(CAPI, "machines", name) is None and cluster.settled(3, 2)
@@ -317,6 +499,23 @@ def test_machinehealthcheck_replaces_a_destroyed_worker_and_server(cluster: Clus
         if CONTROL_PLANE_LABEL in victim["metadata"]["labels"]:
             assert node in cluster.workload().etcd_removed, "a server leaves etcd before it goes"
     cluster.api.delete_namespaced_custom_object(*CAPI, cluster.namespace, "machinehealthchecks", NAME)
+
+
+def _describe_says_why(cluster: Cluster, victim: dict[str, Any], domain: str | None, home: Path) -> None:
+    """While the Machine waits for its remediation, `clusterctl describe cluster` (as a
+    user runs it: Ready objects folded into their Machine) shows its C3osMachine not
+    Ready, with our reason and a message naming the stopped domain."""
+    key = f"C3osMachine/{victim['spec']['infrastructureRef']['name']}"
+
+    def not_ready() -> Row | None:
+        if cluster.get(INFRA, "c3osmachines", key.split("/")[1]) is None:
+            raise AssertionError(f"{key} went before describe showed it not Ready")
+        row = describe_rows(describe(cluster, home, "remediation")).get(key, {}).get("Ready")
+        return row if row is not None and row.status == "False" else None
+
+    row = eventually(not_ready, f"describe to show {key} not Ready", 300, 1.0, explain=cluster.summary)
+    assert row.reason == "DomainStopped", row
+    assert row.message == f"domain {domain} is shut off (destroyed)", row
 
 
 def test_scale_workers_2_4_1_and_servers_3_1(cluster: Cluster) -> None:

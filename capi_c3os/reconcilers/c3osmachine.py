@@ -14,7 +14,8 @@
 
 The providerID (`c3os://<namespace>/<name>`) is chosen once and lives in the spec, so it
 survives `clusterctl move` (which keeps names but not UIDs or status); every backend
-resource is named from it. Status is written once per reconcile.
+resource is named from it. Status is written once per reconcile, and one reconcile of a
+machine runs at a time (kopf's handlers and the backend's events both start them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,12 +139,49 @@ class MachineContext:
         )
 
 
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(namespace: str, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.Lock())
+
+
 def reconcile(
     kube: Kube,
     resource: Resource,
     obj: dict[str, Any],
     backends: Backends | None = None,
     now: datetime | None = None,
+) -> Outcome:
+    """One at a time per machine: kopf's handler and the backend's event thread (a domain
+    stopped, often by our own deprovision) may both start one, and two deprovisions at
+    once trip over each other's deleted volumes. Who had to wait reads the object again:
+    the one it was given predates the other's work (a released finalizer, a new status)."""
+    meta = obj["metadata"]
+    lock = _lock_for(meta["namespace"], meta["name"])
+    if lock.acquire(blocking=False):
+        fresh: dict[str, Any] | None = obj
+    else:
+        lock.acquire()
+        fresh = None
+    try:
+        if fresh is None:
+            fresh = kube.get(resource, meta["namespace"], meta["name"])
+            if fresh is None:
+                return Outcome.ready()  # gone meanwhile: nothing left to do or report
+        return _reconcile(kube, resource, fresh, backends, now)
+    finally:
+        lock.release()
+
+
+def _reconcile(
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    backends: Backends | None,
+    now: datetime | None,
 ) -> Outcome:
     ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC))
     ctx.cluster = fetch_owner_cluster(kube, obj)
