@@ -18,6 +18,10 @@ from kubernetes import client as kc
 from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
 
+# clusterctl looks for a newer release of itself (proxy.golang.org, api.github.com)
+# after each command; tests talk to loopback only.
+os.environ.setdefault("CLUSTERCTL_DISABLE_VERSIONCHECK", "true")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -122,6 +122,7 @@ def render(
     env = {
         **os.environ,
         "HOME": str(root / "clusterctl-home"),  # clusterctl's cache and config stay in the demo
+        "CLUSTERCTL_DISABLE_VERSIONCHECK": "true",  # no release lookup on the internet
         "C3OS_REPOSITORY": str(REPO / "config" / "clusterctl"),
         "C3OS_CONTROL_PLANE_ENDPOINT_HOST": "127.0.0.1",
         "C3OS_CONTROL_PLANE_ENDPOINT_PORT": str(port),
@@ -279,6 +280,7 @@ def describe(kubeconfig: Path) -> str:
     done = subprocess.run(
         [str(binaries.locate("clusterctl")), "describe", "cluster", NAME, "-n", NAMESPACE,
          "--kubeconfig", str(kubeconfig)],
+        env={**os.environ, "CLUSTERCTL_DISABLE_VERSIONCHECK": "true"},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     return done.stdout if done.returncode == 0 else f"clusterctl describe failed: {done.stderr.strip()}"
