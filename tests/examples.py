@@ -33,9 +33,11 @@ CLUSTER_SPEC: dict[str, Any] = {
     "sites": [
         {
             "name": "lab",
-            "libvirt": {"uri": "qemu+ssh://root@host/system", "credentialsSecretRef": {"name": "ssh"}},
+            "libvirt": {"uri": "qemu+ssh://root@127.0.0.1:9/system", "credentialsSecretRef": {"name": "ssh"}},
         },
-        {"name": "rack", "controlPlane": False, "ironic": {"endpoint": "https://ironic:6385"}},
+        # Loopback, closed ports: tests that run a manager on these objects must send
+        # nothing anywhere else (not even a DNS query for a made-up host name).
+        {"name": "rack", "controlPlane": False, "ironic": {"endpoint": "https://127.0.0.1:9"}},
     ],
     "defaultSite": "lab",
 }
