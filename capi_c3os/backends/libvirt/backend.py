@@ -13,8 +13,10 @@ adopts what the earlier run made and makes no duplicate:
    <metadata>, started, and marked started with the time (so a domain stopped later is
    reported, not restarted, and address polling backs off from its start).
 
-`domainType: auto` is settled once per host by a boot check (kvmprobe.py). spec.network
-is rendered onto the config drive for the NICs' deterministic MACs.
+`domainType: auto` is settled once per host by a boot check (kvmprobe.py); the type and
+why go into the domain's tag and each machine's status.backend.libvirt, not into Ready
+(CAPI copies that message into every Machine and Cluster summary). spec.network is
+rendered onto the config drive for the NICs' deterministic MACs.
 
 All calls block; the reconciler runs them on worker threads.
 """
@@ -299,10 +301,11 @@ class LibvirtBackend:
             _upload(conn, drive, iso)
 
         dkb = machine.direct_kernel_boot if machine else None
+        domain_type, why = ("test", "") if test_driver else self._domain_type(conn, site, pool)
         spec = dx.DomainSpec(
             identity=identity,
-            tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster),
-            domain_type="test" if test_driver else self._domain_type(conn, site, pool),
+            tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster, why),
+            domain_type=domain_type,
             cpus=intent.cpus,
             memory_mib=intent.memory_mib,
             disk_path=disk.path(),
@@ -326,7 +329,7 @@ class LibvirtBackend:
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
-        note = self._domain_type_note(dom, _libvirt_site(intent.site))
+        details.update(self._domain_type_details(dom, _libvirt_site(intent.site)))
         started = _started(dom)
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
             dom.create()
@@ -343,11 +346,11 @@ class LibvirtBackend:
                 return Progress(
                     Phase.RUNNING,
                     "DomainRunning",
-                    f"domain {dom.name()} is running{note}",
+                    f"domain {dom.name()} is running",
                     addresses=tuple(addresses),
                     details=details,
                 )
-            return self._without_address(dom, addresses, note, details)
+            return self._without_address(dom, addresses, details)
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
@@ -357,7 +360,7 @@ class LibvirtBackend:
 
     @staticmethod
     def _without_address(
-        dom: libvirt.virDomain, addresses: list[MachineAddress], note: str, details: dict[str, str]
+        dom: libvirt.virDomain, addresses: list[MachineAddress], details: dict[str, str]
     ) -> Progress:
         """Running, but no NIC has an address yet. Still provisioned: the guest boots and
         joins the cluster by its providerID whatever its address (addresses are for
@@ -381,7 +384,7 @@ class LibvirtBackend:
         return Progress(
             Phase.RUNNING,
             reason,
-            message + note,
+            message,
             addresses=tuple(addresses),
             requeue_after=delay,
             details=details,
@@ -418,9 +421,12 @@ class LibvirtBackend:
             pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
             return BaseImage(vol.path(), image.format, virtual)
 
-    def _domain_type(self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool) -> str:
+    def _domain_type(
+        self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool
+    ) -> tuple[str, str]:
+        """The type for a new domain, and why."""
         if site.domain_type != "auto":
-            return site.domain_type
+            return site.domain_type, f"the site sets domainType: {site.domain_type}"
         with self._locks_lock:
             lock = self._verdict_locks.setdefault(site.uri, threading.Lock())
         with lock:  # one check per host, however many machines wait for it
@@ -428,20 +434,26 @@ class LibvirtBackend:
             if verdict is None:
                 verdict = kvmprobe.check(conn, pool, _upload, dx.volume_xml)
                 self._verdicts[site.uri] = verdict
+                # Said once per host here; each machine's status.backend.libvirt carries
+                # it too, but no Ready message does (CAPI copies those into every summary).
                 level = logging.INFO if verdict.domain_type == "kvm" else logging.WARNING
                 log.log(
                     level, "domainType auto on %s means %s: %s", site.uri, verdict.domain_type, verdict.reason
                 )
-            return verdict.domain_type
+            return verdict.domain_type, f"domainType auto: {verdict.reason}"
 
-    def _domain_type_note(self, dom: libvirt.virDomain, site: LibvirtSite) -> str:
-        """For the Ready message: which type `auto` chose on this host, and why."""
+    def _domain_type_details(self, dom: libvirt.virDomain, site: LibvirtSite) -> dict[str, str]:
+        """For status.backend.libvirt: the domain's type and why it has it."""
+        kind = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") or ""
+        tag = _domain_tag(dom)
+        why = tag.domain_type_reason if tag else ""
         verdict = self._verdicts.get(site.uri)
-        if site.domain_type != "auto" or verdict is None:
-            return ""
-        if ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") != verdict.domain_type:
-            return ""  # defined before this check ran (another manager process)
-        return f" ({verdict.domain_type}: {verdict.reason})"
+        if not why and site.domain_type == "auto" and verdict and verdict.domain_type == kind:
+            why = f"domainType auto: {verdict.reason}"  # defined by a version that kept no reason
+        details = {"domainType": kind} if kind else {}
+        if why:
+            details["domainTypeReason"] = why[:1024]  # the status field's limit
+        return details
 
     def _base_lock(self, uri: str, pool: str, name: str) -> threading.Lock:
         with self._locks_lock:
