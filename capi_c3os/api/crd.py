@@ -100,6 +100,9 @@ KINDS: tuple[Kind, ...] = (
             PROVISIONED,
             READY,
             PrinterColumn("Site", "string", ".status.failureDomain", "Site (failure domain)", 1),
+            PrinterColumn(
+                "DomainType", "string", ".status.backend.libvirt.domainType", "libvirt domain type", 1
+            ),
             AGE,
         ),
     ),

@@ -577,6 +577,11 @@ class LibvirtMachineStatus(ApiModel):
     """Name of the libvirt domain."""
     domain_uuid: str | None = Field(None, alias="domainUUID", max_length=36)
     """UUID of the libvirt domain."""
+    domain_type: str | None = Field(None, max_length=16)
+    """The domain's type (kvm, qemu): with the site's `domainType: auto`, what the host's
+    boot check chose."""
+    domain_type_reason: str | None = Field(None, max_length=1024)
+    """Why the domain has that type (the site's setting, or the boot check's verdict)."""
 
 
 class IronicMachineStatus(ApiModel):

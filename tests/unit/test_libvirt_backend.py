@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtSite, MachineImage, Site
@@ -93,6 +94,8 @@ def test_domain_xml_has_identity_tag_disks_serial_log_and_no_nic_without_network
     assert root.findall("devices/interface") == []
     tag = dx.parse_tag(ET.tostring(root.find("metadata")[0], encoding="unicode"))  # type: ignore[index]
     assert tag == dx.Tag("ns", "m-0", "c3os://ns/m-0", "ns/c1")
+    reasoned = dx.Tag("ns", "m-0", "c3os://ns/m-0", "ns/c1", "domainType auto: the host offers no KVM")
+    assert dx.parse_tag(dx.tag_xml(reasoned)) == reasoned
 
 
 def test_provision_creates_one_running_domain_with_overlay_and_config_drive(
@@ -125,6 +128,33 @@ def test_a_defined_but_never_started_domain_is_started_on_the_next_provision(
     assert not dom.isActive()  # the "crash" came right after defineXML
     assert backend.provision(wanted).phase is Phase.RUNNING
     assert dom.isActive()
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+
+
+def test_the_domain_type_and_why_are_in_the_details_not_the_ready_message(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    """The reason is kept in the domain's tag from its definition, so marking it started
+    (which rewrites the tag) and a new manager process (no verdict in memory) keep it."""
+    wanted = intent(base)
+    lsite = wanted.site.libvirt
+    assert lsite is not None
+    backend._create(backend.connections.get(lsite, wanted.credentials), lsite, wanted)
+    (dom,) = domains_named(conn, wanted.identity)
+    tag = dx.Tag("ns", wanted.identity.name, wanted.identity.provider_id, "ns/c1", "domainType auto: why")
+    dom.setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, dx.tag_xml(tag), dx.METADATA_PREFIX, dx.METADATA_NS, 0
+    )
+    progress = backend.provision(wanted)  # starts it and marks it started
+    assert progress.phase is Phase.RUNNING
+    assert progress.message == f"domain {dom.name()} is running"
+    assert progress.details["domainType"] == "test"
+    assert progress.details["domainTypeReason"] == "domainType auto: why"
+    fresh = LibvirtBackend()
+    try:
+        assert fresh.provision(wanted).details["domainTypeReason"] == "domainType auto: why"
+    finally:
+        fresh.connections.close()
     backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
 
 

@@ -13,8 +13,10 @@ adopts what the earlier run made and makes no duplicate:
    <metadata>, started, and marked started with the time (so a domain stopped later is
    reported, not restarted, and address polling backs off from its start).
 
-`domainType: auto` is settled once per host by a boot check (kvmprobe.py). spec.network
-is rendered onto the config drive for the NICs' deterministic MACs.
+`domainType: auto` is settled once per host by a boot check (kvmprobe.py); the type and
+why go into the domain's tag and each machine's status.backend.libvirt, not into Ready
+(CAPI copies that message into every Machine and Cluster summary). spec.network is
+rendered onto the config drive for the NICs' deterministic MACs.
 
 All calls block; the reconciler runs them on worker threads.
 """
@@ -32,7 +34,7 @@ import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -299,10 +301,11 @@ class LibvirtBackend:
             _upload(conn, drive, iso)
 
         dkb = machine.direct_kernel_boot if machine else None
+        domain_type, why = ("test", "") if test_driver else self._domain_type(conn, site, pool)
         spec = dx.DomainSpec(
             identity=identity,
-            tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster),
-            domain_type="test" if test_driver else self._domain_type(conn, site, pool),
+            tag=dx.Tag(identity.namespace, identity.name, identity.provider_id, intent.cluster, why),
+            domain_type=domain_type,
             cpus=intent.cpus,
             memory_mib=intent.memory_mib,
             disk_path=disk.path(),
@@ -326,7 +329,7 @@ class LibvirtBackend:
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
-        note = self._domain_type_note(dom, _libvirt_site(intent.site))
+        details.update(self._domain_type_details(dom, _libvirt_site(intent.site)))
         started = _started(dom)
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
             dom.create()
@@ -335,19 +338,20 @@ class LibvirtBackend:
         elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:
             _mark_started(dom)  # a crash between create() and the mark
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            per_nic = _addresses(dom, _static_addresses(intent, _macs(dom)))
             addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
-            for found in (*_static_addresses(intent), *_addresses(dom)):
+            for found in (a for nic in per_nic.values() for a in nic):
                 if found not in addresses:
                     addresses.append(found)
-            if len(addresses) > 1 or not _interfaces_of(dom):
+            if all(per_nic.values()):  # every NIC has an address (or there is no NIC)
                 return Progress(
                     Phase.RUNNING,
                     "DomainRunning",
-                    f"domain {dom.name()} is running{note}",
+                    f"domain {dom.name()} is running",
                     addresses=tuple(addresses),
                     details=details,
                 )
-            return self._without_address(dom, addresses, note, details)
+            return self._without_address(dom, addresses, details, none=not any(per_nic.values()))
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
@@ -357,18 +361,22 @@ class LibvirtBackend:
 
     @staticmethod
     def _without_address(
-        dom: libvirt.virDomain, addresses: list[MachineAddress], note: str, details: dict[str, str]
+        dom: libvirt.virDomain, addresses: list[MachineAddress], details: dict[str, str], none: bool
     ) -> Progress:
-        """Running, but no NIC has an address yet. Still provisioned: the guest boots and
-        joins the cluster by its providerID whatever its address (addresses are for
-        people and tools); we keep looking, ever less often, and say so after a while."""
+        """Running, but a NIC has no address yet (`none`: no NIC has one). Still
+        provisioned: the guest boots and joins the cluster by its providerID whatever its
+        address (addresses are for people and tools); we keep looking, ever less often,
+        and say so after a while when no NIC has an address. A NIC without one next to
+        NICs with one (maybe on purpose) leaves Ready's message alone: CAPI copies it."""
         started_at = _started_at(dom)
         if started_at is None:  # started by an older version: the clock starts now
             _mark_started(dom)
             started_at = time.time()
         waited = max(0.0, time.time() - started_at)
         delay = address_retry(waited)
-        if waited < ADDRESS_PATIENCE:
+        if not none:
+            reason, message = "DomainRunning", f"domain {dom.name()} is running"
+        elif waited < ADDRESS_PATIENCE:
             reason, message = "DomainRunning", f"domain {dom.name()} is running, waiting for its address"
         else:
             reason = "NoAddress"
@@ -381,7 +389,7 @@ class LibvirtBackend:
         return Progress(
             Phase.RUNNING,
             reason,
-            message + note,
+            message,
             addresses=tuple(addresses),
             requeue_after=delay,
             details=details,
@@ -418,9 +426,12 @@ class LibvirtBackend:
             pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
             return BaseImage(vol.path(), image.format, virtual)
 
-    def _domain_type(self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool) -> str:
+    def _domain_type(
+        self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool
+    ) -> tuple[str, str]:
+        """The type for a new domain, and why."""
         if site.domain_type != "auto":
-            return site.domain_type
+            return site.domain_type, f"the site sets domainType: {site.domain_type}"
         with self._locks_lock:
             lock = self._verdict_locks.setdefault(site.uri, threading.Lock())
         with lock:  # one check per host, however many machines wait for it
@@ -428,20 +439,26 @@ class LibvirtBackend:
             if verdict is None:
                 verdict = kvmprobe.check(conn, pool, _upload, dx.volume_xml)
                 self._verdicts[site.uri] = verdict
+                # Said once per host here; each machine's status.backend.libvirt carries
+                # it too, but no Ready message does (CAPI copies those into every summary).
                 level = logging.INFO if verdict.domain_type == "kvm" else logging.WARNING
                 log.log(
                     level, "domainType auto on %s means %s: %s", site.uri, verdict.domain_type, verdict.reason
                 )
-            return verdict.domain_type
+            return verdict.domain_type, f"domainType auto: {verdict.reason}"
 
-    def _domain_type_note(self, dom: libvirt.virDomain, site: LibvirtSite) -> str:
-        """For the Ready message: which type `auto` chose on this host, and why."""
+    def _domain_type_details(self, dom: libvirt.virDomain, site: LibvirtSite) -> dict[str, str]:
+        """For status.backend.libvirt: the domain's type and why it has it."""
+        kind = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") or ""
+        tag = _domain_tag(dom)
+        why = tag.domain_type_reason if tag else ""
         verdict = self._verdicts.get(site.uri)
-        if site.domain_type != "auto" or verdict is None:
-            return ""
-        if ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") != verdict.domain_type:
-            return ""  # defined before this check ran (another manager process)
-        return f" ({verdict.domain_type}: {verdict.reason})"
+        if not why and site.domain_type == "auto" and verdict and verdict.domain_type == kind:
+            why = f"domainType auto: {verdict.reason}"  # defined by a version that kept no reason
+        details = {"domainType": kind} if kind else {}
+        if why:
+            details["domainTypeReason"] = why[:1024]  # the status field's limit
+        return details
 
     def _base_lock(self, uri: str, pool: str, name: str) -> threading.Lock:
         with self._locks_lock:
@@ -619,39 +636,85 @@ def _undefine(dom: libvirt.virDomain) -> None:
         dom.undefine()
 
 
-def _interfaces_of(dom: libvirt.virDomain) -> list[ET.Element]:
-    return list(ET.fromstring(dom.XMLDesc(0)).iter("interface"))
-
-
-def _addresses(dom: libvirt.virDomain) -> list[MachineAddress]:
-    """IPv4/IPv6 addresses from the network's DHCP leases, else from the guest agent."""
-    for source in (
-        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
-        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
-    ):
-        try:
-            interfaces = dom.interfaceAddresses(source, 0) or {}
-        except libvirt.libvirtError:
-            continue
-        found = []
-        for name, info in sorted(interfaces.items()):
-            if name == "lo":
-                continue
-            for addr in info.get("addrs") or []:
-                value = addr.get("addr")
-                if value and not str(value).startswith(("127.", "::1", "fe80:")):
-                    found.append(MachineAddress(type="InternalIP", address=str(value)))
-        if found:
-            return found
-    return []
-
-
-def _static_addresses(intent: MachineIntent) -> list[MachineAddress]:
-    """The addresses spec.network gives the guest: known without asking anyone."""
+def _macs(dom: libvirt.virDomain) -> list[str]:
+    """The MACs of the domain's NICs, in its order (the order of spec.network's interfaces)."""
     found = []
-    for iface in intent.network.interfaces if intent.network else []:
-        for text in iface.addresses or []:
-            found.append(MachineAddress(type="InternalIP", address=str(ipaddress.ip_interface(text).ip)))
+    for nic in ET.fromstring(dom.XMLDesc(0)).iter("interface"):
+        mac = nic.find("mac")
+        if mac is not None and mac.get("address"):
+            found.append(str(mac.get("address")).lower())
+    return found
+
+
+def _addresses(
+    dom: libvirt.virDomain, static: Mapping[str, list[MachineAddress]] | None = None
+) -> dict[str, list[MachineAddress]]:
+    """Every NIC's addresses by MAC, in the domain's order (see `merge_addresses`); the
+    guest agent is asked only when a NIC is left without one by its static addresses and
+    the network's DHCP leases (one call each: a guest without an agent answers fast)."""
+    macs = _macs(dom)
+    static = static or {}
+    leases = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+    agent: dict[str, Any] = {}
+    if any(not static.get(mac) and not _usable(leases, mac) for mac in macs):
+        agent = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT)
+    return merge_addresses(macs, static, leases, agent)
+
+
+def _source(dom: libvirt.virDomain, source: int) -> dict[str, Any]:
+    try:
+        return dict(dom.interfaceAddresses(source, 0) or {})
+    except libvirt.libvirtError:  # no lease source (bridge), no agent (yet)
+        return {}
+
+
+def _usable(interfaces: Mapping[str, Any], mac: str) -> list[MachineAddress]:
+    """The addresses `interfaces` (as libvirt's interfaceAddresses returns them) give the
+    NIC with `mac`, without loopback and link-local ones."""
+    found: list[MachineAddress] = []
+    for info in interfaces.values():
+        if str(info.get("hwaddr") or "").lower() != mac:
+            continue
+        for addr in info.get("addrs") or []:
+            value = str(addr.get("addr") or "")
+            if not value or value.startswith(("127.", "::1", "fe80:")):
+                continue
+            address = MachineAddress(type="InternalIP", address=value)
+            if address not in found:
+                found.append(address)
+    return found
+
+
+def merge_addresses(
+    macs: list[str],
+    static: Mapping[str, list[MachineAddress]],
+    leases: Mapping[str, Any],
+    agent: Mapping[str, Any],
+) -> dict[str, list[MachineAddress]]:
+    """Each NIC's addresses (by MAC, in `macs` order): its static ones from spec.network
+    and its DHCP lease; the guest agent's only for a NIC that has neither (a lease is the
+    network's own word; the agent is the guest's, e.g. for a bridged NIC). Interfaces the
+    agent reports with other MACs (the guest's own bridges, k3s's cni0 and flannel.1)
+    are no address of the machine. An empty list: that NIC has no address yet."""
+    found: dict[str, list[MachineAddress]] = {}
+    for mac in macs:
+        nic = list(static.get(mac, []))
+        nic += [a for a in _usable(leases, mac) if a not in nic]
+        if not nic:
+            nic = _usable(agent, mac)
+        found[mac] = nic
+    return found
+
+
+def _static_addresses(intent: MachineIntent, macs: list[str]) -> dict[str, list[MachineAddress]]:
+    """The addresses spec.network gives the guest (known without asking anyone), by the
+    MAC of the NIC they are for (spec.network's interfaces are in NIC order)."""
+    found = {}
+    for mac, iface in zip(macs, intent.network.interfaces if intent.network else [], strict=False):
+        found[mac] = [
+            MachineAddress(type="InternalIP", address=str(ipaddress.ip_interface(text).ip))
+            for text in iface.addresses or []
+        ]
     return found
 
 

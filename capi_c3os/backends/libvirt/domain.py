@@ -24,13 +24,16 @@ BASE_PREFIX = "c3os-base-"
 
 @dataclass(frozen=True)
 class Tag:
-    """Who a domain belongs to, as written into its <metadata>."""
+    """Who a domain belongs to (and why it has its type), as written into its <metadata>."""
 
     namespace: str
     name: str
     provider_id: str
     cluster: str = ""
     """`<namespace>/<cluster name>`: lets a cluster find its machines' orphans."""
+    domain_type_reason: str = ""
+    """Why the domain got its type (the site's choice, or `auto`'s boot check verdict):
+    kept with the domain, so its status says so after a manager restart too."""
 
     def identity(self) -> MachineIdentity:
         return MachineIdentity(self.namespace, self.name, self.provider_id)
@@ -99,6 +102,8 @@ def tag_xml(tag: Tag) -> str:
         ("cluster", tag.cluster),
     ):
         ET.SubElement(root, key).text = value
+    if tag.domain_type_reason:
+        ET.SubElement(root, "domainTypeReason").text = tag.domain_type_reason
     return ET.tostring(root, encoding="unicode")
 
 
@@ -119,7 +124,7 @@ def parse_tag(xml: str | None) -> Tag | None:
 
     if not (text("namespace") and text("name") and text("providerID")):
         return None
-    return Tag(text("namespace"), text("name"), text("providerID"), text("cluster"))
+    return Tag(text("namespace"), text("name"), text("providerID"), text("cluster"), text("domainTypeReason"))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@ applies the static IPv4 address its config drive gives its NIC (by MAC) on a lib
 network without DHCP, and the backend learns that address from the QEMU guest agent
 in the stand-in (libvirt's own parser of the agent's answer), not from a lease: the
 network has no DHCP, so no lease exists. Everything runs in the private libvirtd
-inside the test run's network namespace."""
+inside the test run's network namespace.
+
+With a second NIC on the DHCP network, both sources are needed: the lease for that NIC,
+the agent for the static one; the backend reports both."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from capi_c3os.backends.base import Phase
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.backends.libvirt.backend import _addresses
-from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.libvirtd import NETWORK_NAME, PrivateLibvirtd
 from tests.integration.libvirt.conftest import BASE_VOLUME, serial_log
 from tests.integration.libvirt.test_libvirt_backend_daemon import intent
 from tests.support import eventually
@@ -127,11 +130,75 @@ def test_static_address_is_applied_and_reported_by_the_guest_agent(
             # discovery found it through the agent.
             leases = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
             assert not any(info["addrs"] for info in leases.values())
-            assert _addresses(dom) == [MachineAddress(type="InternalIP", address=ADDRESS)]
+            assert _addresses(dom) == {mac: [MachineAddress(type="InternalIP", address=ADDRESS)]}
 
         progress = backend.provision(machine)
         assert progress.phase is Phase.RUNNING and progress.reason == "DomainRunning"
         assert MachineAddress(type="InternalIP", address=ADDRESS) in progress.addresses
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+
+
+def leased(dom: libvirt.virDomain, mac: str) -> str | None:
+    """The address the DHCP network leased to the NIC with `mac`, once it did."""
+    leases = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+    for info in leases.values():
+        if info["hwaddr"] == mac and info["addrs"]:
+            return str(info["addrs"][0]["addr"])
+    return None
+
+
+def test_a_leased_nic_and_a_static_nic_known_only_to_the_agent_are_both_reported(
+    libvirtd: PrivateLibvirtd, standin_image: Path, static_network: str
+) -> None:
+    base = intent(libvirtd, standin_image, "agent-lease", MachineImage(volume=BASE_VOLUME))
+    assert base.libvirt is not None
+    machine = replace(
+        base,
+        network=MachineNetwork.model_validate(
+            {"interfaces": [{"addresses": [f"{ADDRESS}/24"]}, {"dhcp4": True}]}
+        ),
+        libvirt=base.libvirt.model_copy(
+            update={
+                "network_interfaces": [
+                    LibvirtNetworkInterface(network=static_network),
+                    LibvirtNetworkInterface(network=NETWORK_NAME),
+                ]
+            }
+        ),
+    )
+    domain = dx.domain_name(machine.identity)
+    static_mac, dhcp_mac = dx.mac_address(machine.identity, 0), dx.mac_address(machine.identity, 1)
+    backend = LibvirtBackend()
+    try:
+        assert backend.provision(machine).phase is Phase.RUNNING
+        with closing(libvirtd.connect()) as conn:
+            dom = conn.lookupByName(domain)
+            lease = eventually(
+                lambda: leased(dom, dhcp_mac),
+                "a DHCP lease for the second NIC",
+                BOOT_TIMEOUT,
+                explain=lambda: serial_log(libvirtd, domain)[-2000:],
+            )
+            parsed = eventually(
+                lambda: agent_interfaces(dom),
+                "the guest agent to answer",
+                BOOT_TIMEOUT,
+                explain=lambda: serial_log(libvirtd, domain)[-2000:],
+            )
+            assert leased(dom, static_mac) is None  # no DHCP on the static NIC's network
+            assert any(info["hwaddr"] == static_mac for info in parsed.values())
+            # The lease source alone answers (for the second NIC); the first NIC's
+            # address is only the agent's.
+            assert _addresses(dom) == {
+                static_mac: [MachineAddress(type="InternalIP", address=ADDRESS)],
+                dhcp_mac: [MachineAddress(type="InternalIP", address=lease)],
+            }
+        progress = backend.provision(machine)
+        assert progress.phase is Phase.RUNNING and progress.reason == "DomainRunning"
+        assert progress.requeue_after is None  # every NIC has its address: nothing to look for
+        assert [a.address for a in progress.addresses] == [machine.hostname, ADDRESS, lease]
     finally:
         backend.deprovision(machine.identity, machine.site, machine.credentials)
         backend.connections.close()

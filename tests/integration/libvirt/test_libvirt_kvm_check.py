@@ -19,7 +19,7 @@ import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from capi_c3os.api.infrastructure import LibvirtSite, MachineImage, Site
-from capi_c3os.backends.base import Phase
+from capi_c3os.backends.base import Phase, Progress
 from capi_c3os.backends.libvirt import LibvirtBackend, kvmprobe
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
@@ -69,9 +69,9 @@ def leftovers(daemon: PrivateLibvirtd) -> tuple[list[str], list[str]]:
     return domains, volumes
 
 
-def boot_auto(daemon: PrivateLibvirtd, standin: Path, name: str) -> tuple[str, str]:
-    """Provision a stand-in machine with domainType auto; (its domain type, its Ready
-    message) once it printed its config drive."""
+def boot_auto(daemon: PrivateLibvirtd, standin: Path, name: str) -> tuple[str, Progress]:
+    """Provision a stand-in machine with domainType auto; (its domain type, the backend's
+    report) once it printed its config drive."""
     backend = LibvirtBackend()
     machine = intent(daemon, standin, name, MachineImage(volume=BASE_VOLUME))
     machine = type(machine)(
@@ -93,7 +93,7 @@ def boot_auto(daemon: PrivateLibvirtd, standin: Path, name: str) -> tuple[str, s
         assert blocks["USER-DATA"] == machine.user_data
         with closing(daemon.connect()) as conn:
             kind = conn.lookupByName(domain).XMLDesc(0).split("type='", 1)[1].split("'", 1)[0]
-        return kind, progress.message
+        return kind, progress
     finally:
         backend.deprovision(machine.identity, machine.site, machine.credentials)
         backend.connections.close()
@@ -104,21 +104,26 @@ def test_auto_without_usable_kvm_emulates_and_says_why(
 ) -> None:
     with closing(kvmless_libvirtd.connect()) as conn:
         assert kvmprobe.kvm_unavailable(conn) is not None  # libvirt itself refuses kvm here
-    kind, message = boot_auto(kvmless_libvirtd, standin_image, "nokvm-0")
+    kind, progress = boot_auto(kvmless_libvirtd, standin_image, "nokvm-0")
     assert kind == "qemu"
-    assert "(qemu: the host offers no KVM (" in message
+    assert progress.details["domainType"] == "qemu"
+    assert progress.details["domainTypeReason"].startswith("domainType auto: the host offers no KVM (")
+    assert "KVM" not in progress.message  # Ready is about the machine; CAPI copies it everywhere
     assert leftovers(kvmless_libvirtd) == ([], [])
 
 
 def test_auto_on_this_host_chooses_a_type_that_boots_and_says_why(
     libvirtd: PrivateLibvirtd, standin_image: Path
 ) -> None:
-    kind, message = boot_auto(libvirtd, standin_image, "auto-0")
-    print(f"domainType auto on this host: {kind}; {message}")
+    kind, progress = boot_auto(libvirtd, standin_image, "auto-0")
+    why = progress.details["domainTypeReason"]
+    print(f"domainType auto on this host: {kind}; {why}")
+    assert progress.details["domainType"] == kind
     if kind == "kvm":
-        assert "a test guest booted under KVM in" in message
+        assert why.startswith("domainType auto: a test guest booted under KVM in")
     else:
-        assert kind == "qemu" and "(qemu: " in message
+        assert kind == "qemu" and why.startswith("domainType auto: ") and "under KVM in" not in why
+    assert "KVM" not in progress.message
     assert leftovers(libvirtd) == ([], [])
 
 

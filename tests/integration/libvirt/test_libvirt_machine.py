@@ -118,7 +118,17 @@ def test_machine_boots_with_its_bootstrap_data_and_capi_links_it(
     assert obj["status"]["failureDomain"] == "lab"
     identity = MachineIdentity(capi.namespace, "worker-0", provider_id)
     domain = dx.domain_name(identity)
-    assert obj["status"]["backend"]["libvirt"] == {"domainName": domain, "domainUUID": identity.uuid}
+    status = obj["status"]["backend"]["libvirt"]
+    assert {k: status.pop(k) for k in ("domainName", "domainUUID")} == {
+        "domainName": domain,
+        "domainUUID": identity.uuid,
+    }
+    # The site's domainType auto: the verdict is here, not in the Ready message CAPI copies.
+    assert status.pop("domainType") in ("kvm", "qemu")
+    assert status.pop("domainTypeReason").startswith("domainType auto: ")
+    assert status == {}
+    message = ready_message(capi, "worker-0")
+    assert message.startswith(f"DomainRunning: domain {domain} is running") and "(" not in message
 
     # The guest read its config drive: the bootstrap data byte for byte, our meta-data.
     def booted() -> str | None:
