@@ -19,11 +19,9 @@ loopback serves at ``[deploy] http_url``; tests put their images under its ``ima
 from __future__ import annotations
 
 import base64
-import fcntl
 import gzip
 import io
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -39,40 +37,25 @@ import pycdlib
 
 from capi_c3os.dev.keystone import IronicIdentities
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+from capi_c3os.dev.venvs import PinnedVenv
 
 IRONIC_VERSION = "39.0.0"
 IRONICCLIENT_VERSION = "6.3.0"
 REQUIREMENTS = (f"ironic=={IRONIC_VERSION}", f"python-ironicclient=={IRONICCLIENT_VERSION}")
 
-CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os"))
 LOOPBACK = "127.0.0.1"
 
 
+VENV = PinnedVenv("Ironic", f"ironic-{IRONIC_VERSION}-venv", REQUIREMENTS, "CAPI_C3OS_IRONIC_VENV")
+
+
 def venv_path() -> Path:
-    explicit = os.environ.get("CAPI_C3OS_IRONIC_VENV")
-    return Path(explicit) if explicit else CACHE / f"ironic-{IRONIC_VERSION}-venv"
+    return VENV.path
 
 
 def ensure_installed(python: str = sys.executable) -> Path:
-    """The Ironic virtualenv, installed on first use. A stamp written last marks a complete
-    install, so an interrupted one is redone; a lock keeps concurrent callers from racing."""
-    venv = venv_path()
-    stamp = venv / ".capi-c3os-installed"
-    if stamp.exists():
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        started = time.monotonic()
-        print(f"installing {' '.join(REQUIREMENTS)} into {venv} (once)", file=sys.stderr)
-        _run([python, "-m", "venv", str(venv)])
-        _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS])
-        stamp.write_text(f"{' '.join(REQUIREMENTS)}\n")
-        print(f"installed Ironic in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return venv
+    """The Ironic virtualenv, installed on first use."""
+    return VENV.ensure(python)
 
 
 # Ironic 39 retries SQLite's "database is locked" (its `wrap_sqlite_retry`) on node writes

@@ -17,13 +17,11 @@ system-scoped token as the operator who enrolls nodes.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import grp
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -34,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+from capi_c3os.dev.venvs import PinnedVenv
 
 KEYSTONE_VERSION = "30.0.0"
 GUNICORN_VERSION = "27.0.1"
 REQUIREMENTS = (f"keystone=={KEYSTONE_VERSION}", f"gunicorn=={GUNICORN_VERSION}")
 
-CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os"))
 LOOPBACK = "127.0.0.1"
 DOMAIN = "Default"
 REGION = "RegionOne"
@@ -48,31 +46,16 @@ REGION = "RegionOne"
 SERVICE_PROJECT = "service"
 
 
+VENV = PinnedVenv("Keystone", f"keystone-{KEYSTONE_VERSION}-venv", REQUIREMENTS, "CAPI_C3OS_KEYSTONE_VENV")
+
+
 def venv_path() -> Path:
-    explicit = os.environ.get("CAPI_C3OS_KEYSTONE_VENV")
-    return Path(explicit) if explicit else CACHE / f"keystone-{KEYSTONE_VERSION}-venv"
+    return VENV.path
 
 
 def ensure_installed(python: str = sys.executable) -> Path:
-    """The Keystone virtualenv, installed on first use (a stamp written last marks a
-    complete install; a lock keeps concurrent callers from racing)."""
-    venv = venv_path()
-    stamp = venv / ".capi-c3os-installed"
-    if stamp.exists():
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        started = time.monotonic()
-        print(f"installing {' '.join(REQUIREMENTS)} into {venv} (once)", file=sys.stderr)
-        _run([python, "-m", "venv", str(venv)])
-        _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS])
-        stamp.write_text(f"{' '.join(REQUIREMENTS)}\n")
-        print(f"installed Keystone in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return venv
+    """The Keystone virtualenv, installed on first use."""
+    return VENV.ensure(python)
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None) -> None:

@@ -13,10 +13,7 @@ work tree, ``~/.cache/capi-c3os/sushy-tools-<version>-venv`` (or
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,40 +24,27 @@ from pathlib import Path
 from typing import Any
 
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
+from capi_c3os.dev.venvs import PinnedVenv
 
 SUSHY_TOOLS_VERSION = "2.2.0"
 LIBVIRT_PYTHON_VERSION = "12.8.0"
 REQUIREMENTS = (f"sushy-tools=={SUSHY_TOOLS_VERSION}", f"libvirt-python=={LIBVIRT_PYTHON_VERSION}")
 
-CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os"))
 LOOPBACK = "127.0.0.1"
 
 
+VENV = PinnedVenv(
+    "sushy-tools", f"sushy-tools-{SUSHY_TOOLS_VERSION}-venv", REQUIREMENTS, "CAPI_C3OS_SUSHY_VENV"
+)
+
+
 def venv_path() -> Path:
-    explicit = os.environ.get("CAPI_C3OS_SUSHY_VENV")
-    return Path(explicit) if explicit else CACHE / f"sushy-tools-{SUSHY_TOOLS_VERSION}-venv"
+    return VENV.path
 
 
 def ensure_installed(python: str = sys.executable) -> Path:
-    """The sushy-tools virtualenv, installed on first use (a stamp written last marks a
-    complete install; a lock keeps concurrent callers from racing)."""
-    venv = venv_path()
-    stamp = venv / ".capi-c3os-installed"
-    if stamp.exists():
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        started = time.monotonic()
-        print(f"installing {' '.join(REQUIREMENTS)} into {venv} (once)", file=sys.stderr)
-        _run([python, "-m", "venv", str(venv)])
-        _run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS])
-        stamp.write_text(f"{' '.join(REQUIREMENTS)}\n")
-        print(f"installed sushy-tools in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return venv
+    """The sushy-tools virtualenv, installed on first use."""
+    return VENV.ensure(python)
 
 
 def _run(argv: list[str]) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +46,7 @@ from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
+from capi_c3os.reconcilers.keyed_lock import KeyedLocks
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,7 @@ class MachineContext:
         )
 
 
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(namespace: str, name: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault((namespace, name), threading.Lock())
+_LOCKS = KeyedLocks()
 
 
 def reconcile(
@@ -160,20 +154,11 @@ def reconcile(
     once trip over each other's deleted volumes. Who had to wait reads the object again:
     the one it was given predates the other's work (a released finalizer, a new status)."""
     meta = obj["metadata"]
-    lock = _lock_for(meta["namespace"], meta["name"])
-    if lock.acquire(blocking=False):
-        fresh: dict[str, Any] | None = obj
-    else:
-        lock.acquire()
-        fresh = None
-    try:
+    with _LOCKS.hold((meta["namespace"], meta["name"])) as waited:
+        fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
-            fresh = kube.get(resource, meta["namespace"], meta["name"])
-            if fresh is None:
-                return Outcome.ready()  # gone meanwhile: nothing left to do or report
+            return Outcome.ready()  # gone meanwhile: nothing left to do or report
         return _reconcile(kube, resource, fresh, backends, now)
-    finally:
-        lock.release()
 
 
 def _reconcile(
