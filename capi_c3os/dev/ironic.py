@@ -26,7 +26,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import pycdlib
 
 from capi_c3os.dev.keystone import IronicIdentities
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
-from capi_c3os.dev.venvs import PinnedVenv
+from capi_c3os.dev.venvs import PinnedVenv, bcrypt_hash
 
 IRONIC_VERSION = "39.0.0"
 IRONICCLIENT_VERSION = "6.3.0"
@@ -152,7 +151,7 @@ class IronicServer:
         if self.http_basic:
             auth = "http_basic"
             users = self.root / "htpasswd"
-            users.write_text(f"{self.http_basic[0]}:{_bcrypt(self.http_basic[1], self._venv)}\n")
+            users.write_text(f"{self.http_basic[0]}:{bcrypt_hash(self._venv, self.http_basic[1])}\n")
             extra_default = f"http_basic_auth_user_file = {users}\n"
         authtoken = ""
         if self.keystone:
@@ -376,27 +375,8 @@ def _iso_file(iso: pycdlib.PyCdlib, name: str) -> bytes:
     return out.getvalue()
 
 
-def _bcrypt(password: str, venv: Path) -> str:
-    # Ironic's http_basic checks bcrypt hashes; bcrypt is installed in Ironic's venv.
-    proc = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())",
-        ],
-        input=password,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout.strip()
-
-
 def main() -> int:
-    started = time.monotonic()
-    venv = ensure_installed()
-    print(f"ironic={venv} ({time.monotonic() - started:.1f}s)")
-    return 0
+    return VENV.main("ironic")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -359,10 +358,7 @@ key_repository = {self.root / "credential-keys"}
 
 
 def main() -> int:
-    started = time.monotonic()
-    venv = ensure_installed()
-    print(f"keystone={venv} ({time.monotonic() - started:.1f}s)")
-    return 0
+    return VENV.main("keystone")
 
 
 if __name__ == "__main__":

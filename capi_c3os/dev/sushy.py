@@ -16,7 +16,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from capi_c3os.dev.processes import ManagedProcess, ProcessError, free_port
-from capi_c3os.dev.venvs import PinnedVenv
+from capi_c3os.dev.venvs import PinnedVenv, bcrypt_hash
 
 SUSHY_TOOLS_VERSION = "2.2.0"
 LIBVIRT_PYTHON_VERSION = "12.8.0"
@@ -81,7 +80,7 @@ class SushyEmulator:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
         users = self.root / "htpasswd"
-        users.write_text(f"{self.credentials[0]}:{self._bcrypt(venv, self.credentials[1])}\n")
+        users.write_text(f"{self.credentials[0]}:{bcrypt_hash(venv, self.credentials[1])}\n")
         config = self.root / "emulator.conf"
         settings: dict[str, Any] = {
             "SUSHY_EMULATOR_LISTEN_IP": LOOPBACK,
@@ -133,27 +132,9 @@ class SushyEmulator:
         if self.process is not None:
             self.process.stop()
 
-    @staticmethod
-    def _bcrypt(venv: Path, password: str) -> str:
-        # sushy-emulator checks htpasswd bcrypt hashes; bcrypt is installed in its venv.
-        script = (
-            "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())"
-        )
-        proc = subprocess.run(
-            [str(venv / "bin" / "python"), "-c", script],
-            input=password,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return proc.stdout.strip()
-
 
 def main() -> int:
-    started = time.monotonic()
-    venv = ensure_installed()
-    print(f"sushy-tools={venv} ({time.monotonic() - started:.1f}s)")
-    return 0
+    return VENV.main("sushy-tools")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,28 @@ class PinnedVenv:
             print(f"installed {self.title} in {time.monotonic() - started:.0f}s", file=sys.stderr)
         return venv
 
+    def main(self, name: str) -> int:
+        """`python -m capi_c3os.dev.<tool>`: install ahead of time, print where."""
+        started = time.monotonic()
+        venv = self.ensure()
+        print(f"{name}={venv} ({time.monotonic() - started:.1f}s)")
+        return 0
+
+
+def bcrypt_hash(venv: Path, password: str) -> str:
+    """An htpasswd-style bcrypt hash made by the virtualenv's own bcrypt (Ironic's
+    http_basic and sushy-emulator check them); cheap rounds, for tests. The password
+    goes by stdin, never on a command line."""
+    script = "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())"
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
+
 
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
