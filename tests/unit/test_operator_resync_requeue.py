@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -34,6 +35,38 @@ class Store:
         return [copy.deepcopy(self.obj)] if self.obj else []
 
 
+def recording(runtime: Runtime, triggers: list[str]) -> Runtime:
+    """`runtime`, noting the trigger of every reconcile it runs."""
+    original = runtime.reconcile
+
+    def record(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
+        triggers.append(trigger)
+        return original(kind, obj, trigger)
+
+    runtime.reconcile = record  # type: ignore[method-assign]
+    return runtime
+
+
+def drive(resync: Resync, kick: Callable[[], object], until: Callable[[], bool]) -> None:
+    """Run the resync's loop, call `kick` on its executor, wait until `until()` holds (and a
+    little longer: room for a wrong extra run), then stop it."""
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(3600, executor))
+            await asyncio.sleep(0)  # run_forever has taken the loop and executor
+            await asyncio.get_running_loop().run_in_executor(executor, kick)
+            for _ in range(400):
+                if until():
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
 def test_waiting_outcome_from_a_cluster_trigger_is_requeued_until_done() -> None:
     store = Store()
     triggers: list[str] = []
@@ -42,31 +75,8 @@ def test_waiting_outcome_from_a_cluster_trigger_is_requeued_until_done() -> None
     def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
         return answers.pop(0) if answers else Outcome.ready()
 
-    kind = Kind(C3OS_CONFIG, reconcile)
-    runtime = Runtime(cast(Kube, store))
-    original = runtime.reconcile
-
-    def recording(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
-        triggers.append(trigger)
-        return original(kind, obj, trigger)
-
-    runtime.reconcile = recording  # type: ignore[method-assign]
-    resync = Resync(runtime, [kind], [])
-
-    async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            task = asyncio.ensure_future(resync.run_forever(3600, executor))
-            await asyncio.sleep(0)  # run_forever has taken the loop and executor
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(executor, resync.reconcile_dependents, "ns", "c")
-            for _ in range(400):
-                if len(triggers) >= 3:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # room for a wrong extra run
-            task.cancel()
-
-    asyncio.run(scenario())
+    resync = Resync(recording(Runtime(cast(Kube, store)), triggers), [Kind(C3OS_CONFIG, reconcile)], [])
+    drive(resync, lambda: resync.reconcile_dependents("ns", "c"), lambda: len(triggers) >= 3)
     assert triggers == ["cluster", "requeue", "requeue"]
 
 
@@ -145,20 +155,10 @@ def test_a_requeued_reconcile_that_raises_is_run_again_after_the_backoff(
     kind = Kind(C3OS_CONFIG, reconcile)
     resync = Resync(Runtime(cast(Kube, store)), [kind], [])
 
-    async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            task = asyncio.ensure_future(resync.run_forever(3600, executor))
-            await asyncio.sleep(0)
-            assert resync.requeue(kind, OBJ, 0.01)
-            for _ in range(400):
-                if len(calls) >= 3:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # room for a wrong extra run
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    def kick() -> None:
+        assert resync.requeue(kind, OBJ, 0.01)
 
-    asyncio.run(scenario())
+    drive(resync, kick, lambda: len(calls) >= 3)
     assert calls == ["run", "run", "run"]
     assert answers == []
 
@@ -187,30 +187,7 @@ def test_a_cluster_triggered_reconcile_that_meets_a_newer_object_is_requeued(
             raise answer
         return answer
 
-    kind = Kind(C3OS_CONFIG, reconcile)
-    runtime = Runtime(cast(Kube, store))
-    original = runtime.reconcile
-
-    def recording(kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
-        triggers.append(trigger)
-        return original(kind, obj, trigger)
-
-    runtime.reconcile = recording  # type: ignore[method-assign]
-    resync = Resync(runtime, [kind], [])
-
-    async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            task = asyncio.ensure_future(resync.run_forever(3600, executor))
-            await asyncio.sleep(0)
-            await asyncio.get_running_loop().run_in_executor(executor, resync.reconcile_dependents, "ns", "c")
-            for _ in range(400):
-                if len(triggers) >= 2:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(scenario())
+    resync = Resync(recording(Runtime(cast(Kube, store)), triggers), [Kind(C3OS_CONFIG, reconcile)], [])
+    drive(resync, lambda: resync.reconcile_dependents("ns", "c"), lambda: len(triggers) >= 2)
     assert triggers == ["cluster", "requeue"]
     assert answers == []
