@@ -27,6 +27,7 @@ from kubernetes import client as k8s
 
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import connection_info, load_configuration
+from capi_c3os.operator.diffbase import MemoryDiffBase
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
 from capi_c3os.operator.handlers import VIEW_READERS, build_registry, kinds_of
@@ -162,7 +163,8 @@ async def _lead(
     view = ClusterView() if options.watch_cache and set(VIEW_READERS) & set(options.providers) else None
     runtime = Runtime(kube, view)
     kinds = kinds_of(options.providers)
-    resync = Resync(runtime, kinds, options.namespaces)
+    diffbase = MemoryDiffBase()
+    resync = Resync(runtime, kinds, options.namespaces, listed=diffbase.retain)
     runtime.requeue = resync.requeue
     registry = build_registry(
         options.providers,
@@ -171,7 +173,8 @@ async def _lead(
         login=lambda: connection_info(load_configuration(options.kubeconfig)),
     )
     watched = {(k.resource.group, k.resource.plural) for k in kinds} | {(CLUSTERS.group, CLUSTERS.plural)}
-    engine = KopfEngine(registry, build_settings(options.identity, executor), options.namespaces, watched)
+    settings = build_settings(options.identity, executor, diffbase)
+    engine = KopfEngine(registry, settings, options.namespaces, watched)
     state.engine = engine
     engine.start()
     log.info(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -39,9 +39,17 @@ CONFLICT_RETRY_DELAY = 1.0
 
 
 class Resync:
-    def __init__(self, runtime: Runtime, kinds: Sequence[Kind], namespaces: Sequence[str]) -> None:
-        """`namespaces` empty = all namespaces."""
+    def __init__(
+        self,
+        runtime: Runtime,
+        kinds: Sequence[Kind],
+        namespaces: Sequence[str],
+        listed: Callable[[Collection[str]], None] | None = None,
+    ) -> None:
+        """`namespaces` empty = all namespaces. `listed` is told the uids of all objects
+        after each resync's listing (what exists, for bookkeeping to forget the rest)."""
         self._runtime = runtime
+        self._listed = listed
         self._kinds = list(kinds)
         self._namespaces: list[str | None] = list(namespaces) or [None]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,5 +167,7 @@ class Resync:
                 log.warning("resync could not list objects: %s", exc)
                 continue
             log.debug("resync: %d objects", len(objects))
+            if self._listed is not None:
+                self._listed([obj["metadata"]["uid"] for _, obj in objects])
             for kind, obj in objects:
                 await loop.run_in_executor(executor, self._reconcile_quietly, kind, obj, "resync")

@@ -7,17 +7,20 @@ from concurrent.futures import Executor
 
 import kopf
 
-# kopf keeps its bookkeeping (diff base, handler progress) in annotations under this
-# prefix, never in status: our status is CAPI's contract shape and the API server would
-# prune unknown status fields anyway. The annotations are harmless after
-# `clusterctl move` because every handler runs the same level-triggered reconcile.
+# kopf keeps a handler's progress (only deletion retries, see handlers/common.py) in
+# annotations under this prefix, never in status: our status is CAPI's contract shape and
+# the API server would prune unknown status fields anyway. The annotations are harmless
+# after `clusterctl move` because every handler runs the same level-triggered reconcile.
+# The diff base is kept in memory (diffbase.py).
 KOPF_ANNOTATIONS_PREFIX = "kopf.zalando.org"
 
 HANDLER_BACKOFF = 15.0
 """Seconds before retrying a handler that raised an unexpected exception."""
 
 
-def build_settings(identity: str, executor: Executor) -> kopf.OperatorSettings:
+def build_settings(
+    identity: str, executor: Executor, diffbase: kopf.DiffBaseStorage
+) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Leader election is ours (leader.py); kopf's peering would freeze equal replicas.
     settings.peering.standalone = True
@@ -46,7 +49,5 @@ def build_settings(identity: str, executor: Executor) -> kopf.OperatorSettings:
     settings.posting.reporting_instance = identity
 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATIONS_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_ANNOTATIONS_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = diffbase
     return settings

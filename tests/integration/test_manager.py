@@ -43,6 +43,7 @@ PLURALS = {
 }
 
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+LEGACY_DIFF_BASE = "kopf.zalando.org/last-handled-configuration"
 
 # The smallest specs the CRDs accept; the models' own tests cover the fields.
 SPECS: dict[str, dict[str, Any]] = {
@@ -236,6 +237,55 @@ def test_a_waiting_object_is_retried_in_memory_without_kopf_progress_writes(
     assert progress == []
     assert obj["metadata"]["resourceVersion"] == settled  # waiting again wrote nothing
     assert manager.metric_sum("capi_c3os_reconcile_total", kind="C3osConfig", result="wait") >= 3
+
+
+def test_kopf_diff_base_is_kept_in_memory_and_never_written_to_the_objects(
+    start_manager: Callable[..., Manager], objects: Objects, namespace: str
+) -> None:
+    """kopf wrote the last handled spec into an annotation after every change: one API
+    write per change and a copy of the spec on every object. Kept in memory, changes are
+    still told from no-ops, a restarted manager takes every object for new, and the
+    annotation an earlier release left is removed."""
+    objects.create("C3osMachine", namespace, "old", annotations={LEGACY_DIFF_BASE: '{"spec":{}}\n'})
+    manager = start_manager("manager")
+    manager.wait_ready()
+    objects.create("C3osMachine", namespace, "new")
+    for name in ("old", "new"):
+        eventually(
+            functools.partial(
+                reconciled, objects, "C3osMachine", namespace, name, status="False", reason="NotPaused"
+            ),
+            f"{name} reconciled",
+        )
+
+    def kopf_annotations(name: str) -> list[str]:
+        annotations = objects.get("C3osMachine", namespace, name)["metadata"].get("annotations") or {}
+        return [key for key in annotations if key.startswith("kopf.zalando.org/")]
+
+    eventually(lambda: kopf_annotations("old") == [], "the earlier release's annotation removed")
+
+    def reconciles(manager: Manager, trigger: str) -> float:
+        return manager.metric_sum("capi_c3os_reconcile_total", kind="C3osMachine", trigger=trigger)
+
+    updates = reconciles(manager, "update")
+    objects.patch("C3osMachine", namespace, "new", {"spec": {"cpus": 3}})
+    eventually(lambda: reconciles(manager, "update") > updates, "the spec change handled as an update")
+    eventually(
+        lambda: objects.get("C3osMachine", namespace, "new")["status"].get("observedGeneration") == 2,
+        "observedGeneration 2",
+    )
+    assert kopf_annotations("new") == kopf_annotations("old") == []
+
+    assert manager.stop() == 0
+    objects.patch("C3osMachine", namespace, "new", {"metadata": {"annotations": {PAUSED: ""}}})
+    restarted = start_manager("restarted")
+    restarted.wait_ready()
+    eventually(
+        lambda: reconciled(objects, "C3osMachine", namespace, "new", status="True", reason="Paused"),
+        "the change made while no manager ran",
+    )
+    assert reconciles(restarted, "create") >= 2  # both objects, new to this manager
+    assert kopf_annotations("new") == []
 
 
 def test_every_kind_gets_paused_condition_and_observed_generation_and_follows_pause(

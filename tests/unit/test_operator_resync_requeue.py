@@ -19,7 +19,10 @@ from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Kind, Runtime
 from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
 
-OBJ = {"kind": "C3osConfig", "metadata": {"name": "cfg", "namespace": "ns", "resourceVersion": "1"}}
+OBJ = {
+    "kind": "C3osConfig",
+    "metadata": {"name": "cfg", "namespace": "ns", "uid": "uid-cfg", "resourceVersion": "1"},
+}
 
 
 class Store:
@@ -191,3 +194,31 @@ def test_a_cluster_triggered_reconcile_that_meets_a_newer_object_is_requeued(
     drive(resync, lambda: resync.reconcile_dependents("ns", "c"), lambda: len(triggers) >= 2)
     assert triggers == ["cluster", "requeue"]
     assert answers == []
+
+
+def test_the_periodic_resync_tells_which_objects_exist() -> None:
+    """What the in-memory diff base keeps (operator/diffbase.py) is pruned by this."""
+    listed: list[list[str]] = []
+
+    def reconcile(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        return Outcome.ready()
+
+    resync = Resync(
+        Runtime(cast(Kube, Store())),
+        [Kind(C3OS_CONFIG, reconcile)],
+        [],
+        listed=lambda uids: listed.append(list(uids)),
+    )
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            task = asyncio.ensure_future(resync.run_forever(0.01, executor))
+            for _ in range(400):
+                if listed:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert listed[0] == ["uid-cfg"]
