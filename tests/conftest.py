@@ -5,7 +5,6 @@ CAPI core manager) started once per test session on loopback, and our manager
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from kubernetes import client as kc
 
 from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
+from tests.support import keep_directory
 
 # clusterctl looks for a newer release of itself (proxy.golang.org, api.github.com)
 # after each command; tests talk to loopback only.
@@ -44,9 +44,7 @@ def mgmt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagementPlane]:
 
 def keep_logs(plane: ManagementPlane, name: str) -> None:
     """Copy the servers' logs to CAPI_C3OS_TEST_LOGS/<name> when set (CI keeps them)."""
-    keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
-    if keep:
-        shutil.copytree(plane.logs, Path(keep) / name, dirs_exist_ok=True)
+    keep_directory(plane.logs, name)
 
 
 def our_crds() -> list[dict[str, Any]]:

@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Service(Protocol):
+    """A server a dev module runs for tests (Ironic, Keystone, ...), all its files in `root`."""
+
+    root: Path
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+def keep_directory(directory: Path, name: str) -> None:
+    """Copy a server's directory (logs, configuration) to $CAPI_C3OS_TEST_LOGS/<name> when
+    that is set (CI keeps it)."""
+    keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
+    if keep:
+        shutil.copytree(directory, Path(keep) / name, dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def serving(service: S, keep_as: str) -> Iterator[S]:
+    """`service` started, and stopped afterwards with its directory kept as `keep_as`."""
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        keep_directory(service.root, keep_as)
 
 
 def eventually(

@@ -3,10 +3,7 @@ by capi_c3os.dev.ironic), and a lab to enroll nodes in it."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,18 +18,13 @@ from tests.integration.libvirt.conftest import (  # noqa: F401
     infrastructure_kubeconfig,
     start_manager,
 )
+from tests.support import serving
 
 
 @pytest.fixture(scope="session")
 def ironic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
-    server = IronicServer(tmp_path_factory.mktemp("ironic")).start()
-    try:
+    with serving(IronicServer(tmp_path_factory.mktemp("ironic")), "ironic") as server:
         yield server
-    finally:
-        server.stop()
-        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
-        if keep:
-            shutil.copytree(server.root, Path(keep) / "ironic", dirs_exist_ok=True)
 
 
 @pytest.fixture

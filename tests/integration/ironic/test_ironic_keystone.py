@@ -6,12 +6,9 @@ token is replaced without the machine noticing, and Ironic really refuses the to
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +22,9 @@ from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.keystone import SERVICE_PROJECT, Credentials, KeystoneServer
 from capi_c3os.dev.processes import free_port
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class, settle
-from tests.integration.ironic.test_ironic_machine import machine_spec, provisioned, ready_message
+from tests.integration.ironic.test_ironic_machine import machine_spec
 from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
-from tests.support import eventually
+from tests.support import eventually, serving
 
 pytestmark = pytest.mark.integration
 
@@ -39,28 +36,16 @@ TOKEN_EXPIRATION = 180
 @pytest.fixture(scope="module")
 def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeystoneServer]:
     server = KeystoneServer(tmp_path_factory.mktemp("keystone"), token_expiration=TOKEN_EXPIRATION)
-    server.start()
-    try:
+    with serving(server, "keystone"):
         yield server
-    finally:
-        server.stop()
-        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
-        if keep:
-            shutil.copytree(server.root, Path(keep) / "keystone", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="module")
 def ironic(keystone: KeystoneServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
     server = IronicServer(tmp_path_factory.mktemp("ironic-keystone"))
     server.keystone = keystone.ironic_identities(server.url)
-    server.start()
-    try:
+    with serving(server, "ironic-keystone"):
         yield server
-    finally:
-        server.stop()
-        keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
-        if keep:
-            shutil.copytree(server.root, Path(keep) / "ironic-keystone", dirs_exist_ok=True)
 
 
 # Ironic's default policy lets a project-scoped user work only on nodes its project owns
@@ -131,20 +116,20 @@ def test_machine_on_a_keystone_site_is_deployed_and_released_and_a_wrong_passwor
     manager.wait_ready()
 
     obj = eventually(
-        lambda: provisioned(capi, "metal-0"),
+        lambda: capi.provisioned("metal-0"),
         "C3osMachine provisioned",
         180,
-        explain=lambda: ready_message(capi, "metal-0"),
+        explain=lambda: capi.ready_message("metal-0"),
     )
     node = lab.node(obj["status"]["backend"]["ironic"]["nodeUUID"])
     assert node["provision_state"] == "active"
     eventually(
-        lambda: ready_message(capi, "refused-0").startswith("KeystoneAuthenticationFailed: "),
+        lambda: capi.ready_message("refused-0").startswith("KeystoneAuthenticationFailed: "),
         "refused-0: Ready=False KeystoneAuthenticationFailed",
         120,
-        explain=lambda: ready_message(capi, "refused-0"),
+        explain=lambda: capi.ready_message("refused-0"),
     )
-    assert provider.auth_url in ready_message(capi, "refused-0")
+    assert provider.auth_url in capi.ready_message("refused-0")
 
     capi.delete(CAPI, "clusters", "bm")
     eventually(lambda: capi.get(INFRA, "c3osmachines", "metal-0") is None, "C3osMachine gone", 180)

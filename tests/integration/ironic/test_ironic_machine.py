@@ -26,18 +26,6 @@ def machine_spec(rc: str) -> dict[str, Any]:
     }
 
 
-def provisioned(capi: Capi, name: str) -> dict[str, Any] | None:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    initialization = (obj.get("status") or {}).get("initialization") or {}
-    return obj if initialization.get("provisioned") else None
-
-
-def ready_message(capi: Capi, name: str) -> str:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
-    return f"{ready[0]['reason']}: {ready[0]['message']}" if ready else "no Ready condition yet"
-
-
 def test_machine_is_deployed_by_ironic_survives_kill_9_and_is_released(
     capi: Capi, ironic_server: IronicServer, start_manager: Any
 ) -> None:
@@ -57,10 +45,10 @@ def test_machine_is_deployed_by_ironic_survives_kill_9_and_is_released(
     manager = start_manager("infrastructure-2")
 
     obj = eventually(
-        lambda: provisioned(capi, "metal-0"),
+        lambda: capi.provisioned("metal-0"),
         "C3osMachine provisioned",
         180,
-        explain=lambda: ready_message(capi, "metal-0"),
+        explain=lambda: capi.ready_message("metal-0"),
     )
     assert obj["spec"]["providerID"] == provider_id
     node_uuid = obj["status"]["backend"]["ironic"]["nodeUUID"]

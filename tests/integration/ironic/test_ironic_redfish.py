@@ -32,7 +32,7 @@ from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.sushy import SushyEmulator
 from tests.integration.ironic.lab import IronicLab, new_resource_class
 from tests.integration.libvirt.conftest import CAPI, INFRA, Capi, standin_image  # noqa: F401 - a fixture
-from tests.support import eventually
+from tests.support import eventually, serving
 
 pytestmark = pytest.mark.integration
 
@@ -90,11 +90,10 @@ def sushy(bmc_libvirtd: PrivateLibvirtd, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def redfish_ironic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
-    server = IronicServer(tmp_path_factory.mktemp("ironic-redfish"), redfish=True).start()
-    try:
+    with serving(
+        IronicServer(tmp_path_factory.mktemp("ironic-redfish"), redfish=True), "ironic-redfish"
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def define_bare_metal(daemon: PrivateLibvirtd, name: str) -> tuple[str, Path, Path]:
@@ -142,18 +141,6 @@ def enroll_redfish_node(lab: IronicLab, sushy: SushyEmulator, system_uuid: str, 
     return str(node.uuid)
 
 
-def provisioned(capi: Capi, name: str) -> dict[str, Any] | None:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    initialization = (obj.get("status") or {}).get("initialization") or {}
-    return obj if initialization.get("provisioned") else None
-
-
-def ready_message(capi: Capi, name: str) -> str:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
-    return f"{ready[0]['reason']}: {ready[0]['message']}" if ready else "no Ready condition yet"
-
-
 def media(sushy: SushyEmulator, system_uuid: str) -> dict[str, tuple[bool, str]]:
     return {
         k: (bool(v.get("Inserted")), v.get("Image") or "")
@@ -190,9 +177,9 @@ def test_live_iso_is_deployed_through_redfish_virtual_media_boots_with_its_confi
 
     def explain() -> str:
         node = lab.node(node_uuid)
-        return f"{ready_message(capi, 'metal-0')}; node {node['provision_state']}: {node['last_error']}"
+        return f"{capi.ready_message('metal-0')}; node {node['provision_state']}: {node['last_error']}"
 
-    eventually(lambda: provisioned(capi, "metal-0"), "C3osMachine provisioned", BOOT_TIMEOUT, explain=explain)
+    eventually(lambda: capi.provisioned("metal-0"), "C3osMachine provisioned", BOOT_TIMEOUT, explain=explain)
     node = lab.node(node_uuid)
     assert node["provision_state"] == "active"
     assert node["instance_uuid"] == identity.uuid

@@ -87,6 +87,18 @@ class Capi:
     def delete(self, gv: tuple[str, str], plural: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(*gv, self.namespace, plural, name)
 
+    def provisioned(self, name: str) -> dict[str, Any] | None:
+        """The C3osMachine once its status says provisioned."""
+        obj = self.get(INFRA, "c3osmachines", name) or {}
+        initialization = (obj.get("status") or {}).get("initialization") or {}
+        return obj if initialization.get("provisioned") else None
+
+    def ready_message(self, name: str) -> str:
+        """A C3osMachine's Ready reason and message, for failure messages."""
+        obj = self.get(INFRA, "c3osmachines", name) or {}
+        ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
+        return f"{ready[0]['reason']}: {ready[0]['message']}" if ready else "no Ready condition yet"
+
     def create_secret(self, name: str, data: dict[str, bytes]) -> None:
         self.core.create_namespaced_secret(
             self.namespace,

@@ -33,8 +33,6 @@ from tests.integration.libvirt.test_libvirt_machine import (
     domain_names,
     machine_spec,
     pool_volumes,
-    provisioned,
-    ready_message,
 )
 from tests.support import eventually
 
@@ -107,12 +105,12 @@ def test_a_backend_event_during_deletion_waits_for_the_running_reconcile(
         c3osmachine.reconcile(
             kube, MACHINES, capi.must_get(INFRA, "c3osmachines", "m-race"), backends=backends
         )
-        return provisioned(capi, "m-race")
+        return capi.provisioned("m-race")
 
     try:
         eventually(cluster_up, "C3osCluster provisioned", 60)
         eventually(
-            machine_up, "m-race provisioned", 120, every=1.0, explain=lambda: ready_message(capi, "m-race")
+            machine_up, "m-race provisioned", 120, every=1.0, explain=lambda: capi.ready_message("m-race")
         )
         identity = MachineIdentity(capi.namespace, "m-race", "c3os://" + capi.namespace + "/m-race")
         assert dx.domain_name(identity) in domain_names(libvirtd)

@@ -23,8 +23,6 @@ from tests.integration.libvirt.test_libvirt_machine import (
     domain_names,
     machine_spec,
     pool_volumes,
-    provisioned,
-    ready_message,
 )
 from tests.support import eventually
 
@@ -58,10 +56,10 @@ def test_machine_deletion_finishes_without_its_c3os_cluster(
         capi.create_machine(cluster, name, machine_spec(libvirtd, standin_image), USER_DATA)
     objs = [
         eventually(
-            lambda n=name: provisioned(capi, n),  # type: ignore[misc]
+            lambda n=name: capi.provisioned(n),  # type: ignore[misc]
             f"{name} provisioned",
             BOOT_TIMEOUT,
-            explain=lambda n=name: ready_message(capi, n),  # type: ignore[misc]
+            explain=lambda n=name: capi.ready_message(n),  # type: ignore[misc]
         )
         for name in names
     ]
@@ -95,7 +93,7 @@ def test_machine_deletion_finishes_without_its_c3os_cluster(
 
     # The second cannot know where it is and says what to do, keeping its finalizer.
     eventually(lambda: ready_reason(capi, names[1]) == "SiteUnknown", "SiteUnknown", 60)
-    message = ready_message(capi, names[1])
+    message = capi.ready_message(names[1])
     assert SITE_ANNOTATION in message and "Recreate the C3osCluster" in message and FINALIZER in message
     assert dx.domain_name(identities[1]) in domain_names(libvirtd)
 

@@ -21,8 +21,6 @@ from tests.integration.libvirt.test_libvirt_machine import (
     delete_cluster_and_wait,
     domain_names,
     pool_volumes,
-    provisioned,
-    ready_message,
 )
 from tests.support import eventually
 
@@ -73,10 +71,10 @@ def test_live_iso_boots_from_cdrom_reads_its_config_drive_and_installs_onto_the_
     capi.create_machine("c1", "live-0", spec, USER_DATA)
 
     eventually(
-        lambda: provisioned(capi, "live-0"),
+        lambda: capi.provisioned("live-0"),
         "C3osMachine provisioned",
         BOOT_TIMEOUT,
-        explain=lambda: ready_message(capi, "live-0"),
+        explain=lambda: capi.ready_message("live-0"),
     )
     identity = MachineIdentity(capi.namespace, "live-0", f"c3os://{capi.namespace}/live-0")
     domain = dx.domain_name(identity)

@@ -78,18 +78,6 @@ def domain_names(daemon: PrivateLibvirtd) -> list[str]:
         return [d.name() for d in conn.listAllDomains(0)]
 
 
-def provisioned(capi: Capi, name: str) -> dict[str, Any] | None:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    initialization = (obj.get("status") or {}).get("initialization") or {}
-    return obj if initialization.get("provisioned") else None
-
-
-def ready_message(capi: Capi, name: str) -> str:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
-    return f"{ready[0]['reason']}: {ready[0]['message']}" if ready else "no Ready condition yet"
-
-
 def delete_cluster_and_wait(capi: Capi, cluster: str, machines: list[str]) -> None:
     capi.delete(CAPI, "clusters", cluster)
     for name in machines:
@@ -108,10 +96,10 @@ def test_machine_boots_with_its_bootstrap_data_and_capi_links_it(
     capi.create_machine("c1", "worker-0", machine_spec(libvirtd, standin_image), USER_DATA)
 
     obj = eventually(
-        lambda: provisioned(capi, "worker-0"),
+        lambda: capi.provisioned("worker-0"),
         "C3osMachine provisioned",
         BOOT_TIMEOUT,
-        explain=lambda: ready_message(capi, "worker-0"),
+        explain=lambda: capi.ready_message("worker-0"),
     )
     provider_id = f"c3os://{capi.namespace}/worker-0"
     assert obj["spec"]["providerID"] == provider_id
@@ -127,7 +115,7 @@ def test_machine_boots_with_its_bootstrap_data_and_capi_links_it(
     assert status.pop("domainType") in ("kvm", "qemu")
     assert status.pop("domainTypeReason").startswith("domainType auto: ")
     assert status == {}
-    message = ready_message(capi, "worker-0")
+    message = capi.ready_message("worker-0")
     assert message.startswith(f"DomainRunning: domain {domain} is running") and "(" not in message
 
     # The guest read its config drive: the bootstrap data byte for byte, our meta-data.
@@ -176,10 +164,10 @@ def test_machine_boots_with_its_bootstrap_data_and_capi_links_it(
     with libvirtd.connect() as conn:
         conn.lookupByName(domain).destroy()
     eventually(
-        lambda: ready_message(capi, "worker-0").startswith("DomainStopped: "),
+        lambda: capi.ready_message("worker-0").startswith("DomainStopped: "),
         "Ready=False DomainStopped",
         60,
-        explain=lambda: ready_message(capi, "worker-0"),
+        explain=lambda: capi.ready_message("worker-0"),
     )
     ready = next(
         c
@@ -217,10 +205,10 @@ def test_manager_killed_while_the_machine_is_created_finishes_it_once_and_delete
 
     start_manager("second").wait_ready()
     eventually(
-        lambda: provisioned(capi, name),
+        lambda: capi.provisioned(name),
         "provisioned after restart",
         BOOT_TIMEOUT,
-        explain=lambda: ready_message(capi, name),
+        explain=lambda: capi.ready_message(name),
     )
     assert domain_names(libvirtd).count(dx.domain_name(identity)) == 1
     assert pool_volumes(libvirtd) - volumes_before == ours
@@ -244,15 +232,15 @@ def test_bad_input_is_a_readable_condition_and_leaves_nothing(
     capi.create_machine("c3", "m-0", machine_spec(libvirtd, standin_image), USER_DATA)
 
     def reason(name: str) -> str:
-        return ready_message(capi, name).split(":")[0]
+        return capi.ready_message(name).split(":")[0]
 
     eventually(
         lambda: reason("m-0") == "StoragePoolNotFound",
         "StoragePoolNotFound",
         120,
-        explain=lambda: ready_message(capi, "m-0"),
+        explain=lambda: capi.ready_message("m-0"),
     )
-    assert "no-such-pool" in ready_message(capi, "m-0")
+    assert "no-such-pool" in capi.ready_message("m-0")
     assert pool_volumes(libvirtd) == volumes_before
     delete_cluster_and_wait(capi, "c3", ["m-0"])
     assert pool_volumes(libvirtd) == volumes_before
@@ -380,10 +368,10 @@ def test_control_plane_machine_boots_with_the_cloud_config_its_c3osconfig_render
     })  # fmt: skip
 
     eventually(
-        lambda: provisioned(capi, "cp-0"),
+        lambda: capi.provisioned("cp-0"),
         "provisioned",
         BOOT_TIMEOUT,
-        explain=lambda: ready_message(capi, "cp-0"),
+        explain=lambda: capi.ready_message("cp-0"),
     )
     machine = capi.must_get(CAPI, "machines", "cp-0")
     secret_name = machine["spec"]["bootstrap"]["dataSecretName"]

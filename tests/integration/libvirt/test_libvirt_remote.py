@@ -33,8 +33,6 @@ from tests.integration.libvirt.test_libvirt_machine import (
     domain_names,
     machine_spec,
     pool_volumes,
-    provisioned,
-    ready_message,
 )
 from tests.support import eventually
 
@@ -303,18 +301,18 @@ def test_sites_over_ssh_and_tls_boot_machines_from_secrets_and_untrusted_hosts_a
     }
     for name, reason in refused.items():
         eventually(
-            lambda n=name, r=reason: ready_message(capi, n).startswith(f"{r}: "),  # type: ignore[misc]
+            lambda n=name, r=reason: capi.ready_message(n).startswith(f"{r}: "),  # type: ignore[misc]
             f"{name}: Ready=False {reason}",
             120,
-            explain=lambda n=name: ready_message(capi, n),  # type: ignore[misc]
+            explain=lambda n=name: capi.ready_message(n),  # type: ignore[misc]
         )
-        assert "nothing was done there" in ready_message(capi, name)
+        assert "nothing was done there" in capi.ready_message(name)
     for name in ("via-ssh-0", "via-tls-0"):
         eventually(
-            lambda n=name: provisioned(capi, n),  # type: ignore[misc]
+            lambda n=name: capi.provisioned(n),  # type: ignore[misc]
             f"{name} provisioned",
             BOOT_TIMEOUT,
-            explain=lambda n=name: ready_message(capi, n),  # type: ignore[misc]
+            explain=lambda n=name: capi.ready_message(n),  # type: ignore[misc]
         )
         domain = domain_of(capi, name)
         log = eventually(
