@@ -39,12 +39,7 @@ def mgmt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagementPlane]:
         yield plane
     finally:
         plane.stop()
-        keep_logs(plane, "mgmt")
-
-
-def keep_logs(plane: ManagementPlane, name: str) -> None:
-    """Copy the servers' logs to CAPI_C3OS_TEST_LOGS/<name> when set (CI keeps them)."""
-    keep_directory(plane.logs, name)
+        keep_directory(plane.logs, "mgmt")
 
 
 def our_crds() -> list[dict[str, Any]]:

@@ -48,15 +48,6 @@ LOOPBACK = "127.0.0.1"
 VENV = PinnedVenv("Ironic", f"ironic-{IRONIC_VERSION}-venv", REQUIREMENTS, "CAPI_C3OS_IRONIC_VENV")
 
 
-def venv_path() -> Path:
-    return VENV.path
-
-
-def ensure_installed(python: str = sys.executable) -> Path:
-    """The Ironic virtualenv, installed on first use."""
-    return VENV.ensure(python)
-
-
 # Ironic 39 retries SQLite's "database is locked" (its `wrap_sqlite_retry`) on node writes
 # but not on the allocation writes. Under concurrent undeploys a teardown worker dies in
 # `destroy_allocation` right after "Successfully unprovisioned": the node stays `deleting`
@@ -223,7 +214,7 @@ lock_path = {self.root / "locks"}
     @property
     def _venv(self) -> Path:
         if self.venv is None:
-            self.venv = ensure_installed()
+            self.venv = VENV.ensure()
         return self.venv
 
     def start(self, timeout: float = 120.0) -> IronicServer:

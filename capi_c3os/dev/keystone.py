@@ -48,15 +48,6 @@ SERVICE_PROJECT = "service"
 VENV = PinnedVenv("Keystone", f"keystone-{KEYSTONE_VERSION}-venv", REQUIREMENTS, "CAPI_C3OS_KEYSTONE_VENV")
 
 
-def venv_path() -> Path:
-    return VENV.path
-
-
-def ensure_installed(python: str = sys.executable) -> Path:
-    """The Keystone virtualenv, installed on first use."""
-    return VENV.ensure(python)
-
-
 def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
@@ -227,7 +218,7 @@ key_repository = {self.root / "credential-keys"}
 
     def start(self, timeout: float = 120.0) -> KeystoneServer:
         if self.venv is None:
-            self.venv = ensure_installed()
+            self.venv = VENV.ensure()
         self.write_config()
         manage = [str(self.venv / "bin" / "keystone-manage"), "--config-file", str(self.config_file)]
         owner = ["--keystone-user", getpass.getuser(), "--keystone-group", grp.getgrgid(os.getgid()).gr_name]

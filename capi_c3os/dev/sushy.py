@@ -37,15 +37,6 @@ VENV = PinnedVenv(
 )
 
 
-def venv_path() -> Path:
-    return VENV.path
-
-
-def ensure_installed(python: str = sys.executable) -> Path:
-    """The sushy-tools virtualenv, installed on first use."""
-    return VENV.ensure(python)
-
-
 def _run(argv: list[str]) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -76,7 +67,7 @@ class SushyEmulator:
         return self.root / "sushy.log"
 
     def start(self, timeout: float = 60.0) -> SushyEmulator:
-        venv = self.venv = self.venv or ensure_installed()
+        venv = self.venv = self.venv or VENV.ensure()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
         users = self.root / "htpasswd"

@@ -21,9 +21,9 @@ from capi_c3os.dev import binaries
 from capi_c3os.dev.clusterctl import write_repository
 from capi_c3os.dev.manager import start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from tests.conftest import REPO, keep_logs
+from tests.conftest import REPO
 from tests.examples import GOOD, wire
-from tests.support import eventually
+from tests.support import eventually, keep_directory
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def bare_plane(tmp_path: Path) -> Iterator[ManagementPlane]:
         yield plane
     finally:
         plane.stop()
-        keep_logs(plane, "clusterctl-init")
+        keep_directory(plane.logs, "clusterctl-init")
 
 
 def clusterctl(plane: ManagementPlane, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -23,9 +23,9 @@ from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import MachinePlayer, WorkloadStandIn, cluster_ca, create_cluster
-from tests.conftest import REPO, keep_logs
+from tests.conftest import REPO
 from tests.integration.controlplane.test_controlplane import _exists
-from tests.support import eventually
+from tests.support import eventually, keep_directory
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def planes(tmp_path: Path) -> Iterator[tuple[ManagementPlane, ManagementPlane]]:
     finally:
         for plane, name in zip(started, ("move-source", "move-target"), strict=False):
             plane.stop()
-            keep_logs(plane, name)
+            keep_directory(plane.logs, name)
 
 
 def run_manager(plane: ManagementPlane, log: Path) -> Manager:
