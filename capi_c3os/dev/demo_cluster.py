@@ -203,9 +203,14 @@ class Watch:
                 for m in machines
                 if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})
             )
-        return cond.is_true(cluster, "Available") and all(
-            (m.get("status") or {}).get("phase") == "Running" and (m.get("status") or {}).get("nodeRef")
-            for m in machines
+        return (
+            cond.is_true(cluster, "Available")
+            and all(
+                (m.get("status") or {}).get("phase") == "Running" and (m.get("status") or {}).get("nodeRef")
+                for m in machines
+            )
+            and _counted(cluster, "controlPlane", servers)
+            and _counted(cluster, "workers", workers)
         )
 
     def changes(self) -> list[str]:
@@ -274,6 +279,14 @@ class Watch:
         path.write_bytes(base64.b64decode(secret.data["value"]))
         path.chmod(0o600)
         return path
+
+
+def _counted(cluster: dict[str, Any], group: str, wanted: int) -> bool:
+    """The Cluster's own counters (what `clusterctl describe` prints as replicas, available,
+    ready) have caught up with its Machines: CAPI updates them a little later."""
+    counts = (cluster.get("status") or {}).get(group) or {}
+    fields = ("desiredReplicas", "replicas", "readyReplicas", "availableReplicas", "upToDateReplicas")
+    return all(counts.get(f) == wanted for f in fields)
 
 
 def describe(kubeconfig: Path) -> str:
