@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from capi_c3os.api.infrastructure import IronicMachine
+from capi_c3os.api.infrastructure import IronicMachine, MachineImage
 from capi_c3os.backends.base import MachineIdentity, Phase, Progress
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.instance import (
@@ -24,7 +24,8 @@ from capi_c3os.backends.ironic.instance import (
     PROVIDER_ID,
     allocation_request,
 )
-from tests.integration.ironic.lab import IronicLab, drive, new_resource_class
+from capi_c3os.dev.processes import free_port
+from tests.integration.ironic.lab import CHECKSUM, IronicLab, drive, new_resource_class
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,32 @@ def test_a_node_left_with_another_machines_tags_and_counters_is_deployed_as_atte
         DEPLOY_ATTEMPTS: 1,
     }, "the old machine's keys are gone, counters included"
     drive(lambda: backend.deprovision(identity, intent.site, intent.credentials), {Phase.DELETED})
+    assert ours(lab.node(node_uuid)["extra"]) == {}
+
+
+def test_a_failing_deploy_is_retried_as_often_as_allowed_whatever_another_machine_counted(
+    lab: IronicLab,
+) -> None:
+    rc = new_resource_class()
+    [node_uuid] = lab.enroll(1, rc)
+    old = MachineIdentity("edge", "old", "c3os://edge/old")
+    patch = [{"op": "add", "path": f"/extra/{k}", "value": v} for k, v in leftovers(old, 4, 0).items()]
+    lab.admin.node.update(node_uuid, patch)
+    # A `direct` deploy makes the conductor fetch the image; nothing listens there.
+    intent = lab.intent(
+        "unlucky",
+        IronicMachine(resource_class=rc, deploy_interface="direct", automated_cleaning=False),
+        image=MachineImage(url=f"http://127.0.0.1:{free_port()}/c3os.qcow2", checksum=CHECKSUM),
+    )
+    backend = IronicBackend(max_deploy_attempts=2)
+    seen: list[Progress] = []
+
+    failed = drive(lambda: backend.provision(intent), {Phase.RUNNING}, seen)
+
+    assert failed.reason == "DeployFailed" and "failed 2 times" in failed.message, failed.message
+    assert [p.reason for p in seen].count("RetryingDeploy") == 1, [p.reason for p in seen]
+    assert lab.node(node_uuid)["extra"][DEPLOY_ATTEMPTS] == 2
+    drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
     assert ours(lab.node(node_uuid)["extra"]) == {}
 
 
