@@ -183,6 +183,31 @@ def test_calls_for_another_identity_never_change_or_undeploy_a_machines_node(
     drive(lambda: backend.deprovision(waiting.identity, site, credentials), {Phase.DELETED})
 
 
+def test_a_node_pointed_at_a_machine_by_hand_is_neither_deployed_nor_undeployed(
+    lab: IronicLab, backend: IronicBackend
+) -> None:
+    """Anyone who may write nodes can compute a machine's instance UUID (it is derived from
+    the provider ID) and set it on a node they hold, hoping to receive the machine's
+    bootstrap data (join token): without our allocation, that node is not the machine's."""
+    rc = new_resource_class()
+    [node_uuid] = lab.enroll(1, rc)
+    intent = lab.intent("lured", IronicMachine(resource_class=rc))
+    lab.admin.node.update(node_uuid, [{"op": "add", "path": "/instance_uuid", "value": intent.identity.uuid}])
+    before = lab.node(node_uuid)
+
+    provisioned = backend.provision(intent)
+    deleted = backend.deprovision(intent.identity, intent.site, intent.credentials)
+
+    assert provisioned.phase is Phase.FAILED and provisioned.reason == "NodeOwnedByOther", provisioned
+    assert "no c3os tags" in provisioned.message
+    assert deleted.phase is Phase.DELETED and deleted.reason == "NodeOwnedByOther", deleted
+    after = lab.node(node_uuid)
+    for key in ("provision_state", "instance_uuid", "extra", "instance_info"):
+        assert after[key] == before[key], key
+    assert lab.allocations_for_class(rc) == []
+    lab.admin.node.update(node_uuid, [{"op": "remove", "path": "/instance_uuid"}])
+
+
 def test_a_running_machine_reports_its_node_missing_within_the_health_interval(lab: IronicLab) -> None:
     rc = new_resource_class()
     lab.enroll(1, rc)
