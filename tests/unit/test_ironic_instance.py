@@ -19,12 +19,21 @@ from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import Node
 from capi_c3os.backends.ironic.instance import (
+    CLEAN_ATTEMPTS,
+    CLUSTER,
+    DEPLOY_ATTEMPTS,
+    MARKER,
     addresses,
     allocation_request,
+    attempts,
+    claim,
     configdrive,
     deploy_interface_for,
     instance_info,
+    marked_for,
+    owner_label,
     root_device,
+    tags,
 )
 
 CHECKSUM = "cd" * 32
@@ -65,6 +74,54 @@ def test_allocation_is_named_and_numbered_after_the_machine() -> None:
     assert request["traits"] == ["CUSTOM_GPU"] and request["candidate_nodes"] == ["r1-n4", "r1-n5"]
     assert request["extra"]["c3os_provider_id"] == "c3os://edge/cp-0"
     assert "traits" not in allocation_request(IDENTITY, IronicMachine())
+
+
+OTHER = MachineIdentity("edge", "cp-1", "c3os://edge/cp-1")
+FORGED = MachineIdentity("tenant-b", "thief", IDENTITY.provider_id)
+"""Claims cp-0's provider ID from another namespace: the same UUID, other names."""
+
+
+def marks(identity: MachineIdentity, **counters: Any) -> dict[str, Any]:
+    return {MARKER: identity.uuid, **tags(identity, "edge/c1"), **counters}
+
+
+def test_only_a_marker_and_tags_naming_the_machine_make_a_node_its_own() -> None:
+    assert marked_for(marks(IDENTITY), IDENTITY)
+    assert not marked_for(marks(OTHER), IDENTITY)
+    assert FORGED.uuid == IDENTITY.uuid and not marked_for(marks(IDENTITY), FORGED)
+    assert not marked_for({MARKER: IDENTITY.uuid}, IDENTITY), "a marker without tags is no one's"
+    assert owner_label(marks(OTHER)) == "edge/cp-1"
+    assert owner_label({}, marks(OTHER)) == "edge/cp-1"
+    assert "cannot name" in owner_label({}, {MARKER: "x"})
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (marks(IDENTITY, c3os_deploy_attempts=2), 2),
+        (marks(OTHER, c3os_deploy_attempts=4), 0),
+        (marks(IDENTITY, c3os_deploy_attempts=4) | {MARKER: OTHER.uuid}, 0),
+        (marks(IDENTITY), 0),
+        (marks(IDENTITY, c3os_deploy_attempts="many"), 0),
+        (marks(IDENTITY, c3os_deploy_attempts=-3), 0),
+    ],
+)
+def test_only_the_machines_own_counters_count(extra: dict[str, Any], expected: int) -> None:
+    assert attempts(extra, DEPLOY_ATTEMPTS, IDENTITY) == expected
+    assert attempts(extra, DEPLOY_ATTEMPTS, FORGED) == 0
+
+
+def test_claiming_a_node_writes_the_machines_keys_and_strips_every_other_c3os_key() -> None:
+    extra = {**marks(OTHER, c3os_deploy_attempts=4, c3os_clean_attempts=2), "rack": "r1"}
+
+    patch = claim(extra, IDENTITY, {DEPLOY_ATTEMPTS: 1})
+
+    written = {op["path"].removeprefix("/extra/"): op.get("value") for op in patch if op["op"] == "add"}
+    removed = {op["path"].removeprefix("/extra/") for op in patch if op["op"] == "remove"}
+    assert written == {MARKER: IDENTITY.uuid, **tags(IDENTITY, ""), DEPLOY_ATTEMPTS: 1}
+    assert removed == {CLUSTER, CLEAN_ATTEMPTS}, "the other machine's cluster and counters go"
+    assert all(op["path"] != "/extra/rack" for op in patch), "keys not ours are an operator's"
+    assert not [op for op in claim({}, IDENTITY, {}) if op["op"] == "remove"]
 
 
 def test_disk_images_are_deployed_with_their_checksum() -> None:

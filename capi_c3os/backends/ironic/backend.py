@@ -11,6 +11,12 @@ so a restarted manager resumes where Ironic stands:
 - the deploy is requested only from `available` (or, bounded, from `deploy failed`);
 - from the start of undeploy until cleaning ends Ironic has cleared `instance_uuid`, so
   the node carries a marker in its `extra` (removed once it is `available` again).
+
+A node is this machine's only when Ironic's link and our tags agree: its instance_uuid is
+the machine's UUID *and* the allocation's tags (or, once deployed, the node's marker and
+tags) name the machine's provider ID, namespace and name. A node or allocation naming
+another object is never deployed, changed or undeployed here; counters and tags another
+machine left on a node are neither counted nor kept.
 """
 
 from __future__ import annotations
@@ -38,16 +44,19 @@ from capi_c3os.backends.ironic.instance import (
     CLEAN_ATTEMPTS,
     CLUSTER,
     DEPLOY_ATTEMPTS,
-    MARKER,
     OUR_EXTRA_KEYS,
     addresses,
     allocation_request,
+    attempts,
+    claim,
     configdrive,
     deploy_interface_for,
     identity_from_tags,
     instance_info,
     machine_of,
-    tags,
+    marked_for,
+    names,
+    owner_label,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,10 @@ WAIT_FOR_NODE_DELAY = 30.0
 SLOT_COUNT_TTL = 2.0
 ALLOCATION_TIMEOUT = 60.0
 STALLED_TEARDOWN_AFTER = 600.0
+HEALTH_INTERVAL = 300.0
+"""Seconds between looks at a running machine's node (plus 0-25 % jitter): how soon a node
+undeployed or taken outside the cluster is reported `NodeMissing`. 500 machines make about
+two light GETs a second, which even a single-process Ironic serves."""
 
 
 @dataclass
@@ -85,6 +98,7 @@ class IronicBackend:
         slot_count_ttl: float = SLOT_COUNT_TTL,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
         stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
+        health_interval: float = HEALTH_INTERVAL,
         rng: random.Random | None = None,
         connector: Any = connect,
     ) -> None:
@@ -96,6 +110,7 @@ class IronicBackend:
         self.slot_count_ttl = slot_count_ttl
         self.allocation_timeout = allocation_timeout
         self.stalled_teardown_after = stalled_teardown_after
+        self.health_interval = health_interval
         self._rng = rng or random.Random()
         self._connect = connector
         self._lock = threading.Lock()
@@ -118,11 +133,15 @@ class IronicBackend:
         identity = intent.identity
         try:
             node = api.node_by_instance_uuid(identity.uuid)
-            if node is None:
+            if node is not None:
+                other = self._other_owner(api, identity, node)
+                if other is not None:
+                    return _owned_by_other(Phase.FAILED, f"node {node.label}", other, _details(node))
+            else:
                 missing = self._missing(api, intent)
                 if missing is not None:
                     return missing
-                allocated = self._allocate(api, identity, machine, intent.cluster)
+                allocated = self._allocate(api, intent, machine)
                 if isinstance(allocated, Progress):
                     return allocated
                 node = allocated
@@ -136,11 +155,31 @@ class IronicBackend:
         try:
             node = api.node_by_instance_uuid(identity.uuid)
             if node is not None:
+                other = self._other_owner(api, identity, node)
+                if other is not None:
+                    # Nothing of this machine is in Ironic: what its UUID finds is another's.
+                    self._forget(identity)
+                    return _owned_by_other(Phase.DELETED, f"node {node.label}", other, _details(node))
                 return self._undeploy(api, ironic, identity, node)
             allocation = api.get_allocation(identity.uuid)
             if allocation is not None:
+                if not names(allocation.extra, identity):
+                    self._forget(identity)
+                    label = f"allocation {allocation.name or allocation.uuid}"
+                    return _owned_by_other(Phase.DELETED, label, owner_label(allocation.extra))
                 tearing_down = self._node_being_released(api, allocation)
                 if tearing_down is not None:
+                    if not marked_for(tearing_down.extra, identity):
+                        # Ours by the allocation, but not marked: never changed here; Ironic
+                        # drops the allocation when its teardown ends.
+                        return self._later(
+                            Phase.DELETING,
+                            "Cleaning",
+                            f"node {tearing_down.label} is {tearing_down.provision_state}; waiting "
+                            "for Ironic to finish its teardown",
+                            self.work_delay,
+                            _details(tearing_down),
+                        )
                     with self._lock:
                         self._releasing[identity.uuid] = tearing_down.uuid
                     return self._finish_release(api, ironic, identity, tearing_down)
@@ -185,10 +224,13 @@ class IronicBackend:
         """A machine that was running has no node any more: report it, never deploy anew."""
         if not intent.provisioned or api.get_allocation(intent.identity.uuid) is not None:
             return None
+        return self._node_missing(intent.identity)
+
+    def _node_missing(self, identity: MachineIdentity) -> Progress:
         return self._later(
             Phase.MISSING,
             "NodeMissing",
-            f"no Ironic node holds the machine any more (instance_uuid {intent.identity.uuid}); "
+            f"no Ironic node holds the machine any more (instance_uuid {identity.uuid}); "
             "it was undeployed or deleted outside the cluster",
             60.0,
         )
@@ -202,13 +244,23 @@ class IronicBackend:
                 del self._allocating_since[identity.uuid]
             return stuck
 
-    def _allocate(
-        self, api: IronicApi, identity: MachineIdentity, machine: IronicMachine, cluster: str
-    ) -> Node | Progress:
+    def _other_owner(self, api: IronicApi, identity: MachineIdentity, node: Node) -> str | None:
+        """None when the node found by the machine's instance_uuid is the machine's, else who
+        it belongs to. Ironic's link says which allocation took the node; the tags say whose
+        that allocation (or, once deployed, the node) is."""
+        if marked_for(node.extra, identity):
+            return None  # the usual case once deployed: no second request
+        allocation = api.get_allocation(identity.uuid)
+        if allocation is not None and names(allocation.extra, identity):
+            return None
+        return owner_label(allocation.extra if allocation is not None else {}, node.extra)
+
+    def _allocate(self, api: IronicApi, intent: MachineIntent, machine: IronicMachine) -> Node | Progress:
+        identity = intent.identity
         allocation = api.get_allocation(identity.uuid)
         if allocation is None:
             try:
-                allocation = api.create_allocation(**allocation_request(identity, machine, cluster))
+                allocation = api.create_allocation(**allocation_request(identity, machine, intent.cluster))
                 log.info(
                     "allocation %s requested for %s/%s", allocation.name, identity.namespace, identity.name
                 )
@@ -224,6 +276,9 @@ class IronicBackend:
                         "belong to this machine; delete it in Ironic",
                         self.wait_for_node_delay,
                     )
+        if not names(allocation.extra, identity):
+            label = f"allocation {allocation.name or allocation.uuid}"
+            return _owned_by_other(Phase.FAILED, label, owner_label(allocation.extra))
         if allocation.state == "allocating" and self._allocation_stuck(identity):
             # Ironic leaves an allocation `allocating` for good when its worker dies on an
             # unexpected error (seen with SQLite "database is locked"): drop it, ask again.
@@ -258,6 +313,23 @@ class IronicBackend:
         node = api.get_node(allocation.node_uuid)
         if node is None:
             return self._busy(Phase.PROVISIONING, IronicBusyError("allocated node vanished; re-reading"))
+        if node.instance_uuid is None:
+            # Ironic cleared its link: the node is being torn down, and drops the allocation
+            # when that ends. A running machine's node was undeployed outside the cluster.
+            if intent.provisioned:
+                return self._node_missing(identity)
+            return self._later(
+                Phase.PROVISIONING,
+                "NodeNotReady",
+                f"node {node.label} is {node.provision_state!r} without an instance; waiting "
+                "for Ironic to finish its teardown",
+                self.work_delay,
+                _details(node),
+            )
+        if node.instance_uuid != identity.uuid:
+            return _owned_by_other(
+                Phase.FAILED, f"node {node.label}", owner_label(node.extra), _details(node)
+            )
         return node
 
     def _advance(
@@ -273,11 +345,13 @@ class IronicBackend:
         details = _details(node)
         state = node.provision_state
         if state == states.ACTIVE:
+            # Looked at again: Ironic tells nobody when a node is undeployed behind our back.
             return Progress(
                 Phase.RUNNING,
                 "Deployed",
                 f"node {node.label} is active",
                 addresses=addresses(intent),
+                requeue_after=self._jitter(self.health_interval),
                 details=details,
             )
         if state in states.DEPLOY_IN_PROGRESS:
@@ -287,13 +361,13 @@ class IronicBackend:
         if state == states.AVAILABLE:
             return self._start_deploy(api, site, intent, machine, node, info, drive, previous_error=None)
         if state == states.DEPLOY_FAILED:
-            attempts = _count(node.extra.get(DEPLOY_ATTEMPTS))
+            tried = attempts(node.extra, DEPLOY_ATTEMPTS, intent.identity)
             error = node.last_error or api.last_error_event(node.uuid) or "no error recorded"
-            if attempts >= self.max_deploy_attempts:
+            if tried >= self.max_deploy_attempts:
                 return Progress(
                     Phase.FAILED,
                     "DeployFailed",
-                    f"deploying node {node.label} failed {attempts} times; last error: {error}",
+                    f"deploying node {node.label} failed {tried} times; last error: {error}",
                     details=details,
                 )
             return self._start_deploy(api, site, intent, machine, node, info, drive, previous_error=error)
@@ -326,16 +400,14 @@ class IronicBackend:
         held = self._before_change(api, site, node, Phase.PROVISIONING)
         if held is not None:
             return held
-        attempt = _count(node.extra.get(DEPLOY_ATTEMPTS)) + 1
         identity = intent.identity
+        attempt = attempts(node.extra, DEPLOY_ATTEMPTS, identity) + 1
+        ours: dict[str, Any] = {DEPLOY_ATTEMPTS: attempt}
+        if intent.cluster:
+            ours[CLUSTER] = intent.cluster
         patch: list[dict[str, Any]] = [
             {"op": "add", "path": "/instance_info", "value": info},
-            {"op": "add", "path": f"/extra/{MARKER}", "value": identity.uuid},
-            *(
-                {"op": "add", "path": f"/extra/{k}", "value": v}
-                for k, v in tags(identity, intent.cluster).items()
-            ),
-            {"op": "add", "path": f"/extra/{DEPLOY_ATTEMPTS}", "value": attempt},
+            *claim(node.extra, identity, ours),
             {"op": "replace", "path": "/automated_clean", "value": machine.automated_cleaning},
         ]
         interface = deploy_interface_for(machine, intent.image.format, node.deploy_interface)
@@ -380,8 +452,11 @@ class IronicBackend:
             held = self._before_change(api, site, node, Phase.DELETING)
             if held is not None:
                 return held
-            if node.extra.get(MARKER) != identity.uuid:
-                api.patch_node(node.uuid, [{"op": "add", "path": f"/extra/{MARKER}", "value": identity.uuid}])
+            if not marked_for(node.extra, identity):
+                # Found through our allocation (checked by the caller) but never marked.
+                allocation = api.get_allocation(identity.uuid)
+                cluster = allocation.extra.get(CLUSTER) if allocation is not None else None
+                api.patch_node(node.uuid, claim(node.extra, identity, {CLUSTER: cluster} if cluster else {}))
             api.set_provision_state(node.uuid, states.TARGET_DELETED)
             log.info("undeploy of node %s started for %s/%s", node.uuid, identity.namespace, identity.name)
             return self._later(
@@ -433,15 +508,15 @@ class IronicBackend:
             known = self._releasing.get(identity.uuid)
         if known is not None:
             node = api.get_node(known)
-            if node is not None and node.extra.get(MARKER) == identity.uuid:
+            if node is not None and marked_for(node.extra, identity):
                 return node
             self._forget(identity)
             return None
         # After a restart: one scan for the marker, then the cache above.
         for candidate in api.list_nodes(["extra"]):
-            if candidate.extra.get(MARKER) == identity.uuid:
+            if marked_for(candidate.extra, identity):
                 node = api.get_node(candidate.uuid)
-                if node is not None:
+                if node is not None and marked_for(node.extra, identity):
                     with self._lock:
                         self._releasing[identity.uuid] = node.uuid
                 return node
@@ -450,10 +525,12 @@ class IronicBackend:
     def _finish_release(
         self, api: IronicApi, site: IronicSite, identity: MachineIdentity, node: Node
     ) -> Progress:
+        """The node, marked for this machine, after Ironic cleared its instance_uuid."""
         details = _details(node)
         state = node.provision_state
         if node.instance_uuid is not None:
-            # Someone else's machine has the node now: nothing of ours remains on it.
+            # Another machine's allocation took the node (so it was cleaned): our marker
+            # left on it is that machine's deploy to strip, not ours to touch.
             self._forget(identity)
             return Progress(Phase.DELETED, "Deleted", f"node {node.label} was released")
         if state in states.CLEAN_IN_PROGRESS:
@@ -472,7 +549,7 @@ class IronicBackend:
             return Progress(
                 Phase.DELETED, "Deleted", f"node {node.label} is cleaned and available", details=details
             )
-        failures = _count(node.extra.get(CLEAN_ATTEMPTS))
+        failures = attempts(node.extra, CLEAN_ATTEMPTS, identity)
         if state == states.CLEAN_FAILED:
             if node.maintenance:
                 # Ironic sets maintenance (fault "clean failure") on a failed clean; Metal3
@@ -691,11 +768,15 @@ def _details(node: Node, state: str | None = None) -> dict[str, str]:
     return details
 
 
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
+def _owned_by_other(phase: Phase, what: str, owner: str, details: dict[str, str] | None = None) -> Progress:
+    """Left alone: provisioning fails (it will not heal by waiting); deprovisioning is done,
+    since nothing of this machine is there."""
+    return Progress(
+        phase,
+        "NodeOwnedByOther",
+        f"{what} belongs to {owner}, not to this machine; it is left alone",
+        details=details or {},
+    )
 
 
 def _age(timestamp: str | None) -> float | None:

@@ -32,6 +32,54 @@ def tags(identity: MachineIdentity, cluster: str) -> dict[str, str]:
     return found
 
 
+def names(extra: Mapping[str, Any], identity: MachineIdentity) -> bool:
+    """The tags name exactly this machine. The UUID alone is not enough: it is derived from
+    the provider ID, which an object could claim for itself; namespace and name are its own."""
+    found = (extra.get(PROVIDER_ID), extra.get(NAMESPACE), extra.get(NAME))
+    return found == (identity.provider_id, identity.namespace, identity.name)
+
+
+def marked_for(extra: Mapping[str, Any], identity: MachineIdentity) -> bool:
+    """The node's extra says it is this machine's: written by its deploy or its undeploy."""
+    return extra.get(MARKER) == identity.uuid and names(extra, identity)
+
+
+def owner_label(*extras: Mapping[str, Any]) -> str:
+    """Who the first tagged extra names, for messages (`namespace/name`)."""
+    for extra in extras:
+        owner = identity_from_tags(extra)
+        if owner is not None:
+            return f"{owner.namespace}/{owner.name}"
+    return "an object this manager cannot name (no c3os tags)"
+
+
+def attempts(extra: Mapping[str, Any], key: str, identity: MachineIdentity) -> int:
+    """A counter of this machine's (`DEPLOY_ATTEMPTS`, `CLEAN_ATTEMPTS`): what another
+    machine left on the node counts nothing."""
+    if not marked_for(extra, identity):
+        return 0
+    try:
+        return max(0, int(extra.get(key, 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def claim(
+    extra: Mapping[str, Any], identity: MachineIdentity, values: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """JSON patch writing the marker, the tags and `values` (more of our keys) in one
+    request, and removing every other c3os key: what a machine torn down before left
+    (counters, tags) must not be read as this machine's."""
+    wanted: dict[str, Any] = {MARKER: identity.uuid, **tags(identity, ""), **values}
+    patch: list[dict[str, Any]] = [
+        {"op": "add", "path": f"/extra/{k}", "value": v} for k, v in wanted.items()
+    ]
+    patch += [
+        {"op": "remove", "path": f"/extra/{k}"} for k in OUR_EXTRA_KEYS if k in extra and k not in wanted
+    ]
+    return patch
+
+
 def identity_from_tags(extra: Mapping[str, Any]) -> MachineIdentity | None:
     values = [extra.get(PROVIDER_ID), extra.get(NAMESPACE), extra.get(NAME)]
     if not all(isinstance(v, str) and v for v in values):
