@@ -118,6 +118,13 @@ def with_change(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return result
 
 
+# Label maps Kubernetes accepts, at the limits: prefix 253, name 63, value 63, empty value.
+GOOD_LABELS: list[dict[str, str]] = [
+    {"topology.kubernetes.io/zone": "edge-1", "node-role.example.com/worker": ""},
+    {("a" * 50 + ".") * 4 + "a" * 49 + "/" + "n" * 63: "v" * 63},
+    {"A_b.c-D": "x_Y.z-9"},
+]
+
 BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("two backends", C3osMachine, "spec.backend", {"libvirt": {}, "ironic": {}}),
     ("no backend", C3osMachine, "spec.backend", {}),
@@ -167,6 +174,23 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("file path escaping", C3osConfig, "spec.files.0.path", "/etc/../root/.ssh/authorized_keys"),
     ("file with two sources", C3osConfig, "spec.files.0.contentFrom", {"secret": {"name": "s", "key": "k"}}),
     ("file mode not octal", C3osConfig, "spec.files.0.permissions", "0999"),
+    ("file path with a newline", C3osConfig, "spec.files.0.path", "/etc/motd\n/root/.ssh/authorized_keys"),
+    ("file path with a tab", C3osConfig, "spec.files.0.path", "/etc/mo\ttd"),
+    ("file path with a DEL", C3osConfig, "spec.files.0.path", "/etc/motd\x7f"),
+    ("label key with a space", C3osConfig, "spec.k3s.nodeLabels", {"bad key": "x"}),
+    ("label key with a newline", C3osConfig, "spec.k3s.nodeLabels", {"site\nrole": "x"}),
+    ("label key name of 64", C3osConfig, "spec.k3s.nodeLabels", {"a" * 64: "x"}),
+    ("label key prefix over 253", C3osConfig, "spec.k3s.nodeLabels", {("a" * 50 + ".") * 5 + "abc/k": "x"}),
+    ("label key uppercase prefix", C3osConfig, "spec.k3s.nodeLabels", {"Example.com/k": "x"}),
+    ("label key empty name", C3osConfig, "spec.k3s.nodeLabels", {"example.com/": "x"}),
+    ("label value of 64", C3osConfig, "spec.k3s.nodeLabels", {"k": "v" * 64}),
+    ("label value with a space", C3osConfig, "spec.k3s.nodeLabels", {"k": "a b"}),
+    ("label value ending in a dash", C3osConfig, "spec.k3s.nodeLabels", {"k": "a-"}),
+    ("label value with a newline", C3osConfig, "spec.k3s.nodeLabels", {"k": "a\nb"}),
+    ("taint key name of 64", C3osConfig, "spec.k3s.nodeTaints.0.key", "a" * 64),
+    ("taint key prefix over 253", C3osConfig, "spec.k3s.nodeTaints.0.key", ("a" * 50 + ".") * 5 + "abc/k"),
+    ("taint value with a colon", C3osConfig, "spec.k3s.nodeTaints.0.value", "edge:NoExecute"),
+    ("taint value with a newline", C3osConfig, "spec.k3s.nodeTaints.0.value", "edge\nx"),
     ("reboot and poweroff", C3osConfig, "spec.install.poweroff", True),
     ("multi-line ssh key", C3osConfig, "spec.users.0.sshAuthorizedKeys", ["ssh-ed25519 A\nssh-rsa B"]),
     ("bad user name", C3osConfig, "spec.users.0.name", "Root User"),

@@ -26,13 +26,17 @@ from capi_c3os.api.base import (
 from capi_c3os.api.common import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
-    LABEL_KEY,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
     BootstrapInitialization,
     Condition,
     SecretKeyRef,
     SecretRef,
     TemplateMetadata,
     conditions_field,
+    key_prefix_rule,
+    qualified_name_problem,
+    qualified_name_rules,
 )
 
 GROUP = "bootstrap.cluster.x-k8s.io"
@@ -56,6 +60,9 @@ HTTP_URL = r"^https?://[^\s]+$"
 UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 OWNER = r"^[a-z0-9_][a-z0-9_-]{0,31}(:[a-z0-9_][a-z0-9_-]{0,31})?$"
 SINGLE_LINE = r"^[^\r\n]+$"
+# An absolute path without NUL or control characters: a newline would end the path early
+# in the rendered cloud-config/yip file and start another line of the file's own choosing.
+FILE_PATH = r"^/[^\x00-\x1f\x7f]+$"
 PATH_PARENT_SEGMENT = "(^|/)[.][.](/|$)"  # no backslashes: it is embedded in a CEL string too
 
 K3sFlag = Annotated[str, StringConstraints(min_length=3, max_length=1024, pattern=K3S_FLAG)]
@@ -64,6 +71,8 @@ TlsSan = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=
 MirrorEndpoint = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=HTTP_URL)]
 UnixName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=UNIX_NAME)]
 AuthorizedKey = Annotated[str, StringConstraints(min_length=1, max_length=16384, pattern=SINGLE_LINE)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
+MAX_NODE_LABELS = 64
 StageSteps = Annotated[list[FreeFormObject], Field(max_length=64)]
 K3sComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"]
 
@@ -98,15 +107,36 @@ def _k3s_args_field() -> list[str] | None:
     return result
 
 
+def _labels_field() -> dict[str, str] | None:
+    # Map keys have no schema of their own (no propertyNames in a structural schema): a CEL
+    # rule per key, cheap enough because maxProperties bounds the loop.
+    rules = [(f"self.all(k, {rule})", message) for rule, message in qualified_name_rules("k")]
+    result: dict[str, str] | None = Field(
+        None, max_length=MAX_NODE_LABELS, json_schema_extra=validations(*rules)
+    )
+    return result
+
+
 class Taint(ApiModel):
     """A taint the node registers with."""
 
-    key: str = Field(min_length=1, max_length=316, pattern=LABEL_KEY)
-    """Taint key."""
-    value: str | None = Field(None, max_length=63)
-    """Taint value."""
+    model_config = ConfigDict(json_schema_extra=validations(key_prefix_rule("self.key")))
+
+    key: str = Field(min_length=1, max_length=317, pattern=QUALIFIED_NAME)
+    """Taint key: an optional DNS-subdomain prefix and '/', then a name of at most 63
+    characters."""
+    value: LabelValue | None = None
+    """Taint value: at most 63 alphanumerics, '-', '_', '.', alphanumeric at both ends."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
     """Taint effect."""
+
+    @field_validator("key")
+    @classmethod
+    def _qualified_key(cls, key: str) -> str:
+        problem = qualified_name_problem(key)
+        if problem:
+            raise ValueError(problem)
+        return key
 
 
 class RegistryMirror(ApiModel):
@@ -210,8 +240,9 @@ class K3s(ApiModel):
 
     args: list[K3sFlag] | None = _k3s_args_field()
     """Extra k3s flags for every node (server and agent), each as --name=value."""
-    node_labels: dict[str, str] | None = Field(None, max_length=64)
-    """Labels the node registers with."""
+    node_labels: dict[str, LabelValue] | None = _labels_field()
+    """Labels the node registers with: keys and values as Kubernetes labels (an optional
+    DNS-subdomain prefix and '/', a name of at most 63 characters; values at most 63)."""
     node_taints: list[Taint] | None = Field(None, max_length=32)
     """Taints the node registers with."""
     kubelet_args: list[ComponentArg] | None = Field(
@@ -233,6 +264,15 @@ class K3s(ApiModel):
     @classmethod
     def _no_reserved_flags(cls, args: list[str] | None) -> list[str] | None:
         return _check_args(args, RESERVED_K3S_FLAG, "init, join and token flags")
+
+    @field_validator("node_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        for key in labels or {}:
+            problem = qualified_name_problem(key)
+            if problem:
+                raise ValueError(problem)
+        return labels
 
     @field_validator("kubelet_args")
     @classmethod
@@ -294,11 +334,15 @@ class File(ApiModel):
                 "exactly one of content or contentFrom must be set",
             ),
             (f"!self.path.matches('{PATH_PARENT_SEGMENT}')", "path must not contain .. segments"),
+            (
+                "!self.path.matches('[[:cntrl:]]')",
+                "path must not contain control characters (newline, tab, ...)",
+            ),
         )
     )
 
-    path: str = Field(min_length=2, max_length=4096, pattern=r"^/[^\x00]+$")
-    """Absolute path of the file."""
+    path: str = Field(min_length=2, max_length=4096, pattern=FILE_PATH)
+    """Absolute path of the file, without control characters."""
     content: str | None = Field(None, max_length=1048576)
     """Inline content."""
     content_from: FileSource | None = None

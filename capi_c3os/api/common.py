@@ -3,6 +3,7 @@ secret references, endpoints, addresses, failure domains, template metadata."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -18,7 +19,49 @@ _PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
 CONDITION_TYPE = r"^" + _PREFIX + r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 KIND = r"^[a-zA-Z][a-zA-Z0-9]*$"
-LABEL_KEY = r"^" + _PREFIX + r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A label (or taint) key as Kubernetes checks it: an optional DNS-subdomain prefix of at
+# most 253 characters (LABEL_KEY_PREFIX_SIZE, a second rule: RE2 has no look-ahead) and a
+# name of at most 63. `[.]`, not a backslash: the patterns are embedded in CEL strings.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_PREFIX_SIZE = r"^[^/]{1,253}/"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why `key` is not a valid label/taint key, or None (the model's twin of the CEL rules
+    `qualified_name_rules` makes)."""
+    if not re.fullmatch(QUALIFIED_NAME, key):  # fullmatch: `$` also matches before a final newline
+        return (
+            f"{key!r} is not a label key: an optional DNS-subdomain prefix and '/', then a name of "
+            "at most 63 characters (alphanumerics, '-', '_', '.'; alphanumeric at both ends)"
+        )
+    if "/" in key and not re.match(LABEL_KEY_PREFIX_SIZE, key):
+        return f"{key!r}: the prefix of a label key must be at most 253 characters"
+    return None
+
+
+def key_prefix_rule(value: str) -> tuple[str, str]:
+    """CEL rule: the prefix of the label/taint key `value` (a CEL expression) is at most
+    253 characters."""
+    return (
+        f"!{value}.contains('/') || {value}.matches('{LABEL_KEY_PREFIX_SIZE}')",
+        "the prefix of a key must be at most 253 characters",
+    )
+
+
+def qualified_name_rules(value: str) -> list[tuple[str, str]]:
+    """CEL rules checking the string expression `value` as a label/taint key, for strings
+    that cannot carry a pattern (map keys)."""
+    return [
+        (f"{value}.matches('{QUALIFIED_NAME}')",
+         "keys must be qualified names: an optional DNS-subdomain prefix and '/', then a name of at "
+         "most 63 characters (alphanumerics, '-', '_', '.'; alphanumeric at both ends)"),
+        key_prefix_rule(value),
+    ]  # fmt: skip
+
 
 MAX_CONDITIONS = 32
 

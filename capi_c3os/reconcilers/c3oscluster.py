@@ -5,10 +5,19 @@
                                     then drop our finalizer
     ensure finalizer
     validate sites and controlPlaneEndpoint
-    report sites as failureDomains, provisioned, Ready
+    report sites as failureDomains, provisioned
+    check every site's Secrets (present, the keys its transport needs, parseable)
+                                 -> SitesReady; Ready is False while a site is broken,
+                                    rechecked every SITE_RECHECK seconds until fixed
     sweep: remove backend machines tagged for this cluster whose C3osMachine is gone
            (a finalizer removed by hand), and volumes a crash left without a domain;
-           never blocks the cluster
+           never blocks the cluster; skips broken sites
+
+A broken site does not withdraw `initialization.provisioned`: CAPI treats it as a
+one-way latch, and the cluster's other sites (and the machines already running on the
+broken one) must go on. Ready=False (mirrored to the Cluster's InfrastructureReady) and
+SitesReady name the site, the Secret and the key; machines sent there wait with their
+own condition.
 
 Status is written once per reconcile.
 """
@@ -24,8 +33,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from capi_c3os.api.infrastructure import C3osClusterSpec
-from capi_c3os.backends.base import BackendError
+from capi_c3os.api.infrastructure import C3osClusterSpec, Site
+from capi_c3os.backends.base import BackendError, SiteCredentials
+from capi_c3os.backends.credentials import credential_problems
 from capi_c3os.backends.registry import BACKENDS, Backends, FindsOrphans
 from capi_c3os.capi import conditions as cond
 from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, INFRASTRUCTURE_GROUP, is_externally_managed
@@ -33,7 +43,7 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_cluster_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
-from capi_c3os.reconcilers.c3osmachine import paused_outcome, site_credentials
+from capi_c3os.reconcilers.c3osmachine import _secret_data, paused_outcome, site_credentials
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.kube import Kube, Resource
 
@@ -41,6 +51,11 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "c3oscluster.infrastructure.cluster.x-k8s.io"
 READY = "Ready"
+SITES_READY = "SitesReady"
+SITE_RECHECK = 30.0
+"""Seconds between checks of a broken site's Secrets (one GET per Secret): no Secret
+watch wakes us, and a fixed Secret should show within a minute. Healthy sites are
+rechecked at every reconcile, at the latest by the periodic resync."""
 WAIT_FOR_MACHINES = 5.0
 C3OS_MACHINES = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osmachines", "C3osMachine")
 
@@ -86,7 +101,13 @@ def reconcile(
         obj = _ensure_finalizer(kube, resource, obj)
         outcome, fields = _settle(obj)
         if outcome.done:
-            _sweep_orphans(kube, obj, backends)
+            spec = C3osClusterSpec.model_validate(obj.get("spec") or {})
+            problems = {site.name: site_problems(kube, meta["namespace"], site) for site in spec.sites}
+            broken = {name: found for name, found in problems.items() if found}
+            conditions.append(_sites_condition(spec, broken, generation, now))
+            _sweep_orphans(kube, obj, backends, skip=set(broken))
+            if broken:
+                outcome = Outcome.wait("SiteCredentialsInvalid", _describe(broken), SITE_RECHECK)
 
     if not paused:
         if outcome.done:
@@ -141,6 +162,55 @@ def _settle(obj: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
     return Outcome.ready("Provisioned", where), fields
 
 
+def site_problems(kube: Kube, namespace: str, site: Site) -> list[str]:
+    """What is wrong with the Secrets the site refers to (read here, never logged)."""
+    place = site.libvirt or site.ironic
+    problems: list[str] = []
+    data: dict[str, bytes] = {}
+    ref = getattr(place, "credentials_secret_ref", None)
+    if ref is not None:
+        found = _secret_data(kube, namespace, ref.name)
+        if found is None:
+            problems.append(f"credentials Secret {ref.name} not found")
+        data = found or {}
+    ca_bundle = None
+    ca_ref = getattr(place, "ca_bundle_secret_ref", None)
+    if ca_ref is not None:
+        found = _secret_data(kube, namespace, ca_ref.name)
+        if found is None:
+            problems.append(f"CA bundle Secret {ca_ref.name} not found")
+        elif not found.get(ca_ref.key):
+            problems.append(f"CA bundle Secret {ca_ref.name} lacks key {ca_ref.key}")
+        else:
+            ca_bundle = found[ca_ref.key]
+    if problems:
+        return problems  # a missing Secret would otherwise also be reported as missing keys
+    return credential_problems(site, SiteCredentials(data=data, ca_bundle=ca_bundle))
+
+
+def _sites_condition(
+    spec: C3osClusterSpec, broken: dict[str, list[str]], generation: int | None, now: datetime
+) -> cond.Condition:
+    if broken:
+        return cond.new_condition(
+            SITES_READY,
+            cond.FALSE,
+            "SiteCredentialsInvalid",
+            _describe(broken),
+            generation=generation,
+            now=now,
+        )
+    names = ", ".join(site.name for site in spec.sites)
+    return cond.new_condition(
+        SITES_READY, cond.TRUE, "SiteCredentialsValid", f"credentials of {names} are valid",
+        generation=generation, now=now,
+    )  # fmt: skip
+
+
+def _describe(broken: dict[str, list[str]]) -> str:
+    return "; ".join(f"site {name}: {', '.join(found)}" for name, found in broken.items())
+
+
 def _machines_of(kube: Kube, obj: dict[str, Any]) -> list[dict[str, Any]]:
     namespace = obj["metadata"]["namespace"]
     cluster_name = owner_cluster_name(obj)
@@ -168,9 +238,10 @@ def _delete(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
     return Outcome.ready()
 
 
-def _sweep_orphans(kube: Kube, obj: dict[str, Any], backends: Backends) -> None:
-    """Remove backend machines tagged for this cluster whose C3osMachine no longer exists.
-    Failures are logged only: the next reconcile sweeps again."""
+def _sweep_orphans(kube: Kube, obj: dict[str, Any], backends: Backends, skip: set[str]) -> None:
+    """Remove backend machines tagged for this cluster whose C3osMachine no longer exists,
+    on every site but the broken ones in `skip`. Failures are logged only: the next
+    reconcile sweeps again."""
     cluster_name = owner_cluster_name(obj)
     if cluster_name is None:
         return
@@ -178,6 +249,8 @@ def _sweep_orphans(kube: Kube, obj: dict[str, Any], backends: Backends) -> None:
     spec = C3osClusterSpec.model_validate(obj.get("spec") or {})
     tag = f"{namespace}/{cluster_name}"
     for site in spec.sites:
+        if site.name in skip:
+            continue
         try:
             backend = backends.for_site(site)
         except BackendError:

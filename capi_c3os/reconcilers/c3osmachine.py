@@ -420,8 +420,17 @@ def _bootstrap_data(ctx: MachineContext) -> bytes | Outcome:
     assert ctx.machine is not None
     name = ctx.machine["spec"]["bootstrap"]["dataSecretName"]
     data = _secret_data(ctx.kube, ctx.namespace, name)
-    if data is None or "value" not in data:
+    if data is None:
         return Outcome.wait("WaitingForBootstrapData", f"bootstrap data Secret {name} not found", WAIT)
+    if "value" not in data:
+        # A hand-made or half-written Secret: "not found" would send the user looking for
+        # the wrong thing.
+        keys = ", ".join(sorted(data)) or "none"
+        return Outcome.wait(
+            "WaitingForBootstrapData",
+            f"bootstrap data Secret {name} exists but lacks key value (keys: {keys})",
+            WAIT,
+        )
     return data["value"]
 
 

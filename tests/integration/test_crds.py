@@ -12,8 +12,8 @@ from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from capi_c3os.api import C3osControlPlane, C3osMachine, KubeObject
-from tests.examples import BAD, GOOD, wire, with_change
+from capi_c3os.api import C3osConfig, C3osControlPlane, C3osMachine, KubeObject
+from tests.examples import BAD, GOOD, GOOD_LABELS, wire, with_change
 from tests.support import condition
 
 pytestmark = pytest.mark.integration
@@ -82,6 +82,22 @@ def test_server_rejects_what_the_models_reject(
         _create(k8s, namespace, bad, dry_run=True)
     assert rejected.value.status == 422, rejected.value.body
     assert "is invalid" in str(rejected.value.body)
+
+
+@pytest.mark.parametrize("labels", GOOD_LABELS)
+def test_server_accepts_kubernetes_node_labels_at_their_limits(
+    k8s: Any, namespace: str, labels: dict[str, str]
+) -> None:
+    _create(
+        k8s, namespace, with_change(wire(C3osConfig, GOOD[C3osConfig]), "spec.k3s.nodeLabels", labels), True
+    )
+
+
+def test_a_control_character_in_a_file_path_is_named_in_the_rejection(k8s: Any, namespace: str) -> None:
+    bad = with_change(wire(C3osConfig, GOOD[C3osConfig]), "spec.files.0.path", "/etc/motd\n/etc/shadow")
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, bad, dry_run=True)
+    assert "path must not contain control characters" in str(rejected.value.body)
 
 
 def test_provider_id_cannot_change_once_set(k8s: Any, namespace: str) -> None:

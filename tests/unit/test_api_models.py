@@ -20,7 +20,16 @@ from capi_c3os.api import (
 )
 from capi_c3os.api.base import ApiModel, camel
 from capi_c3os.api.common import Condition
-from tests.examples import BAD, CONFIG_SPEC, CONTROL_PLANE_SPEC, GOOD, MACHINE_SPEC, wire, with_change
+from tests.examples import (
+    BAD,
+    CONFIG_SPEC,
+    CONTROL_PLANE_SPEC,
+    GOOD,
+    GOOD_LABELS,
+    MACHINE_SPEC,
+    wire,
+    with_change,
+)
 
 
 def test_every_kind_has_a_good_example() -> None:
@@ -175,3 +184,10 @@ def test_the_config_spec_is_shared_by_the_control_plane() -> None:
     control_plane = C3osControlPlane.model_validate(wire(C3osControlPlane, GOOD[C3osControlPlane]))
     config = C3osConfig.model_validate(wire(C3osConfig, {"spec": control_plane.spec.server_config.to_wire()}))
     assert config.spec == control_plane.spec.server_config
+
+
+@pytest.mark.parametrize("labels", GOOD_LABELS)
+def test_kubernetes_label_keys_and_values_are_accepted(labels: dict[str, str]) -> None:
+    spec = with_change(CONFIG_SPEC, "k3s.nodeLabels", labels)
+    parsed = C3osConfig.model_validate(wire(C3osConfig, {"spec": spec}))
+    assert parsed.spec.k3s is not None and parsed.spec.k3s.node_labels == labels
