@@ -77,6 +77,9 @@ class WorkloadStandIn:
         """Nodes whose removal k3s refused (the only voting member), in order."""
         self.etcd_members: dict[str, str] = {}
         """The etcd cluster's voting members: member name -> Node name."""
+        self.servers_join_etcd = True
+        """Whether servers registered from now on get an etcd member (False: their etcd
+        never joins, as when k3s fails before it)."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -112,32 +115,37 @@ class WorkloadStandIn:
     ) -> None:
         """What a kubelet does when k3s starts on a machine: a Node with the provider-id
         the machine's config drive gave it, then its Ready condition. A server's etcd
-        joins too (`etcd`, default: servers): k3s's metadata controller labels and
-        annotates its Node with its member (`etcd=False`: a server whose etcd never
-        joined, e.g. k3s failed before it)."""
+        joins too (`etcd`, default: servers while `servers_join_etcd`): k3s's metadata
+        controller labels and annotates its Node with its member."""
         labels = {"kubernetes.io/hostname": name}
-        annotations: dict[str, str] = {}
         if control_plane:
             labels[CONTROL_PLANE_ROLE] = "true"
-        if control_plane if etcd is None else etcd:
-            # k3s pkg/etcd/etcd.go setName: ServerNodeName + "-" + uuid[:8].
-            member = f"{name}-{secrets.token_hex(4)}"
-            labels |= {ETCD_ROLE: "true", MASTER_ROLE: "true"}
-            annotations = {ETCD_NODE_NAME: member, ETCD_NODE_ADDRESS: address}
         with api_client(self.kubeconfig) as client:
             core = self._core(client)
             try:
                 core.create_node(kc.V1Node(
-                    metadata=kc.V1ObjectMeta(name=name, labels=labels, annotations=annotations or None),
+                    metadata=kc.V1ObjectMeta(name=name, labels=labels),
                     spec=kc.V1NodeSpec(provider_id=provider_id),
                 ))  # fmt: skip
             except ApiException as exc:
                 if exc.status != 409:
                     raise
             else:
-                if annotations:
-                    self.etcd_members[annotations[ETCD_NODE_NAME]] = name
+                if (control_plane and self.servers_join_etcd) if etcd is None else etcd:
+                    self.join_etcd(name, address)
         self.set_node_ready(name, ready)
+
+    def join_etcd(self, name: str, address: str = "127.0.0.1") -> str:
+        """A server's etcd joins: k3s's metadata controller labels its Node and puts the
+        new member on it (k3s pkg/etcd/etcd.go setName: ServerNodeName + "-" + uuid[:8]).
+        Returns the member name."""
+        member = f"{name}-{secrets.token_hex(4)}"
+        labels = {ETCD_ROLE: "true", MASTER_ROLE: "true"}
+        annotations = {ETCD_NODE_NAME: member, ETCD_NODE_ADDRESS: address}
+        with api_client(self.kubeconfig) as client:
+            self._core(client).patch_node(name, {"metadata": {"labels": labels, "annotations": annotations}})
+        self.etcd_members[member] = name
+        return member
 
     def set_node_ready(self, name: str, ready: bool) -> None:
         """The kubelet's status report: Ready, and the pressure conditions a kubelet
