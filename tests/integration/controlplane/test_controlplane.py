@@ -254,6 +254,19 @@ def _etcd_condition(api: kc.CustomObjectsApi, namespace: str) -> dict[str, Any]:
     return next((c for c in conditions if c["type"] == ETCD_MEMBERS_REMOVED), {})
 
 
+def _etcd_condition_reads(api: kc.CustomObjectsApi, namespace: str, reason: str) -> dict[str, Any]:
+    def reads() -> bool:
+        return _etcd_condition(api, namespace).get("reason") == reason
+
+    eventually(
+        reads,
+        f"{ETCD_MEMBERS_REMOVED} {reason}",
+        timeout=120,
+        explain=lambda: str(_etcd_condition(api, namespace)),
+    )
+    return _etcd_condition(api, namespace)
+
+
 def _machines(api: kc.CustomObjectsApi, namespace: str) -> dict[str, dict[str, Any]]:
     items = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
     return {m["metadata"]["name"]: m for m in items}
@@ -290,13 +303,7 @@ def test_a_server_whose_etcd_never_joined_is_let_go_after_a_bounded_wait(
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
         first, second = _three_servers_only_the_first_in_etcd(api, namespace, standin)
         api.delete_namespaced_custom_object(*CAPI, namespace, "machines", second)
-        eventually(
-            lambda: _etcd_condition(api, namespace).get("reason") == WAITING_FOR_ETCD_MEMBER,
-            "the wait for an etcd member annotation reported",
-            timeout=120,
-            explain=lambda: str(_etcd_condition(api, namespace)),
-        )
-        condition = _etcd_condition(api, namespace)
+        condition = _etcd_condition_reads(api, namespace, WAITING_FOR_ETCD_MEMBER)
         assert condition["status"] == "False" and second in condition["message"]
         machine = _machines(api, namespace)[second]
         assert HOOK in machine["metadata"]["annotations"]
@@ -322,13 +329,7 @@ def test_the_last_voting_etcd_member_is_held_until_another_server_joins_etcd(
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
         first, second = _three_servers_only_the_first_in_etcd(api, namespace, standin)
         api.delete_namespaced_custom_object(*CAPI, namespace, "machines", first)
-        eventually(
-            lambda: _etcd_condition(api, namespace).get("reason") == ETCD_REMOVAL_REFUSED,
-            "the refusal reported",
-            timeout=120,
-            explain=lambda: str(_etcd_condition(api, namespace)),
-        )
-        assert first in _etcd_condition(api, namespace)["message"]
+        assert first in _etcd_condition_reads(api, namespace, ETCD_REMOVAL_REFUSED)["message"]
         assert set(standin.etcd_refused) == {first}
         held = _machines(api, namespace)[first]
         assert held["metadata"].get("deletionTimestamp") and HOOK in held["metadata"]["annotations"]
