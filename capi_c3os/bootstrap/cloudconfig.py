@@ -29,11 +29,12 @@ find it):
     through `k3s kubectl`; agents: the kubelet's /healthz) and only then touches
     `/run/cluster-api/bootstrap-success.complete`.
 - `stages.initramfs`, step `cluster-api-k3s-cas`, first server only: the cluster CAs at
-  the paths k3s reads (`/var/lib/rancher/k3s/server/tls/{server-ca,client-ca,etcd/server-ca}
-  .{crt,key}`), with an `if:` so they are written only while one is missing (first boot).
-  Kairos runs `initramfs` at every boot; once the CAs in k3s's datastore differ from these
-  (`k3s certificate rotate-ca`), rewriting them would make k3s refuse to start
-  ("newer than datastore").
+  the paths k3s reads (under `/var/lib/rancher/k3s/server/tls`: `server-ca`, `client-ca`,
+  `etcd/server-ca`, `etcd/peer-ca`, `request-header-ca` `.{crt,key}`, and the
+  service-account key `service.key`), with an `if:` so they are written only while one is
+  missing (first boot). Kairos runs `initramfs` at every boot; once the CAs in k3s's
+  datastore differ from these (`k3s certificate rotate-ca`), rewriting them would make
+  k3s refuse to start ("newer than datastore").
 - `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
   Secret key, base64-encoded so any bytes survive).
 - the spec's own `stages`, appended after ours, as written.
@@ -100,11 +101,17 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class ClusterCAs:
-    """The three CAs the first server is given (joiners fetch them from the datastore)."""
+    """The CAs and keys the first server is given (joiners fetch them from the datastore).
+    Without the optional ones k3s generates its own, kept only in its datastore."""
 
     server: KeyPair
     client: KeyPair
     etcd: KeyPair
+    etcd_peer: KeyPair | None = None
+    request_header: KeyPair | None = None
+    """The front-proxy CA."""
+    service_account_key: bytes | None = field(default=None, repr=False)
+    """PEM private key signing service-account tokens."""
 
 
 class RenderError(ValueError):
@@ -444,7 +451,7 @@ ExecStartPre={PROVIDER_ID_SCRIPT}
 
 
 def ca_paths() -> list[str]:
-    """The first server's CA files, in the order we write them."""
+    """The files of the three CAs every first server gets, in the order we write them."""
     return [f"{TLS_DIR}/{stem}.{ext}" for stem in CA_STEMS for ext in ("crt", "key")]
 
 
@@ -461,9 +468,17 @@ def first_boot_condition(paths: list[str]) -> str:
 
 def _ca_files(cas: ClusterCAs) -> list[dict[str, Any]]:
     files = []
-    for pair, stem in zip((cas.server, cas.client, cas.etcd), CA_STEMS, strict=True):
+    pairs = [*zip((cas.server, cas.client, cas.etcd), CA_STEMS, strict=True)]
+    pairs += [
+        (pair, stem)
+        for pair, stem in ((cas.etcd_peer, "etcd/peer-ca"), (cas.request_header, "request-header-ca"))
+        if pair
+    ]
+    for pair, stem in pairs:
         files.append(_file(f"{TLS_DIR}/{stem}.crt", pair.cert_pem, MODE_CERT, encode=True))
         files.append(_file(f"{TLS_DIR}/{stem}.key", pair.key_pem, MODE_SECRET, encode=True))
+    if cas.service_account_key is not None:
+        files.append(_file(f"{TLS_DIR}/service.key", cas.service_account_key, MODE_SECRET, encode=True))
     return files
 
 
@@ -576,10 +591,11 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     initramfs: list[dict[str, Any]] = [{"name": "cluster-api-k3s", "files": _k3s_files(inputs, unit)}]
     if inputs.role is Role.INIT_SERVER:
         assert inputs.cas is not None
+        ca_files = _ca_files(inputs.cas)
         initramfs.append({
             "name": "cluster-api-k3s-cas",
-            "if": first_boot_condition(ca_paths()),
-            "files": _ca_files(inputs.cas),
+            "if": first_boot_condition([f["path"] for f in ca_files]),
+            "files": ca_files,
         })  # fmt: skip
     if spec.files:
         user_files = [_user_file(inputs, i, f) for i, f in enumerate(spec.files)]

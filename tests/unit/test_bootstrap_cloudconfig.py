@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import os
 import stat
 import subprocess
@@ -43,6 +44,14 @@ CAS = ClusterCAs(
     server=KeyPair(b"-----BEGIN CERTIFICATE-----\nSERVER\n-----END CERTIFICATE-----\n", b"SERVER-KEY\n"),
     client=KeyPair(b"-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n", b"CLIENT-KEY\n"),
     etcd=KeyPair(b"-----BEGIN CERTIFICATE-----\nETCD\n-----END CERTIFICATE-----\n", b"ETCD-KEY\n"),
+)
+ALL_CAS = dataclasses.replace(
+    CAS,
+    etcd_peer=KeyPair(b"-----BEGIN CERTIFICATE-----\nPEER\n-----END CERTIFICATE-----\n", b"PEER-KEY\n"),
+    request_header=KeyPair(
+        b"-----BEGIN CERTIFICATE-----\nPROXY\n-----END CERTIFICATE-----\n", b"PROXY-KEY\n"
+    ),
+    service_account_key=b"SA-KEY\n",
 )
 FULL_SPEC: dict[str, Any] = copy.deepcopy(CONFIG_SPEC)
 FULL_SPEC["k3s"]["registries"]["configs"] = {
@@ -99,7 +108,7 @@ CASES = {
     "init-server": inputs(Role.INIT_SERVER),
     "join-server": inputs(Role.JOIN_SERVER),
     "agent": inputs(Role.AGENT),
-    "init-server-all-options": inputs(Role.INIT_SERVER, FULL_SPEC),
+    "init-server-all-options": inputs(Role.INIT_SERVER, FULL_SPEC, cas=ALL_CAS),
     "join-server-all-options": inputs(Role.JOIN_SERVER, FULL_SPEC),
     "agent-all-options": inputs(Role.AGENT, FULL_SPEC),
 }
@@ -168,6 +177,27 @@ def test_first_boot_condition_runs_the_step_while_any_file_is_missing(tmp_path: 
     assert runs()  # an empty file is no CA
     Path(paths[1]).write_text("y")
     assert not runs()  # every boot after: the files k3s may have rotated stay
+
+
+def test_first_server_gets_the_peer_and_front_proxy_cas_and_service_account_key() -> None:
+    # Otherwise k3s makes its own, kept only in its datastore.
+    doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER, cas=ALL_CAS)))
+    step = {step["name"]: step for step in doc["stages"]["initramfs"]}["cluster-api-k3s-cas"]
+    files = {f["path"]: f for f in step["files"]}
+    tls = "/var/lib/rancher/k3s/server/tls"
+    expected = {
+        f"{tls}/etcd/peer-ca.crt": (b"-----BEGIN CERTIFICATE-----\nPEER\n-----END CERTIFICATE-----\n", 0o640),
+        f"{tls}/etcd/peer-ca.key": (b"PEER-KEY\n", 0o600),
+        f"{tls}/request-header-ca.crt": (
+            b"-----BEGIN CERTIFICATE-----\nPROXY\n-----END CERTIFICATE-----\n",
+            0o640,
+        ),
+        f"{tls}/request-header-ca.key": (b"PROXY-KEY\n", 0o600),
+        f"{tls}/service.key": (b"SA-KEY\n", 0o600),
+    }
+    for path, (data, mode) in expected.items():
+        assert content(files[path]) == data and files[path]["permissions"] == mode, path
+    assert step["if"] == first_boot_condition(list(files))  # every file: first boot only
 
 
 def test_joining_server_points_at_the_endpoint_and_gets_no_ca_files() -> None:
