@@ -13,8 +13,7 @@ find it):
   `--token-file` pointing at a 0600 file holding the CA-pinned join token. User flags
   follow.
 - `stages.initramfs`, step `cluster-api-k3s` (before systemd starts any unit):
-  * the token file; on the first server only, the cluster CAs at the paths k3s reads
-    (`/var/lib/rancher/k3s/server/tls/{server-ca,client-ca,etcd/server-ca}.{crt,key}`);
+  * the token file;
   * `/etc/rancher/k3s/config.yaml.d/10-cluster-api.yaml`: every structured setting
     (tls-san, labels, taints, component args, CIDRs, disabled components, registry...)
     under its documented k3s config-file key;
@@ -29,6 +28,13 @@ find it):
     after k3s: it waits until k3s actually serves (servers: the API server's /readyz
     through `k3s kubectl`; agents: the kubelet's /healthz) and only then touches
     `/run/cluster-api/bootstrap-success.complete`.
+- `stages.initramfs`, step `cluster-api-k3s-cas`, first server only: the cluster CAs at
+  the paths k3s reads (under `/var/lib/rancher/k3s/server/tls`: `server-ca`, `client-ca`,
+  `etcd/server-ca`, `etcd/peer-ca`, `request-header-ca` `.{crt,key}`, and the
+  service-account key `service.key`), with an `if:` so they are written only while one is
+  missing (first boot). Kairos runs `initramfs` at every boot; once the CAs in k3s's
+  datastore differ from these (`k3s certificate rotate-ca`), rewriting them would make
+  k3s refuse to start ("newer than datastore").
 - `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
   Secret key, base64-encoded so any bytes survive).
 - the spec's own `stages`, appended after ours, as written.
@@ -66,6 +72,8 @@ PROVIDER_ID_FILE = f"{K3S_DIR}/config.yaml.d/90-cluster-api-provider-id.yaml"
 REGISTRIES_FILE = f"{K3S_DIR}/registries.yaml"
 REGISTRY_CA_DIR = f"{K3S_DIR}/cluster-api/registry-ca"
 TLS_DIR = "/var/lib/rancher/k3s/server/tls"
+CA_STEMS = ("server-ca", "client-ca", "etcd/server-ca")
+"""Under TLS_DIR: the server, client and etcd server CAs of `ClusterCAs`, in that order."""
 PROVIDER_ID_SCRIPT = "/usr/local/bin/cluster-api-provider-id"
 SENTINEL_SCRIPT = "/usr/local/bin/cluster-api-bootstrap-success"
 SENTINEL_UNIT = "cluster-api-bootstrap-success.service"
@@ -93,11 +101,17 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class ClusterCAs:
-    """The three CAs the first server is given (joiners fetch them from the datastore)."""
+    """The CAs and keys the first server is given (joiners fetch them from the datastore).
+    Without the optional ones k3s generates its own, kept only in its datastore."""
 
     server: KeyPair
     client: KeyPair
     etcd: KeyPair
+    etcd_peer: KeyPair | None = None
+    request_header: KeyPair | None = None
+    """The front-proxy CA."""
+    service_account_key: bytes | None = field(default=None, repr=False)
+    """PEM private key signing service-account tokens."""
 
 
 class RenderError(ValueError):
@@ -436,11 +450,35 @@ ExecStartPre={PROVIDER_ID_SCRIPT}
 # ------------------------------------------------------------------ the document
 
 
+def ca_paths() -> list[str]:
+    """The files of the three CAs every first server gets, in the order we write them."""
+    return [f"{TLS_DIR}/{stem}.{ext}" for stem in CA_STEMS for ext in ("crt", "key")]
+
+
+def first_boot_condition(paths: list[str]) -> str:
+    """A yip step `if:`: true while any of `paths` is missing or empty.
+
+    yip v1.25.1 `pkg/plugins/if.go` (`IfConditional`) runs the `if` text with `sh -c`
+    (`pkg/console/console.go`) and `pkg/executor/default.go` (`applyStage`) skips the
+    step when it exits non-zero. "Any missing", not yip's `if_files: {none: ...}` ("all
+    missing"): a first boot cut short after some files would otherwise never get the
+    rest, and k3s would make its own CAs for them."""
+    return " || ".join(f"[ ! -s {shlex.quote(path)} ]" for path in paths)
+
+
 def _ca_files(cas: ClusterCAs) -> list[dict[str, Any]]:
     files = []
-    for pair, stem in ((cas.server, "server-ca"), (cas.client, "client-ca"), (cas.etcd, "etcd/server-ca")):
+    pairs = [*zip((cas.server, cas.client, cas.etcd), CA_STEMS, strict=True)]
+    pairs += [
+        (pair, stem)
+        for pair, stem in ((cas.etcd_peer, "etcd/peer-ca"), (cas.request_header, "request-header-ca"))
+        if pair
+    ]
+    for pair, stem in pairs:
         files.append(_file(f"{TLS_DIR}/{stem}.crt", pair.cert_pem, MODE_CERT, encode=True))
         files.append(_file(f"{TLS_DIR}/{stem}.key", pair.key_pem, MODE_SECRET, encode=True))
+    if cas.service_account_key is not None:
+        files.append(_file(f"{TLS_DIR}/service.key", cas.service_account_key, MODE_SECRET, encode=True))
     return files
 
 
@@ -505,9 +543,6 @@ def _kube_vip(inputs: RenderInput) -> dict[str, Any] | None:
 
 def _k3s_files(inputs: RenderInput, unit: str) -> list[dict[str, Any]]:
     files = [_file(TOKEN_FILE, inputs.token + "\n", MODE_SECRET, encode=True)]
-    if inputs.role is Role.INIT_SERVER:
-        assert inputs.cas is not None
-        files += _ca_files(inputs.cas)
     k3s_config = render_k3s_config(inputs)
     if k3s_config:
         files.append(_file(CONFIG_FILE, _yaml(k3s_config), MODE_CONFIG))
@@ -554,6 +589,14 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
         doc["kubevip"] = vip
 
     initramfs: list[dict[str, Any]] = [{"name": "cluster-api-k3s", "files": _k3s_files(inputs, unit)}]
+    if inputs.role is Role.INIT_SERVER:
+        assert inputs.cas is not None
+        ca_files = _ca_files(inputs.cas)
+        initramfs.append({
+            "name": "cluster-api-k3s-cas",
+            "if": first_boot_condition([f["path"] for f in ca_files]),
+            "files": ca_files,
+        })  # fmt: skip
     if spec.files:
         user_files = [_user_file(inputs, i, f) for i, f in enumerate(spec.files)]
         initramfs.append({"name": "cluster-api-files", "files": user_files})

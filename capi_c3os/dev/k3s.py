@@ -116,7 +116,10 @@ class BootData:
     """Only the first server carries the CAs."""
 
     @classmethod
-    def parse(cls, user_data: bytes, meta_data: bytes) -> BootData:
+    def parse(cls, user_data: bytes, meta_data: bytes, disk: Disk | None = None) -> BootData:
+        """`disk`: the node's persistent files, from its earlier boots; this boot's
+        `initramfs` stage is applied to it (it is updated in place)."""
+        disk = Disk() if disk is None else disk
         try:
             doc = yaml.safe_load(user_data)
             meta = yaml.safe_load(meta_data)  # YAML (NoCloud) or JSON (config-2): both load
@@ -137,7 +140,8 @@ class BootData:
             role = Role.INIT_SERVER if "--cluster-init" in args else Role.JOIN_SERVER
         if role is not Role.INIT_SERVER and server is None:
             raise BootDataError("a joining node without --server")
-        files = _initramfs_files(doc)
+        disk.boot(doc)
+        files = disk.files
         token_path = next((a.split("=", 1)[1] for a in args if a.startswith("--token-file=")), TOKEN_FILE)
         token = files.get(token_path, b"").decode(errors="replace").strip()
         if not token:
@@ -163,17 +167,63 @@ class BootData:
         )
 
 
-def _initramfs_files(doc: dict[str, Any]) -> dict[str, bytes]:
-    """path -> content of every file the `initramfs` stage writes (yip decodes b64)."""
-    files: dict[str, bytes] = {}
-    for step in (doc.get("stages") or {}).get("initramfs") or []:
-        for entry in step.get("files") or []:
-            content = str(entry.get("content", ""))
-            if entry.get("encoding") == "b64":
-                files[entry["path"]] = base64.b64decode(content)
-            else:
-                files[entry["path"]] = content.encode()
-    return files
+_MISSING = re.compile(r"\[ ! -s (?P<path>/[^\s'\"]+) \]")
+
+
+def if_holds(condition: str, files: dict[str, bytes]) -> bool:
+    """Whether a yip step's `if` lets the step run, on a node holding `files`.
+
+    yip v1.25.1 runs the text with `sh -c` and skips the step when it exits non-zero
+    (`pkg/plugins/if.go` IfConditional, `pkg/executor/default.go` applyStage). The
+    stand-in has no node root to run a shell in, so it evaluates the one form our
+    bootstrap renders (`cloudconfig.first_boot_condition`): `[ ! -s PATH ] || ...`,
+    true while any PATH is missing or empty. Anything else is refused, not guessed."""
+    terms = condition.split(" || ")
+    matches = [_MISSING.fullmatch(term.strip()) for term in terms]
+    if not all(matches):
+        raise BootDataError(f"an initramfs step's `if` the stand-in cannot evaluate: {condition!r}")
+    return any(not files.get(m["path"]) for m in matches if m is not None)
+
+
+@dataclass
+class Disk:
+    """A node's persistent files as yip leaves them (`/etc`, `/var/lib/rancher` persist
+    on Kairos), and what the last boot wrote."""
+
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    written: set[str] = field(default_factory=set)
+    """Paths the last boot's initramfs stage wrote (newer than anything k3s stored)."""
+
+    def boot(self, doc: dict[str, Any]) -> None:
+        """Kairos runs the `initramfs` stage at every boot: each step in order, skipped
+        when its `if` fails (yip decodes b64 content)."""
+        self.written = set()
+        for step in (doc.get("stages") or {}).get("initramfs") or []:
+            condition = step.get("if")
+            if condition and not if_holds(str(condition), self.files):
+                continue
+            for entry in step.get("files") or []:
+                content = str(entry.get("content", ""))
+                data = base64.b64decode(content) if entry.get("encoding") == "b64" else content.encode()
+                self.files[entry["path"]] = data
+                self.written.add(entry["path"])
+
+    def datastore_conflict(self, datastore: dict[str, bytes]) -> str | None:
+        """Why k3s would refuse to start a server whose datastore holds `datastore`
+        (path -> bytes of its CA files), or None. k3s compares each bootstrap file on
+        disk with the datastore: one that differs and is newer (written at this boot)
+        stops it ("... newer than datastore and could cause a cluster outage"); an
+        older one is overwritten from the datastore (k3s pkg/cluster/bootstrap.go,
+        ReconcileBootstrapData: disk newer is fatal, datastore newer rewrites the disk)."""
+        newer = sorted(
+            path for path, data in datastore.items() if path in self.written and self.files.get(path) != data
+        )
+        for path, data in datastore.items():
+            if path not in newer:
+                self.files[path] = data
+        if newer:
+            return f"{', '.join(newer)} newer than datastore and could cause a cluster outage"
+        return None
 
 
 # ------------------------------------------------------------------ the stand-in
@@ -226,6 +276,7 @@ class K3sStandIn:
         self._joined: dict[str, _Joined] = {}  # domain name ->
         self._refused: dict[str, str] = {}  # domain name -> last reason logged
         self._started: dict[str, float] = {}  # domain name -> first seen running (monotonic)
+        self._disks: dict[str, Disk] = {}  # domain name -> its files, across boots
         self.boot_seconds: dict[str, float] = {}
         """domain name -> seconds from first seen running to the OS up (console), to within
         `interval`: the boot time of each VM, for reports."""
@@ -369,7 +420,9 @@ class K3sStandIn:
             self._refuse(domain, "no config drive read at boot")
             return
         try:
-            data = BootData.parse(blocks["USER-DATA"], blocks["META-DATA"])
+            data = BootData.parse(
+                blocks["USER-DATA"], blocks["META-DATA"], self._disks.setdefault(domain, Disk())
+            )
         except BootDataError as exc:
             self._refuse(domain, str(exc))
             return
@@ -432,4 +485,13 @@ class K3sStandIn:
         return cluster
 
 
-__all__ = ["BOOTED", "BootData", "BootDataError", "K3sStandIn", "console_blocks", "serial_log"]
+__all__ = [
+    "BOOTED",
+    "BootData",
+    "BootDataError",
+    "Disk",
+    "K3sStandIn",
+    "console_blocks",
+    "if_holds",
+    "serial_log",
+]

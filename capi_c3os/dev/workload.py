@@ -7,12 +7,30 @@ providers created), listening on the control-plane endpoint's loopback port. So 
 `<cluster>-kubeconfig` the control plane writes must work against it, and CAPI core
 connects to it as to any workload cluster. Nodes are registered with the provider-id
 each machine was given; k3s's behaviours the providers rely on (`kube-system/k3s-serving`
-once the first server serves, etcd member removal on request) are played on demand.
+once the first server serves, the etcd member annotations of each server, etcd member
+removal on request) are played on demand.
+
+etcd member removal follows k3s (k3s-io/k3s `pkg/etcd/member_controller.go`, the
+version with `rpctypes.ErrMemberNotEnoughStarted`, and `pkg/etcd/etcd.go` `setName`;
+read from the source index, the release-1.34 tree itself was too large to fetch):
+
+- a server's member is named `<node>-<8 hex>` and its Node carries it in
+  `etcd.k3s.cattle.io/node-name` (with `node-address`) and the `node-role.kubernetes.io/etcd`
+  label; Nodes without that label are skipped, and a `remove` request on a Node without
+  the node-name/node-address annotations is not acted on (k3s returns an error and retries);
+- `remove=true`: the member goes, the Node gets `removed-node-name=<member name>`, its
+  `node-name` and `node-address` annotations are deleted (`remove` itself stays);
+- the only voting member is refused (etcd's ErrMemberNotEnoughStarted): k3s deletes
+  `remove` and sets nothing, so the requester may ask again once there are more members;
+- a `removed-node-name` that is not the Node's current member name (it rejoined) clears
+  `removed-node-name` and `remove`;
+- a Node deleted while still a member: the member goes (k3s `onRemove`).
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +50,11 @@ from capi_c3os.dev.processes import free_port
 
 ETCD_REMOVE = "etcd.k3s.cattle.io/remove"
 ETCD_REMOVED = "etcd.k3s.cattle.io/removed-node-name"
+ETCD_NODE_NAME = "etcd.k3s.cattle.io/node-name"
+ETCD_NODE_ADDRESS = "etcd.k3s.cattle.io/node-address"
 CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
+ETCD_ROLE = "node-role.kubernetes.io/etcd"
+MASTER_ROLE = "node-role.kubernetes.io/master"
 
 
 class WorkloadStandIn:
@@ -51,6 +73,13 @@ class WorkloadStandIn:
         self._etcd_thread: threading.Thread | None = None
         self.etcd_removed: list[str] = []
         """Nodes whose etcd member was removed on request, in order."""
+        self.etcd_refused: list[str] = []
+        """Nodes whose removal k3s refused (the only voting member), in order."""
+        self.etcd_members: dict[str, str] = {}
+        """The etcd cluster's voting members: member name -> Node name."""
+        self.servers_join_etcd = True
+        """Whether servers registered from now on get an etcd member (False: their etcd
+        never joins, as when k3s fails before it)."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -74,9 +103,20 @@ class WorkloadStandIn:
     def _core(self, client: Any) -> kc.CoreV1Api:
         return kc.CoreV1Api(client)
 
-    def register_node(self, name: str, provider_id: str, *, control_plane: bool, ready: bool = True) -> None:
+    def register_node(
+        self,
+        name: str,
+        provider_id: str,
+        *,
+        control_plane: bool,
+        ready: bool = True,
+        etcd: bool | None = None,
+        address: str = "127.0.0.1",
+    ) -> None:
         """What a kubelet does when k3s starts on a machine: a Node with the provider-id
-        the machine's config drive gave it, then its Ready condition."""
+        the machine's config drive gave it, then its Ready condition. A server's etcd
+        joins too (`etcd`, default: servers while `servers_join_etcd`): k3s's metadata
+        controller labels and annotates its Node with its member."""
         labels = {"kubernetes.io/hostname": name}
         if control_plane:
             labels[CONTROL_PLANE_ROLE] = "true"
@@ -90,7 +130,22 @@ class WorkloadStandIn:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
+            else:
+                if (control_plane and self.servers_join_etcd) if etcd is None else etcd:
+                    self.join_etcd(name, address)
         self.set_node_ready(name, ready)
+
+    def join_etcd(self, name: str, address: str = "127.0.0.1") -> str:
+        """A server's etcd joins: k3s's metadata controller labels its Node and puts the
+        new member on it (k3s pkg/etcd/etcd.go setName: ServerNodeName + "-" + uuid[:8]).
+        Returns the member name."""
+        member = f"{name}-{secrets.token_hex(4)}"
+        labels = {ETCD_ROLE: "true", MASTER_ROLE: "true"}
+        annotations = {ETCD_NODE_NAME: member, ETCD_NODE_ADDRESS: address}
+        with api_client(self.kubeconfig) as client:
+            self._core(client).patch_node(name, {"metadata": {"labels": labels, "annotations": annotations}})
+        self.etcd_members[member] = name
+        return member
 
     def set_node_ready(self, name: str, ready: bool) -> None:
         """The kubelet's status report: Ready, and the pressure conditions a kubelet
@@ -124,19 +179,47 @@ class WorkloadStandIn:
                     raise
 
     def answer_etcd_removals(self) -> list[str]:
-        """Do what k3s's etcd controller does for Nodes annotated for removal: drop the
-        member and say so on the Node. Returns the nodes answered this time."""
+        """One pass of k3s's etcd member removal controller over every Node (see the
+        module docstring). Returns the nodes whose member was removed this time."""
         answered = []
         with api_client(self.kubeconfig) as client:
             core = self._core(client)
-            for node in core.list_node().items:
-                annotations = node.metadata.annotations or {}
-                if annotations.get(ETCD_REMOVE) == "true" and ETCD_REMOVED not in annotations:
-                    core.patch_node(node.metadata.name, {"metadata": {"annotations": {
-                        ETCD_REMOVED: node.metadata.name}}})  # fmt: skip
-                    answered.append(node.metadata.name)
+            nodes = core.list_node().items
+            present = {node.metadata.name for node in nodes}
+            for member, node_name in list(self.etcd_members.items()):
+                if node_name not in present:  # onRemove: a deleted member Node leaves etcd
+                    del self.etcd_members[member]
+            for node in nodes:
+                patch = self._removal_patch(node)
+                if patch is not None:
+                    core.patch_node(node.metadata.name, {"metadata": {"annotations": patch}})
+                    if patch.get(ETCD_REMOVED):
+                        answered.append(node.metadata.name)
         self.etcd_removed.extend(answered)
         return answered
+
+    def _removal_patch(self, node: kc.V1Node) -> dict[str, str | None] | None:
+        """k3s etcdMemberHandler.sync for one Node: the annotation change, or None."""
+        name = node.metadata.name
+        labels = node.metadata.labels or {}
+        annotations = node.metadata.annotations or {}
+        if ETCD_ROLE not in labels or ETCD_REMOVE not in annotations:
+            return None
+        member, address = annotations.get(ETCD_NODE_NAME), annotations.get(ETCD_NODE_ADDRESS)
+        if member is None or address is None:
+            return None  # k3s: "node name annotation for node ... not found", retried
+        removed = annotations.get(ETCD_REMOVED)
+        if removed is not None:
+            # Rejoined under a new member name: the old removal no longer applies.
+            return None if removed == member else {ETCD_REMOVED: None, ETCD_REMOVE: None}
+        if annotations[ETCD_REMOVE].lower() != "true":
+            return None
+        if set(self.etcd_members) <= {member}:
+            # etcd rejects removing the only voting member; k3s drops the request.
+            self.etcd_refused.append(name)
+            return {ETCD_REMOVE: None}
+        self.etcd_members.pop(member, None)
+        return {ETCD_REMOVED: member, ETCD_NODE_NAME: None, ETCD_NODE_ADDRESS: None}
 
     def keep_answering_etcd_removals(self, every: float = 0.5) -> None:
         def loop() -> None:

@@ -12,11 +12,18 @@ server CA that actually won, so the pair always matches.
 | `<cluster>-ca` | `tls.crt`, `tls.key` | server CA, `server/tls/server-ca.{crt,key}` |
 | `<cluster>-cca` | `tls.crt`, `tls.key` | client CA, `server/tls/client-ca.{crt,key}` |
 | `<cluster>-etcd` | `tls.crt`, `tls.key` | etcd server CA, `server/tls/etcd/server-ca.{crt,key}` |
+| `<cluster>-etcd-peer` | `tls.crt`, `tls.key` | etcd peer CA, `server/tls/etcd/peer-ca.{crt,key}` |
+| `<cluster>-proxy` | `tls.crt`, `tls.key` | front-proxy CA, `server/tls/request-header-ca.{crt,key}` |
+| `<cluster>-sa` | `tls.crt` (public), `tls.key` | service-account signing key, `server/tls/service.key` |
 | `<cluster>-token` | `value` | `K10<sha256 of the server CA PEM>::server:<secret>` |
 
 All of type `cluster.x-k8s.io/secret`, labelled `cluster.x-k8s.io/cluster-name`, with an
 ownerReference to the Cluster (not a controller reference: the control plane may take
 that), so `clusterctl move` carries them and deleting the Cluster deletes them.
+
+`-proxy` and `-sa` are named as Cluster API's kubeadm control plane names them; without
+`-etcd-peer`, `-proxy` and `-sa` k3s would generate those on the first server and keep
+them only in its datastore, so the cluster could not be recreated from these Secrets.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from capi_c3os.bootstrap.certificates import KeyPair, new_ca
+from cryptography.hazmat.primitives import serialization
+
+from capi_c3os.bootstrap.certificates import KeyPair, new_ca, new_service_account_key
 from capi_c3os.bootstrap.cloudconfig import ClusterCAs
 from capi_c3os.bootstrap.tokens import new_secret, pinned_token, pins
 from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL, CLUSTER_SECRET_TYPE, CORE_API_VERSION
@@ -36,8 +45,11 @@ TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 TOKEN_KEY = "value"
 
-CA_PURPOSES = {"ca": "server", "cca": "client", "etcd": "etcd"}
+CA_PURPOSES = {
+    "ca": "server", "cca": "client", "etcd": "etcd", "etcd-peer": "etcd-peer", "proxy": "request-header",
+}  # fmt: skip
 """Secret-name suffix -> which CA."""
+SA_SUFFIX = "sa"
 
 
 class ClusterSecretsError(RuntimeError):
@@ -120,10 +132,20 @@ def _ca(secret: dict[str, Any], name: str) -> KeyPair:
     return KeyPair(_decoded(secret, TLS_CERT, name), _decoded(secret, TLS_KEY, name))
 
 
+def _new_sa() -> dict[str, bytes]:
+    """The key pair as kubeadm's `-sa` Secret holds it: public key PEM, private key PEM."""
+    private = new_service_account_key()
+    key = serialization.load_pem_private_key(private, password=None)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {TLS_CERT: public, TLS_KEY: private}
+
+
 def ensure_cluster_secrets(
     kube: Kube, cluster: dict[str, Any], view: ClusterView | None = None
 ) -> ClusterSecrets:
-    """Read (or create) the three CAs and the token of `cluster` (a CAPI Cluster as the
+    """Read (or create) the CAs, the service-account key and the token of `cluster` (a CAPI Cluster as the
     API server returns it), through `view` when given. Raises `ClusterSecretsError` for unusable Secrets and
     `ConflictError` when it should simply run again."""
     name = cluster["metadata"]["name"]
@@ -153,5 +175,14 @@ def ensure_cluster_secrets(
             f"Secret {token_name} does not hold a K10 token pinned to the CA in Secret "
             f"{ca_secret_name(name, 'ca')}; delete it to have a matching one generated"
         )
-    cas = ClusterCAs(server=pairs["server"], client=pairs["client"], etcd=pairs["etcd"])
+    sa_name = ca_secret_name(name, SA_SUFFIX)
+    sa_key = _decoded(_get_or_create(kube, view, cluster, sa_name, _new_sa, created), TLS_KEY, sa_name)
+    cas = ClusterCAs(
+        server=pairs["server"],
+        client=pairs["client"],
+        etcd=pairs["etcd"],
+        etcd_peer=pairs["etcd-peer"],
+        request_header=pairs["request-header"],
+        service_account_key=sa_key,
+    )
     return ClusterSecrets(cas=cas, token=token, created=tuple(created))

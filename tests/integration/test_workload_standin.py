@@ -6,6 +6,7 @@ carries its providerID."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.bootstrap.certificates import KeyPair, issue_certificate, new_ca
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.processes import free_port
-from capi_c3os.dev.workload import ETCD_REMOVE, ETCD_REMOVED, WorkloadStandIn
+from capi_c3os.dev.workload import (
+    ETCD_NODE_ADDRESS,
+    ETCD_NODE_NAME,
+    ETCD_REMOVE,
+    ETCD_REMOVED,
+    ETCD_ROLE,
+    WorkloadStandIn,
+)
 from tests.support import condition, eventually
 
 pytestmark = pytest.mark.integration
@@ -68,6 +76,7 @@ def test_serves_with_the_cluster_cas_only(standin: WorkloadStandIn, cas: tuple[K
 
 def test_plays_kubelet_and_k3s_etcd_removal(standin: WorkloadStandIn) -> None:
     standin.register_node("cp-0", "c3os://edge/cp-0", control_plane=True)
+    standin.register_node("cp-1", "c3os://edge/cp-1", control_plane=True)
     standin.mark_serving()
     with api_client(standin.kubeconfig) as client:
         core = kc.CoreV1Api(client)
@@ -79,11 +88,51 @@ def test_plays_kubelet_and_k3s_etcd_removal(standin: WorkloadStandIn) -> None:
             ("PIDPressure", "False"), ("Ready", "True"),
         ]  # fmt: skip
         assert core.read_namespaced_secret("k3s-serving", "kube-system")
+        # k3s's metadata controller: the member (node name + 8 hex) and its address.
+        member = node.metadata.annotations[ETCD_NODE_NAME]
+        assert re.fullmatch(r"cp-0-[0-9a-f]{8}", member)
+        assert node.metadata.annotations[ETCD_NODE_ADDRESS] == "127.0.0.1"
+        assert node.metadata.labels[ETCD_ROLE] == "true"
         core.patch_node("cp-0", {"metadata": {"annotations": {ETCD_REMOVE: "true"}}})
     assert standin.answer_etcd_removals() == ["cp-0"]
     assert standin.answer_etcd_removals() == []
     with api_client(standin.kubeconfig) as client:
-        assert kc.CoreV1Api(client).read_node("cp-0").metadata.annotations[ETCD_REMOVED] == "cp-0"
+        annotations = kc.CoreV1Api(client).read_node("cp-0").metadata.annotations
+    # removed-node-name is the member name; node-name and node-address go (k3s re-sets
+    # them if the member rejoins); `remove` stays as the requester set it.
+    assert annotations[ETCD_REMOVED] == member
+    assert ETCD_NODE_NAME not in annotations and ETCD_NODE_ADDRESS not in annotations
+    assert list(standin.etcd_members.values()) == ["cp-1"]
+
+
+def test_k3s_refuses_to_remove_the_last_voting_member(standin: WorkloadStandIn) -> None:
+    standin.register_node("cp-0", "c3os://edge/cp-0", control_plane=True)
+    with api_client(standin.kubeconfig) as client:
+        core = kc.CoreV1Api(client)
+        core.patch_node("cp-0", {"metadata": {"annotations": {ETCD_REMOVE: "true"}}})
+        assert standin.answer_etcd_removals() == []
+        annotations = core.read_node("cp-0").metadata.annotations
+    # k3s clears `remove` and sets nothing: the member stays.
+    assert ETCD_REMOVE not in annotations and ETCD_REMOVED not in annotations
+    assert ETCD_NODE_NAME in annotations and standin.etcd_refused == ["cp-0"]
+
+
+def test_k3s_ignores_removal_of_a_node_without_etcd_annotations(standin: WorkloadStandIn) -> None:
+    standin.register_node("cp-0", "c3os://edge/cp-0", control_plane=True)
+    standin.register_node("cp-1", "c3os://edge/cp-1", control_plane=True, etcd=False)  # etcd never joined
+    standin.register_node("w-0", "c3os://edge/w-0", control_plane=False)
+    with api_client(standin.kubeconfig) as client:
+        core = kc.CoreV1Api(client)
+        for name in ("cp-1", "w-0"):
+            core.patch_node(name, {"metadata": {"annotations": {ETCD_REMOVE: "true"}}})
+        assert standin.answer_etcd_removals() == []
+        for name in ("cp-1", "w-0"):
+            annotations = core.read_node(name).metadata.annotations
+            assert annotations == {ETCD_REMOVE: "true"}, name  # untouched: nobody answers
+        # A Node deleted while a member leaves etcd (k3s onRemove).
+        core.delete_node("cp-0")
+        standin.answer_etcd_removals()
+    assert standin.etcd_members == {}
 
 
 def test_capi_links_a_machine_to_its_node_in_the_standin(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import os
 import stat
 import subprocess
@@ -29,6 +30,8 @@ from capi_c3os.bootstrap.cloudconfig import (
     RenderError,
     RenderInput,
     Role,
+    ca_paths,
+    first_boot_condition,
     referenced_secrets,
     render_cloud_config,
 )
@@ -41,6 +44,14 @@ CAS = ClusterCAs(
     server=KeyPair(b"-----BEGIN CERTIFICATE-----\nSERVER\n-----END CERTIFICATE-----\n", b"SERVER-KEY\n"),
     client=KeyPair(b"-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n", b"CLIENT-KEY\n"),
     etcd=KeyPair(b"-----BEGIN CERTIFICATE-----\nETCD\n-----END CERTIFICATE-----\n", b"ETCD-KEY\n"),
+)
+ALL_CAS = dataclasses.replace(
+    CAS,
+    etcd_peer=KeyPair(b"-----BEGIN CERTIFICATE-----\nPEER\n-----END CERTIFICATE-----\n", b"PEER-KEY\n"),
+    request_header=KeyPair(
+        b"-----BEGIN CERTIFICATE-----\nPROXY\n-----END CERTIFICATE-----\n", b"PROXY-KEY\n"
+    ),
+    service_account_key=b"SA-KEY\n",
 )
 FULL_SPEC: dict[str, Any] = copy.deepcopy(CONFIG_SPEC)
 FULL_SPEC["k3s"]["registries"]["configs"] = {
@@ -97,7 +108,7 @@ CASES = {
     "init-server": inputs(Role.INIT_SERVER),
     "join-server": inputs(Role.JOIN_SERVER),
     "agent": inputs(Role.AGENT),
-    "init-server-all-options": inputs(Role.INIT_SERVER, FULL_SPEC),
+    "init-server-all-options": inputs(Role.INIT_SERVER, FULL_SPEC, cas=ALL_CAS),
     "join-server-all-options": inputs(Role.JOIN_SERVER, FULL_SPEC),
     "agent-all-options": inputs(Role.AGENT, FULL_SPEC),
 }
@@ -138,6 +149,55 @@ def test_first_server_initialises_with_the_cluster_cas_and_a_0600_token_file() -
         assert content(files[path]) == data and files[path]["permissions"] == mode, path
         assert (files[path]["owner"], files[path]["group"]) == (0, 0)
     assert doc_of(content(files[CONFIG_FILE]).decode()) == {"tls-san": ["10.0.0.10"]}
+
+
+def test_first_server_cas_are_written_only_at_first_boot() -> None:
+    # Kairos runs initramfs at every boot: rewriting CAs k3s has since rotated in its
+    # datastore would stop k3s ("newer than datastore"). One guarded step holds them all.
+    doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER)))
+    steps = {step["name"]: step for step in doc["stages"]["initramfs"]}
+    cas = steps["cluster-api-k3s-cas"]
+    assert cas["if"] == first_boot_condition(ca_paths())
+    assert [f["path"] for f in cas["files"]] == ca_paths()
+    assert "if" not in steps["cluster-api-k3s"]
+    assert not [f for f in steps["cluster-api-k3s"]["files"] if f["path"] in ca_paths()]
+
+
+def test_first_boot_condition_runs_the_step_while_any_file_is_missing(tmp_path: Path) -> None:
+    # As yip runs an `if`: `sh -c`, the step runs on exit 0 (pkg/plugins/if.go, v1.25.1).
+    paths = [str(tmp_path / "a.crt"), str(tmp_path / "b.key")]
+
+    def runs() -> bool:
+        return subprocess.run(["sh", "-c", first_boot_condition(paths)], check=False).returncode == 0
+
+    assert runs()  # first boot: nothing there
+    Path(paths[0]).write_text("x")
+    assert runs()  # a first boot cut short: the rest still gets written
+    Path(paths[1]).write_text("")
+    assert runs()  # an empty file is no CA
+    Path(paths[1]).write_text("y")
+    assert not runs()  # every boot after: the files k3s may have rotated stay
+
+
+def test_first_server_gets_the_peer_and_front_proxy_cas_and_service_account_key() -> None:
+    # Otherwise k3s makes its own, kept only in its datastore.
+    doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER, cas=ALL_CAS)))
+    step = {step["name"]: step for step in doc["stages"]["initramfs"]}["cluster-api-k3s-cas"]
+    files = {f["path"]: f for f in step["files"]}
+    tls = "/var/lib/rancher/k3s/server/tls"
+    expected = {
+        f"{tls}/etcd/peer-ca.crt": (b"-----BEGIN CERTIFICATE-----\nPEER\n-----END CERTIFICATE-----\n", 0o640),
+        f"{tls}/etcd/peer-ca.key": (b"PEER-KEY\n", 0o600),
+        f"{tls}/request-header-ca.crt": (
+            b"-----BEGIN CERTIFICATE-----\nPROXY\n-----END CERTIFICATE-----\n",
+            0o640,
+        ),
+        f"{tls}/request-header-ca.key": (b"PROXY-KEY\n", 0o600),
+        f"{tls}/service.key": (b"SA-KEY\n", 0o600),
+    }
+    for path, (data, mode) in expected.items():
+        assert content(files[path]) == data and files[path]["permissions"] == mode, path
+    assert step["if"] == first_boot_condition(list(files))  # every file: first boot only
 
 
 def test_joining_server_points_at_the_endpoint_and_gets_no_ca_files() -> None:
@@ -209,8 +269,8 @@ def test_every_option_maps_to_its_documented_key() -> None:
         content(files["/etc/rancher/k3s/cluster-api/registry-ca/registry.local_5000.crt"])
         == (SECRETS["reg-ca"]["ca.crt"])
     )
-    user_files = {f["path"]: f for f in doc["stages"]["initramfs"][1]["files"]}
-    assert doc["stages"]["initramfs"][1]["name"] == "cluster-api-files"
+    steps = {step["name"]: step for step in doc["stages"]["initramfs"]}
+    user_files = {f["path"]: f for f in steps["cluster-api-files"]["files"]}
     assert content(user_files["/etc/motd"]) == b"hello" and user_files["/etc/motd"]["permissions"] == 0o644
     assert content(user_files["/etc/secret"]) == b"from-a-secret\n"
     assert (
@@ -225,7 +285,10 @@ def test_no_content_yip_would_treat_as_a_go_template() -> None:
     executed (or, failing, logged in full by yip)."""
     for case in CASES.values():
         doc = doc_of(render_cloud_config(case))
-        for step in doc["stages"]["initramfs"][:1]:
+        for step in doc["stages"]["initramfs"]:
+            if step["name"] == "cluster-api-files":
+                continue  # the user's own files: Kairos templating is theirs to use
+            assert "{{" not in step.get("if", ""), step["name"]  # yip templates `if` too
             for file in step["files"]:
                 assert b"{{" not in content(file), file["path"]
 

@@ -9,8 +9,8 @@ import yaml
 from capi_c3os.api.bootstrap import C3osConfigSpec
 from capi_c3os.bootstrap import tokens
 from capi_c3os.bootstrap.certificates import new_ca
-from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, render_cloud_config
-from capi_c3os.dev.k3s import BootData, BootDataError, console_blocks
+from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, ca_paths, render_cloud_config
+from capi_c3os.dev.k3s import BootData, BootDataError, Disk, console_blocks, if_holds
 
 META = yaml.safe_dump({"local-hostname": "n", "provider-id": "c3os://a/n"}).encode()
 
@@ -39,6 +39,40 @@ def test_boot_data_parse_reads_a_joining_agent() -> None:
     data = BootData.parse(rendered.encode(), META)
     assert (data.role, data.server_url, data.server_ca) == (Role.AGENT, "https://10.0.0.5:7443", None)
     assert data.token == token
+
+
+def test_first_server_starts_again_after_its_cas_were_rotated() -> None:
+    cas = ClusterCAs(new_ca("s"), new_ca("c"), new_ca("e"))
+    token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
+    user_data = render_cloud_config(
+        RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "n", "10.0.0.5", 6443, token, cas)
+    ).encode()
+    disk = Disk()
+    BootData.parse(user_data, META, disk)
+    first = {path: disk.files[path] for path in ca_paths()}
+    assert disk.datastore_conflict(first) is None  # first boot: k3s stores what it was given
+    # `k3s certificate rotate-ca`: the datastore holds new CAs, k3s puts them on disk.
+    rotated = ClusterCAs(new_ca("s2"), new_ca("c2"), new_ca("e2"))
+    pems = [
+        pem
+        for pair in (rotated.server, rotated.client, rotated.etcd)
+        for pem in (pair.cert_pem, pair.key_pem)
+    ]
+    datastore = dict(zip(ca_paths(), pems, strict=True))
+    disk.files.update(datastore)
+    # The next boot runs the same user-data's initramfs stage again.
+    data = BootData.parse(user_data, META, disk)
+    assert disk.datastore_conflict(datastore) is None, "k3s would refuse to start"
+    assert {path: disk.files[path] for path in ca_paths()} == datastore
+    assert data.server_ca == rotated.server  # the token still carries the old pin: joiners need a new one
+
+
+def test_yip_if_is_evaluated_only_in_the_form_we_render() -> None:
+    files = {"/a": b"x", "/b": b""}
+    assert if_holds("[ ! -s /a ] || [ ! -s /b ]", files)  # /b empty
+    assert not if_holds("[ ! -s /a ]", files)
+    with pytest.raises(BootDataError, match="cannot evaluate"):
+        if_holds("test -e /a", files)
 
 
 @pytest.mark.parametrize(

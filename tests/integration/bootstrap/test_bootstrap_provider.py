@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from capi_c3os.dev.manager import Manager
 from tests.integration.bootstrap.conftest import CLUSTER_NAME, Capi, condition_of
@@ -122,7 +123,19 @@ def _assert_init_data_and_cluster_secrets(capi: Capi, name: str, cluster: str) -
     assert token == capi.secret_data(f"{cluster}-token")
     assert files["/etc/motd"].decode() == FILE_SECRET
     assert init["p2p"]["network_token"] == P2P_TOKEN
-    for suffix in ("ca", "cca", "etcd", "token"):
+    # Every CA and key k3s would otherwise make and keep only in its datastore comes from
+    # a cluster Secret, so the cluster can be recreated from its Secrets.
+    tls = "/var/lib/rancher/k3s/server/tls"
+    for suffix, stem in (("etcd-peer", "etcd/peer-ca"), ("proxy", "request-header-ca")):
+        assert files[f"{tls}/{stem}.crt"].decode() == capi.secret_data(f"{cluster}-{suffix}", "tls.crt")
+        assert files[f"{tls}/{stem}.key"].decode() == capi.secret_data(f"{cluster}-{suffix}", "tls.key")
+    sa_key = files[f"{tls}/service.key"]
+    assert sa_key.decode() == capi.secret_data(f"{cluster}-sa", "tls.key")
+    public = serialization.load_pem_private_key(sa_key, None).public_key()
+    assert public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == (capi.secret_data(f"{cluster}-sa", "tls.crt").encode())
+    for suffix in ("ca", "cca", "etcd", "etcd-peer", "proxy", "sa", "token"):
         cluster_secret = capi.secret(f"{cluster}-{suffix}")
         assert cluster_secret is not None and cluster_secret.type == "cluster.x-k8s.io/secret"
         assert cluster_secret.metadata.labels[CLUSTER_NAME] == cluster
@@ -306,7 +319,7 @@ def test_manager_killed_mid_way_converges_after_restart_without_duplicates(
         assert capi.secret("crash-ca").metadata.uid == ca_before.metadata.uid  # type: ignore[union-attr]
     secrets = capi.core.list_namespaced_secret(capi.namespace, label_selector=f"{CLUSTER_NAME}=crash").items
     assert sorted(s.metadata.name for s in secrets) == sorted(
-        [*names, "crash-ca", "crash-cca", "crash-etcd", "crash-token"]
+        [*names, *(f"crash-{s}" for s in ("ca", "cca", "etcd", "etcd-peer", "proxy", "sa", "token"))]
     )
     tokens = {_files(_cloud_config(capi, n))["/etc/rancher/k3s/cluster-api/token"] for n in names}
     assert tokens == {capi.secret_data("crash-token").encode() + b"\n"}

@@ -82,7 +82,9 @@ def test_cluster_secrets_created_once_under_concurrency_and_token_pins_the_ca(ku
     assert len({r.token for r in results}) == 1
     assert len({r.cas.server.cert_pem for r in results}) == 1
     created = [name for r in results for name in r.created]
-    assert sorted(created) == ["conc-ca", "conc-cca", "conc-etcd", "conc-token"]  # each exactly once
+    assert sorted(created) == sorted(  # each exactly once
+        ["conc-ca", "conc-cca", "conc-etcd", "conc-etcd-peer", "conc-proxy", "conc-sa", "conc-token"]
+    )
     assert pins(results[0].token, results[0].cas.server.cert_pem)
     assert ensure_cluster_secrets(kube, cluster).created == ()
 

@@ -10,6 +10,7 @@ CAPI objects and a real workload API server that trusts only the cluster's CAs."
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.workload import played_cluster
+from capi_c3os.reconcilers.c3oscontrolplane import (
+    ETCD_MEMBER_GRACE,
+    ETCD_MEMBERS_REMOVED,
+    ETCD_REMOVAL_REFUSED,
+    ETCD_REMOVAL_REQUESTED,
+    HOOK,
+    WAITING_FOR_ETCD_MEMBER,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -237,3 +246,98 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
         eventually(rolled_out, "all servers on the new version", timeout=300, explain=lambda: str(status()))
         assert most == 3
         assert len(standin.etcd_removed) == 3
+
+
+def _etcd_condition(api: kc.CustomObjectsApi, namespace: str) -> dict[str, Any]:
+    obj = api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == ETCD_MEMBERS_REMOVED), {})
+
+
+def _etcd_condition_reads(api: kc.CustomObjectsApi, namespace: str, reason: str) -> dict[str, Any]:
+    def reads() -> bool:
+        return _etcd_condition(api, namespace).get("reason") == reason
+
+    eventually(
+        reads,
+        f"{ETCD_MEMBERS_REMOVED} {reason}",
+        timeout=120,
+        explain=lambda: str(_etcd_condition(api, namespace)),
+    )
+    return _etcd_condition(api, namespace)
+
+
+def _machines(api: kc.CustomObjectsApi, namespace: str) -> dict[str, dict[str, Any]]:
+    items = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+    return {m["metadata"]["name"]: m for m in items}
+
+
+def _three_servers_only_the_first_in_etcd(
+    api: kc.CustomObjectsApi, namespace: str, standin: Any
+) -> tuple[str, str]:
+    """One server (an etcd member), then two whose etcd never joins (k3s's metadata
+    controller never annotates their Nodes). Returns the first and the second's names."""
+    eventually(lambda: standin.etcd_members, "the first server in etcd", timeout=120)
+    (first,) = _machines(api, namespace)
+    standin.servers_join_etcd = False
+    api.patch_namespaced_custom_object(
+        *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"replicas": 3}}
+    )
+
+    def three_ready() -> bool:
+        obj = api.get_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp")
+        return (obj.get("status") or {}).get("readyReplicas") == 3
+
+    eventually(three_ready, "three servers Ready", timeout=240)
+    second = sorted(set(_machines(api, namespace)) - {first})[0]
+    assert list(standin.etcd_members.values()) == [first]
+    return first, second
+
+
+def test_a_server_whose_etcd_never_joined_is_let_go_after_a_bounded_wait(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: Manager, tmp_path: Path
+) -> None:
+    """k3s ignores `remove` on a Node without its etcd member annotations: the hook would
+    hold the Machine forever. It is let go ETCD_MEMBER_GRACE after the request."""
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
+        first, second = _three_servers_only_the_first_in_etcd(api, namespace, standin)
+        api.delete_namespaced_custom_object(*CAPI, namespace, "machines", second)
+        condition = _etcd_condition_reads(api, namespace, WAITING_FOR_ETCD_MEMBER)
+        assert condition["status"] == "False" and second in condition["message"]
+        machine = _machines(api, namespace)[second]
+        assert HOOK in machine["metadata"]["annotations"]
+        # The grace passes: the request is rewound rather than waited out.
+        past = (datetime.now(UTC) - ETCD_MEMBER_GRACE - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        api.patch_namespaced_custom_object(
+            *CAPI,
+            namespace,
+            "machines",
+            second,
+            {"metadata": {"annotations": {ETCD_REMOVAL_REQUESTED: past}}},
+        )
+        eventually(lambda: second not in _machines(api, namespace), "the server let go", timeout=120)
+        assert standin.etcd_removed == [] and list(standin.etcd_members.values()) == [first]
+
+
+def test_the_last_voting_etcd_member_is_held_until_another_server_joins_etcd(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, manager: Manager, tmp_path: Path
+) -> None:
+    """Deleting the only etcd member (the others' etcd never joined) would lose the
+    cluster's data: k3s refuses, and the Machine holding it stays."""
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
+        first, second = _three_servers_only_the_first_in_etcd(api, namespace, standin)
+        api.delete_namespaced_custom_object(*CAPI, namespace, "machines", first)
+        assert first in _etcd_condition_reads(api, namespace, ETCD_REMOVAL_REFUSED)["message"]
+        assert set(standin.etcd_refused) == {first}
+        held = _machines(api, namespace)[first]
+        assert held["metadata"].get("deletionTimestamp") and HOOK in held["metadata"]["annotations"]
+        assert list(standin.etcd_members.values()) == [first]
+        # The way out: another server's etcd joins; k3s is asked again and removes it.
+        standin.join_etcd(second)
+        eventually(
+            lambda: first not in _machines(api, namespace), "the server let go once removed", timeout=120
+        )
+        assert standin.etcd_removed == [first]
+        assert list(standin.etcd_members.values()) == [second]
