@@ -96,6 +96,27 @@ def test_provider_id_cannot_change_once_set(k8s: Any, namespace: str) -> None:
     assert api.get_namespaced_custom_object(*args)["spec"]["providerID"] == "c3os://default/x"
 
 
+def test_provider_id_must_name_the_machine_itself(k8s: Any, namespace: str) -> None:
+    # Issue 13: a providerID naming another object made the machine that object. CEL
+    # sees the name (not the namespace, which the reconciler checks).
+    victim = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    victim["metadata"]["name"] = "attacker"
+    victim["spec"]["providerID"] = "c3os://badin/victim"
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, victim)
+    assert rejected.value.status == 422
+    assert "leave it unset, the controller sets it" in str(rejected.value.body)
+    generated = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    generated["metadata"] = {"generateName": "victim-"}
+    generated["spec"]["providerID"] = "c3os://badin/victim-"
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, generated)
+    assert rejected.value.status == 422
+    own = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    own["spec"]["providerID"] = f"c3os://{namespace}/{own['metadata']['name']}"
+    assert _create(k8s, namespace, own)["spec"]["providerID"] == own["spec"]["providerID"]
+
+
 def test_scale_subresource_on_the_control_plane(k8s: Any, namespace: str) -> None:
     api = kc.CustomObjectsApi(k8s)
     m = C3osControlPlane
