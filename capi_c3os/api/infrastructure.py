@@ -642,14 +642,22 @@ class C3osMachine(KubeObject):
 
     # At the root, CEL sees metadata.name (not the namespace): a providerID naming
     # another object is refused here, one naming another namespace by the reconciler.
+    # One stored before this rule existed may stay (optionalOldSelf: the rule also runs
+    # on create), or such an object could never lose its finalizers again.
     model_config = ConfigDict(
-        json_schema_extra=validations(
-            (
-                "!has(self.spec.providerID) || self.spec.providerID.endsWith('/' + self.metadata.name)",
-                "spec.providerID must be c3os://<namespace>/<metadata.name>: leave it unset, "
-                "the controller sets it",
-            ),
-        )
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.spec.providerID)"
+                    " || self.spec.providerID.endsWith('/' + self.metadata.name)"
+                    " || (oldSelf.hasValue() && has(oldSelf.value().spec.providerID)"
+                    " && oldSelf.value().spec.providerID == self.spec.providerID)",
+                    "message": "spec.providerID must be c3os://<namespace>/<metadata.name>: leave it "
+                    "unset, the controller sets it",
+                    "optionalOldSelf": True,
+                }
+            ]
+        }
     )
 
     GROUP = GROUP
