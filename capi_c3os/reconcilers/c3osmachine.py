@@ -1,14 +1,16 @@
 """C3osMachine: one reconciler for every backend (CAPI v1beta2 InfraMachine contract).
 
     paused?                      -> report Paused, touch nothing else
+    spec.providerID not its own? -> InvalidProviderID; nothing created, deletion removes nothing
     being deleted?               -> backend deprovision until DELETED, then drop our finalizer
-                                    (at the site recorded on the machine: works without
-                                    the C3osCluster)
+                                    (at the site recorded and signed on the machine: works
+                                    without the C3osCluster)
     await owner Machine, its Cluster, infrastructure provisioned, bootstrap data
     resolve the site             (Machine.spec.failureDomain, else the cluster's default)
-    ensure finalizer + providerID + site record
+    ensure finalizer + providerID + signed site record
                                  (one write, before the backend creates anything; a
-                                  machine that never got this far deletes freely)
+                                  machine that never got this far deletes freely; a record
+                                  that does not verify is signed again from the C3osCluster)
     provision                    -> intent to the backend; its Progress becomes conditions
     report                       -> providerID, addresses, failureDomain, provisioned
 
@@ -241,18 +243,15 @@ def _provision(ctx: MachineContext) -> Outcome:
     # replaced by the current site; one that does stays (the machine stays there).
     identity = ctx.identity
     provider_id = identity.provider_id
-    if (
-        FINALIZER not in _finalizers(ctx.obj)
-        or spec.provider_id is None
-        or verified_site(ctx.obj, ctx.record_key) is None
-    ):
+    signed = verified_site(ctx.obj, ctx.record_key) is not None
+    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None or not signed:
         body = _copy(ctx.obj)
         body["metadata"]["finalizers"] = [
             *_finalizers(ctx.obj),
             *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
         ]
         body["spec"]["providerID"] = provider_id
-        if verified_site(ctx.obj, ctx.record_key) is None:
+        if not signed:
             body["metadata"]["annotations"] = {
                 **(ctx.obj["metadata"].get("annotations") or {}),
                 **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
