@@ -9,8 +9,6 @@ signed with another key (after `clusterctl move`) is signed again and serves del
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,27 +25,11 @@ from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET, SIGNATURE_ANNOT
 from tests.conftest import RunManager
 from tests.integration.ironic.lab import USER_DATA, IronicLab, new_resource_class
 from tests.integration.ironic.test_ironic_machine import machine_spec
-from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
+from tests.integration.libvirt.conftest import CAPI, INFRA, Capi, claim_with_foreign_provider_id
 from tests.integration.libvirt.test_libvirt_deletion import remove_c3os_cluster
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def tenant_b(k8s: Any) -> Iterator[Capi]:
-    """A second namespace: the attacker's."""
-    name = f"tenant-b-{uuid.uuid4().hex[:6]}"
-    core = kc.CoreV1Api(k8s)
-    core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=name)))
-    yield Capi(k8s, name)
-    core.delete_namespace(name)
-
-
-def ready(capi: Capi, name: str) -> dict[str, Any]:
-    obj = capi.get(INFRA, "c3osmachines", name) or {}
-    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
-    return found[0] if found else {}
 
 
 @dataclass
@@ -62,7 +44,7 @@ class Victim:
     def untouched(self) -> None:
         node = self.lab.node(self.node_uuid)
         assert node["provision_state"] == "active" and node["instance_uuid"] == self.identity.uuid, node
-        assert ready(self.capi, "victim")["status"] == "True", self.capi.ready_message("victim")
+        assert self.capi.ready("victim")["status"] == "True", self.capi.ready_message("victim")
 
     def deletes_as_itself(self) -> None:
         self.capi.delete(CAPI, "clusters", "bm")
@@ -104,22 +86,8 @@ def test_a_machine_of_another_namespace_with_the_victims_provider_id_is_refused(
 ) -> None:
     # (a) A normal machine in another namespace, named like the victim (the API server
     # checks the name part) and with the victim's providerID.
-    tenant_b.create_cluster("bm", {"ironic": {"endpoint": ironic_server.url}})
     spec = {**victim.spec, "providerID": victim.identity.provider_id}
-    tenant_b.create_machine("bm", "victim", spec, USER_DATA)
-    eventually(
-        lambda: ready(tenant_b, "victim").get("reason") == "InvalidProviderID",
-        "the attacker's machine refused",
-        120,
-        explain=lambda: tenant_b.ready_message("victim"),
-    )
-    attacker = tenant_b.must_get(INFRA, "c3osmachines", "victim")
-    assert ready(tenant_b, "victim")["status"] == "False"
-    assert victim.identity.provider_id in ready(tenant_b, "victim")["message"]
-    assert FINALIZER not in (attacker["metadata"].get("finalizers") or [])
-    assert "initialization" not in (attacker.get("status") or {})
-    tenant_b.delete(CAPI, "clusters", "bm")
-    eventually(lambda: tenant_b.get(INFRA, "c3osmachines", "victim") is None, "attacker machine gone", 120)
+    claim_with_foreign_provider_id(tenant_b, {"ironic": {"endpoint": ironic_server.url}}, spec)
     victim.untouched()
     victim.deletes_as_itself()
 
@@ -137,7 +105,7 @@ def test_a_bare_machine_with_the_victims_provider_id_and_site_record_deletes_not
         "metadata": {"name": "victim", "finalizers": [FINALIZER], "annotations": copied},
         "spec": {**victim.spec, "providerID": victim.identity.provider_id},
     })  # fmt: skip
-    eventually(lambda: ready(tenant_b, "victim"), "the manager to see the bare machine", 60)
+    eventually(lambda: tenant_b.ready("victim"), "the manager to see the bare machine", 60)
     tenant_b.delete(INFRA, "c3osmachines", "victim")
     eventually(lambda: tenant_b.get(INFRA, "c3osmachines", "victim") is None, "bare machine released", 120)
     victim.untouched()
