@@ -161,6 +161,7 @@ class ProviderManifests:
             self._cluster_role_binding(),
             self._leader_election_role(),
             self._leader_election_role_binding(),
+            *self._record_key_rbac(),
             self._deployment(),
         ]
 
@@ -233,6 +234,31 @@ class ProviderManifests:
                 {"kind": "ServiceAccount", "name": self.service_account, "namespace": self.namespace}
             ],
         }
+
+    def _record_key_rbac(self) -> list[dict[str, Any]]:
+        """The infrastructure manager makes its site record key Secret in its own
+        namespace at start-up (reading it is in the ClusterRole, which reads Secrets).
+        create cannot be limited by name."""
+        if self.provider != "infrastructure":
+            return []
+        role = f"{self.prefix}-record-key-role"
+        return [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": self._meta(role),
+                "rules": [_rule([""], ["secrets"], ["create"])],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": self._meta(f"{self.prefix}-record-key-rolebinding"),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": self.service_account, "namespace": self.namespace}
+                ],
+            },
+        ]
 
     def _deployment(self) -> dict[str, Any]:
         pod_labels = {**self.labels, "control-plane": "controller-manager"}

@@ -48,6 +48,17 @@ INTERFACE_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,14}$"
 HTTP_URL = r"^https?://[^\s]+$"
 IMAGE_URL = r"^(https?|file)://[^\s]+$"
 HEX_DIGEST = r"^([a-f0-9]{64}|[a-f0-9]{128})$"
+
+PROVIDER_ID_SCHEME = "c3os://"
+# c3os://<namespace>/<name>: a namespace is a DNS label, a name holds no slash.
+PROVIDER_ID = r"^c3os://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[^/]+$"
+
+
+def own_provider_id(namespace: str, name: str) -> str:
+    """A C3osMachine's identity: from its own namespace and name, never chosen by anyone."""
+    return f"{PROVIDER_ID_SCHEME}{namespace}/{name}"
+
+
 ABSOLUTE_PATH = r"^/[^\s]*$"
 
 MAX_SITES = 32
@@ -551,9 +562,13 @@ class C3osMachineSpec(ApiModel):
         )
     )
 
-    provider_id: str | None = Field(None, alias="providerID", min_length=1, max_length=512)
-    """Identity of the machine, chosen once by the controller before anything is created
-    (c3os://<namespace>/<name>) and never changed; CAPI matches the Node by it."""
+    provider_id: str | None = Field(
+        None, alias="providerID", min_length=1, max_length=512, pattern=PROVIDER_ID
+    )
+    """Identity of the machine, always c3os://<its namespace>/<its name>: set by the
+    controller before anything is created and never changed; CAPI matches the Node by
+    it. Leave it unset: any other value is refused (the server checks the scheme and the
+    name, the controller the namespace)."""
     backend: MachineBackend
     """Where the machine runs: exactly one of libvirt or ironic."""
     image: MachineImage
@@ -625,6 +640,26 @@ class C3osMachineStatus(ApiModel):
 class C3osMachine(KubeObject):
     """One machine (a libvirt VM or a bare-metal node) running a c3os image."""
 
+    # At the root, CEL sees metadata.name (not the namespace): a providerID naming
+    # another object is refused here, one naming another namespace by the reconciler.
+    # One stored before this rule existed may stay (optionalOldSelf: the rule also runs
+    # on create), or such an object could never lose its finalizers again.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.spec.providerID)"
+                    " || self.spec.providerID.endsWith('/' + self.metadata.name)"
+                    " || (oldSelf.hasValue() && has(oldSelf.value().spec.providerID)"
+                    " && oldSelf.value().spec.providerID == self.spec.providerID)",
+                    "message": "spec.providerID must be c3os://<namespace>/<metadata.name>: leave it "
+                    "unset, the controller sets it",
+                    "optionalOldSelf": True,
+                }
+            ]
+        }
+    )
+
     GROUP = GROUP
     KIND = "C3osMachine"
     PLURAL = "c3osmachines"
@@ -637,6 +672,17 @@ class C3osMachine(KubeObject):
     """Desired state."""
     status: C3osMachineStatus | None = None
     """Observed state."""
+
+    @model_validator(mode="after")
+    def _own_provider_id(self) -> C3osMachine:
+        pid, meta = self.spec.provider_id, self.metadata
+        if pid is None or meta.name is None:
+            return self
+        if not pid.endswith(f"/{meta.name}") or (
+            meta.namespace is not None and pid != own_provider_id(meta.namespace, meta.name)
+        ):
+            raise ValueError("spec.providerID must be c3os://<metadata.namespace>/<metadata.name>")
+        return self
 
 
 class C3osMachineTemplateResource(ApiModel):

@@ -95,9 +95,15 @@ class ManagementPlane:
                 spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
             )
             issued = k8s.CoreV1Api(client).create_namespaced_service_account_token(name, namespace, request)
-        return self._write_kubeconfig(path, f"{namespace}-{name}", {"token": issued.status.token})
+        # The context's namespace is the account's, as a pod's would be (the manager
+        # keeps its own Secrets there).
+        return self._write_kubeconfig(
+            path, f"{namespace}-{name}", {"token": issued.status.token}, namespace=namespace
+        )
 
-    def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> Path:
+    def _write_kubeconfig(
+        self, path: Path, user: str, credentials: dict[str, str], namespace: str | None = None
+    ) -> Path:
         server_ca = (self.pki / "server-ca.crt").read_bytes()
         config = {
             "apiVersion": "v1",
@@ -109,7 +115,16 @@ class ManagementPlane:
                 }
             ],
             "users": [{"name": user, "user": credentials}],
-            "contexts": [{"name": "mgmt", "context": {"cluster": "mgmt", "user": user}}],
+            "contexts": [
+                {
+                    "name": "mgmt",
+                    "context": {
+                        "cluster": "mgmt",
+                        "user": user,
+                        **({"namespace": namespace} if namespace else {}),
+                    },
+                }
+            ],
             "current-context": "mgmt",
         }
         path.parent.mkdir(parents=True, exist_ok=True)

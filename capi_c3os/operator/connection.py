@@ -5,6 +5,9 @@ the blocking `kubernetes` client (reconcilers, lease) and kopf's own aiohttp cli
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -50,3 +53,25 @@ def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
         certificate_path=configuration.cert_file,
         private_key_path=configuration.key_file,
     )
+
+
+_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace(kubeconfig: str | None) -> str:
+    """The manager's own namespace, as a pod or kubectl would see it: $POD_NAMESPACE,
+    else the kubeconfig context's namespace, else the pod's service account's, else
+    default."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        namespace = (active or {}).get("context", {}).get("namespace")
+        if namespace:
+            return str(namespace)
+    except (k8s_config.ConfigException, OSError):
+        pass
+    try:
+        return _IN_CLUSTER_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"

@@ -37,6 +37,7 @@ from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Runtime
 from capi_c3os.operator.settings import build_settings
 from capi_c3os.reconcilers.kube import CLUSTERS, Kube
+from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET, ensure_record_key
 from capi_c3os.reconcilers.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ class Options:
     """Bootstrap and control-plane reconcilers read cluster Secrets, control-plane
     Machines and Clusters from the watches (reconcilers/view.py) instead of the API
     server; off: every read is a request (for comparison and debugging)."""
+    record_key_namespace: str = "default"
+    """The manager's own namespace: where the site record key Secret lives."""
+    record_key_secret: str = RECORD_KEY_SECRET
+    """That Secret's name (made at start-up when absent; infrastructure only)."""
 
 
 @dataclass
@@ -161,8 +166,13 @@ async def _lead(
 ) -> int:
     kube = Kube(api)
     view = ClusterView() if options.watch_cache and set(VIEW_READERS) & set(options.providers) else None
-    runtime = Runtime(kube, view)
     kinds = kinds_of(options.providers)
+    record_key = None
+    if any(kind.signs_records for kind in kinds):
+        record_key = await asyncio.to_thread(
+            ensure_record_key, kube, options.record_key_namespace, options.record_key_secret
+        )
+    runtime = Runtime(kube, view, record_key)
     diffbase = MemoryDiffBase()
     resync = Resync(runtime, kinds, options.namespaces, listed=diffbase.retain)
     runtime.requeue = resync.requeue

@@ -12,10 +12,12 @@ import logging
 import os
 import re
 
+from capi_c3os.operator.connection import own_namespace
 from capi_c3os.operator.handlers import PROVIDERS
 from capi_c3os.operator.leader import LeaseConfig, new_identity
 from capi_c3os.operator.logs import FORMATS, LEVELS, configure_logging
 from capi_c3os.operator.manager import Options, run_manager
+from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET
 
 ALL_PROVIDERS = tuple(PROVIDERS)  # infrastructure, bootstrap, control-plane
 ALL_NAMESPACES = ("", "*")
@@ -123,6 +125,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read every object from the API server in each reconcile instead of from the "
         "watches (bootstrap and control plane; for comparison and debugging)",
     )
+    parser.add_argument(
+        "--record-key-secret",
+        default=RECORD_KEY_SECRET,
+        help="name of the Secret, in the manager's namespace ($POD_NAMESPACE, else the "
+        "kubeconfig context's, else the pod's, else default), "
+        "holding the key that signs each C3osMachine's site record; created when absent "
+        f"(infrastructure provider; default {RECORD_KEY_SECRET})",
+    )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
     parser.set_defaults(func=run_main)
@@ -157,6 +167,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_concurrent_reconciles=args.max_concurrent_reconciles,
         identity=identity,
         watch_cache=args.watch_cache,
+        record_key_namespace=own_namespace(args.kubeconfig),
+        record_key_secret=args.record_key_secret,
     )
 
 

@@ -31,6 +31,8 @@ class Kind:
     reconcile: ReconcileFn
     reads_view: bool = False
     """`reconcile` takes `view=`: the watch-fed ClusterView, when the manager keeps one."""
+    signs_records: bool = False
+    """`reconcile` takes `record_key=`: the manager's site record key (site_record.py)."""
 
 
 def result_label(outcome: Outcome) -> str:
@@ -44,9 +46,11 @@ Requeue = Callable[[Kind, dict[str, Any], float], bool]
 
 
 class Runtime:
-    def __init__(self, kube: Kube, view: ClusterView | None = None) -> None:
+    def __init__(self, kube: Kube, view: ClusterView | None = None, record_key: bytes | None = None) -> None:
         self.kube = kube
         self.view = view
+        self.record_key = record_key
+        """Set when the manager runs a kind that `signs_records`."""
         self.requeue: Requeue | None = None
         """Set by the manager once the resync runs: kopf handlers hand their waits to it."""
 
@@ -57,10 +61,14 @@ class Runtime:
         started = time.perf_counter()
         result = "exception"
         try:
+            extra: dict[str, Any] = {}
             if kind.reads_view and self.view is not None:
-                outcome = kind.reconcile(self.kube, kind.resource, obj, view=self.view)
-            else:
-                outcome = kind.reconcile(self.kube, kind.resource, obj)
+                extra["view"] = self.view
+            if kind.signs_records:
+                if self.record_key is None:  # a wiring bug: never reconcile unsigned
+                    raise RuntimeError(f"{name} needs the record key, and the manager has none")
+                extra["record_key"] = self.record_key
+            outcome = kind.reconcile(self.kube, kind.resource, obj, **extra)
             result = result_label(outcome)
         except ConflictError:
             result = "conflict"

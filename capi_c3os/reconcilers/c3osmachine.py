@@ -1,27 +1,32 @@
 """C3osMachine: one reconciler for every backend (CAPI v1beta2 InfraMachine contract).
 
     paused?                      -> report Paused, touch nothing else
+    spec.providerID not its own? -> InvalidProviderID; nothing created, deletion removes nothing
     being deleted?               -> backend deprovision until DELETED, then drop our finalizer
-                                    (at the site recorded on the machine: works without
-                                    the C3osCluster)
+                                    (at the site recorded and signed on the machine: works
+                                    without the C3osCluster)
     await owner Machine, its Cluster, infrastructure provisioned, bootstrap data
     resolve the site             (Machine.spec.failureDomain, else the cluster's default)
-    ensure finalizer + providerID + site record
+    ensure finalizer + providerID + signed site record
                                  (one write, before the backend creates anything; a
-                                  machine that never got this far deletes freely)
+                                  machine that never got this far deletes freely; a record
+                                  that does not verify is signed again from the C3osCluster)
     provision                    -> intent to the backend; its Progress becomes conditions
     report                       -> providerID, addresses, failureDomain, provisioned
 
-The providerID (`c3os://<namespace>/<name>`) is chosen once and lives in the spec, so it
-survives `clusterctl move` (which keeps names but not UIDs or status); every backend
-resource is named from it. Status is written once per reconcile, and one reconcile of a
-machine runs at a time (kopf's handlers and the backend's events both start them).
+The machine's identity is `c3os://<namespace>/<name>`, from the object's own name, never
+from what its spec says: every backend resource is named from it, so a providerID
+written by someone else must not make the machine another's. The reconciler writes it
+into spec.providerID once (CAPI matches the Node by it; it survives `clusterctl move`,
+which keeps names but not UIDs or status) and refuses any other value (InvalidProviderID;
+a deletion then removes nothing). Status is written once per reconcile, and one
+reconcile of a machine runs at a time (kopf's handlers and the backend's events both
+start them).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from capi_c3os.api.infrastructure import C3osClusterSpec, C3osMachineSpec, Site
+from capi_c3os.api.infrastructure import C3osClusterSpec, C3osMachineSpec, Site, own_provider_id
 from capi_c3os.backends.base import (
     BackendError,
     MachineIdentity,
@@ -48,11 +53,11 @@ from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.keyed_lock import KeyedLocks
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
+from capi_c3os.reconcilers.site_record import SITE_ANNOTATION, signed_annotations, verified_site
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "c3osmachine.infrastructure.cluster.x-k8s.io"
-PROVIDER_ID_SCHEME = "c3os://"
 READY = "Ready"
 WAIT = 5.0
 """Seconds between looks while waiting for CAPI objects."""
@@ -63,32 +68,11 @@ HEALTH_POLL = 60.0
 PROVISION_POLL = 10.0
 PAUSED_DELETION_POLL = 30.0
 
-SITE_ANNOTATION = "infrastructure.cluster.x-k8s.io/c3os-site"
-"""The site (as in the C3osCluster, JSON; no secret material, Secrets are referenced by
-name) the machine was placed on, written before the backend creates anything."""
-
 C3OS_CLUSTERS = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osclusters", "C3osCluster")
 
 
-def site_record(site: Site) -> str:
-    return json.dumps(site.to_wire(), sort_keys=True, separators=(",", ":"))
-
-
-def recorded_site(obj: dict[str, Any]) -> Site | None:
-    """The site recorded on the machine, or None (not placed yet, or placed by a version
-    that did not record it)."""
-    text = (obj["metadata"].get("annotations") or {}).get(SITE_ANNOTATION)
-    if not text:
-        return None
-    try:
-        return Site.model_validate(json.loads(text))
-    except (ValueError, ValidationError):
-        log.warning("ignoring unreadable %s annotation", SITE_ANNOTATION)
-        return None
-
-
 def provider_id_for(namespace: str, name: str) -> str:
-    return f"{PROVIDER_ID_SCHEME}{namespace}/{name}"
+    return own_provider_id(namespace, name)
 
 
 def hostname_for(name: str) -> str:
@@ -112,6 +96,8 @@ class MachineContext:
     obj: dict[str, Any]
     backends: Backends
     now: datetime
+    record_key: bytes = field(repr=False)
+    """Signs and verifies the site record (site_record.py); the manager's alone."""
     cluster: dict[str, Any] | None = None
     machine: dict[str, Any] | None = None
     report: Report = field(default_factory=Report)
@@ -133,6 +119,19 @@ class MachineContext:
     def deleting(self) -> bool:
         return bool(self.obj["metadata"].get("deletionTimestamp"))
 
+    @property
+    def identity(self) -> MachineIdentity:
+        """Who the machine is: from its own namespace and name, whatever its spec says."""
+        return MachineIdentity(self.namespace, self.name, provider_id_for(self.namespace, self.name))
+
+    @property
+    def foreign_provider_id(self) -> str | None:
+        """spec.providerID when it names anything but this machine (hand-written)."""
+        written = (self.obj.get("spec") or {}).get("providerID")
+        if written is None or written == self.identity.provider_id:
+            return None
+        return str(written)
+
     def condition(self, status: str, reason: str, message: str) -> None:
         self.report.ready = cond.new_condition(
             READY, status, reason, message, generation=self.generation, now=self.now
@@ -148,6 +147,8 @@ def reconcile(
     obj: dict[str, Any],
     backends: Backends | None = None,
     now: datetime | None = None,
+    *,
+    record_key: bytes,
 ) -> Outcome:
     """One at a time per machine: kopf's handler and the backend's event thread (a domain
     stopped, often by our own deprovision) may both start one, and two deprovisions at
@@ -158,7 +159,7 @@ def reconcile(
         fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
             return Outcome.ready()  # gone meanwhile: nothing left to do or report
-        return _reconcile(kube, resource, fresh, backends, now)
+        return _reconcile(kube, resource, fresh, backends, now, record_key)
 
 
 def _reconcile(
@@ -167,8 +168,9 @@ def _reconcile(
     obj: dict[str, Any],
     backends: Backends | None,
     now: datetime | None,
+    record_key: bytes,
 ) -> Outcome:
-    ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC))
+    ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC), record_key)
     ctx.cluster = fetch_owner_cluster(kube, obj)
     if is_paused(obj, ctx.cluster):
         return _write(ctx, paused=True, outcome=paused_outcome(ctx.deleting))
@@ -205,6 +207,15 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
 
 
 def _provision(ctx: MachineContext) -> Outcome:
+    foreign = ctx.foreign_provider_id
+    if foreign is not None:
+        return Outcome.error(
+            "InvalidProviderID",
+            f"spec.providerID {foreign[:512]!r} is not this machine's identity "
+            f"{ctx.identity.provider_id!r}: a C3osMachine's providerID is always "
+            "c3os://<its namespace>/<its name>, set by the controller. Nothing was created; "
+            "delete this C3osMachine and create it without spec.providerID",
+        )
     spec = _parse_spec(ctx)
     if isinstance(spec, Outcome):
         return spec
@@ -226,29 +237,30 @@ def _provision(ctx: MachineContext) -> Outcome:
         return user_data
 
     # One write before anything exists anywhere: our finalizer (so deletion waits for
-    # the backend) and the providerID every backend resource is named from.
-    provider_id = spec.provider_id or provider_id_for(ctx.namespace, ctx.name)
-    annotations = ctx.obj["metadata"].get("annotations") or {}
-    if (
-        FINALIZER not in _finalizers(ctx.obj)
-        or spec.provider_id is None
-        or SITE_ANNOTATION not in annotations
-    ):
+    # the backend), the providerID, and where the machine goes, signed (its deletion
+    # must find the backend even when the C3osCluster is gone). A record that does not
+    # verify (hand-written, or signed by the manager before a `clusterctl move`) is
+    # replaced by the current site; one that does stays (the machine stays there).
+    identity = ctx.identity
+    provider_id = identity.provider_id
+    signed = verified_site(ctx.obj, ctx.record_key) is not None
+    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None or not signed:
         body = _copy(ctx.obj)
         body["metadata"]["finalizers"] = [
             *_finalizers(ctx.obj),
             *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
         ]
         body["spec"]["providerID"] = provider_id
-        # Where the machine goes, recorded with it: its deletion must find the backend
-        # even when the C3osCluster is gone (first write wins: the machine stays there).
-        body["metadata"]["annotations"] = {SITE_ANNOTATION: site_record(site), **annotations}
+        if not signed:
+            body["metadata"]["annotations"] = {
+                **(ctx.obj["metadata"].get("annotations") or {}),
+                **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
+            }
         body.pop("status", None)
         ctx.obj = {
             **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
             "status": ctx.obj.get("status"),
         }
-    identity = MachineIdentity(ctx.namespace, ctx.name, provider_id)
 
     hostname = hostname_for(ctx.name)
     intent = MachineIntent(
@@ -470,8 +482,17 @@ def _report_progress(ctx: MachineContext, site: Site, progress: Progress) -> Out
 def _delete(ctx: MachineContext) -> Outcome:
     if FINALIZER not in _finalizers(ctx.obj):
         return Outcome.ready()
-    provider_id = (ctx.obj.get("spec") or {}).get("providerID")
-    if provider_id:
+    foreign = ctx.foreign_provider_id
+    if foreign is not None:
+        # Refused before anything was created under this machine's identity; what that
+        # providerID names belongs to whoever it names, and is left alone.
+        log.warning(
+            "releasing %s/%s without deprovisioning: its spec.providerID %r is not its own",
+            ctx.namespace,
+            ctx.name,
+            foreign[:512],
+        )
+    elif (ctx.obj.get("spec") or {}).get("providerID"):
         site = _site_for_deletion(ctx)
         if isinstance(site, Outcome):
             return site
@@ -483,9 +504,8 @@ def _delete(ctx: MachineContext) -> Outcome:
                 f"Recreate the Secret, or remove them by hand and then the finalizer {FINALIZER}",
                 WAIT_FOR_USER,
             )
-        identity = MachineIdentity(ctx.namespace, ctx.name, provider_id)
         try:
-            progress = ctx.backends.for_site(site).deprovision(identity, site, credentials)
+            progress = ctx.backends.for_site(site).deprovision(ctx.identity, site, credentials)
         except BackendError as exc:
             return _backend_error(exc)
         if progress.phase is not Phase.DELETED:
@@ -505,13 +525,14 @@ def _delete(ctx: MachineContext) -> Outcome:
 
 
 def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:
-    """Where the machine was placed. The site recorded on the machine says where its
-    resources are, whatever became of the C3osCluster; if the C3osCluster still lists a
-    site of that name at the same place, its current entry is used (a credentials
-    Secret may have been renamed since). Machines placed before sites were recorded
-    fall back to the C3osCluster: status.failureDomain, the Machine's failure domain,
-    or the default site."""
-    recorded = recorded_site(ctx.obj)
+    """Where the machine was placed. The site recorded on the machine (only when the
+    manager's signature verifies) says where its resources are, whatever became of the
+    C3osCluster; if the C3osCluster still lists a site of that name at the same place,
+    its current entry is used (a credentials Secret may have been renamed since).
+    Without a verified record (placed by an older version, moved and deleted before a
+    reconcile re-signed it, or written by hand) the C3osCluster says: status.failureDomain,
+    the Machine's failure domain, or the default site."""
+    recorded = verified_site(ctx.obj, ctx.record_key)
     current = _current_site(ctx, recorded.name if recorded else None)
     if recorded is None:
         return current
@@ -551,9 +572,10 @@ def _lost(why: str) -> Outcome:
     return Outcome.wait(
         "SiteUnknown",
         f"cannot tell where this machine's resources are: {why}, and the machine has no "
-        f"{SITE_ANNOTATION} annotation (placed by an older version). Recreate the C3osCluster "
-        "with the same sites, or add that annotation (the site as JSON), or remove the "
-        f"resources by hand and then the finalizer {FINALIZER}",
+        f"{SITE_ANNOTATION} annotation signed by this manager (placed by an older version, "
+        "moved by clusterctl and deleted before it was reconciled, or written by hand: such "
+        "records are not trusted). Recreate the Cluster and C3osCluster with the same sites, "
+        f"or remove the resources by hand and then the finalizer {FINALIZER}",
         WAIT_FOR_USER,
     )
 

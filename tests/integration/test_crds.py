@@ -14,7 +14,7 @@ from kubernetes.dynamic import DynamicClient
 
 from capi_c3os.api import C3osConfig, C3osControlPlane, C3osMachine, KubeObject
 from tests.examples import BAD, GOOD, GOOD_LABELS, wire, with_change
-from tests.support import condition
+from tests.support import condition, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +110,76 @@ def test_provider_id_cannot_change_once_set(k8s: Any, namespace: str) -> None:
     assert rejected.value.status == 422
     assert "providerID" in str(rejected.value.body)
     assert api.get_namespaced_custom_object(*args)["spec"]["providerID"] == "c3os://default/x"
+
+
+def test_provider_id_must_name_the_machine_itself(k8s: Any, namespace: str) -> None:
+    # Issue 13: a providerID naming another object made the machine that object. CEL
+    # sees the name (not the namespace, which the reconciler checks).
+    victim = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    victim["metadata"]["name"] = "attacker"
+    victim["spec"]["providerID"] = "c3os://badin/victim"
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, victim)
+    assert rejected.value.status == 422
+    assert "leave it unset, the controller sets it" in str(rejected.value.body)
+    generated = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    generated["metadata"] = {"generateName": "victim-"}
+    generated["spec"]["providerID"] = "c3os://badin/victim-"
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, generated)
+    assert rejected.value.status == 422
+    own = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    own["spec"]["providerID"] = f"c3os://{namespace}/{own['metadata']['name']}"
+    assert _create(k8s, namespace, own)["spec"]["providerID"] == own["spec"]["providerID"]
+
+
+def test_a_foreign_provider_id_stored_before_the_rule_can_still_be_removed(k8s: Any, namespace: str) -> None:
+    # An object of an older release (or an attack planted before the upgrade) must not
+    # be stuck: its finalizers have to come off (the reconciler releases it unharmed).
+    ext = kc.ApiextensionsV1Api(k8s)
+    crd_name = f"{C3osMachine.PLURAL}.{C3osMachine.GROUP}"
+    args = (C3osMachine.GROUP, C3osMachine.VERSION, namespace, C3osMachine.PLURAL)
+    api = kc.CustomObjectsApi(k8s)
+    body = copy.deepcopy(wire(C3osMachine, GOOD[C3osMachine]))
+    body["metadata"] = {"name": "planted", "namespace": namespace, "finalizers": ["example.com/hold"]}
+    body["spec"]["providerID"] = "c3os://badin/victim"
+
+    def set_root_rules(rules: Any) -> None:
+        crd = ext.read_custom_resource_definition(crd_name)
+        crd.spec.versions[0].schema.open_apiv3_schema.x_kubernetes_validations = rules
+        ext.replace_custom_resource_definition(crd_name, crd)
+
+    def accepted(dry_run: bool) -> bool:
+        try:
+            api.create_namespaced_custom_object(*args, body, dry_run="All" if dry_run else None)
+        except ApiException as exc:
+            assert exc.status == 422, exc.body
+            return False
+        return True
+
+    rules = ext.read_custom_resource_definition(crd_name).spec.versions[0].schema.open_apiv3_schema
+    rules = rules.x_kubernetes_validations
+    set_root_rules(None)
+    try:
+        eventually(lambda: accepted(dry_run=False), "the object stored without the rule")
+    finally:
+        set_root_rules(rules)
+    eventually(lambda: not accepted(dry_run=True), "the rule back")
+    api.delete_namespaced_custom_object(*args, "planted")
+    held = api.get_namespaced_custom_object(*args, "planted")
+    held["metadata"]["finalizers"] = []
+    api.replace_namespaced_custom_object(*args, "planted", held)
+    eventually(lambda: not _exists(api, args, "planted"), "the planted object gone")
+
+
+def _exists(api: kc.CustomObjectsApi, args: tuple[str, ...], name: str) -> bool:
+    try:
+        api.get_namespaced_custom_object(*args, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def test_scale_subresource_on_the_control_plane(k8s: Any, namespace: str) -> None:

@@ -380,3 +380,69 @@ def test_a_live_iso_boots_from_cdrom_onto_an_empty_disk(conn: Any, backend: Libv
     assert int(disk.findtext("capacity", "0")) == 4 * GIB
     backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
     iso.delete(0)
+
+
+LONG = "w" * 60
+"""A machine name that makes `<namespace>-<name>` longer than the readable part."""
+
+
+def test_long_identities_are_named_with_96_bits_short_ones_as_before() -> None:
+    short = MachineIdentity("ns", "m-0", "c3os://ns/m-0")
+    assert dx.domain_name(short) == short.resource_name and dx.legacy_stem(short) is None
+    long = MachineIdentity("team", "a-" + LONG, f"c3os://team/a-{LONG}")
+    stem = dx.domain_name(long)
+    assert len(stem) <= 63 and stem.endswith(long.uuid.replace("-", "")[:24])
+    assert dx.legacy_stem(long) == long.resource_name != stem
+    # Another namespace continuing this one's name, with a name of the same beginning:
+    # the same readable part, told apart by the hash alone.
+    other = MachineIdentity("team-a", LONG + "x", f"c3os://team-a/{LONG}x")
+    assert other.resource_name[:50] == long.resource_name[:50]
+    assert dx.domain_name(other) != stem
+
+
+def test_another_machines_domain_and_volumes_under_our_old_name_are_left_alone(
+    conn: Any, backend: LibvirtBackend, base: str
+) -> None:
+    # Issue 13: a name chosen so that its old 32-bit name matches a victim's. The
+    # victim's domain is gone (its disk, with its data, waits for the victim's deletion).
+    wanted = intent(base, name="a-" + LONG)
+    legacy = dx.legacy_stem(wanted.identity)
+    assert legacy is not None
+    pool = conn.storagePoolLookupByName(POOL)
+    victim_disk = pool.createXML(dx.volume_xml(legacy + dx.DISK_SUFFIX, GIB, "qcow2"), 0)
+    pool.createXML(dx.volume_xml(legacy + dx.CONFIG_DRIVE_SUFFIX, 1024, "raw"), 0)
+    backend.provision(wanted)
+    (dom,) = domains_named(conn, wanted.identity)
+    assert victim_disk.path() not in dom.XMLDesc(0)
+    assert backend.deprovision(wanted.identity, wanted.site, wanted.credentials).phase is Phase.DELETED
+    assert {legacy + dx.DISK_SUFFIX, legacy + dx.CONFIG_DRIVE_SUFFIX} <= volume_names(conn)
+
+    # And with the victim's domain there, under that name and tagged as the victim's.
+    victim = conn.defineXML(
+        f"<domain type='test'><name>{legacy}</name><memory>262144</memory><os><type>hvm</type></os>"
+        f"<metadata>{dx.tag_xml(dx.Tag('victim-ns', 'victim', 'c3os://victim-ns/victim'))}</metadata></domain>"
+    )
+    backend.provision(wanted)
+    backend.deprovision(wanted.identity, wanted.site, wanted.credentials)
+    assert legacy in [d.name() for d in conn.listAllDomains(0)]
+    assert {legacy + dx.DISK_SUFFIX, legacy + dx.CONFIG_DRIVE_SUFFIX} <= volume_names(conn)
+    victim.undefine()
+    for suffix in (dx.DISK_SUFFIX, dx.CONFIG_DRIVE_SUFFIX):
+        pool.storageVolLookupByName(legacy + suffix).delete(0)
+
+
+def test_a_domain_an_older_release_named_with_32_bits_is_adopted_and_removed(
+    conn: Any, backend: LibvirtBackend, base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wanted = intent(base, name="a-" + LONG)
+    before = volume_names(conn)
+    with monkeypatch.context() as older:
+        older.setattr(dx, "resource_stem", lambda identity: identity.resource_name)
+        backend.provision(wanted)
+    legacy = wanted.identity.resource_name
+    assert [d.name() for d in conn.listAllDomains(0) if d.name() == legacy]
+    assert backend.provision(wanted).phase is not Phase.MISSING
+    assert domains_named(conn, wanted.identity) == []  # adopted, not made again
+    assert backend.deprovision(wanted.identity, wanted.site, wanted.credentials).phase is Phase.DELETED
+    assert legacy not in [d.name() for d in conn.listAllDomains(0)]
+    assert volume_names(conn) == before

@@ -137,7 +137,7 @@ def test_components_carry_their_providers_crds(provider: Provider) -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_rbac_has_no_wildcards(provider: Provider) -> None:
     roles = [obj for obj in components(provider) if obj["kind"] in ("ClusterRole", "Role")]
-    assert len(roles) == 2
+    assert len(roles) == (3 if provider == "infrastructure" else 2)
     for role in roles:
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames"):
@@ -182,7 +182,9 @@ def test_rbac_is_least_privilege_across_providers() -> None:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_leader_election_is_limited_to_the_managers_namespace_and_lease(provider: Provider) -> None:
-    (role,) = [obj for obj in components(provider) if obj["kind"] == "Role"]
+    (role,) = [
+        obj for obj in components(provider) if obj["kind"] == "Role" and "leader" in obj["metadata"]["name"]
+    ]
     assert role["metadata"]["namespace"] == f"c3os-{provider}-system"
     assert {group for rule in role["rules"] for group in rule["apiGroups"]} == {"coordination.k8s.io"}
     named = [rule for rule in role["rules"] if "resourceNames" in rule]
@@ -190,6 +192,26 @@ def test_leader_election_is_limited_to_the_managers_namespace_and_lease(provider
     deployment = _deployment(provider)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--leader-election-id=c3os-{provider}-manager" in args
+
+
+def test_only_the_infrastructure_manager_creates_secrets_in_its_own_namespace() -> None:
+    # Its site record key (reconcilers/site_record.py); nowhere else.
+    roles = [obj for obj in components("infrastructure") if obj["kind"] == "Role"]
+    (role,) = [r for r in roles if _rule_of(r, "", "secrets", "create")]
+    assert role["metadata"]["namespace"] == "c3os-infrastructure-system"
+    binding = next(obj for obj in components("infrastructure") if obj["kind"] == "RoleBinding"
+                   and obj["roleRef"]["name"] == role["metadata"]["name"])  # fmt: skip
+    assert binding["subjects"][0]["name"] == "c3os-infrastructure-manager"
+    for provider in ("bootstrap", "control-plane"):
+        roles = [obj for obj in components(provider) if obj["kind"] == "Role"]
+        assert not any(_rule_of(r, "", "secrets", "create") for r in roles)
+
+
+def _rule_of(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[str, Any] | None:
+    for rule in role["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            return dict(rule)
+    return None
 
 
 def _deployment(provider: Provider) -> dict[str, Any]:

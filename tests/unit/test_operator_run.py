@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,24 @@ def test_parse_address(address: str, expected: tuple[str, int] | None) -> None:
 def test_parse_address_rejects_malformed(address: str) -> None:
     with pytest.raises(ValueError):
         parse_address(address)
+
+
+def test_the_record_key_lives_in_the_managers_own_namespace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: c3os-infrastructure-system}}]\n"
+    )
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    options = run.options_from_args(parse("--kubeconfig", str(kubeconfig)))
+    assert (options.record_key_namespace, options.record_key_secret) == (
+        "c3os-infrastructure-system",
+        "capi-c3os-record-key",
+    )
+    monkeypatch.setenv("POD_NAMESPACE", "capi-c3os-system")
+    options = run.options_from_args(parse("--kubeconfig", str(kubeconfig), "--record-key-secret", "k"))
+    assert (options.record_key_namespace, options.record_key_secret) == ("capi-c3os-system", "k")

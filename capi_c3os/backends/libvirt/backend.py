@@ -118,9 +118,8 @@ class LibvirtBackend:
         site = _libvirt_site(intent.site)
         with self._errors(site, intent.credentials):
             conn = self.connections.get(site, intent.credentials)
-            dom = _lookup_domain(conn, dx.domain_name(intent.identity))
+            dom = _own_domain(conn, intent.identity)
             if dom is not None:
-                _check_owner(dom, intent.identity)
                 return self._advance(conn, dom, intent)
             if intent.provisioned:
                 return Progress(
@@ -145,10 +144,16 @@ class LibvirtBackend:
                 _undefine(dom)
             pool = _lookup_pool(conn, lsite.pool)
             if pool is not None:
-                for name in (dx.disk_volume_name(identity), dx.config_drive_volume_name(identity)):
-                    vol = _lookup_volume(pool, name)
-                    if vol is not None:
-                        vol.delete(0)
+                _delete_volumes(pool, dx.resource_stem(identity))
+            legacy = dx.legacy_stem(identity)
+            old = _lookup_domain(conn, legacy) if legacy else None
+            if old is not None and _owned(old, identity):
+                # Its volumes carry no tag: removed while the domain still proves them
+                # ours (stopped first), then the domain; a crash in between repeats this.
+                _destroy(old)
+                if pool is not None and legacy:
+                    _delete_volumes(pool, legacy)
+                _undefine(old)
             return Progress(
                 Phase.DELETED, "Deleted", f"domain and volumes of {identity.resource_name} removed"
             )
@@ -547,6 +552,31 @@ def _domain_tag(dom: libvirt.virDomain) -> dx.Tag | None:
             return None
         raise
     return dx.parse_tag(xml)
+
+
+def _own_domain(conn: libvirt.virConnect, identity: MachineIdentity) -> libvirt.virDomain | None:
+    """The machine's domain: by its name (DomainNameTaken when another's holds it), else
+    one a release before the 96-bit names defined under the old name (only when its tag
+    names this machine: another's domain of that name is none of our business)."""
+    dom = _lookup_domain(conn, dx.domain_name(identity))
+    if dom is not None:
+        _check_owner(dom, identity)
+        return dom
+    legacy = dx.legacy_stem(identity)
+    old = _lookup_domain(conn, legacy) if legacy else None
+    return old if old is not None and _owned(old, identity) else None
+
+
+def _owned(dom: libvirt.virDomain, identity: MachineIdentity) -> bool:
+    tag = _domain_tag(dom)
+    return tag is not None and tag.provider_id == identity.provider_id
+
+
+def _delete_volumes(pool: libvirt.virStoragePool, stem: str) -> None:
+    for name in (stem + dx.DISK_SUFFIX, stem + dx.CONFIG_DRIVE_SUFFIX):
+        vol = _lookup_volume(pool, name)
+        if vol is not None:
+            vol.delete(0)
 
 
 def _check_owner(dom: libvirt.virDomain, identity: MachineIdentity) -> None:

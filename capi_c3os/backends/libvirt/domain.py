@@ -39,16 +39,41 @@ class Tag:
         return MachineIdentity(self.namespace, self.name, self.provider_id)
 
 
+_READABLE = 50
+"""As in MachineIdentity.resource_name: the readable part is cut after this many characters."""
+
+
+def resource_stem(identity: MachineIdentity) -> str:
+    """What the domain and its volumes are named after. Up to 50 characters of
+    `<namespace>-<name>` it is `identity.resource_name` (readable, 8 hex of the UUID):
+    nobody can choose another identity with that readable part, so 32 bits suffice.
+    Past the cut, whoever picks a name in a namespace whose name continues another's
+    (`team` / `team-a`) is free in the tail and could match 32 bits by trying names;
+    volumes carry no tag, so a match would hand them another machine's disk. Such
+    identities get 96 bits of the UUID instead (63 characters in all)."""
+    readable = f"{identity.namespace}-{identity.name}"
+    if len(readable) <= _READABLE:
+        return identity.resource_name
+    return f"{readable[:38].rstrip('-.')}-{identity.uuid.replace('-', '')[:24]}"
+
+
+def legacy_stem(identity: MachineIdentity) -> str | None:
+    """The stem releases before the 96-bit one gave a long identity, else None. A domain
+    of that name is adopted or removed only when its tag names this very machine."""
+    stem = resource_stem(identity)
+    return identity.resource_name if identity.resource_name != stem else None
+
+
 def domain_name(identity: MachineIdentity) -> str:
-    return identity.resource_name
+    return resource_stem(identity)
 
 
 def disk_volume_name(identity: MachineIdentity) -> str:
-    return identity.resource_name + DISK_SUFFIX
+    return resource_stem(identity) + DISK_SUFFIX
 
 
 def config_drive_volume_name(identity: MachineIdentity) -> str:
-    return identity.resource_name + CONFIG_DRIVE_SUFFIX
+    return resource_stem(identity) + CONFIG_DRIVE_SUFFIX
 
 
 def identity_of_volume(name: str) -> MachineIdentity | None:

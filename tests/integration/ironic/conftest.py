@@ -17,6 +17,7 @@ from tests.integration.libvirt.conftest import (  # noqa: F401
     capi,
     infrastructure_kubeconfig,
     start_manager,
+    tenant_b,
 )
 from tests.support import serving
 

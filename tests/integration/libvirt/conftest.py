@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +21,9 @@ from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane
+from capi_c3os.reconcilers.c3osmachine import FINALIZER
 from tests.conftest import REPO, RunManager, provider_identity
+from tests.support import eventually
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
@@ -99,6 +102,12 @@ class Capi:
         ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
         return f"{ready[0]['reason']}: {ready[0]['message']}" if ready else "no Ready condition yet"
 
+    def ready(self, name: str) -> dict[str, Any]:
+        """A C3osMachine's Ready condition, or {} before it has one."""
+        obj = self.get(INFRA, "c3osmachines", name) or {}
+        found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
+        return found[0] if found else {}
+
     def create_secret(self, name: str, data: dict[str, bytes]) -> None:
         self.core.create_namespaced_secret(
             self.namespace,
@@ -142,6 +151,37 @@ class Capi:
 @pytest.fixture
 def capi(k8s: Any, namespace: str) -> Capi:
     return Capi(k8s, namespace)
+
+
+def claim_with_foreign_provider_id(attacker: Capi, site: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Issue 13 (a): a Cluster + Machine + C3osMachine `victim` in the attacker's namespace
+    whose spec says `providerID` (another namespace's machine of that name). It must be
+    refused before anything is written or created, and go away when its Cluster does."""
+    attacker.create_cluster("c", site)
+    attacker.create_machine("c", "victim", spec, b"#cloud-config\n")
+    eventually(
+        lambda: attacker.ready("victim").get("reason") == "InvalidProviderID",
+        "the attacker's machine refused",
+        90,
+        explain=lambda: attacker.ready_message("victim"),
+    )
+    refused = attacker.must_get(INFRA, "c3osmachines", "victim")
+    assert attacker.ready("victim")["status"] == "False"
+    assert spec["providerID"] in attacker.ready("victim")["message"]
+    assert FINALIZER not in (refused["metadata"].get("finalizers") or [])
+    assert "initialization" not in (refused.get("status") or {})
+    attacker.delete(CAPI, "clusters", "c")
+    eventually(lambda: attacker.get(INFRA, "c3osmachines", "victim") is None, "attacker machine gone", 90)
+
+
+@pytest.fixture
+def tenant_b(k8s: Any) -> Iterator[Capi]:
+    """A second namespace: another tenant's (the attacker's in issue 13's tests)."""
+    name = f"tenant-b-{uuid.uuid4().hex[:6]}"
+    core = kc.CoreV1Api(k8s)
+    core.create_namespace(kc.V1Namespace(metadata=kc.V1ObjectMeta(name=name)))
+    yield Capi(k8s, name)
+    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,9 @@ class Gate:
                 self.inside -= 1
 
 
+RECORD_KEY = bytes(32)  # stands in for the manager's key
+
+
 def _no_backend() -> Any:
     # The C3osCluster's orphan sweep must not touch the machine under test.
     raise BackendError("NoBackendInThisTest", "no backend for the C3osCluster here", retry_after=None)
@@ -103,7 +106,11 @@ def test_a_backend_event_during_deletion_waits_for_the_running_reconcile(
 
     def machine_up() -> dict[str, Any] | None:
         c3osmachine.reconcile(
-            kube, MACHINES, capi.must_get(INFRA, "c3osmachines", "m-race"), backends=backends
+            kube,
+            MACHINES,
+            capi.must_get(INFRA, "c3osmachines", "m-race"),
+            backends=backends,
+            record_key=RECORD_KEY,
         )
         return capi.provisioned("m-race")
 
@@ -122,7 +129,9 @@ def test_a_backend_event_during_deletion_waits_for_the_running_reconcile(
 
         def run(who: str) -> None:
             try:
-                results[who] = c3osmachine.reconcile(kube, MACHINES, deleting, backends=backends)
+                results[who] = c3osmachine.reconcile(
+                    kube, MACHINES, deleting, backends=backends, record_key=RECORD_KEY
+                )
             except BaseException as exc:  # reported by the assertions below
                 results[who] = exc
 

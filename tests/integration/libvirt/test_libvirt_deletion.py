@@ -2,7 +2,8 @@
 half-done move): our manager, the real CAPI core manager, the private libvirtd. The
 machine finds its site from what it recorded before anything was created; a machine
 without that record (placed by an older version) says what to do in its Ready
-condition, and finishes once told."""
+condition (a record written by hand is not trusted), and finishes once its C3osCluster
+is back."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from capi_c3os.backends.base import MachineIdentity
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
-from capi_c3os.reconcilers.c3osmachine import FINALIZER, SITE_ANNOTATION
+from capi_c3os.reconcilers.c3osmachine import FINALIZER
+from capi_c3os.reconcilers.site_record import SIGNATURE_ANNOTATION, SITE_ANNOTATION
 from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
 from tests.integration.libvirt.test_libvirt_machine import (
     BOOT_TIMEOUT,
@@ -66,6 +68,7 @@ def test_machine_deletion_finishes_without_its_c3os_cluster(
     recorded = objs[0]["metadata"]["annotations"][SITE_ANNOTATION]
     assert json.loads(recorded) == {"name": "lab", "controlPlane": True, "libvirt": {
         "uri": libvirtd.uri, "pool": "default", "domainType": "auto"}}  # fmt: skip
+    assert objs[0]["metadata"]["annotations"][SIGNATURE_ANNOTATION].startswith("v1:")
     identities = [MachineIdentity(capi.namespace, n, f"c3os://{capi.namespace}/{n}") for n in names]
     assert {dx.domain_name(i) for i in identities} <= set(domain_names(libvirtd))
 
@@ -76,7 +79,7 @@ def test_machine_deletion_finishes_without_its_c3os_cluster(
         capi.namespace,
         "c3osmachines",
         names[1],
-        {"metadata": {"annotations": {SITE_ANNOTATION: None}}},
+        {"metadata": {"annotations": {SITE_ANNOTATION: None, SIGNATURE_ANNOTATION: None}}},
     )
     remove_c3os_cluster(capi, cluster)
     for name in names:
@@ -94,17 +97,16 @@ def test_machine_deletion_finishes_without_its_c3os_cluster(
     # The second cannot know where it is and says what to do, keeping its finalizer.
     eventually(lambda: ready_reason(capi, names[1]) == "SiteUnknown", "SiteUnknown", 60)
     message = capi.ready_message(names[1])
-    assert SITE_ANNOTATION in message and "Recreate the C3osCluster" in message and FINALIZER in message
+    assert SITE_ANNOTATION in message and "Recreate the Cluster and C3osCluster" in message
+    assert FINALIZER in message
     assert dx.domain_name(identities[1]) in domain_names(libvirtd)
 
-    # Told where (the remedy the message names), it finishes.
-    capi.custom.patch_namespaced_custom_object(
-        *INFRA,
-        capi.namespace,
-        "c3osmachines",
-        names[1],
-        {"metadata": {"annotations": {SITE_ANNOTATION: recorded}}},
-    )
+    # Told where (the remedy the message names: the C3osCluster back), it finishes.
+    capi.create(INFRA, "c3osclusters", {
+        "apiVersion": "/".join(INFRA), "kind": "C3osCluster", "metadata": {"name": cluster},
+        "spec": {"controlPlaneEndpoint": {"host": "cp.example.test", "port": 6443},
+                 "sites": [{"name": "lab", **json.loads(recorded)}]},
+    })  # fmt: skip
     eventually(lambda: capi.get(INFRA, "c3osmachines", names[1]) is None, f"{names[1]} gone", 120)
     assert not {dx.domain_name(i) for i in identities} & set(domain_names(libvirtd))
     assert pool_volumes(libvirtd) == volumes_before
