@@ -175,7 +175,9 @@ def test_bootstrap_secret_without_value_is_reported_as_such_not_as_missing(capi:
         return ((cluster.get("status") or {}).get("initialization") or {}).get("infrastructureProvisioned")
 
     def machine_says() -> str:
-        c3osmachine.reconcile(kube, MACHINES, capi.must_get(INFRA, "c3osmachines", "m-0"))
+        c3osmachine.reconcile(
+            kube, MACHINES, capi.must_get(INFRA, "c3osmachines", "m-0"), record_key=b"k" * 32
+        )
         return capi.ready_message("m-0")
 
     eventually(cluster_up, "Cluster infrastructure provisioned", 60)
