@@ -20,11 +20,13 @@ import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
 
+from capi_c3os.backends import images
+from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import connection_info, load_configuration
 from capi_c3os.operator.diffbase import MemoryDiffBase
@@ -64,6 +66,8 @@ class Options:
     """Bootstrap and control-plane reconcilers read cluster Secrets, control-plane
     Machines and Clusters from the watches (reconcilers/view.py) instead of the API
     server; off: every read is a request (for comparison and debugging)."""
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    """Size, time and `file://` limits of image downloads (the libvirt backend)."""
 
 
 @dataclass
@@ -83,6 +87,7 @@ def _exit_now(code: int) -> None:
 
 
 async def run_manager(options: Options) -> int:
+    images.configure(options.image_limits)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
