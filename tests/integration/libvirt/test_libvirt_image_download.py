@@ -132,6 +132,15 @@ def test_a_slow_image_download_reports_progress_and_blocks_no_other_machine(
         assert result, f"the reconcile of {name} still runs after {BOUND:.0f} s: it waits for the download"
         return result[0]
 
+    def provisioned(name: str, when: str) -> None:
+        eventually(
+            lambda: reconcile(name).done and capi.provisioned(name),
+            f"{name} provisioned {when}",
+            120,
+            every=1.0,
+            explain=lambda: capi.ready_message(name),
+        )
+
     try:
         eventually(cluster_up, "C3osCluster provisioned", 60)
         eventually(
@@ -149,23 +158,11 @@ def test_a_slow_image_download_reports_progress_and_blocks_no_other_machine(
             assert held_image.url in condition["message"] and "% of" in condition["message"]
         assert shared not in pool_volumes(libvirtd)  # nothing half-written in the pool
 
-        eventually(
-            lambda: reconcile("m-fast").done and capi.provisioned("m-fast"),
-            "m-fast provisioned while m-slow's image is still downloading",
-            120,
-            every=1.0,
-            explain=lambda: capi.ready_message("m-fast"),
-        )
+        provisioned("m-fast", "while m-slow's image is still downloading")
         assert not held_image.release.is_set() and ready(capi, "m-slow")["reason"] == "DownloadingImage"
 
         held_image.release.set()
-        eventually(
-            lambda: reconcile("m-slow").done and capi.provisioned("m-slow"),
-            "m-slow provisioned once its image arrived",
-            120,
-            every=1.0,
-            explain=lambda: capi.ready_message("m-slow"),
-        )
+        provisioned("m-slow", "once its image arrived")
         assert {shared, shared + ".verified"} <= pool_volumes(libvirtd)
         assert dx.domain_name(identities[0]) in domain_names(libvirtd)
         assert held_image.requests == 1, "one download, however many reconciles asked"
