@@ -79,7 +79,7 @@ _WATCHED_EVENTS = {
 }
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 DOWNLOAD_GRACE = 2.0
-"""Seconds a reconcile waits for a base image download it found running (a small image
+"""Seconds the reconcile that starts a base image download waits for it (a small image
 is then ready in one reconcile); longer ones report progress and requeue."""
 DOWNLOAD_POLL = 10.0
 FAILED_DOWNLOAD_KEPT = 600.0
@@ -430,6 +430,7 @@ class LibvirtBackend:
         assert image.url is not None and image.checksum is not None
         name = dx.base_volume_name(image.checksum, image.format)
         key = (site.uri, site.pool, name)
+        started = False
         for attempt in range(2):  # again once when the download ends within the grace
             with self._base_lock(*key):
                 job = self._downloads.get(key)
@@ -441,8 +442,11 @@ class LibvirtBackend:
                     if job is not None and job.error is not None and _still_reported(job, image.url):
                         raise job.error
                     job = self._start_download(key, site, intent)
+                    started = True
                 job.waiting.add((intent.identity.namespace, intent.identity.name))
-            if attempt or not job.done.wait(DOWNLOAD_GRACE):
+            # Only the reconcile that started it waits a little: every machine waiting for
+            # a long download doing so on each requeue would keep the workers busy.
+            if attempt or not started or not job.done.wait(DOWNLOAD_GRACE):
                 break
         assert job is not None
         return Progress(
