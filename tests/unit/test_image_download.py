@@ -131,6 +131,8 @@ def test_messages_name_urls_without_user_info_or_query() -> None:
         "file://{allowed}/../../etc/passwd",
         "file://{allowed}/link-to-passwd",
         "file://{allowed}/sub/../../../etc/passwd",
+        "file://{allowed}/%2e%2e/%2e%2e/etc/passwd",
+        "file://localhost/etc/shadow",
     ],
 )
 def test_file_urls_outside_the_allowed_directory_are_refused_without_a_digest(
@@ -170,6 +172,16 @@ def test_an_allowed_file_is_fetched_and_a_mismatch_shows_no_digest(tmp_path: Pat
     assert error.reason == "ImageChecksumMismatch"
     assert "sha256:abababababababab…" in error.message and "does not match" in error.message
     assert hashlib.sha256(data).hexdigest()[:8] not in error.message
+
+
+def test_a_redirect_to_a_file_url_is_not_followed(serve: Callable[[Body], str]) -> None:
+    def body(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", "file:///etc/passwd")
+        handler.end_headers()
+
+    error = failed_fetch(raw(serve(body)), ImageLimits(file_dirs=("/",)))
+    assert error.reason == "ImageDownloadFailed" and "302" in error.message
 
 
 def test_other_schemes_are_refused() -> None:
