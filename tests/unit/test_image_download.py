@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -201,3 +203,35 @@ def test_scratch_directories_of_dead_managers_are_swept_live_ones_kept(tmp_path:
         images.sweep(str(tmp_path))
         assert os.path.isdir(live)
     assert not dead.exists()
+
+
+def test_a_killed_downloads_scratch_directory_is_removed_by_the_next_download(
+    serve: Callable[[Body], str], tmp_path: Path
+) -> None:
+    """The manager SIGKILLed mid-download: its partial file stays behind until the next
+    download of any manager sharing the temp directory sweeps it."""
+    url = serve(trickle)
+    script = (
+        "import sys, tempfile; tempfile.tempdir = sys.argv[1]\n"
+        "from capi_c3os.backends.images import ImageLimits, fetch, scratch_dir\n"
+        "from capi_c3os.api.infrastructure import MachineImage\n"
+        "image = MachineImage(url=sys.argv[2], checksum='0' * 64, format='raw')\n"
+        "with scratch_dir() as tmp:\n"
+        "    fetch(image, tmp + '/image', ImageLimits())\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), url])
+    try:
+        for _ in range(600):
+            partial = list(tmp_path.glob(images.SCRATCH_PREFIX + "*/image"))
+            if partial:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the child never started writing")
+        images.sweep(str(tmp_path))
+        assert partial[0].exists(), "a live download's directory was swept"
+    finally:
+        child.kill()
+        child.wait()
+    images.sweep(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
