@@ -278,6 +278,9 @@ class ProviderManifests:
                 f"--health-addr=:{HEALTH_PORT}",
                 f"--metrics-addr=:{METRICS_PORT}",
                 "--log-format=${C3OS_LOG_FORMAT:=json}",
+                # Images are fetched over http(s) only: a file:// URL would read the
+                # manager's own files (allow a directory with --image-file-dir).
+                *(["--image-file-dir="] if self.provider == "infrastructure" else []),
             ],
             "env": [
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},

@@ -84,7 +84,14 @@ def e2e(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[E2eEnv]:
     root = tmp_path_factory.mktemp("e2e")
-    manager = start_manager(mgmt.kubeconfig, root / "manager.log", log_level="debug", metrics=False)
+    # The clusters boot the stand-in image by a file:// URL: allowed there only.
+    manager = start_manager(
+        mgmt.kubeconfig,
+        root / "manager.log",
+        f"--image-file-dir={standin_image}",
+        log_level="debug",
+        metrics=False,
+    )
     k3s = K3sStandIn(libvirtd, root / "k3s")
     try:
         manager.wait_ready()

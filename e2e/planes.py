@@ -29,8 +29,9 @@ class Plane:
 
 
 @contextmanager
-def planes(root: Path, *names: str) -> Iterator[list[Plane]]:
-    """Management planes, `clusterctl init`-ed, each with our manager; stopped on exit."""
+def planes(root: Path, *names: str, image_dir: Path | None = None) -> Iterator[list[Plane]]:
+    """Management planes, `clusterctl init`-ed, each with our manager (file:// images
+    allowed under `image_dir`); stopped on exit."""
     config = write_repository(root / "repository", REPO / "config" / "clusterctl")
     started: list[Plane] = []
     mgmts: list[ManagementPlane] = []
@@ -39,8 +40,9 @@ def planes(root: Path, *names: str) -> Iterator[list[Plane]]:
             mgmt = ManagementPlane(root / name).start(capi=False)
             mgmts.append(mgmt)
             init_plane(mgmt, root, config)
+            flags = [f"--image-file-dir={image_dir}"] if image_dir else []
             manager = start_manager(
-                mgmt.kubeconfig, root / f"{name}-manager.log", log_level="debug", metrics=False
+                mgmt.kubeconfig, root / f"{name}-manager.log", *flags, log_level="debug", metrics=False
             )
             started.append(Plane(name, mgmt, manager))
             manager.wait_ready()

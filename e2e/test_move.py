@@ -82,7 +82,7 @@ def move(e2e: E2eEnv, e2e_ironic: IronicServer, tmp_path_factory: pytest.TempPat
     lab.enroll(1, rc)
     port = free_port()
     started = time.monotonic()
-    with planes(root, "source", "target") as (source, target):
+    with planes(root, "source", "target", image_dir=e2e.standin_image) as (source, target):
         print(f"\nmove: two planes initialised with clusterctl in {time.monotonic() - started:.0f}s")
         with api_client(source.mgmt.kubeconfig) as s, api_client(target.mgmt.kubeconfig) as t:
             scenario = Move(OnPlane(e2e, s, port, lab, rc), OnPlane(e2e, t, port, lab, rc), [source, target])

@@ -412,7 +412,8 @@ class MachineImage(ApiModel):
 
     url: str | None = Field(None, min_length=1, max_length=2048, pattern=IMAGE_URL)
     """Where to get the image (http, https, or file on the host that fetches it: the
-    manager for libvirt, the Ironic conductor for Ironic)."""
+    manager for libvirt, only under a directory its --image-file-dir allows; the Ironic
+    conductor for Ironic)."""
     checksum: str | None = Field(None, min_length=64, max_length=128, pattern=HEX_DIGEST)
     """Hex digest of the image file, checked before use."""
     checksum_algorithm: Literal["sha256", "sha512"] = "sha256"

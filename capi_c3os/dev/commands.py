@@ -86,7 +86,7 @@ def up_main(args: argparse.Namespace) -> int:
         print(f"dev up: {exc}", file=sys.stderr)
         return 1
     try:
-        plane, site = _start(root, args.crds, image.standin)
+        plane, site = _start(root, args.crds, image)
         watch = Watch(api_client(plane.kubeconfig), root / "k3s" / "k3s.log" if image.standin else None)
         _create_cluster(root, plane, site, image, watch)
     except (DemoError, ProcessError, TimeoutError, OSError, KeyboardInterrupt) as exc:
@@ -129,7 +129,8 @@ def _left_running(root: Path) -> str:
     )
 
 
-def _start(root: Path, crds_dir: Path, with_k3s: bool) -> tuple[ManagementPlane, dict[str, str]]:
+def _start(root: Path, crds_dir: Path, image: demo_cluster.Image) -> tuple[ManagementPlane, dict[str, str]]:
+    with_k3s = image.standin
     plane = ManagementPlane(root, detached=True)
     _say("starting etcd, kube-apiserver, kube-controller-manager and the CAPI core manager ...")
     plane.start()
@@ -138,8 +139,10 @@ def _start(root: Path, crds_dir: Path, with_k3s: bool) -> tuple[ManagementPlane,
     wait_for_crds_established(plane.kubeconfig, crds)
     endpoint = free_port()
     _say("starting our manager ...")
+    # A local image is named by a file:// URL: the manager may read files under its directory only.
+    flags = [f"--image-file-dir={image.file_dir}"] if image.file_dir else []
     manager = start_manager(
-        plane.kubeconfig, plane.logs / f"{MANAGER}.log", name=MANAGER, detached=plane.detached
+        plane.kubeconfig, plane.logs / f"{MANAGER}.log", *flags, name=MANAGER, detached=plane.detached
     )
     plane.ports.update(manager_health=manager.health_port, manager_metrics=manager.metrics_port or 0)
     plane.ports.update(endpoint=endpoint)

@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,13 @@ class Image:
     format: str
     standin: bool
     """The stand-in boots and prints what it received: the k3s stand-in plays k3s for it."""
+
+    @property
+    def file_dir(self) -> str | None:
+        """The directory of a file:// image (the manager's --image-file-dir)."""
+        if not self.url.startswith("file://"):
+            return None
+        return os.path.dirname(urllib.request.url2pathname(urllib.parse.urlsplit(self.url).path))
 
 
 def standin_image() -> Path:

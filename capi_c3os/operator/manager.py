@@ -20,11 +20,13 @@ import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
 
+from capi_c3os.backends import images
+from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import connection_info, load_configuration
 from capi_c3os.operator.diffbase import MemoryDiffBase
@@ -69,6 +71,8 @@ class Options:
     """The manager's own namespace: where the site record key Secret lives."""
     record_key_secret: str = RECORD_KEY_SECRET
     """That Secret's name (made at start-up when absent; infrastructure only)."""
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    """Size, time and `file://` limits of image downloads (the libvirt backend)."""
 
 
 @dataclass
@@ -88,6 +92,7 @@ def _exit_now(code: int) -> None:
 
 
 async def run_manager(options: Options) -> int:
+    images.configure(options.image_limits)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

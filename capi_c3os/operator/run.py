@@ -12,6 +12,7 @@ import logging
 import os
 import re
 
+from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator.connection import own_namespace
 from capi_c3os.operator.handlers import PROVIDERS
 from capi_c3os.operator.leader import LeaseConfig, new_identity
@@ -53,6 +54,18 @@ def positive_seconds(value: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
     return seconds
+
+
+_SIZE = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti)?$")
+_UNITS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def byte_size(value: str) -> int:
+    """`32Gi`, `500Mi` or plain bytes (Kubernetes quantity suffixes)."""
+    match = _SIZE.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"must be a size such as 32Gi or 500Mi; got {value!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +146,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "holding the key that signs each C3osMachine's site record; created when absent "
         f"(infrastructure provider; default {RECORD_KEY_SECRET})",
     )
+    image = parser.add_argument_group("images the manager downloads (libvirt sites)")
+    image.add_argument(
+        "--image-max-size",
+        type=byte_size,
+        default=ImageLimits.max_bytes,
+        help="largest image the manager downloads, e.g. 32Gi (default 32Gi)",
+    )
+    image.add_argument(
+        "--image-download-timeout",
+        type=positive_seconds,
+        default=ImageLimits.deadline,
+        help="seconds one image download may take in all (default 7200)",
+    )
+    image.add_argument(
+        "--image-file-dir",
+        action="append",
+        dest="image_file_dirs",
+        metavar="DIR",
+        help="allow file:// image URLs under this directory (repeatable; none or empty: file:// is refused)",
+    )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
     parser.set_defaults(func=run_main)
@@ -154,6 +187,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
             renew_deadline=args.leader_elect_renew_deadline,
             retry_period=args.leader_elect_retry_period,
         )
+    file_dirs = tuple(os.path.realpath(d) for d in args.image_file_dirs or [] if d)
+    if any(not os.path.isabs(d) for d in args.image_file_dirs or [] if d):
+        raise ValueError("--image-file-dir must be an absolute path")
     if args.max_concurrent_reconciles < 1:
         raise ValueError("--max-concurrent-reconciles must be at least 1")
     return Options(
@@ -169,6 +205,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         watch_cache=args.watch_cache,
         record_key_namespace=own_namespace(args.kubeconfig),
         record_key_secret=args.record_key_secret,
+        image_limits=ImageLimits(args.image_max_size, args.image_download_timeout, file_dirs),
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtSite, MachineImage, Site
 from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, Phase, SiteCredentials
+from capi_c3os.backends.images import ImageLimits
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
 from tests.unit.conftest import GIB, POOL, URI
@@ -229,24 +230,33 @@ def test_bad_input_is_a_readable_error_and_creates_nothing(
     assert volume_names(conn) == before
 
 
-def test_image_url_is_checked_against_its_checksum(
-    conn: Any, backend: LibvirtBackend, base: str, tmp_path: Path
-) -> None:
+def settled(backend: LibvirtBackend, wanted: MachineIntent) -> Phase:
+    """Provision until the base image download (in the background) has ended."""
+    for _ in range(600):
+        progress = backend.provision(wanted)
+        if progress.reason != "DownloadingImage":
+            return progress.phase
+        assert progress.requeue_after
+    raise AssertionError("the download never ended")
+
+
+def test_image_url_is_checked_against_its_checksum(conn: Any, base: str, tmp_path: Path) -> None:
+    backend = LibvirtBackend(image_limits=ImageLimits(file_dirs=(str(tmp_path),)))
     image_file = tmp_path / "image.raw"
     image_file.write_bytes(b"\0" * 4096)
     good = hashlib.sha256(image_file.read_bytes()).hexdigest()
     bad = MachineImage(url=image_file.as_uri(), checksum="0" * 64, format="raw")
     before = volume_names(conn)
     with pytest.raises(BackendError) as err:
-        backend.provision(intent(base, image=bad))
+        settled(backend, intent(base, image=bad))
     assert err.value.reason == "ImageChecksumMismatch"
-    assert f"got sha256:{good[:16]}" in err.value.message
+    assert "does not match" in err.value.message and good[:8] not in err.value.message
     assert volume_names(conn) == before
 
     ok = MachineImage(url=image_file.as_uri(), checksum=good, format="raw")
     first, second = intent(base, image=ok), intent(base, image=ok)
-    backend.provision(first)
-    backend.provision(second)
+    settled(backend, first)
+    settled(backend, second)
     shared = dx.base_volume_name(good, "raw")
     assert {shared, shared + ".verified"} <= volume_names(conn)
     for machine in (first, second):
@@ -254,6 +264,16 @@ def test_image_url_is_checked_against_its_checksum(
     pool = conn.storagePoolLookupByName(POOL)
     for name in (shared, shared + ".verified"):
         pool.storageVolLookupByName(name).delete(0)
+    backend.connections.close()
+
+
+def test_file_urls_are_refused_unless_allowed(conn: Any, backend: LibvirtBackend, base: str) -> None:
+    before = volume_names(conn)
+    with pytest.raises(BackendError) as err:
+        settled(backend, intent(base, image=MachineImage(url="file:///etc/shadow", checksum="0" * 64)))
+    assert err.value.reason == "ImageURLRefused" and err.value.retry_after is None
+    assert "sha256" not in err.value.message
+    assert volume_names(conn) == before
 
 
 def test_deprovision_removes_domain_and_volumes_and_is_idempotent(

@@ -14,6 +14,8 @@ import yaml
 
 from capi_c3os import manifests
 from capi_c3os.api import PROVIDERS, Provider
+from capi_c3os.operator import run
+from tests.unit.test_operator_run import parse
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 REPO = Path(__file__).resolve().parents[2]
@@ -275,3 +277,10 @@ def test_clusterctl_config_points_into_the_local_repository() -> None:
         assert (RELEASE_DIR / relative).is_file(), entry["url"]
     absolute = manifests.clusterctl_config(str(RELEASE_DIR))
     assert all(Path(entry["url"]).is_file() for entry in absolute["providers"])
+
+
+def test_the_infrastructure_manager_reads_no_image_from_its_own_files() -> None:
+    args = _deployment("infrastructure")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--image-file-dir=" in args
+    image_flags = [a for a in args if a.startswith("--image")]
+    assert run.options_from_args(parse(*image_flags)).image_limits.file_dirs == ()

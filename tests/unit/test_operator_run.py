@@ -152,3 +152,31 @@ def test_the_record_key_lives_in_the_managers_own_namespace(
     monkeypatch.setenv("POD_NAMESPACE", "capi-c3os-system")
     options = run.options_from_args(parse("--kubeconfig", str(kubeconfig), "--record-key-secret", "k"))
     assert (options.record_key_namespace, options.record_key_secret) == ("capi-c3os-system", "k")
+
+
+def test_image_limits_from_flags(tmp_path: Path) -> None:
+    default = run.options_from_args(parse()).image_limits
+    assert (default.max_bytes, default.deadline, default.file_dirs) == (32 * 1024**3, 7200.0, ())
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    limits = run.options_from_args(
+        parse(
+            "--image-max-size",
+            "500Mi",
+            "--image-download-timeout",
+            "60",
+            "--image-file-dir",
+            str(tmp_path / "link"),
+        )
+    ).image_limits
+    assert (limits.max_bytes, limits.deadline, limits.file_dirs) == (
+        500 * 1024**2,
+        60.0,
+        (str(tmp_path / "real"),),
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "32G", "-1Gi", "lots"])
+def test_bad_image_sizes_are_a_usage_error(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse("--image-max-size", value)

@@ -23,16 +23,13 @@ All calls block; the reconciler runs them on worker threads.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
 import queue
 import struct
-import tempfile
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +40,7 @@ import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type h
 
 from capi_c3os.api.common import MachineAddress
 from capi_c3os.api.infrastructure import LibvirtNetworkInterface, LibvirtSite, MachineImage, Site
+from capi_c3os.backends import images
 from capi_c3os.backends.base import (
     BackendError,
     MachineIdentity,
@@ -80,7 +78,13 @@ _WATCHED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
 }
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
-_CHUNK = 1024 * 1024
+DOWNLOAD_GRACE = 2.0
+"""Seconds the reconcile that starts a base image download waits for it (a small image
+is then ready in one reconcile); longer ones report progress and requeue."""
+DOWNLOAD_POLL = 10.0
+FAILED_DOWNLOAD_KEPT = 600.0
+"""Seconds a failed download's error is reported to every machine wanting that image
+before one of them starts it again (when the error names no retry delay)."""
 
 
 @dataclass(frozen=True)
@@ -96,16 +100,23 @@ class LibvirtBackend:
     """`Backend` for sites with `libvirt:`."""
 
     def __init__(
-        self, connections: ConnectionPool | None = None, serial_log_dir: str = "/var/log/libvirt/qemu"
+        self,
+        connections: ConnectionPool | None = None,
+        serial_log_dir: str = "/var/log/libvirt/qemu",
+        image_limits: images.ImageLimits | None = None,
     ) -> None:
         self.connections = connections or ConnectionPool(on_open=self._subscribe)
         self.serial_log_dir = serial_log_dir
+        self.image_limits = image_limits or images.LIMITS
         self._listeners: list[Callable[[str, str], None]] = []
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._event_worker: threading.Thread | None = None
         self._known: dict[str, dx.Tag] = {}
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._downloads: dict[tuple[str, str, str], images.Download] = {}
+        """(site URI, pool, base volume) -> its download in a background thread: one per
+        image and pool, however many machines want it."""
         self._locks_lock = threading.Lock()
         self._verdicts: dict[str, kvmprobe.Verdict] = {}
         """site URI -> what `domainType: auto` means there (the boot check runs once per
@@ -127,7 +138,9 @@ class LibvirtBackend:
                     "DomainMissing",
                     f"domain {dx.domain_name(intent.identity)} vanished from {site.uri}",
                 )
-            self._create(conn, site, intent)
+            waiting = self._create(conn, site, intent)
+            if waiting is not None:
+                return waiting
             dom = _lookup_domain(conn, dx.domain_name(intent.identity))
             if dom is None:  # pragma: no cover - defined a moment ago
                 raise BackendError("DomainMissing", "domain disappeared right after it was defined")
@@ -240,7 +253,8 @@ class LibvirtBackend:
 
     # ------------------------------------------------------------------ steps
 
-    def _create(self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent) -> None:
+    def _create(self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent) -> Progress | None:
+        """Define the domain; a Progress instead while its base image is downloading."""
         identity = intent.identity
         machine = intent.libvirt
         pool = _lookup_pool(conn, site.pool)
@@ -267,7 +281,9 @@ class LibvirtBackend:
                 "network/bridge)",
                 retry_after=None,
             )
-        base = self._base_image(conn, site, pool, intent.image)
+        base = self._base_image(conn, site, pool, intent)
+        if isinstance(base, Progress):
+            return base
         wanted = intent.disk_gib * GIB
         if intent.image.format != "iso" and wanted < base.capacity:
             raise BackendError(
@@ -326,6 +342,7 @@ class LibvirtBackend:
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
         conn.defineXML(dx.domain_xml(spec))
+        return None
 
     def _advance(self, conn: libvirt.virConnect, dom: libvirt.virDomain, intent: MachineIntent) -> Progress:
         identity = intent.identity
@@ -401,8 +418,11 @@ class LibvirtBackend:
         )
 
     def _base_image(
-        self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool, image: MachineImage
-    ) -> BaseImage:
+        self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool, intent: MachineIntent
+    ) -> BaseImage | Progress:
+        """The base volume; for a URL, a Progress while it downloads in the background
+        (never on this reconcile's thread: a large image would hold a worker for hours)."""
+        image = intent.image
         if image.volume is not None:
             vol = _lookup_volume(pool, image.volume)
             if vol is None:
@@ -414,22 +434,95 @@ class LibvirtBackend:
             return BaseImage(vol.path(), image.format, int(vol.info()[1]))
         assert image.url is not None and image.checksum is not None
         name = dx.base_volume_name(image.checksum, image.format)
-        with self._base_lock(site.uri, site.pool, name):
-            vol = _lookup_volume(pool, name)
-            marker = _lookup_volume(pool, name + ".verified")
-            if vol is not None and marker is not None:
-                return BaseImage(vol.path(), image.format, _virtual_size(vol, image.format))
-            if vol is not None:  # an upload that never finished
-                vol.delete(0)
-            with tempfile.TemporaryDirectory(prefix="capi-c3os-image-") as tmp:
-                local = os.path.join(tmp, "image")
-                size, virtual = _download(image, local)
-                vol = pool.createXML(dx.volume_xml(name, size, "raw"), 0)
-                if conn.getType().lower() != "test":
-                    with open(local, "rb") as handle:
-                        _upload_file(conn, vol, handle, size)
-            pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
-            return BaseImage(vol.path(), image.format, virtual)
+        key = (site.uri, site.pool, name)
+        started = False
+        for attempt in range(2):  # again once when the download ends within the grace
+            with self._base_lock(*key):
+                job = self._downloads.get(key)
+                if job is None or job.done.is_set():
+                    vol = _lookup_volume(pool, name)
+                    if vol is not None and _lookup_volume(pool, name + ".verified") is not None:
+                        self._downloads.pop(key, None)
+                        return BaseImage(vol.path(), image.format, _virtual_size(vol, image.format))
+                    if job is not None and job.error is not None and _still_reported(job, image.url):
+                        raise job.error
+                    job = self._start_download(key, site, intent)
+                    started = True
+                job.waiting.add((intent.identity.namespace, intent.identity.name))
+            # Only the reconcile that started it waits a little: every machine waiting for
+            # a long download doing so on each requeue would keep the workers busy.
+            if attempt or not started or not job.done.wait(DOWNLOAD_GRACE):
+                break
+        assert job is not None
+        return Progress(
+            Phase.PROVISIONING,
+            "DownloadingImage",
+            job.message(f"pool {site.pool!r} on {site.uri}"),
+            requeue_after=DOWNLOAD_POLL,
+        )
+
+    def _start_download(
+        self, key: tuple[str, str, str], site: LibvirtSite, intent: MachineIntent
+    ) -> images.Download:
+        assert intent.image.url is not None
+        job = self._downloads[key] = images.Download(url=intent.image.url)
+        threading.Thread(
+            target=self._download,
+            args=(job, site, intent.credentials, intent.image, key[2]),
+            name=f"image-download-{key[2]}",
+            daemon=True,
+        ).start()
+        return job
+
+    def _download(
+        self,
+        job: images.Download,
+        site: LibvirtSite,
+        credentials: SiteCredentials,
+        image: MachineImage,
+        name: str,
+    ) -> None:
+        """Fetch, verify, upload and mark the base volume (the marker last: a manager
+        killed before it leaves a volume without one, which the next download replaces)."""
+        try:
+            with self._errors(site, credentials):
+                conn = self.connections.get(site, credentials)
+                pool = _lookup_pool(conn, site.pool)
+                if pool is None:
+                    raise BackendError(
+                        "StoragePoolNotFound", f"storage pool {site.pool!r} does not exist", retry_after=60.0
+                    )
+                for stale in (name, name + ".verified"):  # what a killed manager left
+                    vol = _lookup_volume(pool, stale)
+                    if vol is not None:
+                        vol.delete(0)
+                with images.scratch_dir() as tmp:
+                    local = os.path.join(tmp, "image")
+                    size, _virtual = images.fetch(image, local, self.image_limits, job.progress)
+                    job.uploading = True
+                    vol = pool.createXML(dx.volume_xml(name, size, "raw"), 0)
+                    if conn.getType().lower() != "test":
+                        with open(local, "rb") as handle:
+                            _upload_file(conn, vol, handle, size)
+                pool.createXML(dx.volume_xml(name + ".verified", 0, "raw"), 0)
+        except BackendError as exc:
+            job.error = exc
+        except Exception:
+            log.exception("downloading image %s failed", images.shown(job.url))
+            job.error = BackendError(
+                "ImageDownloadFailed", f"downloading {images.shown(job.url)} failed (see the manager's log)"
+            )
+        finally:
+            job.finished_at = time.monotonic()
+            job.done.set()
+            if job.error is not None:
+                log.info("image %s: %s", images.shown(job.url), job.error.message)
+            for namespace, machine in sorted(job.waiting):
+                for listener in list(self._listeners):
+                    try:
+                        listener(namespace, machine)
+                    except Exception:
+                        log.exception("image download listener failed for %s/%s", namespace, machine)
 
     def _domain_type(
         self, conn: libvirt.virConnect, site: LibvirtSite, pool: libvirt.virStoragePool
@@ -793,38 +886,11 @@ def _upload_file(conn: libvirt.virConnect, vol: libvirt.virStorageVol, handle: o
     stream.finish()
 
 
-def _download(image: MachineImage, path: str) -> tuple[int, int]:
-    """Fetch the image to `path`, checking its digest; (file size, virtual size)."""
-    assert image.url is not None and image.checksum is not None
-    digest = hashlib.new(image.checksum_algorithm)
-    size = 0
-    header = b""
-    try:
-        with urllib.request.urlopen(image.url, timeout=60) as resp, open(path, "wb") as out:
-            while chunk := resp.read(_CHUNK):
-                if len(header) < 32:
-                    header += chunk[:32]
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-    except OSError as exc:
-        raise BackendError(
-            "ImageDownloadFailed", f"cannot fetch {image.url}: {exc}", retry_after=60.0
-        ) from None
-    got = digest.hexdigest()
-    if got != image.checksum:
-        raise BackendError(
-            "ImageChecksumMismatch",
-            f"image {image.url}: expected {image.checksum_algorithm}:{image.checksum[:16]}…, "
-            f"got {image.checksum_algorithm}:{got[:16]}…",
-            retry_after=None,
-        )
-    virtual = size
-    if image.format == "qcow2":
-        if header[:4] != b"QFI\xfb":
-            raise BackendError("ImageFormatMismatch", f"image {image.url} is not qcow2", retry_after=None)
-        virtual = struct.unpack(">Q", header[24:32])[0]
-    return size, virtual
+def _still_reported(job: images.Download, url: str) -> bool:
+    """A failed download's error stands for a while (so machines wanting the same image
+    do not fetch it again one after another), unless the URL changed."""
+    kept = job.error.retry_after if job.error and job.error.retry_after is not None else FAILED_DOWNLOAD_KEPT
+    return job.url == url and time.monotonic() - (job.finished_at or 0.0) < kept
 
 
 def _virtual_size(vol: libvirt.virStorageVol, fmt: str) -> int:

@@ -10,9 +10,11 @@ import pytest
 
 from capi_c3os.api.infrastructure import DirectKernelBoot, LibvirtMachine, LibvirtSite, MachineImage, Site
 from capi_c3os.backends.base import BackendError, MachineIdentity, MachineIntent, Phase, SiteCredentials
+from capi_c3os.backends.images import ImageLimits
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from tests.unit.test_libvirt_backend import settled
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +48,12 @@ def test_image_url_is_verified_uploaded_once_per_pool_and_shared(
     source = standin_image / "base.qcow2"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     shared = dx.base_volume_name(digest, "qcow2")
-    backend = LibvirtBackend(serial_log_dir="/var/log/libvirt/qemu")
+    backend = LibvirtBackend(image_limits=ImageLimits(file_dirs=(str(standin_image),)))
     before = {p.name for p in libvirtd.pool_path.iterdir()}
 
     wrong = MachineImage(url=source.as_uri(), checksum="f" * 64)
     with pytest.raises(BackendError) as err:
-        backend.provision(intent(libvirtd, standin_image, "bad", wrong))
+        settled(backend, intent(libvirtd, standin_image, "bad", wrong))
     assert err.value.reason == "ImageChecksumMismatch" and err.value.retry_after is None
     assert {p.name for p in libvirtd.pool_path.iterdir()} == before
 
@@ -64,7 +66,7 @@ def test_image_url_is_verified_uploaded_once_per_pool_and_shared(
     machines = [intent(libvirtd, standin_image, name, good) for name in ("u-0", "u-1")]
     try:
         for machine in machines:
-            assert backend.provision(machine).phase is Phase.RUNNING
+            assert settled(backend, machine) is Phase.RUNNING
         assert hashlib.sha256((libvirtd.pool_path / shared).read_bytes()).hexdigest() == digest
         created = {p.name for p in libvirtd.pool_path.iterdir()} - before
         assert created == {
