@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import libvirt  # type: ignore[import-untyped]
 
 from capi_c3os.backends.base import MachineIdentity
+from capi_c3os.backends.ironic.instance import PROVIDER_ID
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.manager import Manager
@@ -129,18 +130,22 @@ class IronicStormSite:
         )
 
     def duplicates(self) -> list[str]:
+        """Per machine, at most one allocation and one node, counted both by the names
+        the backend derives from the machine and by the machine tags it writes (so a
+        second allocation under another name counts too)."""
         allocations, nodes = self._read()
-        found = [
-            f"{count} allocations named {name}"
-            for name, count in Counter(a["name"] for a in allocations).items()
-            if count > 1
+        counts = {
+            "allocations named": Counter(a["name"] for a in allocations),
+            "allocations tagged": Counter(a["extra"].get(PROVIDER_ID) for a in allocations),
+            "nodes with instance_uuid": Counter(n["instance_uuid"] for n in nodes),
+            "nodes tagged": Counter(n["extra"].get(PROVIDER_ID) for n in nodes),
+        }
+        return [
+            f"{count} {what} {key}"
+            for what, counter in counts.items()
+            for key, count in counter.items()
+            if key and count > 1
         ]
-        found += [
-            f"{count} nodes with instance_uuid {uuid}"
-            for uuid, count in Counter(n["instance_uuid"] for n in nodes if n["instance_uuid"]).items()
-            if count > 1
-        ]
-        return found
 
     def mapping(self, machine: dict[str, Any]) -> str | None:
         ident = identity(self.namespace, machine["metadata"]["name"])
@@ -226,8 +231,9 @@ class LibvirtStormSite:
                     domains.setdefault(tag.provider_id, []).append(dom.name())
                 elif dom.name().startswith(f"{self.namespace}-"):
                     domains.setdefault(f"untagged {dom.name()}", []).append(dom.name())
+            # No refresh: the backend makes its volumes through libvirt, which lists them at
+            # once (a refresh fails when a volume vanishes during its scan).
             pool = conn.storagePoolLookupByName(self.daemon.pool_name)
-            pool.refresh(0)
             for name in pool.listVolumes():
                 owner = dx.identity_of_volume(name)
                 if owner is not None and owner.namespace == self.namespace:
@@ -394,6 +400,8 @@ class Storm:
         self.live: list[str] = []
         self.tokens: list[str] = []
         self.kill_points = set(self.rng.sample(range(plan.points), plan.kills))
+        self.down: float | None = None
+        """The downtime of a killed manager not restarted yet."""
         self.point = 0
 
     # --- the manager
@@ -410,6 +418,7 @@ class Storm:
     def ensure_ready(self) -> None:
         """The current manager leading and ready; one that died by itself is a finding
         (and is replaced)."""
+        self.restart_if_down()
         if not self.manager.alive():
             self.report.crashes.append(
                 f"manager {len(self.managers) - 1} died unkilled:\n{self.manager.tail()}"
@@ -422,6 +431,7 @@ class Storm:
         the backend changes (mid-request, mid-deploy, mid-teardown), or after a random
         pause without waiting for it to be ready first (mid-startup, mid-resync)."""
         point, self.point = self.point, self.point + 1
+        self.restart_if_down()
         if point not in self.kill_points:
             time.sleep(self.rng.uniform(0, self.plan.max_pause / 3))
             return
@@ -441,11 +451,22 @@ class Storm:
             what = f"after {pause:.1f}s" + (" (ready or not)" if trigger == "startup" else "")
         self.manager.stop(sig=signal.SIGKILL)
         held = len(self.site.state())
-        self.report.kills.append(f"point {point} {what}, {held} backend resources, down {downtime:.1f}s")
+        # Down for a while, or until after the next creation or deletion (which the next
+        # manager then finds done: a machine deleted while its provisioning was cut short).
+        later = self.rng.random() < 0.5
+        self.down = downtime
+        down = "until after the next action" if later else f"down {downtime:.1f}s"
+        self.report.kills.append(f"point {point} {what}, {held} backend resources, {down}")
         self.log(f"kill {len(self.report.kills)}: {self.report.kills[-1]}")
         self.check_duplicates()
-        time.sleep(downtime)
-        self.restart()
+        if not later:
+            self.restart_if_down()
+
+    def restart_if_down(self) -> None:
+        if self.down is not None:
+            time.sleep(self.down)
+            self.down = None
+            self.restart()
 
     # --- machines
 
