@@ -483,8 +483,10 @@ class Storm:
         self.live.remove(name)
 
     def check_duplicates(self) -> None:
+        """Each duplicate once (by what it is, not how many: the first count seen)."""
+        seen = {d.split(" ", 1)[1] for d in self.report.duplicates}
         for found in self.site.duplicates():
-            if found not in self.report.duplicates:
+            if found.split(" ", 1)[1] not in seen:
                 self.report.duplicates.append(found)
 
     def remaining(self) -> list[str]:
