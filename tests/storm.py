@@ -67,7 +67,13 @@ class StormSite(Protocol):
         """Machines that may exist at once (Ironic: nodes less a spare)."""
         ...
 
-    def site(self) -> dict[str, Any]: ...
+    def site(self, credentials: str) -> dict[str, Any]:
+        """The C3osCluster's site; `credentials` names the Secret `credentials()` fills."""
+        ...
+
+    def credentials(self, rng: random.Random) -> dict[str, bytes]:
+        """The site's credentials (values that must never reach a log), or nothing."""
+        ...
 
     def machine_spec(self) -> dict[str, Any]: ...
 
@@ -104,8 +110,19 @@ class IronicStormSite:
     def capacity(self) -> int:
         return self.nodes - 1  # a spare node: a second allocation would find it
 
-    def site(self) -> dict[str, Any]:
-        return {"ironic": {"endpoint": self.lab.server.url}}
+    def site(self, credentials: str) -> dict[str, Any]:
+        # HTTP basic credentials, which this Ironic (noauth) ignores: still sent with
+        # every request, so they must never reach a log.
+        return {
+            "ironic": {
+                "endpoint": self.lab.server.url,
+                "authType": "basic",
+                "credentialsSecretRef": {"name": credentials},
+            }
+        }
+
+    def credentials(self, rng: random.Random) -> dict[str, bytes]:
+        return {"username": b"storm", "password": f"storm-password-{rng.getrandbits(64):016x}".encode()}
 
     def machine_spec(self) -> dict[str, Any]:
         return {
@@ -193,8 +210,11 @@ class LibvirtStormSite:
     standin: Path
     capacity: int = 3
 
-    def site(self) -> dict[str, Any]:
-        return {"libvirt": {"uri": self.daemon.uri}}
+    def site(self, credentials: str) -> dict[str, Any]:
+        return {"libvirt": {"uri": self.daemon.uri}}  # a local socket: no credentials
+
+    def credentials(self, rng: random.Random) -> dict[str, bytes]:
+        return {}
 
     def machine_spec(self) -> dict[str, Any]:
         """The stand-in kernel booted directly, 1 vCPU, 256 MiB: the machine is
@@ -399,6 +419,8 @@ class Storm:
         self.managers: list[Manager] = []
         self.live: list[str] = []
         self.tokens: list[str] = []
+        self.secrets: list[str] = []
+        """Secret values of the site's credentials."""
         self.kill_points = set(self.rng.sample(range(plan.points), plan.kills))
         self.down: float | None = None
         """The downtime of a killed manager not restarted yet."""
@@ -508,7 +530,11 @@ class Storm:
         started = time.monotonic()
         self.restart()
         self.ensure_ready()
-        self.capi.create_cluster(CLUSTER, self.site.site())
+        credentials = self.site.credentials(self.rng)
+        self.secrets += [v.decode() for v in credentials.values() if v.startswith(b"storm-")]
+        if credentials:
+            self.capi.create_secret(f"{CLUSTER}-site", credentials)
+        self.capi.create_cluster(CLUSTER, self.site.site(f"{CLUSTER}-site"))
         for cycle in range(self.plan.cycles):
             room = self.site.capacity - len(self.live)
             for i in range(min(self.rng.randint(1, self.plan.batch), room)):
@@ -568,16 +594,16 @@ class Storm:
                 self.report.leaks.append(f"temporary file {path}")
 
     def check_secrets(self) -> None:
-        """No bootstrap data (its token, or the whole of it base64-encoded) in any
-        manager's log or any event of the namespace."""
-        needles = self.tokens + [base64.b64encode(user_data(t)).decode() for t in self.tokens]
+        """No bootstrap data (its token, or the whole of it base64-encoded) and no site
+        credential in any manager's log or any event of the namespace."""
+        needles = self.secrets + self.tokens + [base64.b64encode(user_data(t)).decode() for t in self.tokens]
         texts = {f"log of {m.process.name}": m.log_path.read_text(errors="replace") for m in self.managers}
         events = self.capi.core.list_namespaced_event(self.capi.namespace).items
         texts["events"] = "\n".join(f"{e.reason} {e.message}" for e in events)
         for where, text in texts.items():
             for needle in needles:
                 if needle in text:
-                    self.report.secrets.append(f"bootstrap data in the {where}")
+                    self.report.secrets.append(f"a bootstrap or credential value in the {where}")
                     break
 
     def check_the_checks(self) -> None:
