@@ -131,9 +131,9 @@ class IronicStormSite:
         }
 
     def _read(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return self.lab.allocations_for_class(self.resource_class), self.lab.nodes_of_class(
-            self.resource_class
-        )
+        """The class's allocations and nodes: two requests (the storm polls this)."""
+        nodes = self.lab.admin.node.list(resource_class=self.resource_class, detail=True, limit=0)
+        return self.lab.allocations_for_class(self.resource_class), [n.to_dict() for n in nodes]
 
     def state(self) -> frozenset[str]:
         allocations, nodes = self._read()
