@@ -351,7 +351,9 @@ class StormReport:
     backend: str
     created: int = 0
     deleted_early: int = 0
-    """Deleted before the final round (many before they were provisioned)."""
+    """Deleted before the final round."""
+    deleted_provisioned: int = 0
+    """Deleted once provisioned (the others mid-provisioning, or before it began)."""
     kills: list[str] = field(default_factory=list)
     """How each kill was triggered."""
     crashes: list[str] = field(default_factory=list)
@@ -373,7 +375,8 @@ class StormReport:
     def summary(self) -> str:
         return (
             f"storm {self.backend} seed={self.plan.seed} (replay: {SEED_ENV}={self.plan.seed}): "
-            f"{self.plan.cycles} cycles, {self.created} machines ({self.deleted_early} deleted early), "
+            f"{self.plan.cycles} cycles, {self.created} machines ({self.deleted_early} deleted early, "
+            f"{self.deleted_provisioned} of all deleted once provisioned), "
             f"{len(self.kills)} kills, {self.seconds:.0f}s; duplicates {len(self.duplicates)}, "
             f"mapping errors {len(self.mappings)}, stuck {len(self.stuck)}, leaks {len(self.leaks)}, "
             f"secrets in logs {len(self.secrets)}, unplanned crashes {len(self.crashes)}; "
@@ -500,6 +503,7 @@ class Storm:
         self.report.created += 1
 
     def delete(self, name: str) -> None:
+        self.report.deleted_provisioned += self.capi.provisioned(name) is not None
         self.capi.delete(CAPI, "machines", name)
         self.capi.core.delete_namespaced_secret(f"{name}-bootstrap", self.capi.namespace)
         self.live.remove(name)
@@ -555,6 +559,8 @@ class Storm:
         """The machines left provisioned and each mapped to one resource; all deleted
         (through one more kill point) and gone; nothing left behind."""
         self.ensure_ready()
+        if not self.live:  # every machine was deleted early: one to check the mapping with
+            self.create("final")
         survivors = list(self.live)
         unprovisioned = self.wait(
             lambda: [n for n in survivors if not self.capi.provisioned(n)], PROVISION_TIMEOUT
