@@ -9,24 +9,22 @@ lock held while a directory is in use tells live ones from leftovers).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import os
-import shutil
 import stat
 import struct
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from capi_c3os import scratch
 from capi_c3os.api.infrastructure import MachineImage
 from capi_c3os.backends.base import BackendError
 
@@ -34,9 +32,6 @@ GIB = 1024**3
 MIB = 1024**2
 _CHUNK = 1024 * 1024
 SCRATCH_PREFIX = "capi-c3os-image-"
-_LOCK = ".lock"
-_LEFTOVER_AGE = 3600.0
-"""A scratch directory without its lock file is a leftover once this old (seconds)."""
 SOCKET_TIMEOUT = 30.0
 """Seconds one network read may take; the overall deadline is checked between reads."""
 TIMEOUT_RETRY = 300.0
@@ -291,41 +286,10 @@ def _timed_out(url: str, limits: ImageLimits, size: int) -> BackendError:
 def scratch_dir() -> Iterator[str]:
     """A private directory for one download, removed afterwards (and by a later download
     when this process dies first)."""
-    sweep()
-    tmp = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
-    fd = os.open(os.path.join(tmp, _LOCK + ".new"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # Locked before it has its name: a sweep never sees an unlocked lock file of ours.
-        os.rename(os.path.join(tmp, _LOCK + ".new"), os.path.join(tmp, _LOCK))
+    with scratch.scratch_dir(SCRATCH_PREFIX) as tmp:
         yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(fd)
 
 
 def sweep(root: str | None = None) -> None:
-    """Remove the scratch directories of dead managers."""
-    root = root or tempfile.gettempdir()
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(SCRATCH_PREFIX)]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            fd = os.open(os.path.join(path, _LOCK), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            with suppress(OSError):
-                if time.time() - os.stat(path).st_mtime > _LEFTOVER_AGE:
-                    shutil.rmtree(path, ignore_errors=True)  # an older version's, or died at birth
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # in use
-        finally:
-            os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove the download directories of dead managers."""
+    scratch.sweep(SCRATCH_PREFIX, root)

@@ -12,6 +12,8 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from capi_c3os.scratch import KUBE_FILES_PREFIX, process_dir
+
 
 def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     """Blocking (reads files). A fresh object per call: in-cluster tokens rotate."""
@@ -19,13 +21,20 @@ def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     if kubeconfig:
         # persist_config=False: never write refreshed tokens back into a mounted file.
         k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration, persist_config=False
+            config_file=kubeconfig,
+            client_configuration=configuration,
+            persist_config=False,
+            temp_file_path=process_dir(KUBE_FILES_PREFIX),
         )
         return configuration
     try:
         k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=configuration, persist_config=False)
+        k8s_config.load_kube_config(
+            client_configuration=configuration,
+            persist_config=False,
+            temp_file_path=process_dir(KUBE_FILES_PREFIX),
+        )
     return configuration
 
 

@@ -18,6 +18,8 @@ from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from capi_c3os.scratch import KUBE_FILES_PREFIX, process_dir
+
 REQUEST_TIMEOUT = (3.0, 10.0)
 """(connect, read) seconds."""
 
@@ -37,7 +39,13 @@ class NodeState:
 class WorkloadClient:
     def __init__(self, kubeconfig: str) -> None:
         configuration = kc.Configuration()
-        kconfig.load_kube_config_from_dict(yaml.safe_load(kubeconfig), client_configuration=configuration)
+        # The client writes the kubeconfig's CA, certificate and key to files it keeps for
+        # the life of the process: into our own directory, removed after a SIGKILL too.
+        kconfig.load_kube_config_from_dict(
+            yaml.safe_load(kubeconfig),
+            client_configuration=configuration,
+            temp_file_path=process_dir(KUBE_FILES_PREFIX),
+        )
         # No urllib3 retries: an unreachable site must fail fast, the reconcile requeues.
         configuration.retries = False
         self._api = kc.ApiClient(configuration)
