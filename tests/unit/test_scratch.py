@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_a_killed_processes_kubeconfig_files_are_removed_by_the_next_one(
     child.wait()
     assert _files(tmp_path) == written, "a SIGKILL leaves them behind"
 
-    monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(scratch, "_process_dirs", {})
     mine = scratch.process_dir(scratch.KUBE_FILES_PREFIX)
     assert os.listdir(tmp_path) == [os.path.basename(mine)], "the dead one's directory is swept"
@@ -76,7 +77,7 @@ def test_a_killed_processes_kubeconfig_files_are_removed_by_the_next_one(
 def test_a_live_processes_directory_is_kept_by_a_sweep(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(scratch, "_process_dirs", {})
     mine = scratch.process_dir("capi-c3os-test-")
     assert scratch.process_dir("capi-c3os-test-") == mine, "one directory per process and prefix"
