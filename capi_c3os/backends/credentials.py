@@ -20,8 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 
 from capi_c3os.api.infrastructure import IronicSite, LibvirtSite, Site
 from capi_c3os.backends.base import SiteCredentials
-from capi_c3os.backends.libvirt.connection import KNOWN_HOSTS, SSH_KEY, TLS_CA, TLS_CERT, TLS_KEY
 
+# The keys of a site's credentials Secret, named once for the checks here and for the
+# backends that use them (this module loads no libvirt: the C3osCluster reconciler imports it).
+SSH_KEY = "ssh-privatekey"
+KNOWN_HOSTS = "known_hosts"
+TLS_CERT = "tls.crt"
+TLS_KEY = "tls.key"
+TLS_CA = "ca.crt"
 KEYSTONE_PASSWORD_KEYS = ("auth-url", "username", "password", "project-name")
 KEYSTONE_APPLICATION_CREDENTIAL_KEYS = (
     "auth-url",

@@ -43,7 +43,7 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_cluster_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
-from capi_c3os.reconcilers.c3osmachine import _secret_data, paused_outcome, site_credentials
+from capi_c3os.reconcilers.c3osmachine import paused_outcome, secret_data, site_credentials
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.kube import Kube, Resource
 
@@ -169,14 +169,14 @@ def site_problems(kube: Kube, namespace: str, site: Site) -> list[str]:
     data: dict[str, bytes] = {}
     ref = getattr(place, "credentials_secret_ref", None)
     if ref is not None:
-        found = _secret_data(kube, namespace, ref.name)
+        found = secret_data(kube, namespace, ref.name)
         if found is None:
             problems.append(f"credentials Secret {ref.name} not found")
         data = found or {}
     ca_bundle = None
     ca_ref = getattr(place, "ca_bundle_secret_ref", None)
     if ca_ref is not None:
-        found = _secret_data(kube, namespace, ca_ref.name)
+        found = secret_data(kube, namespace, ca_ref.name)
         if found is None:
             problems.append(f"CA bundle Secret {ca_ref.name} not found")
         elif not found.get(ca_ref.key):

@@ -389,7 +389,7 @@ def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
     return site
 
 
-def _secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | None:
+def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | None:
     secret = kube.get(SECRETS, namespace, name)
     if secret is None:
         return None
@@ -406,7 +406,7 @@ def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials 
     data: dict[str, bytes] = {}
     ref = getattr(place, "credentials_secret_ref", None)
     if ref is not None:
-        found = _secret_data(kube, namespace, ref.name)
+        found = secret_data(kube, namespace, ref.name)
         if found is None:
             return Outcome.wait(
                 "WaitingForCredentials",
@@ -417,7 +417,7 @@ def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials 
     ca_bundle = None
     ca_ref = getattr(place, "ca_bundle_secret_ref", None)
     if ca_ref is not None:
-        found = _secret_data(kube, namespace, ca_ref.name)
+        found = secret_data(kube, namespace, ca_ref.name)
         if found is None or ca_ref.key not in found:
             return Outcome.wait(
                 "WaitingForCredentials",
@@ -431,7 +431,7 @@ def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials 
 def _bootstrap_data(ctx: MachineContext) -> bytes | Outcome:
     assert ctx.machine is not None
     name = ctx.machine["spec"]["bootstrap"]["dataSecretName"]
-    data = _secret_data(ctx.kube, ctx.namespace, name)
+    data = secret_data(ctx.kube, ctx.namespace, name)
     if data is None:
         return Outcome.wait("WaitingForBootstrapData", f"bootstrap data Secret {name} not found", WAIT)
     if "value" not in data:

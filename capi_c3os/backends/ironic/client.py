@@ -30,6 +30,11 @@ from keystoneauth1.identity import generic, v3
 
 from capi_c3os.api.infrastructure import IronicSite
 from capi_c3os.backends.base import BackendError, SiteCredentials
+from capi_c3os.backends.credentials import (
+    BASIC_KEYS,
+    KEYSTONE_APPLICATION_CREDENTIAL_KEYS,
+    KEYSTONE_PASSWORD_KEYS,
+)
 
 # The oldest API version with everything used here (allocations with names and UUIDs,
 # configdrive as JSON with network_data, per-node automated_clean); Metal3 relies on it too.
@@ -341,8 +346,6 @@ def _ironic_message(err: Exception) -> str:
 
 # --- construction ------------------------------------------------------------------------
 
-_KEYSTONE_PASSWORD_KEYS = ("auth-url", "username", "password", "project-name")
-
 
 def _require(credentials: SiteCredentials, keys: tuple[str, ...], auth_type: str) -> dict[str, str]:
     missing = [k for k in keys if not credentials.data.get(k)]
@@ -373,22 +376,18 @@ def build_auth(site: IronicSite, credentials: SiteCredentials) -> Any:
     if site.auth_type == "none":
         return noauth.NoAuth(endpoint=site.endpoint)
     if site.auth_type == "basic":
-        values = _require(credentials, ("username", "password"), "basic")
+        values = _require(credentials, BASIC_KEYS, "basic")
         return http_basic.HTTPBasicAuth(
             endpoint=site.endpoint, username=values["username"], password=values["password"]
         )
     if credentials.data.get("application-credential-id"):
-        values = _require(
-            credentials,
-            ("auth-url", "application-credential-id", "application-credential-secret"),
-            "keystone",
-        )
+        values = _require(credentials, KEYSTONE_APPLICATION_CREDENTIAL_KEYS, "keystone")
         return v3.ApplicationCredential(
             auth_url=_v3(values["auth-url"]),
             application_credential_id=values["application-credential-id"],
             application_credential_secret=values["application-credential-secret"],
         )
-    values = _require(credentials, _KEYSTONE_PASSWORD_KEYS, "keystone")
+    values = _require(credentials, KEYSTONE_PASSWORD_KEYS, "keystone")
     # The generic plugin discovers the identity API: an auth-url with or without /v3 works.
     return generic.Password(
         auth_url=values["auth-url"],

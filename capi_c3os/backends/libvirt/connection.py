@@ -30,17 +30,13 @@ import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type h
 
 from capi_c3os.api.infrastructure import LibvirtSite
 from capi_c3os.backends.base import BackendError, SiteCredentials
+from capi_c3os.backends.credentials import KNOWN_HOSTS, SSH_KEY, TLS_CA, TLS_CERT, TLS_KEY
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
-SSH_KEY = "ssh-privatekey"
-KNOWN_HOSTS = "known_hosts"
-TLS_CERT = "tls.crt"
-TLS_KEY = "tls.key"
-TLS_CA = "ca.crt"
 SSH_WRAPPER = "ssh-pinned"
 
 _event_loop_lock = threading.Lock()
