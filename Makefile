@@ -5,17 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
+# Parallel pytest workers (pytest-xdist), each with its own servers; a test module stays
+# on one worker (its module-scoped clusters and ordered scenarios stay together).
+JOBS ?= 3
+XDIST = -n $(JOBS) --dist loadfile
 
-.PHONY: test unit integration lint manifests binaries system-deps venv demo demo-down clean
+.PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv demo demo-down clean
 
-test: system-deps venv binaries lint ## everything a fresh machine needs, then every test
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: system-deps venv prepare lint ## everything a fresh machine needs, then every test
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+test-fast: venv prepare ## the inner loop: unit tests and the quick integration tests
+	$(PY) -m pytest $(XDIST) tests/unit $(FAST_INTEGRATION) $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: venv binaries
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+integration: venv prepare
+	$(PY) -m pytest $(XDIST) tests/integration $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check capi_c3os tests e2e bench
@@ -35,6 +42,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+prepare: venv ## the Go binaries, the stand-in image and the pinned server virtualenvs, concurrently (cached)
+	$(PY) -m capi_c3os.dev.prepare
 
 binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl
 	$(PYTHON) -m capi_c3os.dev.binaries

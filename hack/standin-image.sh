@@ -38,6 +38,11 @@ hash=$(sha256sum "$here/standin-image.sh" | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 out="$cache/standin-$hash"
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
+# Parallel test workers may all ask at once on a cold cache: one builds, the others wait.
+mkdir -p "$cache"
+exec 9>"$cache/.standin-$hash.lock"
+flock 9
+if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
 for tool in busybox cpio depmod qemu-img apt-get dpkg-deb gzip mformat mcopy syslinux xorriso; do
   [ -x "/bin/$tool" ] || command -v "$tool" >/dev/null || { echo "missing $tool (run hack/system-deps.sh)" >&2; exit 1; }
 done

@@ -125,3 +125,19 @@ def run_manager(tmp_path: Path) -> Iterator[RunManager]:
     yield start
     for manager in started:
         manager.stop()
+
+
+# ------------------------------------------------------------------ order for parallel workers
+
+# The longest modules go first, so that parallel workers (`make test`: pytest-xdist, a
+# module per worker at a time) do not end with one worker still busy on a long scenario
+# while the others idle. Stable: within each group, collection order stays.
+_LONG_FIRST = ("e2e/", "tests/integration/", "tests/unit/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, prefix in enumerate(_LONG_FIRST) if path.startswith(prefix)), len(_LONG_FIRST))
+
+    items.sort(key=rank)

@@ -27,11 +27,13 @@ S = TypeVar("S", bound=Service)
 
 
 def keep_directory(directory: Path, name: str) -> None:
-    """Copy a server's directory (logs, configuration) to $CAPI_C3OS_TEST_LOGS/<name> when
-    that is set (CI keeps it)."""
+    """Copy a server's directory (logs, configuration) to $CAPI_C3OS_TEST_LOGS[/<worker>]/<name>
+    when that is set (CI keeps it)."""
     keep = os.environ.get("CAPI_C3OS_TEST_LOGS")
     if keep:
-        shutil.copytree(directory, Path(keep) / name, dirs_exist_ok=True)
+        # Parallel workers each have their own servers of the same names.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        shutil.copytree(directory, Path(keep) / worker / name, dirs_exist_ok=True)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,11 +18,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+_PORT_BASE = 20000
+"""Parallel test workers take ports from here up: below Linux's ephemeral range (32768 on),
+so no outgoing connection holds one, and a block per worker, so two workers never pick
+the same port between picking it and binding it."""
+_PORT_BLOCK = 1000
+_port_offset = itertools.count(random.randrange(_PORT_BLOCK))
+
+
 def free_port() -> int:
+    """A loopback TCP port nobody listens on now. Under pytest-xdist (PYTEST_XDIST_WORKER
+    is `gwN`) it comes from worker N's own block, walked from a random start (a child
+    process inherits the variable); otherwise the kernel picks one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else -1
+    if not 0 <= index < (32768 - _PORT_BASE) // _PORT_BLOCK:
+        return _bind_free(0)
+    base = _PORT_BASE + index * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_port_offset) % _PORT_BLOCK
+        try:
+            return _bind_free(port)
+        except OSError:
+            continue
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1} (worker {worker})")
+
+
+def _bind_free(port: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.bind(("127.0.0.1", port))
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server: it gets SIGKILL when

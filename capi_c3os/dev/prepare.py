@@ -1,0 +1,86 @@
+"""`python -m capi_c3os.dev.prepare`: everything the tests need that is built or installed
+once per machine (Go binaries, the stand-in image, the pinned Ironic, Keystone and
+sushy-tools virtualenvs), made concurrently — Go builds use the CPUs while the installs
+wait on the network — with a line per step as it finishes, so a cold run shows progress.
+Cached work returns at once; parallel test workers then find everything ready."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from capi_c3os.dev import binaries, ironic, keystone, sushy
+from capi_c3os.dev.venvs import PinnedVenv
+
+REPO = Path(__file__).resolve().parents[2]
+_print_lock = threading.Lock()
+
+
+def _say(line: str) -> None:
+    with _print_lock:
+        print(f"[prepare] {line}", flush=True)
+
+
+def _go_binaries() -> str:
+    # One after another: each `go build` already uses every CPU.
+    for name in binaries.BINARIES:
+        started = time.monotonic()
+        cached = binaries.BINARIES[name].path.exists()
+        binaries.locate(name)
+        if not cached:
+            _say(f"built {name} in {time.monotonic() - started:.0f}s")
+    return f"{len(binaries.BINARIES)} Go binaries"
+
+
+def _standin_image() -> str:
+    out = subprocess.run(
+        [str(REPO / "hack" / "standin-image.sh")], check=True, capture_output=True, text=True
+    )
+    return f"stand-in image {out.stdout.strip().splitlines()[-1]}"
+
+
+def _venv(venv: PinnedVenv) -> Callable[[], str]:
+    def ensure() -> str:
+        return f"{venv.title} in {venv.ensure()}"
+
+    return ensure
+
+
+STEPS: dict[str, Callable[[], str]] = {
+    "go": _go_binaries,
+    "image": _standin_image,
+    "ironic": _venv(ironic.VENV),
+    "keystone": _venv(keystone.VENV),
+    "sushy": _venv(sushy.VENV),
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(STEPS)
+    unknown = sorted(set(names) - set(STEPS))
+    if unknown:
+        print(f"unknown step(s) {', '.join(unknown)}; known: {', '.join(STEPS)}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    failed = 0
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures: dict[Future[str], str] = {pool.submit(STEPS[name]): name for name in names}
+        for future in as_completed(futures):
+            try:
+                what = future.result()
+            except Exception as exc:  # noqa: BLE001 - every step's failure is reported, then the exit code
+                detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else exc
+                _say(f"{futures[future]} FAILED: {detail}")
+                failed += 1
+                continue
+            _say(f"{what} ready ({time.monotonic() - started:.0f}s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
