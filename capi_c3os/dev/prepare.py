@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
         for future in as_completed(futures):
             try:
                 what = future.result()
-            except Exception as exc:  # noqa: BLE001 - every step's failure is reported, then the exit code
+            except Exception as exc:  # every step's failure is reported, then the exit code
                 detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else exc
                 _say(f"{futures[future]} FAILED: {detail}")
                 failed += 1

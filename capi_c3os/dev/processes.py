@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 _PORT_BASE = 20000
 """Parallel test workers take ports from here up: below Linux's ephemeral range (32768 on),
 so no outgoing connection holds one, and a block per worker, so two workers never pick
