@@ -171,6 +171,11 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("cluster-init given by hand", C3osConfig, "spec.k3s.args", ["--cluster-init"]),
     ("server given by hand", C3osConfig, "spec.k3s.server.args", ["--server=https://x:6443"]),
     ("flag with separate value", C3osConfig, "spec.k3s.args", ["--node-ip", "10.0.0.1"]),
+    # provider-kairos puts k3s args unquoted into systemd's ExecStart= (issue 14).
+    ("k3s arg value with a space", C3osConfig, "spec.k3s.args", ["--node-label=a=b c"]),
+    ("k3s arg value with a dollar", C3osConfig, "spec.k3s.server.args", ["--etcd-arg=x=$HOME"]),
+    ("k3s arg value with a percent", C3osConfig, "spec.k3s.args", ["--node-name=%H"]),
+    ("k3s arg value with a quote", C3osConfig, "spec.k3s.args", ['--node-name="x"']),
     ("provider-id kubelet arg", C3osConfig, "spec.k3s.kubeletArgs", ["provider-id=x"]),
     ("bad taint effect", C3osConfig, "spec.k3s.nodeTaints.0.effect", "Sometimes"),
     ("unknown component", C3osConfig, "spec.k3s.server.disableComponents", ["kube-proxy"]),
