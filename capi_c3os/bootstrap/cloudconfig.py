@@ -36,7 +36,14 @@ find it):
   datastore differ from these (`k3s certificate rotate-ca`), rewriting them would make
   k3s refuse to start ("newer than datastore").
 - `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
-  Secret key, base64-encoded so any bytes survive).
+  Secret key, base64-encoded so any bytes survive); a file whose owner is a user of
+  `spec.users` goes to `stages.boot`, step `cluster-api-files-owned`, instead: yip's
+  cloud-init loader creates top-level `users` in the first step of `boot`.
+- our steps declare the directories above their files (`directories`, explicit modes):
+  yip would otherwise create a missing parent with the file's own mode (+0100).
+- `users` get `lock_passwd: true` (yip writes `passwd` to /etc/shadow as is: none would
+  be an empty password); without a user in group `admin`, `install.nousers: true`
+  (kairos-agent install/upgrade/reset refuse such a config otherwise).
 - the spec's own `stages`, appended after ours, as written.
 
 Secret material (token, CA keys, files from Secrets) is base64-encoded in the output;
@@ -86,6 +93,8 @@ MODE_SECRET = 0o600
 MODE_CERT = 0o640
 MODE_CONFIG = 0o644
 MODE_SCRIPT = 0o755
+MODE_DIR = 0o755
+MODE_PRIVATE_DIR = 0o700
 
 
 class Role(enum.Enum):
@@ -146,7 +155,7 @@ YIP_STEP_KEYS = frozenset(
         "delete_entities", "dns", "hostname", "sysctl", "authorized_keys", "node", "users",
         "modules", "systemctl", "environment", "environment_file", "packages", "unpack_images",
         "after", "datasource", "layout", "systemd_firstboot", "timesyncd", "git", "only_os",
-        "only_os_version", "only_arch", "only_service_manager",
+        "only_os_version", "only_arch", "only_service_manager", "if_files", "package_pins",
     }
 )  # fmt: skip
 """The keys of one yip stage step (yip `pkg/schema/schema.go`, `Stage`). yip ignores
@@ -215,6 +224,36 @@ def _file(path: str, content: str | bytes, mode: int, *, encode: bool = False) -
     else:
         entry["content"] = content if isinstance(content, str) else content.decode()
     return entry
+
+
+def _dir(path: str, mode: int) -> dict[str, Any]:
+    """A yip directory entry. yip creates a missing parent of a file with the FILE's mode
+    (+0100), e.g. /etc/rancher/k3s 0700 from the token file: we declare ours. yip also
+    re-applies mode and owner of a declared directory that exists (each boot)."""
+    return {"path": path, "permissions": mode, "owner": 0, "group": 0}
+
+
+def _k3s_dirs(unit: str, registry_cas: bool) -> list[dict[str, Any]]:
+    dirs = [
+        _dir("/etc/rancher", MODE_DIR),
+        _dir(K3S_DIR, MODE_DIR),
+        _dir(f"{K3S_DIR}/config.yaml.d", MODE_DIR),
+        _dir(f"{K3S_DIR}/cluster-api", MODE_PRIVATE_DIR),
+    ]
+    if registry_cas:
+        dirs.append(_dir(REGISTRY_CA_DIR, MODE_PRIVATE_DIR))
+    dirs.append(_dir(f"/etc/systemd/system/{unit}.d", MODE_DIR))
+    return dirs
+
+
+CA_DIRS = (
+    ("/var/lib/rancher", MODE_DIR),
+    ("/var/lib/rancher/k3s", MODE_DIR),
+    ("/var/lib/rancher/k3s/server", MODE_PRIVATE_DIR),
+    (TLS_DIR, MODE_PRIVATE_DIR),
+    (f"{TLS_DIR}/etcd", MODE_PRIVATE_DIR),
+)
+"""The directories above the CA files, as k3s makes them (server data is private)."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -499,7 +538,9 @@ def _user_file(inputs: RenderInput, index: int, file: File) -> dict[str, Any]:
 def _users(spec: C3osConfigSpec) -> list[dict[str, Any]]:
     users = []
     for user in spec.users or []:
-        entry: dict[str, Any] = {"name": user.name}
+        # yip writes `passwd` to /etc/shadow as is: without a lock the user would have an
+        # empty password (console login through pam nullok, sudo via %admin).
+        entry: dict[str, Any] = {"name": user.name, "lock_passwd": True}
         if user.groups:
             entry["groups"] = list(user.groups)
         if user.ssh_authorized_keys:
@@ -568,13 +609,20 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     doc: dict[str, Any] = {"hostname": inputs.hostname}
     if spec.users:
         doc["users"] = _users(spec)
+    install: dict[str, Any] = {}
     if spec.install is not None:
-        doc["install"] = {
+        install = {
             "auto": spec.install.auto,
             "device": spec.install.device,
             "reboot": spec.install.reboot,
             "poweroff": spec.install.poweroff,
         }
+    if not any("admin" in (user.groups or []) for user in spec.users or []):
+        # kairos-agent install, upgrade and reset refuse a config without a user in group
+        # admin (pkg/config CheckConfigForUsers) unless told there are none on purpose.
+        install["nousers"] = True
+    if install:
+        doc["install"] = install
     k3s = spec.k3s
     args = _role_args(inputs) + list((k3s.args if k3s else None) or [])
     if inputs.role.server and k3s and k3s.server and k3s.server.args:
@@ -588,19 +636,33 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     if vip is not None:
         doc["kubevip"] = vip
 
-    initramfs: list[dict[str, Any]] = [{"name": "cluster-api-k3s", "files": _k3s_files(inputs, unit)}]
+    k3s_files = _k3s_files(inputs, unit)
+    registry_cas = any(f["path"].startswith(REGISTRY_CA_DIR + "/") for f in k3s_files)
+    initramfs: list[dict[str, Any]] = [
+        {"name": "cluster-api-k3s", "directories": _k3s_dirs(unit, registry_cas), "files": k3s_files}
+    ]
     if inputs.role is Role.INIT_SERVER:
         assert inputs.cas is not None
         ca_files = _ca_files(inputs.cas)
         initramfs.append({
             "name": "cluster-api-k3s-cas",
             "if": first_boot_condition([f["path"] for f in ca_files]),
+            "directories": [_dir(path, mode) for path, mode in CA_DIRS],
             "files": ca_files,
         })  # fmt: skip
-    if spec.files:
-        user_files = [_user_file(inputs, i, f) for i, f in enumerate(spec.files)]
-        initramfs.append({"name": "cluster-api-files", "files": user_files})
     stages: dict[str, list[dict[str, Any]]] = {"initramfs": initramfs}
+    # yip creates the top-level `users` in the first step of `boot` (its cloud-init
+    # loader); a file owned by one of them can only be written after that step.
+    created = {user.name for user in spec.users or []}
+    early: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
+    for index, file in enumerate(spec.files or []):
+        owned_later = bool(file.owner) and (file.owner or "").split(":")[0] in created
+        (late if owned_later else early).append(_user_file(inputs, index, file))
+    if early:
+        initramfs.append({"name": "cluster-api-files", "files": early})
+    if late:
+        stages["boot"] = [{"name": "cluster-api-files-owned", "files": late}]
     for stage, steps in (spec.stages or {}).items():
         stages.setdefault(stage, []).extend(steps)
     doc["stages"] = stages

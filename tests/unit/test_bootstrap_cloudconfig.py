@@ -11,6 +11,7 @@ import base64
 import copy
 import dataclasses
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -227,7 +228,12 @@ def test_every_option_maps_to_its_documented_key() -> None:
     doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER, FULL_SPEC)))
     assert doc["hostname"] == "edge-cp-abc12"
     assert doc["users"] == [
-        {"name": "kairos", "groups": ["admin"], "ssh_authorized_keys": ["ssh-ed25519 AAAA me@host"]}
+        {
+            "name": "kairos",
+            "lock_passwd": True,
+            "groups": ["admin"],
+            "ssh_authorized_keys": ["ssh-ed25519 AAAA me@host"],
+        }
     ]
     assert doc["install"] == {"auto": True, "device": "/dev/vda", "reboot": True, "poweroff": False}
     assert doc["k3s"]["args"] == [
@@ -300,7 +306,78 @@ def test_no_secret_appears_in_clear_text_except_where_kairos_needs_it() -> None:
     text = render_cloud_config(inputs(Role.INIT_SERVER, FULL_SPEC))
     for value in (TOKEN.encode(), b"SERVER-KEY", b"from-a-secret"):
         assert value.decode() not in text
-    assert "passwd" not in text
+    assert not re.search(r"(^|\s)passwd:", text)
+
+
+def test_users_get_a_locked_password_not_an_empty_one() -> None:
+    # yip (plugins/user.go createUser) writes `passwd` to /etc/shadow as is: no passwd
+    # and no lock_passwd is an EMPTY password (console login, sudo via %admin).
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, {"users": [{"name": "ops"}, {"name": "kairos"}]})))
+    assert [user["lock_passwd"] for user in doc["users"]] == [True, True]
+
+
+def test_without_an_admin_user_kairos_agent_is_told_there_are_none() -> None:
+    # kairos-agent install/upgrade/reset refuse a config without a user in group admin
+    # unless install.nousers is set (pkg/config/config.go CheckConfigForUsers).
+    for spec in ({}, {"users": [{"name": "ops", "groups": ["wheel"]}]}):
+        assert doc_of(render_cloud_config(inputs(Role.AGENT, spec)))["install"] == {"nousers": True}
+    installing = doc_of(render_cloud_config(inputs(Role.AGENT, {"install": {"device": "/dev/vda"}})))
+    assert installing["install"]["nousers"] is True and installing["install"]["auto"] is True
+    admin = doc_of(render_cloud_config(inputs(Role.AGENT, {"users": [{"name": "a", "groups": ["admin"]}]})))
+    assert "install" not in admin
+
+
+def test_a_file_owned_by_a_spec_user_is_written_in_boot_after_the_user_exists() -> None:
+    # yip creates top-level users in the first step of `boot`; `initramfs` runs before.
+    spec = {
+        "users": [{"name": "app", "groups": ["admin"]}],
+        "files": [
+            {"path": "/etc/a", "content": "a", "owner": "app:app"},
+            {"path": "/etc/b", "content": "b", "owner": "root:adm"},
+            {"path": "/etc/c", "content": "c"},
+        ],
+        "stages": {"boot": [{"name": "mine", "commands": ["true"]}]},
+    }
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    early = next(s for s in doc["stages"]["initramfs"] if s["name"] == "cluster-api-files")
+    assert [f["path"] for f in early["files"]] == ["/etc/b", "/etc/c"]
+    assert doc["stages"]["boot"][0] == {
+        "name": "cluster-api-files-owned",
+        "files": [{"path": "/etc/a", "permissions": 0o644, "content": "a", "ownerstring": "app:app"}],
+    }
+    assert doc["stages"]["boot"][1]["name"] == "mine"
+
+
+IMAGE_DIRS = {"/etc", "/etc/systemd/system", "/usr/local/bin", "/var/lib"}
+"""Directories every Kairos image has; anything else above our files we declare."""
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_our_files_have_every_parent_directory_declared_with_an_explicit_mode(case: str) -> None:
+    # yip gives a missing parent the file's mode (+0100): /etc/rancher/k3s would be 0700
+    # from the token file, /var/lib/rancher/k3s/server/tls 0740 from a certificate.
+    doc = doc_of(render_cloud_config(CASES[case]))
+    for step in doc["stages"]["initramfs"]:
+        if step["name"] == "cluster-api-files":
+            continue  # the user's own paths: declaring them would chmod e.g. /root
+        declared = {d["path"]: d["permissions"] for d in step.get("directories", [])}
+        for file in step["files"]:
+            parent = os.path.dirname(file["path"])
+            while parent not in IMAGE_DIRS:
+                assert parent in declared, (step["name"], file["path"], parent)
+                parent = os.path.dirname(parent)
+    dirs = {
+        d["path"]: d["permissions"]
+        for step in doc["stages"]["initramfs"]
+        for d in step.get("directories", [])
+    }
+    assert dirs["/etc/rancher/k3s"] == 0o755 and dirs["/etc/rancher/k3s/cluster-api"] == 0o700
+
+
+def test_user_stages_may_use_every_yip_step_key() -> None:
+    spec = {"stages": {"boot": [{"name": "x", "if_files": {"any": ["/x"]}, "package_pins": {"k3s": "1"}}]}}
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    assert doc["stages"]["boot"][0]["if_files"] == {"any": ["/x"]}
 
 
 def test_referenced_secrets_lists_every_secret_the_spec_names() -> None:
