@@ -57,7 +57,7 @@ def _option_specs() -> dict[str, dict[str, Any]]:
 OPTIONS = _option_specs()
 
 
-def _documents() -> dict[str, str]:
+def documents() -> dict[str, str]:
     docs = {f"golden/{name}": (GOLDEN / f"{name}.yaml").read_text() for name in CASES}
     for option, spec in OPTIONS.items():
         for role in (Role.INIT_SERVER, Role.AGENT):
@@ -84,7 +84,7 @@ def run_checker(docs: dict[str, str], tmp: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return run_checker(_documents(), tmp_path_factory.mktemp("kairos-docs"))
+    return run_checker(documents(), tmp_path_factory.mktemp("kairos-docs"))
 
 
 def _expected_validate(text: str) -> list[str]:
@@ -103,7 +103,7 @@ def test_every_document_decodes_strictly_into_kairos_types(checked: dict[str, di
 
 
 def test_kairos_validate_reports_only_the_expected_findings(checked: dict[str, dict[str, Any]]) -> None:
-    docs = _documents()
+    docs = documents()
     for name, result in checked.items():
         found = result["validate"]
         expected = _expected_validate(docs[name])
