@@ -176,6 +176,8 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("k3s arg value with a dollar", C3osConfig, "spec.k3s.server.args", ["--etcd-arg=x=$HOME"]),
     ("k3s arg value with a percent", C3osConfig, "spec.k3s.args", ["--node-name=%H"]),
     ("k3s arg value with a quote", C3osConfig, "spec.k3s.args", ['--node-name="x"']),
+    ("kube-vip address not an IP", C3osConfig, "spec.k3s.server.kubeVIP.address", "api.edge"),
+    ("kube-vip image with a space", C3osConfig, "spec.k3s.server.kubeVIP.image", "a b"),
     ("provider-id kubelet arg", C3osConfig, "spec.k3s.kubeletArgs", ["provider-id=x"]),
     ("bad taint effect", C3osConfig, "spec.k3s.nodeTaints.0.effect", "Sometimes"),
     ("unknown component", C3osConfig, "spec.k3s.server.disableComponents", ["kube-proxy"]),

@@ -202,14 +202,18 @@ class Etcd(ApiModel):
 
 
 class KubeVip(ApiModel):
-    """kube-vip on the servers, announcing the control-plane endpoint as a virtual IP."""
+    """kube-vip on the servers, announcing the control-plane endpoint as a virtual IP by
+    ARP: a k3s static pod with leader election through the server's local API server."""
 
-    address: str | None = Field(None, min_length=1, max_length=253)
-    """The VIP; unset means the cluster's controlPlaneEndpoint host."""
+    address: str | None = Field(None, min_length=2, max_length=45, pattern=r"^[0-9a-fA-F:.]+$")
+    """The VIP (an IP address); unset means the cluster's controlPlaneEndpoint host,
+    which must then be an IP address."""
     interface: str | None = Field(None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
     """Network interface to announce on; unset lets kube-vip pick the default route's."""
-    image: str | None = Field(None, min_length=1, max_length=512)
-    """kube-vip image; unset means the one the c3os image's kube-vip support defaults to."""
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    """kube-vip image; unset means ghcr.io/kube-vip/kube-vip:v1.2.3 (provider-kairos's
+    default). Air-gapped sites: a mirror's copy (a static pod, so system-default-registry
+    does not apply)."""
 
 
 class K3sServer(ApiModel):

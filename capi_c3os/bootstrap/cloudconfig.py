@@ -3,7 +3,7 @@
 Pure: everything the node needs (role, endpoint, token, CAs, the contents of the Secrets
 the spec references) comes in as arguments; nothing here talks to Kubernetes. The
 output is what Kairos reads (yip stages plus the Kairos keys `hostname`, `users`,
-`install`, `k3s`/`k3s-agent`, `p2p`, `kubevip`), not cloud-init.
+`install`, `k3s`/`k3s-agent`, `p2p`), not cloud-init.
 
 Layout of what we render (every path is ours and fixed, so a person on the node can
 find it):
@@ -35,6 +35,8 @@ find it):
   missing (first boot). Kairos runs `initramfs` at every boot; once the CAs in k3s's
   datastore differ from these (`k3s certificate rotate-ca`), rewriting them would make
   k3s refuse to start ("newer than datastore").
+- `stages.initramfs`, step `cluster-api-kube-vip`, servers with `kubeVIP` only: a k3s
+  static pod (`/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml`) announcing the VIP.
 - `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
   Secret key, base64-encoded so any bytes survive); a file whose owner is a user of
   `spec.users` goes to `stages.boot`, step `cluster-api-files-owned`, instead: yip's
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import ipaddress
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -254,6 +257,8 @@ CA_DIRS = (
     (f"{TLS_DIR}/etcd", MODE_PRIVATE_DIR),
 )
 """The directories above the CA files, as k3s makes them (server data is private)."""
+KUBE_VIP_DIRS = ("/var/lib/rancher", "/var/lib/rancher/k3s", "/var/lib/rancher/k3s/agent",
+                 "/var/lib/rancher/k3s/agent/pod-manifests")  # fmt: skip
 
 
 class _Dumper(yaml.SafeDumper):
@@ -286,7 +291,8 @@ def _role_args(inputs: RenderInput) -> list[str]:
 
 def _server_config(server: K3sServer | None, inputs: RenderInput) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    sans = [inputs.endpoint_host, *((server.tls_sans if server else None) or [])]
+    vip = server.kube_vip.address if (server and server.kube_vip) else None
+    sans = [inputs.endpoint_host, *([vip] if vip else []), *((server.tls_sans if server else None) or [])]
     config["tls-san"] = list(dict.fromkeys(sans))
     if server is None:
         return config
@@ -569,17 +575,74 @@ def _p2p(inputs: RenderInput) -> dict[str, Any] | None:
     return block
 
 
-def _kube_vip(inputs: RenderInput) -> dict[str, Any] | None:
+KUBE_VIP_IMAGE = "ghcr.io/kube-vip/kube-vip:v1.2.3"
+"""provider-kairos v2.16.4's default (internal/role/p2p/kubevip.go)."""
+KUBE_VIP_MANIFEST = "/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml"
+"""A k3s static pod: k3s points its kubelet's pod-manifest-path at agent/pod-manifests."""
+K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+def _kube_vip_pod(inputs: RenderInput) -> dict[str, Any] | None:
+    """kube-vip as a static pod on every server, announcing the endpoint by ARP with
+    leader election through the local API server (k3s's admin kubeconfig).
+
+    provider-kairos deploys kube-vip only on its p2p auto path, never on the one-time
+    bootstrap path our documents take, so its `kubevip` block would do nothing. The pod
+    is what `kube-vip manifest pod` (v1.2.3 pkg/kubevip/config_generator.go,
+    generatePodSpec) makes for provider-kairos's settings: ARP, control plane, leader
+    election 5/3/1 s, lease plndr-cp-lock, the kubeconfig at /etc/kubernetes/admin.conf."""
     k3s = inputs.spec.k3s
     kube_vip = k3s.server.kube_vip if (k3s and k3s.server) else None
     if not inputs.role.server or kube_vip is None:
         return None
-    vip: dict[str, Any] = {"enable": True, "eip": kube_vip.address or inputs.endpoint_host}
+    address = kube_vip.address or inputs.endpoint_host
+    try:
+        subnet = "32" if ipaddress.ip_address(address).version == 4 else "128"
+    except ValueError:
+        raise RenderError(
+            "spec.k3s.server.kubeVIP: the VIP must be an IP address; set kubeVIP.address "
+            "(the control-plane endpoint host is not one)"
+        ) from None
+    env = [
+        {"name": "vip_arp", "value": "true"},
+        {"name": "port", "value": str(inputs.endpoint_port)},
+        {"name": "vip_nodename", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
     if kube_vip.interface:
-        vip["interface"] = kube_vip.interface
-    if kube_vip.image:
-        vip["image"] = kube_vip.image
-    return vip
+        env.append({"name": "vip_interface", "value": kube_vip.interface})
+    env += [
+        {"name": "vip_subnet", "value": subnet},
+        {"name": "cp_enable", "value": "true"},
+        {"name": "cp_namespace", "value": "kube-system"},
+        {"name": "vip_leaderelection", "value": "true"},
+        {"name": "vip_leasename", "value": "plndr-cp-lock"},
+        {"name": "vip_leaseduration", "value": "5"},
+        {"name": "vip_renewdeadline", "value": "3"},
+        {"name": "vip_retryperiod", "value": "1"},
+        {"name": "address", "value": address},
+        {"name": "prometheus_server", "value": ":2112"},
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kube-vip", "namespace": "kube-system"},
+        "spec": {
+            "containers": [{
+                "name": "kube-vip",
+                "image": kube_vip.image or KUBE_VIP_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["manager"],
+                "env": env,
+                "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+                "volumeMounts": [{"name": "kubeconfig", "mountPath": "/etc/kubernetes/admin.conf"}],
+            }],
+            "hostNetwork": True,
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["kubernetes"]}],
+            # `File`: wait for k3s to write its kubeconfig (an unset type would make the
+            # runtime create a directory in its place).
+            "volumes": [{"name": "kubeconfig", "hostPath": {"path": K3S_KUBECONFIG, "type": "File"}}],
+        },
+    }  # fmt: skip
 
 
 def _k3s_files(inputs: RenderInput, unit: str) -> list[dict[str, Any]]:
@@ -632,15 +695,19 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     p2p = _p2p(inputs)
     if p2p is not None:
         doc["p2p"] = p2p
-    vip = _kube_vip(inputs)
-    if vip is not None:
-        doc["kubevip"] = vip
 
     k3s_files = _k3s_files(inputs, unit)
     registry_cas = any(f["path"].startswith(REGISTRY_CA_DIR + "/") for f in k3s_files)
     initramfs: list[dict[str, Any]] = [
         {"name": "cluster-api-k3s", "directories": _k3s_dirs(unit, registry_cas), "files": k3s_files}
     ]
+    pod = _kube_vip_pod(inputs)
+    if pod is not None:
+        initramfs.append({
+            "name": "cluster-api-kube-vip",
+            "directories": [_dir(path, MODE_DIR) for path in KUBE_VIP_DIRS],
+            "files": [_file(KUBE_VIP_MANIFEST, _template_safe(_yaml(pod).encode()), MODE_CONFIG)],
+        })  # fmt: skip
     if inputs.role is Role.INIT_SERVER:
         assert inputs.cas is not None
         ca_files = _ca_files(inputs.cas)
