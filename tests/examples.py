@@ -66,7 +66,7 @@ CONFIG_SPEC: dict[str, Any] = {
         {"path": "/etc/secret", "contentFrom": {"secret": {"name": "s", "key": "k"}}, "permissions": "0600"},
     ],
     "stages": {"boot": [{"name": "say hi", "commands": ["echo hi"], "if": "[ -e /x ]"}]},
-    "p2p": {"networkTokenSecretRef": {"name": "p2p", "key": "token"}, "networkID": "edge"},
+    "p2p": {"networkTokenSecretRef": {"name": "p2p", "key": "token"}},
     "providerIDFallback": "k3s://{{hostname}}",
 }
 CONTROL_PLANE_SPEC: dict[str, Any] = {

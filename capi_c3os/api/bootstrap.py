@@ -391,19 +391,17 @@ class P2pVpn(ApiModel):
     """The p2p VPN interface."""
 
     create: bool = True
-    """Create the VPN interface."""
-    use: bool = True
-    """Route k3s traffic over it."""
+    """Create the VPN interface (edgevpn0)."""
 
 
 class P2p(ApiModel):
     """A c3os/Kairos p2p (edgevpn) mesh between the nodes. Its automatic cluster
-    formation stays off: CAPI decides who is a server."""
+    formation stays off: CAPI decides who is a server. On that path provider-kairos
+    starts the VPN after k3s and does not route k3s over it (its vpn.use and network_id
+    only act on the p2p auto path, so they are not offered here)."""
 
     network_token_secret_ref: SecretKeyRef
     """Secret key holding the p2p network token."""
-    network_id: str | None = Field(None, alias="networkID", min_length=1, max_length=253)
-    """Network id, to run several clusters on one token."""
     dns: bool = False
     """Serve DNS over the mesh."""
     log_level: Literal["debug", "info", "warn", "error"] | None = None

@@ -562,14 +562,14 @@ def _p2p(inputs: RenderInput) -> dict[str, Any] | None:
     ref = p2p.network_token_secret_ref
     token = _secret_value(inputs, ref.name, ref.key, "spec.p2p.networkTokenSecretRef")
     block: dict[str, Any] = {"network_token": token.decode().strip()}
-    if p2p.network_id:
-        block["network_id"] = p2p.network_id
     block["dns"] = p2p.dns
     if p2p.log_level:
         block["loglevel"] = p2p.log_level
     block["disable_dht"] = p2p.disable_dht
     vpn = p2p.vpn
-    block["vpn"] = {"create": vpn.create if vpn else True, "use": vpn.use if vpn else True}
+    # provider-kairos v2.16.4 honours only vpn.create on its one-time bootstrap path
+    # (oneTimeBootstrap: k3s args verbatim, VPN set up after k3s starts).
+    block["vpn"] = {"create": vpn.create if vpn else True}
     # CAPI decides who is a server: p2p's own cluster formation stays off.
     block["auto"] = {"enable": False, "ha": {"enable": False}}
     return block

@@ -235,6 +235,19 @@ def test_servers_run_kube_vip_as_a_static_pod_announcing_the_endpoint() -> None:
     assert doc_of(content(files_of(doc)[CONFIG_FILE]).decode())["tls-san"] == ["api.edge", "fd00::10"]
 
 
+def test_p2p_offers_only_what_provider_kairos_honours_on_our_path() -> None:
+    # provider-kairos v2.16.4 oneTimeBootstrap (token + auto.enable false): k3s args
+    # verbatim, VPN set up after k3s; p2p.vpn.use and p2p.network_id act only on the
+    # auto path, so they are not in the API.
+    spec = copy.deepcopy(FULL_SPEC)
+    spec["p2p"]["vpn"] = {"create": False}
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    assert doc["p2p"]["vpn"] == {"create": False} and "network_id" not in doc["p2p"]
+    p2p_schema = C3osConfigSpec.model_json_schema(by_alias=True)["$defs"]
+    assert "networkID" not in p2p_schema["P2p"]["properties"]
+    assert set(p2p_schema["P2pVpn"]["properties"]) == {"create"}
+
+
 def test_kube_vip_needs_an_ip_address() -> None:
     spec: dict[str, Any] = {"k3s": {"server": {"kubeVIP": {}}}}
     with pytest.raises(RenderError, match=r"kubeVIP\.address"):
@@ -276,8 +289,8 @@ def test_every_option_maps_to_its_documented_key() -> None:
         "--write-kubeconfig-mode=0640",
     ]  # fmt: skip
     assert doc["p2p"] == {
-        "network_token": "p2p-network-token", "network_id": "edge", "dns": True, "disable_dht": False,
-        "vpn": {"create": True, "use": True}, "auto": {"enable": False, "ha": {"enable": False}},
+        "network_token": "p2p-network-token", "dns": True, "disable_dht": False,
+        "vpn": {"create": True}, "auto": {"enable": False, "ha": {"enable": False}},
     }  # fmt: skip
     assert "kubevip" not in doc  # provider-kairos ignores it on our path: see the kube-vip test
     assert KUBE_VIP_MANIFEST in files_of(doc)
