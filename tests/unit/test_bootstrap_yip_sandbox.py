@@ -35,39 +35,45 @@ FIRST_BOOT_STEPS = {"cluster-api-k3s-cas"}
 spec's `[ -e /x ]`) must not run."""
 BASE = {"etc/passwd", "etc/group", "etc/shadow", "etc/hosts"}
 
-# One namespace for every document: per document a new tmpfs root, the stages, a tar of
-# what is left (numeric owners) into $out/<n>.tar and the stages' exit codes and logs.
+# One namespace for every document (four at a time): per document a new tmpfs root, the
+# stages, a tar of what is left (numeric owners) into $out/<n>.tar and the stages' exit
+# codes and logs.
 SANDBOX = r"""
 set -eu
 out=$1; shift
-root=$out/root
-mkdir -p "$root"
-n=0
-for doc in "$@"; do
+one() {  # $1: index, $2: document
+  root=$out/root-$1
+  mkdir -p "$root"
   mount -t tmpfs -o mode=0755 tmpfs "$root"
   mkdir -p "$root/bin" "$root/dev" "$root/run/lock" "$root/tmp" "$root/home" "$root/etc/systemd/system" \
     "$root/etc/default" "$root/usr/local/bin" "$root/var/lib"
-  cp "$BUSYBOX" "$root/bin/busybox"
-  for tool in sh [ test true false echo cat; do ln -s busybox "$root/bin/$tool"; done
-  touch "$root/bin/yip" "$root/dev/null"
+  touch "$root/bin/busybox" "$root/bin/yip" "$root/dev/null"
+  mount --bind "$BUSYBOX" "$root/bin/busybox"
   mount --bind "$YIP" "$root/bin/yip"
   mount --bind /dev/null "$root/dev/null"
+  for tool in sh [ test true false echo cat; do ln -s busybox "$root/bin/$tool"; done
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
   printf 'root:x:0:\nadm:x:4:\nadmin:x:117:\n' > "$root/etc/group"
   printf 'root:*:19000:0:99999:7:::\n' > "$root/etc/shadow"
   printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
-  cp "$doc" "$root/userdata.yaml"
+  cp "$2" "$root/userdata.yaml"
   for stage in rootfs initramfs fs boot; do
     rc=0
-    chroot "$root" /bin/yip -s "$stage" /userdata.yaml > "$out/$n.$stage.log" 2>&1 || rc=$?
-    echo "$rc" > "$out/$n.$stage.rc"
+    chroot "$root" /bin/yip -s "$stage" /userdata.yaml > "$out/$1.$stage.log" 2>&1 || rc=$?
+    echo "$rc" > "$out/$1.$stage.rc"
   done
-  umount "$root/bin/yip" "$root/dev/null"
+  umount "$root/bin/busybox" "$root/bin/yip" "$root/dev/null"
   rm -r "$root/bin" "$root/dev" "$root/userdata.yaml"
-  tar -C "$root" --numeric-owner -cf "$out/$n.tar" .
+  tar -C "$root" --numeric-owner -cf "$out/$1.tar" .
   umount "$root"
+}
+n=0
+for doc in "$@"; do
+  one "$n" "$doc" &
   n=$((n + 1))
+  if [ $((n % 4)) = 0 ]; then wait; fi
 done
+wait
 """
 
 
