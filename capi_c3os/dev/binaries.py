@@ -181,6 +181,9 @@ def build(binary: GoBinary) -> Path:
     if binary.source is not None:
         _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], binary.source)
         partial.replace(binary.path)
+        for stale in CACHE.glob(f"{binary.name}-src-*"):  # builds of earlier sources
+            if stale != binary.path and not stale.name.endswith(".partial"):
+                stale.unlink(missing_ok=True)
         return binary.path
     with tempfile.TemporaryDirectory(prefix=f"build-{binary.name}-") as tmp:
         work = Path(tmp)
