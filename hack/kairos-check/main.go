@@ -7,6 +7,7 @@
 // `kairos-agent validate FILE` reports (it calls the same kairos-sdk schema.Validate),
 // empty when it accepts the document; one process for many documents.
 // Exit status 0 even with problems (the caller reads the JSON); 2 on usage errors.
+// kairos-check --stage-keys prints the keys of a yip stage step (yip schema.Stage).
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -223,7 +225,27 @@ func check(text string) []string {
 	return problems
 }
 
+func stageKeys() []string {
+	keys := []string{}
+	t := reflect.TypeOf(yip.Stage{})
+	for i := 0; i < t.NumField(); i++ {
+		name := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		if name == "" {
+			name = strings.ToLower(t.Field(i).Name)
+		}
+		if name != "-" {
+			keys = append(keys, name)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "--stage-keys" {
+		_ = json.NewEncoder(os.Stdout).Encode(stageKeys())
+		return
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: kairos-check FILE...")
 		os.Exit(2)

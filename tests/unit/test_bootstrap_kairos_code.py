@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from capi_c3os.bootstrap.cloudconfig import Role, render_cloud_config
+from capi_c3os.bootstrap.cloudconfig import YIP_STEP_KEYS, Role, render_cloud_config
 from capi_c3os.dev import binaries
 from tests.unit.test_bootstrap_cloudconfig import CASES, FULL_SPEC, GOLDEN, inputs
 
@@ -128,6 +128,19 @@ def test_kairos_agent_validate_agrees_with_the_checker(case: str, checked: dict[
     assert (done.returncode == 0) == (expected == ""), reported
     for finding in (MISSING_USERS, P2P_AUTO_OFF_WITH_TOKEN):
         assert (finding in reported) == (finding in expected), reported
+
+
+def test_the_step_keys_we_accept_in_user_stages_are_exactly_yips() -> None:
+    # capi_c3os refuses unknown step keys at render time (yip ignores them silently); the
+    # list is checked here against yip v1.25.1's own schema.Stage.
+    done = subprocess.run(
+        [str(binaries.locate("kairos-check")), "--stage-keys"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert set(json.loads(done.stdout)) == set(YIP_STEP_KEYS)
 
 
 # ------------------------------------------------------------ the checker can fail
