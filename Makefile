@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 prepare: venv ## the Go binaries, the stand-in image and the pinned server virtualenvs, concurrently (cached)
 	$(PY) -m capi_c3os.dev.prepare
 
-binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl
+binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl, kairos-agent, yip, kairos-check
 	$(PYTHON) -m capi_c3os.dev.binaries
 
 demo: system-deps venv binaries ## management plane, our manager, a private libvirtd and a 1+1 edge cluster, left running

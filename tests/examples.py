@@ -66,7 +66,7 @@ CONFIG_SPEC: dict[str, Any] = {
         {"path": "/etc/secret", "contentFrom": {"secret": {"name": "s", "key": "k"}}, "permissions": "0600"},
     ],
     "stages": {"boot": [{"name": "say hi", "commands": ["echo hi"], "if": "[ -e /x ]"}]},
-    "p2p": {"networkTokenSecretRef": {"name": "p2p", "key": "token"}, "networkID": "edge"},
+    "p2p": {"networkTokenSecretRef": {"name": "p2p", "key": "token"}},
     "providerIDFallback": "k3s://{{hostname}}",
 }
 CONTROL_PLANE_SPEC: dict[str, Any] = {
@@ -171,6 +171,13 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("cluster-init given by hand", C3osConfig, "spec.k3s.args", ["--cluster-init"]),
     ("server given by hand", C3osConfig, "spec.k3s.server.args", ["--server=https://x:6443"]),
     ("flag with separate value", C3osConfig, "spec.k3s.args", ["--node-ip", "10.0.0.1"]),
+    # provider-kairos puts k3s args unquoted into systemd's ExecStart= (issue 14).
+    ("k3s arg value with a space", C3osConfig, "spec.k3s.args", ["--node-label=a=b c"]),
+    ("k3s arg value with a dollar", C3osConfig, "spec.k3s.server.args", ["--etcd-arg=x=$HOME"]),
+    ("k3s arg value with a percent", C3osConfig, "spec.k3s.args", ["--node-name=%H"]),
+    ("k3s arg value with a quote", C3osConfig, "spec.k3s.args", ['--node-name="x"']),
+    ("kube-vip address not an IP", C3osConfig, "spec.k3s.server.kubeVIP.address", "api.edge"),
+    ("kube-vip image with a space", C3osConfig, "spec.k3s.server.kubeVIP.image", "a b"),
     ("provider-id kubelet arg", C3osConfig, "spec.k3s.kubeletArgs", ["provider-id=x"]),
     ("bad taint effect", C3osConfig, "spec.k3s.nodeTaints.0.effect", "Sometimes"),
     ("unknown component", C3osConfig, "spec.k3s.server.disableComponents", ["kube-proxy"]),

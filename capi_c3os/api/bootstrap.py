@@ -73,6 +73,16 @@ UnixName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern
 AuthorizedKey = Annotated[str, StringConstraints(min_length=1, max_length=16384, pattern=SINGLE_LINE)]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
 MAX_NODE_LABELS = 64
+# provider-kairos (v2.16.4, internal/provider/bootstrap.go) joins k3s args with spaces into
+# an unquoted systemd `ExecStart=`: whitespace splits a value, `$` and `%` are expanded,
+# quotes and backslashes are systemd's. Such values belong in the structured fields
+# (written to config.yaml.d) or in `files` as a config.yaml.d fragment.
+K3S_ARG_UNSAFE = r"""[[:space:]$%\\\\\'"]"""  # CEL single-quoted: RE2 [[:space:]$%\\'"]
+K3S_ARG_UNSAFE_MESSAGE = (
+    "k3s args end up unquoted in a systemd ExecStart= line (provider-kairos): values must not contain "
+    "whitespace, $, %, quotes or backslashes; write such settings as a file under "
+    "/etc/rancher/k3s/config.yaml.d/ instead"
+)
 StageSteps = Annotated[list[FreeFormObject], Field(max_length=64)]
 K3sComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"]
 
@@ -94,6 +104,13 @@ def _check_args(args: list[str] | None, reserved: str, what: str) -> list[str] |
     return args
 
 
+def _check_k3s_args(args: list[str] | None) -> list[str] | None:
+    for arg in _check_args(args, RESERVED_K3S_FLAG, "init, join and token flags") or []:
+        if re.search(r"[\s$%\\'\"]", arg):
+            raise ValueError(K3S_ARG_UNSAFE_MESSAGE)
+    return args
+
+
 def _list_atomic_rules(*rules: tuple[str, str]) -> JsonDict:
     return {"x-kubernetes-list-type": "atomic", **validations(*rules)}
 
@@ -102,7 +119,10 @@ def _k3s_args_field() -> list[str] | None:
     result: list[str] | None = Field(
         None,
         max_length=MAX_ARGS,
-        json_schema_extra=_list_atomic_rules(_args_rules(RESERVED_K3S_FLAG, "init, join and token flags")),
+        json_schema_extra=_list_atomic_rules(
+            _args_rules(RESERVED_K3S_FLAG, "init, join and token flags"),
+            (f"self.all(a, !a.matches('{K3S_ARG_UNSAFE}'))", K3S_ARG_UNSAFE_MESSAGE),
+        ),
     )
     return result
 
@@ -182,14 +202,18 @@ class Etcd(ApiModel):
 
 
 class KubeVip(ApiModel):
-    """kube-vip on the servers, announcing the control-plane endpoint as a virtual IP."""
+    """kube-vip on the servers, announcing the control-plane endpoint as a virtual IP by
+    ARP: a k3s static pod with leader election through the server's local API server."""
 
-    address: str | None = Field(None, min_length=1, max_length=253)
-    """The VIP; unset means the cluster's controlPlaneEndpoint host."""
+    address: str | None = Field(None, min_length=2, max_length=45, pattern=r"^[0-9a-fA-F:.]+$")
+    """The VIP (an IP address); unset means the cluster's controlPlaneEndpoint host,
+    which must then be an IP address."""
     interface: str | None = Field(None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
     """Network interface to announce on; unset lets kube-vip pick the default route's."""
-    image: str | None = Field(None, min_length=1, max_length=512)
-    """kube-vip image; unset means the one the c3os image's kube-vip support defaults to."""
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    """kube-vip image; unset means ghcr.io/kube-vip/kube-vip:v1.2.3 (provider-kairos's
+    default). Air-gapped sites: a mirror's copy (a static pod, so system-default-registry
+    does not apply)."""
 
 
 class K3sServer(ApiModel):
@@ -232,7 +256,7 @@ class K3sServer(ApiModel):
     @field_validator("args")
     @classmethod
     def _no_reserved_flags(cls, args: list[str] | None) -> list[str] | None:
-        return _check_args(args, RESERVED_K3S_FLAG, "init, join and token flags")
+        return _check_k3s_args(args)
 
 
 class K3s(ApiModel):
@@ -263,7 +287,7 @@ class K3s(ApiModel):
     @field_validator("args")
     @classmethod
     def _no_reserved_flags(cls, args: list[str] | None) -> list[str] | None:
-        return _check_args(args, RESERVED_K3S_FLAG, "init, join and token flags")
+        return _check_k3s_args(args)
 
     @field_validator("node_labels")
     @classmethod
@@ -281,12 +305,14 @@ class K3s(ApiModel):
 
 
 class User(ApiModel):
-    """An OS user. There is no password field: log in with SSH keys."""
+    """An OS user, created with a locked password (there is no password field: log in with
+    SSH keys)."""
 
     name: str = Field(min_length=1, max_length=32, pattern=UNIX_NAME)
     """User name."""
     groups: list[UnixName] | None = Field(None, max_length=32, json_schema_extra=list_set())
-    """Supplementary groups, e.g. admin."""
+    """Supplementary groups, e.g. admin. Kairos applies them only when it creates the
+    user, not to a user the image already has."""
     ssh_authorized_keys: list[AuthorizedKey] | None = Field(None, max_length=64)
     """SSH public keys (authorized_keys lines), or github:<user> / gitlab:<user>."""
 
@@ -350,7 +376,8 @@ class File(ApiModel):
     permissions: str = Field("0644", pattern=r"^0?[0-7]{3}$")
     """Octal file mode."""
     owner: str | None = Field(None, max_length=65, pattern=OWNER)
-    """Owner as user or user:group (default root)."""
+    """Owner as user or user:group (default root). A file owned by a user of spec.users
+    is written in Kairos's boot stage, after that user is created (not before k3s)."""
 
     @model_validator(mode="after")
     def _well_formed(self) -> File:
@@ -364,19 +391,17 @@ class P2pVpn(ApiModel):
     """The p2p VPN interface."""
 
     create: bool = True
-    """Create the VPN interface."""
-    use: bool = True
-    """Route k3s traffic over it."""
+    """Create the VPN interface (edgevpn0)."""
 
 
 class P2p(ApiModel):
     """A c3os/Kairos p2p (edgevpn) mesh between the nodes. Its automatic cluster
-    formation stays off: CAPI decides who is a server."""
+    formation stays off: CAPI decides who is a server. On that path provider-kairos
+    starts the VPN after k3s and does not route k3s over it (its vpn.use and network_id
+    only act on the p2p auto path, so they are not offered here)."""
 
     network_token_secret_ref: SecretKeyRef
     """Secret key holding the p2p network token."""
-    network_id: str | None = Field(None, alias="networkID", min_length=1, max_length=253)
-    """Network id, to run several clusters on one token."""
     dns: bool = False
     """Serve DNS over the mesh."""
     log_level: Literal["debug", "info", "warn", "error"] | None = None
@@ -395,11 +420,12 @@ class C3osConfigSpec(ApiModel):
     hostname: str | None = Field(None, min_length=1, max_length=63, pattern=DNS_LABEL)
     """Hostname of the node; unset means the Machine's name."""
     users: list[User] | None = Field(None, max_length=16, json_schema_extra=list_map("name"))
-    """OS users with SSH keys. No password is ever set."""
+    """OS users with SSH keys, passwords locked. Without a user in group admin, Kairos is
+    told so (install.nousers), as its install and upgrade otherwise refuse the config."""
     install: Install | None = None
     """Install to disk (live-ISO machines only)."""
     files: list[File] | None = Field(None, max_length=64, json_schema_extra=list_map("path"))
-    """Files written before k3s starts."""
+    """Files written before k3s starts (except those owned by a user of users, see owner)."""
     stages: dict[str, StageSteps] | None = Field(None, max_length=32)
     """Extra yip stages, passed through as written: stage name (boot, network,
     after-install, ...) to its steps."""

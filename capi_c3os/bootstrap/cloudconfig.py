@@ -3,7 +3,7 @@
 Pure: everything the node needs (role, endpoint, token, CAs, the contents of the Secrets
 the spec references) comes in as arguments; nothing here talks to Kubernetes. The
 output is what Kairos reads (yip stages plus the Kairos keys `hostname`, `users`,
-`install`, `k3s`/`k3s-agent`, `p2p`, `kubevip`), not cloud-init.
+`install`, `k3s`/`k3s-agent`, `p2p`), not cloud-init.
 
 Layout of what we render (every path is ours and fixed, so a person on the node can
 find it):
@@ -35,8 +35,17 @@ find it):
   missing (first boot). Kairos runs `initramfs` at every boot; once the CAs in k3s's
   datastore differ from these (`k3s certificate rotate-ca`), rewriting them would make
   k3s refuse to start ("newer than datastore").
+- `stages.initramfs`, step `cluster-api-kube-vip`, servers with `kubeVIP` only: a k3s
+  static pod (`/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml`) announcing the VIP.
 - `stages.initramfs`, step `cluster-api-files`: the spec's `files` (inline, or from a
-  Secret key, base64-encoded so any bytes survive).
+  Secret key, base64-encoded so any bytes survive); a file whose owner is a user of
+  `spec.users` goes to `stages.boot`, step `cluster-api-files-owned`, instead: yip's
+  cloud-init loader creates top-level `users` in the first step of `boot`.
+- our steps declare the directories above their files (`directories`, explicit modes):
+  yip would otherwise create a missing parent with the file's own mode (+0100).
+- `users` get `lock_passwd: true` (yip writes `passwd` to /etc/shadow as is: none would
+  be an empty password); without a user in group `admin`, `install.nousers: true`
+  (kairos-agent install/upgrade/reset refuse such a config otherwise).
 - the spec's own `stages`, appended after ours, as written.
 
 Secret material (token, CA keys, files from Secrets) is base64-encoded in the output;
@@ -52,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import ipaddress
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +96,8 @@ MODE_SECRET = 0o600
 MODE_CERT = 0o640
 MODE_CONFIG = 0o644
 MODE_SCRIPT = 0o755
+MODE_DIR = 0o755
+MODE_PRIVATE_DIR = 0o700
 
 
 class Role(enum.Enum):
@@ -146,7 +158,7 @@ YIP_STEP_KEYS = frozenset(
         "delete_entities", "dns", "hostname", "sysctl", "authorized_keys", "node", "users",
         "modules", "systemctl", "environment", "environment_file", "packages", "unpack_images",
         "after", "datasource", "layout", "systemd_firstboot", "timesyncd", "git", "only_os",
-        "only_os_version", "only_arch", "only_service_manager",
+        "only_os_version", "only_arch", "only_service_manager", "if_files", "package_pins",
     }
 )  # fmt: skip
 """The keys of one yip stage step (yip `pkg/schema/schema.go`, `Stage`). yip ignores
@@ -217,6 +229,38 @@ def _file(path: str, content: str | bytes, mode: int, *, encode: bool = False) -
     return entry
 
 
+def _dir(path: str, mode: int) -> dict[str, Any]:
+    """A yip directory entry. yip creates a missing parent of a file with the FILE's mode
+    (+0100), e.g. /etc/rancher/k3s 0700 from the token file: we declare ours. yip also
+    re-applies mode and owner of a declared directory that exists (each boot)."""
+    return {"path": path, "permissions": mode, "owner": 0, "group": 0}
+
+
+def _k3s_dirs(unit: str, registry_cas: bool) -> list[dict[str, Any]]:
+    dirs = [
+        _dir("/etc/rancher", MODE_DIR),
+        _dir(K3S_DIR, MODE_DIR),
+        _dir(f"{K3S_DIR}/config.yaml.d", MODE_DIR),
+        _dir(f"{K3S_DIR}/cluster-api", MODE_PRIVATE_DIR),
+    ]
+    if registry_cas:
+        dirs.append(_dir(REGISTRY_CA_DIR, MODE_PRIVATE_DIR))
+    dirs.append(_dir(f"/etc/systemd/system/{unit}.d", MODE_DIR))
+    return dirs
+
+
+CA_DIRS = (
+    ("/var/lib/rancher", MODE_DIR),
+    ("/var/lib/rancher/k3s", MODE_DIR),
+    ("/var/lib/rancher/k3s/server", MODE_PRIVATE_DIR),
+    (TLS_DIR, MODE_PRIVATE_DIR),
+    (f"{TLS_DIR}/etcd", MODE_PRIVATE_DIR),
+)
+"""The directories above the CA files, as k3s makes them (server data is private)."""
+KUBE_VIP_DIRS = ("/var/lib/rancher", "/var/lib/rancher/k3s", "/var/lib/rancher/k3s/agent",
+                 "/var/lib/rancher/k3s/agent/pod-manifests")  # fmt: skip
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (scripts, units, nested YAML) as literal blocks, so a person
     reading the Secret on the node sees them as they land on disk."""
@@ -247,7 +291,8 @@ def _role_args(inputs: RenderInput) -> list[str]:
 
 def _server_config(server: K3sServer | None, inputs: RenderInput) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    sans = [inputs.endpoint_host, *((server.tls_sans if server else None) or [])]
+    vip = server.kube_vip.address if (server and server.kube_vip) else None
+    sans = [inputs.endpoint_host, *([vip] if vip else []), *((server.tls_sans if server else None) or [])]
     config["tls-san"] = list(dict.fromkeys(sans))
     if server is None:
         return config
@@ -499,7 +544,9 @@ def _user_file(inputs: RenderInput, index: int, file: File) -> dict[str, Any]:
 def _users(spec: C3osConfigSpec) -> list[dict[str, Any]]:
     users = []
     for user in spec.users or []:
-        entry: dict[str, Any] = {"name": user.name}
+        # yip writes `passwd` to /etc/shadow as is: without a lock the user would have an
+        # empty password (console login through pam nullok, sudo via %admin).
+        entry: dict[str, Any] = {"name": user.name, "lock_passwd": True}
         if user.groups:
             entry["groups"] = list(user.groups)
         if user.ssh_authorized_keys:
@@ -515,30 +562,87 @@ def _p2p(inputs: RenderInput) -> dict[str, Any] | None:
     ref = p2p.network_token_secret_ref
     token = _secret_value(inputs, ref.name, ref.key, "spec.p2p.networkTokenSecretRef")
     block: dict[str, Any] = {"network_token": token.decode().strip()}
-    if p2p.network_id:
-        block["network_id"] = p2p.network_id
     block["dns"] = p2p.dns
     if p2p.log_level:
         block["loglevel"] = p2p.log_level
     block["disable_dht"] = p2p.disable_dht
     vpn = p2p.vpn
-    block["vpn"] = {"create": vpn.create if vpn else True, "use": vpn.use if vpn else True}
+    # provider-kairos v2.16.4 honours only vpn.create on its one-time bootstrap path
+    # (oneTimeBootstrap: k3s args verbatim, VPN set up after k3s starts).
+    block["vpn"] = {"create": vpn.create if vpn else True}
     # CAPI decides who is a server: p2p's own cluster formation stays off.
     block["auto"] = {"enable": False, "ha": {"enable": False}}
     return block
 
 
-def _kube_vip(inputs: RenderInput) -> dict[str, Any] | None:
+KUBE_VIP_IMAGE = "ghcr.io/kube-vip/kube-vip:v1.2.3"
+"""provider-kairos v2.16.4's default (internal/role/p2p/kubevip.go)."""
+KUBE_VIP_MANIFEST = "/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml"
+"""A k3s static pod: k3s points its kubelet's pod-manifest-path at agent/pod-manifests."""
+K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+def _kube_vip_pod(inputs: RenderInput) -> dict[str, Any] | None:
+    """kube-vip as a static pod on every server, announcing the endpoint by ARP with
+    leader election through the local API server (k3s's admin kubeconfig).
+
+    provider-kairos deploys kube-vip only on its p2p auto path, never on the one-time
+    bootstrap path our documents take, so its `kubevip` block would do nothing. The pod
+    is what `kube-vip manifest pod` (v1.2.3 pkg/kubevip/config_generator.go,
+    generatePodSpec) makes for provider-kairos's settings: ARP, control plane, leader
+    election 5/3/1 s, lease plndr-cp-lock, the kubeconfig at /etc/kubernetes/admin.conf."""
     k3s = inputs.spec.k3s
     kube_vip = k3s.server.kube_vip if (k3s and k3s.server) else None
     if not inputs.role.server or kube_vip is None:
         return None
-    vip: dict[str, Any] = {"enable": True, "eip": kube_vip.address or inputs.endpoint_host}
+    address = kube_vip.address or inputs.endpoint_host
+    try:
+        subnet = "32" if ipaddress.ip_address(address).version == 4 else "128"
+    except ValueError:
+        raise RenderError(
+            "spec.k3s.server.kubeVIP: the VIP must be an IP address; set kubeVIP.address "
+            "(the control-plane endpoint host is not one)"
+        ) from None
+    env = [
+        {"name": "vip_arp", "value": "true"},
+        {"name": "port", "value": str(inputs.endpoint_port)},
+        {"name": "vip_nodename", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
     if kube_vip.interface:
-        vip["interface"] = kube_vip.interface
-    if kube_vip.image:
-        vip["image"] = kube_vip.image
-    return vip
+        env.append({"name": "vip_interface", "value": kube_vip.interface})
+    env += [
+        {"name": "vip_subnet", "value": subnet},
+        {"name": "cp_enable", "value": "true"},
+        {"name": "cp_namespace", "value": "kube-system"},
+        {"name": "vip_leaderelection", "value": "true"},
+        {"name": "vip_leasename", "value": "plndr-cp-lock"},
+        {"name": "vip_leaseduration", "value": "5"},
+        {"name": "vip_renewdeadline", "value": "3"},
+        {"name": "vip_retryperiod", "value": "1"},
+        {"name": "address", "value": address},
+        {"name": "prometheus_server", "value": ":2112"},
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kube-vip", "namespace": "kube-system"},
+        "spec": {
+            "containers": [{
+                "name": "kube-vip",
+                "image": kube_vip.image or KUBE_VIP_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["manager"],
+                "env": env,
+                "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+                "volumeMounts": [{"name": "kubeconfig", "mountPath": "/etc/kubernetes/admin.conf"}],
+            }],
+            "hostNetwork": True,
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["kubernetes"]}],
+            # `File`: wait for k3s to write its kubeconfig (an unset type would make the
+            # runtime create a directory in its place).
+            "volumes": [{"name": "kubeconfig", "hostPath": {"path": K3S_KUBECONFIG, "type": "File"}}],
+        },
+    }  # fmt: skip
 
 
 def _k3s_files(inputs: RenderInput, unit: str) -> list[dict[str, Any]]:
@@ -568,13 +672,20 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     doc: dict[str, Any] = {"hostname": inputs.hostname}
     if spec.users:
         doc["users"] = _users(spec)
+    install: dict[str, Any] = {}
     if spec.install is not None:
-        doc["install"] = {
+        install = {
             "auto": spec.install.auto,
             "device": spec.install.device,
             "reboot": spec.install.reboot,
             "poweroff": spec.install.poweroff,
         }
+    if not any("admin" in (user.groups or []) for user in spec.users or []):
+        # kairos-agent install, upgrade and reset refuse a config without a user in group
+        # admin (pkg/config CheckConfigForUsers) unless told there are none on purpose.
+        install["nousers"] = True
+    if install:
+        doc["install"] = install
     k3s = spec.k3s
     args = _role_args(inputs) + list((k3s.args if k3s else None) or [])
     if inputs.role.server and k3s and k3s.server and k3s.server.args:
@@ -584,23 +695,41 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
     p2p = _p2p(inputs)
     if p2p is not None:
         doc["p2p"] = p2p
-    vip = _kube_vip(inputs)
-    if vip is not None:
-        doc["kubevip"] = vip
 
-    initramfs: list[dict[str, Any]] = [{"name": "cluster-api-k3s", "files": _k3s_files(inputs, unit)}]
+    k3s_files = _k3s_files(inputs, unit)
+    registry_cas = any(f["path"].startswith(REGISTRY_CA_DIR + "/") for f in k3s_files)
+    initramfs: list[dict[str, Any]] = [
+        {"name": "cluster-api-k3s", "directories": _k3s_dirs(unit, registry_cas), "files": k3s_files}
+    ]
+    pod = _kube_vip_pod(inputs)
+    if pod is not None:
+        initramfs.append({
+            "name": "cluster-api-kube-vip",
+            "directories": [_dir(path, MODE_DIR) for path in KUBE_VIP_DIRS],
+            "files": [_file(KUBE_VIP_MANIFEST, _template_safe(_yaml(pod).encode()), MODE_CONFIG)],
+        })  # fmt: skip
     if inputs.role is Role.INIT_SERVER:
         assert inputs.cas is not None
         ca_files = _ca_files(inputs.cas)
         initramfs.append({
             "name": "cluster-api-k3s-cas",
             "if": first_boot_condition([f["path"] for f in ca_files]),
+            "directories": [_dir(path, mode) for path, mode in CA_DIRS],
             "files": ca_files,
         })  # fmt: skip
-    if spec.files:
-        user_files = [_user_file(inputs, i, f) for i, f in enumerate(spec.files)]
-        initramfs.append({"name": "cluster-api-files", "files": user_files})
     stages: dict[str, list[dict[str, Any]]] = {"initramfs": initramfs}
+    # yip creates the top-level `users` in the first step of `boot` (its cloud-init
+    # loader); a file owned by one of them can only be written after that step.
+    created = {user.name for user in spec.users or []}
+    early: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
+    for index, file in enumerate(spec.files or []):
+        owned_later = bool(file.owner) and (file.owner or "").split(":")[0] in created
+        (late if owned_later else early).append(_user_file(inputs, index, file))
+    if early:
+        initramfs.append({"name": "cluster-api-files", "files": early})
+    if late:
+        stages["boot"] = [{"name": "cluster-api-files-owned", "files": late}]
     for stage, steps in (spec.stages or {}).items():
         stages.setdefault(stage, []).extend(steps)
     doc["stages"] = stages

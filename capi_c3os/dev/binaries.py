@@ -9,6 +9,7 @@ Explicit paths win: ``CAPI_C3OS_<NAME>`` (e.g. ``CAPI_C3OS_KUBE_APISERVER``), th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,12 +18,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.14"
 CAPI_VERSION = "v1.14.2"
+KAIROS_AGENT_VERSION = "v2.31.4"
+YIP_VERSION = "v1.25.1"
+KAIROS_SDK_VERSION = "v0.25.3"
+# yip's own go.mod replaces tredoe/osutil (go install ignores that): the wrapper copies it.
+YIP_REPLACES = (("github.com/tredoe/osutil", "github.com/kairos-io/osutil v1.5.0"),)
+
+KAIROS_CHECK_SOURCE = Path(__file__).resolve().parents[2] / "hack" / "kairos-check"
+"""Our strict cloud-config checker (Go, against kairos-sdk/yip types), built from the repo."""
 
 CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os")) / "bin"
 
@@ -34,6 +44,10 @@ class GoBinary:
     version: str
     package: str
     ldflags: tuple[str, ...] = ()
+    replaces: tuple[tuple[str, str], ...] = ()
+    """Extra `replace` lines for the wrapper module: (module, "target version")."""
+    source: Path | None = None
+    """A Go module in this repository, built in place (its version is a hash of it)."""
 
     @property
     def path(self) -> Path:
@@ -66,6 +80,13 @@ def _capi_version_ldflags(version: str) -> tuple[str, ...]:
         f"-X {base}.gitMinor={minor}",
         f"-X {base}.gitTreeState=clean",
     )
+
+
+def _source_version(source: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((source / name).read_bytes() if (source / name).exists() else b"")
+    return "src-" + digest.hexdigest()[:12]
 
 
 BINARIES: dict[str, GoBinary] = {
@@ -107,6 +128,21 @@ BINARIES: dict[str, GoBinary] = {
             "sigs.k8s.io/cluster-api/cmd/clusterctl",
             _capi_version_ldflags(CAPI_VERSION),
         ),
+        GoBinary(
+            "kairos-agent",
+            "github.com/kairos-io/kairos-agent/v2",
+            KAIROS_AGENT_VERSION,
+            "github.com/kairos-io/kairos-agent/v2",
+            replaces=YIP_REPLACES,
+        ),
+        GoBinary("yip", "github.com/mudler/yip", YIP_VERSION, "github.com/mudler/yip", replaces=YIP_REPLACES),
+        GoBinary(
+            "kairos-check",
+            "capi-c3os.local/kairos-check",
+            _source_version(KAIROS_CHECK_SOURCE),
+            ".",
+            source=KAIROS_CHECK_SOURCE,
+        ),
     )
 }
 
@@ -141,17 +177,25 @@ def _local_replacements(binary: GoBinary, workdir: Path) -> dict[str, str]:
 def build(binary: GoBinary) -> Path:
     """Build one binary through a throwaway wrapper module (go install refuses replace directives)."""
     CACHE.mkdir(parents=True, exist_ok=True)
+    partial = binary.path.with_name(binary.path.name + ".partial")
+    if binary.source is not None:
+        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(partial), "."], binary.source)
+        partial.replace(binary.path)
+        for stale in CACHE.glob(f"{binary.name}-src-*"):  # builds of earlier sources
+            if stale != binary.path and not stale.name.endswith(".partial"):
+                stale.unlink(missing_ok=True)
+        return binary.path
     with tempfile.TemporaryDirectory(prefix=f"build-{binary.name}-") as tmp:
         work = Path(tmp)
         (work / "go.mod").write_text("module capi-c3os.local/wrapper\n\ngo 1.26\n")
         replaces = _local_replacements(binary, work)
         lines = ["module capi-c3os.local/wrapper", "", "go 1.26", ""]
         lines += [f"replace {m} => {m} {v}" for m, v in sorted(replaces.items())]
+        lines += [f"replace {m} => {target}" for m, target in binary.replaces]
         (work / "go.mod").write_text("\n".join(lines) + "\n")
         _go(["get", f"{binary.module}@{binary.version}"], work)
         if binary.package != binary.module:
             _go(["get", f"{binary.package}@{binary.version}"], work)
-        partial = binary.path.with_name(binary.path.name + ".partial")
         ldflags = " ".join(("-s", "-w", *binary.ldflags))
         _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), binary.package], work)
         partial.replace(binary.path)  # atomic: a half-built file never looks cached
@@ -187,14 +231,20 @@ def capi_source() -> Path:
     return module_dir("sigs.k8s.io/cluster-api", CAPI_VERSION)
 
 
+def _locate_timed(name: str) -> str:
+    started = time.monotonic()
+    cached = BINARIES[name].path.exists()
+    path = locate(name)
+    took = "cached" if cached else f"built in {time.monotonic() - started:.0f}s"
+    return f"{name}={path} ({took})"
+
+
 def main(argv: list[str]) -> int:
     names = argv or list(BINARIES)
-    for name in names:
-        started = time.monotonic()
-        cached = BINARIES[name].path.exists()
-        path = locate(name)
-        took = "cached" if cached else f"built in {time.monotonic() - started:.0f}s"
-        print(f"{name}={path} ({took})", flush=True)
+    # Concurrently: a cold machine spends much of a build downloading modules.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for line in pool.map(_locate_timed, names):
+            print(line, flush=True)
     return 0
 
 

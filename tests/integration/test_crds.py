@@ -100,6 +100,19 @@ def test_a_control_character_in_a_file_path_is_named_in_the_rejection(k8s: Any, 
     assert "path must not contain control characters" in str(rejected.value.body)
 
 
+@pytest.mark.parametrize(
+    "value", ["--node-label=a=b c", "--node-name=$x", "--node-name=%H", "--x='y'", "--x=a\\b"]
+)
+def test_a_k3s_arg_systemd_would_split_or_expand_is_refused_with_the_reason(
+    k8s: Any, namespace: str, value: str
+) -> None:
+    bad = with_change(wire(C3osConfig, GOOD[C3osConfig]), "spec.k3s.args", [value])
+    with pytest.raises(ApiException) as rejected:
+        _create(k8s, namespace, bad, dry_run=True)
+    assert "unquoted in a systemd ExecStart= line" in str(rejected.value.body)
+    _create(k8s, namespace, with_change(bad, "spec.k3s.args", ["--node-name=a.b-c_d:e/f"]), dry_run=True)
+
+
 def test_provider_id_cannot_change_once_set(k8s: Any, namespace: str) -> None:
     api = kc.CustomObjectsApi(k8s)
     args = (C3osMachine.GROUP, C3osMachine.VERSION, namespace, C3osMachine.PLURAL, "x")

@@ -11,6 +11,7 @@ import base64
 import copy
 import dataclasses
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ from capi_c3os.api.bootstrap import C3osConfigSpec
 from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.bootstrap.cloudconfig import (
     CONFIG_FILE,
+    KUBE_VIP_MANIFEST,
     PROVIDER_ID_SCRIPT,
     SENTINEL_SCRIPT,
     TOKEN_FILE,
@@ -206,9 +208,56 @@ def test_joining_server_points_at_the_endpoint_and_gets_no_ca_files() -> None:
     assert not [p for p in files_of(doc) if p.startswith("/var/lib/rancher/k3s/server/tls")]
 
 
+def test_servers_run_kube_vip_as_a_static_pod_announcing_the_endpoint() -> None:
+    # provider-kairos v2.16.4 deploys kube-vip only on its p2p auto path (oneTimeBootstrap
+    # in internal/provider/bootstrap.go never does): its `kubevip` block did nothing.
+    spec = {"k3s": {"server": {"kubeVIP": {"interface": "eth1", "image": "mirror.local/kube-vip:v1"}}}}
+    for role in (Role.INIT_SERVER, Role.JOIN_SERVER):
+        doc = doc_of(render_cloud_config(inputs(role, spec)))
+        assert "kubevip" not in doc
+        pod = doc_of(content(files_of(doc)[KUBE_VIP_MANIFEST]).decode())
+        container = pod["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert container["image"] == "mirror.local/kube-vip:v1" and container["args"] == ["manager"]
+        assert env["address"] == "10.0.0.10" and env["vip_interface"] == "eth1" and env["port"] == "6443"
+        assert env["vip_arp"] == env["cp_enable"] == env["vip_leaderelection"] == "true"
+        assert env["vip_subnet"] == "32"
+        assert pod["spec"]["hostNetwork"] is True
+        assert pod["spec"]["volumes"][0]["hostPath"] == {"path": "/etc/rancher/k3s/k3s.yaml", "type": "File"}
+    assert KUBE_VIP_MANIFEST not in files_of(doc_of(render_cloud_config(inputs(Role.AGENT, spec))))
+    # Another VIP than the endpoint host: in the serving certificate too; IPv6 is a /128.
+    spec = {"k3s": {"server": {"kubeVIP": {"address": "fd00::10"}}}}
+    doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER, spec, endpoint_host="api.edge")))
+    pod = doc_of(content(files_of(doc)[KUBE_VIP_MANIFEST]).decode())
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["address"] == "fd00::10" and env["vip_subnet"] == "128" and "vip_interface" not in env
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/kube-vip/kube-vip:v1.2.3"
+    assert doc_of(content(files_of(doc)[CONFIG_FILE]).decode())["tls-san"] == ["api.edge", "fd00::10"]
+
+
+def test_p2p_offers_only_what_provider_kairos_honours_on_our_path() -> None:
+    # provider-kairos v2.16.4 oneTimeBootstrap (token + auto.enable false): k3s args
+    # verbatim, VPN set up after k3s; p2p.vpn.use and p2p.network_id act only on the
+    # auto path, so they are not in the API.
+    spec = copy.deepcopy(FULL_SPEC)
+    spec["p2p"]["vpn"] = {"create": False}
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    assert doc["p2p"]["vpn"] == {"create": False} and "network_id" not in doc["p2p"]
+    p2p_schema = C3osConfigSpec.model_json_schema(by_alias=True)["$defs"]
+    assert "networkID" not in p2p_schema["P2p"]["properties"]
+    assert set(p2p_schema["P2pVpn"]["properties"]) == {"create"}
+
+
+def test_kube_vip_needs_an_ip_address() -> None:
+    spec: dict[str, Any] = {"k3s": {"server": {"kubeVIP": {}}}}
+    with pytest.raises(RenderError, match=r"kubeVIP\.address"):
+        render_cloud_config(inputs(Role.JOIN_SERVER, spec, endpoint_host="api.edge"))
+
+
 def test_agent_uses_k3s_agent_and_ignores_server_only_settings() -> None:
     doc = doc_of(render_cloud_config(inputs(Role.AGENT, FULL_SPEC)))
     assert "k3s" not in doc and "kubevip" not in doc
+    assert KUBE_VIP_MANIFEST not in files_of(doc)
     assert doc["k3s-agent"]["args"][:2] == ["--server=https://10.0.0.10:6443", f"--token-file={TOKEN_FILE}"]
     assert "--write-kubeconfig-mode=0640" not in doc["k3s-agent"]["args"]
     config = doc_of(content(files_of(doc)[CONFIG_FILE]).decode())
@@ -227,7 +276,12 @@ def test_every_option_maps_to_its_documented_key() -> None:
     doc = doc_of(render_cloud_config(inputs(Role.INIT_SERVER, FULL_SPEC)))
     assert doc["hostname"] == "edge-cp-abc12"
     assert doc["users"] == [
-        {"name": "kairos", "groups": ["admin"], "ssh_authorized_keys": ["ssh-ed25519 AAAA me@host"]}
+        {
+            "name": "kairos",
+            "lock_passwd": True,
+            "groups": ["admin"],
+            "ssh_authorized_keys": ["ssh-ed25519 AAAA me@host"],
+        }
     ]
     assert doc["install"] == {"auto": True, "device": "/dev/vda", "reboot": True, "poweroff": False}
     assert doc["k3s"]["args"] == [
@@ -235,10 +289,11 @@ def test_every_option_maps_to_its_documented_key() -> None:
         "--write-kubeconfig-mode=0640",
     ]  # fmt: skip
     assert doc["p2p"] == {
-        "network_token": "p2p-network-token", "network_id": "edge", "dns": True, "disable_dht": False,
-        "vpn": {"create": True, "use": True}, "auto": {"enable": False, "ha": {"enable": False}},
+        "network_token": "p2p-network-token", "dns": True, "disable_dht": False,
+        "vpn": {"create": True}, "auto": {"enable": False, "ha": {"enable": False}},
     }  # fmt: skip
-    assert doc["kubevip"] == {"enable": True, "eip": "10.0.0.10", "interface": "eth0"}
+    assert "kubevip" not in doc  # provider-kairos ignores it on our path: see the kube-vip test
+    assert KUBE_VIP_MANIFEST in files_of(doc)
     files = files_of(doc)
     config = doc_of(content(files[CONFIG_FILE]).decode())
     assert config == {
@@ -300,7 +355,78 @@ def test_no_secret_appears_in_clear_text_except_where_kairos_needs_it() -> None:
     text = render_cloud_config(inputs(Role.INIT_SERVER, FULL_SPEC))
     for value in (TOKEN.encode(), b"SERVER-KEY", b"from-a-secret"):
         assert value.decode() not in text
-    assert "passwd" not in text
+    assert not re.search(r"(^|\s)passwd:", text)
+
+
+def test_users_get_a_locked_password_not_an_empty_one() -> None:
+    # yip (plugins/user.go createUser) writes `passwd` to /etc/shadow as is: no passwd
+    # and no lock_passwd is an EMPTY password (console login, sudo via %admin).
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, {"users": [{"name": "ops"}, {"name": "kairos"}]})))
+    assert [user["lock_passwd"] for user in doc["users"]] == [True, True]
+
+
+def test_without_an_admin_user_kairos_agent_is_told_there_are_none() -> None:
+    # kairos-agent install/upgrade/reset refuse a config without a user in group admin
+    # unless install.nousers is set (pkg/config/config.go CheckConfigForUsers).
+    for spec in ({}, {"users": [{"name": "ops", "groups": ["wheel"]}]}):
+        assert doc_of(render_cloud_config(inputs(Role.AGENT, spec)))["install"] == {"nousers": True}
+    installing = doc_of(render_cloud_config(inputs(Role.AGENT, {"install": {"device": "/dev/vda"}})))
+    assert installing["install"]["nousers"] is True and installing["install"]["auto"] is True
+    admin = doc_of(render_cloud_config(inputs(Role.AGENT, {"users": [{"name": "a", "groups": ["admin"]}]})))
+    assert "install" not in admin
+
+
+def test_a_file_owned_by_a_spec_user_is_written_in_boot_after_the_user_exists() -> None:
+    # yip creates top-level users in the first step of `boot`; `initramfs` runs before.
+    spec = {
+        "users": [{"name": "app", "groups": ["admin"]}],
+        "files": [
+            {"path": "/etc/a", "content": "a", "owner": "app:app"},
+            {"path": "/etc/b", "content": "b", "owner": "root:adm"},
+            {"path": "/etc/c", "content": "c"},
+        ],
+        "stages": {"boot": [{"name": "mine", "commands": ["true"]}]},
+    }
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    early = next(s for s in doc["stages"]["initramfs"] if s["name"] == "cluster-api-files")
+    assert [f["path"] for f in early["files"]] == ["/etc/b", "/etc/c"]
+    assert doc["stages"]["boot"][0] == {
+        "name": "cluster-api-files-owned",
+        "files": [{"path": "/etc/a", "permissions": 0o644, "content": "a", "ownerstring": "app:app"}],
+    }
+    assert doc["stages"]["boot"][1]["name"] == "mine"
+
+
+IMAGE_DIRS = {"/etc", "/etc/systemd/system", "/usr/local/bin", "/var/lib"}
+"""Directories every Kairos image has; anything else above our files we declare."""
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_our_files_have_every_parent_directory_declared_with_an_explicit_mode(case: str) -> None:
+    # yip gives a missing parent the file's mode (+0100): /etc/rancher/k3s would be 0700
+    # from the token file, /var/lib/rancher/k3s/server/tls 0740 from a certificate.
+    doc = doc_of(render_cloud_config(CASES[case]))
+    for step in doc["stages"]["initramfs"]:
+        if step["name"] == "cluster-api-files":
+            continue  # the user's own paths: declaring them would chmod e.g. /root
+        declared = {d["path"]: d["permissions"] for d in step.get("directories", [])}
+        for file in step["files"]:
+            parent = os.path.dirname(file["path"])
+            while parent not in IMAGE_DIRS:
+                assert parent in declared, (step["name"], file["path"], parent)
+                parent = os.path.dirname(parent)
+    dirs = {
+        d["path"]: d["permissions"]
+        for step in doc["stages"]["initramfs"]
+        for d in step.get("directories", [])
+    }
+    assert dirs["/etc/rancher/k3s"] == 0o755 and dirs["/etc/rancher/k3s/cluster-api"] == 0o700
+
+
+def test_user_stages_may_use_every_yip_step_key() -> None:
+    spec = {"stages": {"boot": [{"name": "x", "if_files": {"any": ["/x"]}, "package_pins": {"k3s": "1"}}]}}
+    doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
+    assert doc["stages"]["boot"][0]["if_files"] == {"any": ["/x"]}
 
 
 def test_referenced_secrets_lists_every_secret_the_spec_names() -> None:

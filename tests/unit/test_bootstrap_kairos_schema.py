@@ -17,9 +17,9 @@ import yaml
 
 TOP = {"hostname", "users", "install", "k3s", "k3s-agent", "write_files", "stages", "bundles", "p2p",
        "kubevip", "config_url"}  # fmt: skip
-USER = {"name", "groups", "ssh_authorized_keys"}  # `passwd` exists but we must never emit it
+USER = {"name", "groups", "ssh_authorized_keys", "lock_passwd"}  # `passwd` exists but we must never emit it
 INSTALL = {"auto", "device", "reboot", "poweroff", "image", "partitions", "extra-partitions", "bind_mounts",
-           "grub_options", "system"}  # fmt: skip
+           "grub_options", "system", "nousers"}  # fmt: skip
 K3S = {"enabled", "args", "env", "replace_args", "replace_env", "embedded_registry"}
 P2P = {"network_token", "network_id", "role", "dns", "loglevel", "disable_dht", "minimum_nodes",
        "dynamic_roles", "vpn", "auto"}  # fmt: skip
@@ -33,7 +33,7 @@ STEP = {"name", "commands", "files", "downloads", "directories", "if", "ensure_e
         "dns", "hostname", "sysctl", "authorized_keys", "node", "users", "modules", "systemctl",
         "environment", "environment_file", "packages", "unpack_images", "after", "datasource", "layout",
         "systemd_firstboot", "timesyncd", "git", "only_os", "only_os_version", "only_arch",
-        "only_service_manager"}  # fmt: skip
+        "only_service_manager", "if_files", "package_pins"}  # fmt: skip
 FILE = {"path", "permissions", "owner", "group", "content", "encoding", "ownerstring"}
 ENCODINGS = {"b64", "base64", "gz", "gzip", "gz+base64", "gzip+base64", "gz+b64", "gzip+b64"}
 K3S_CONFIG = {
