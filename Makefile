@@ -9,6 +9,14 @@ PYTEST_ARGS ?=
 # on one worker (its module-scoped clusters and ordered scenarios stay together).
 JOBS ?= 3
 XDIST = -n $(JOBS) --dist loadfile
+# Integration modules that take seconds, not minutes (CRD schemas, RBAC, reconcilers
+# against the real API server, CAPI core): with tests/unit, `make test-fast`.
+FAST_INTEGRATION = tests/integration/bootstrap tests/integration/test_crds.py \
+	tests/integration/test_kube_vip_pod.py tests/integration/controlplane/test_controlplane_api.py \
+	tests/integration/test_manager.py tests/integration/test_templates.py \
+	tests/integration/test_capi_core.py tests/integration/test_management_plane.py \
+	tests/integration/test_clusterctl_repository.py tests/integration/libvirt/test_libvirt_addresses.py \
+	tests/integration/ironic/test_ironic_ownership.py tests/integration/ironic/test_ironic_sites.py
 
 .PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv demo demo-down clean
 
