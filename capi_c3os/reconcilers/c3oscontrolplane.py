@@ -132,6 +132,8 @@ class _Ctx:
     """(reason, message) per server Machine held at our hook for its etcd member."""
     mismatches: dict[str, str] = field(default_factory=dict)
     """Machine name -> why its Node runs another version than it wants (node_version.py)."""
+    template_mismatch: str | None = None
+    """Why the infrastructure template's image (by its name) does not ship spec.version."""
 
     @property
     def namespace(self) -> str:
@@ -815,6 +817,12 @@ def _scale(ctx: _Ctx) -> Outcome:
     blocked = _rollout_blocked(ctx, active)
     if outdated and blocked and len(active) == ctx.spec.replicas:
         return blocked
+    if outdated or len(active) < ctx.spec.replicas:
+        # Before a server is removed (surge 0) or made: an image that says it ships
+        # another version would only be found out after the first replacement.
+        ctx.template_mismatch = _template_mismatch(ctx)
+        if ctx.template_mismatch:
+            return Outcome.wait(VERSION_MISMATCH, ctx.template_mismatch, LONG_WAIT)
     strategy = ctx.spec.rollout.strategy if ctx.spec.rollout else None
     surge = strategy.rolling_update.max_surge if strategy and strategy.rolling_update else 1
     unhealthy = [m["metadata"]["name"] for m in active if not _healthy(ctx, m)]
@@ -864,6 +872,14 @@ def _scale(ctx: _Ctx) -> Outcome:
     if scheduled is not None:
         return scheduled
     return Outcome.ready("Available", f"{len(active)} of {ctx.spec.replicas} servers Ready")
+
+
+def _template_mismatch(ctx: _Ctx) -> str | None:
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return None  # reported where the template is used
+    template = _get(ctx, resources[0], ctx.spec.machine_template.spec.infrastructure_ref.name)
+    return node_version.template_mismatch(ctx.spec.version, template)
 
 
 def _rollout_blocked(ctx: _Ctx, active: list[dict[str, Any]]) -> Outcome | None:
@@ -1035,6 +1051,15 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
 
 
 def _version_condition(ctx: _Ctx, generation: int | None) -> cond.Condition:
+    if ctx.template_mismatch:
+        return cond.new_condition(
+            VERSION_MISMATCH,
+            cond.TRUE,
+            "ImageVersionMismatch",
+            ctx.template_mismatch,
+            generation=generation,
+            now=ctx.now,
+        )
     if not ctx.mismatches:
         return cond.new_condition(
             VERSION_MISMATCH, cond.FALSE, VERSION_MATCHES, "", generation=generation, now=ctx.now

@@ -21,6 +21,7 @@ from capi_c3os.capi.versions import (
     VERSION_MISMATCH,
     matches,
     mismatch_message,
+    version_from_image_name,
 )
 
 
@@ -34,6 +35,25 @@ def describe_image(infra_spec: dict[str, Any] | None) -> str:
         if image.get("volume"):
             return f"volume {image['volume']}"
     return "(unknown image)"
+
+
+def template_mismatch(version: str, template: dict[str, Any] | None) -> str | None:
+    """Before any machine is made from an infrastructure template: the message when its
+    image's name says (Kairos style, `...-k3sv1.33.4-k3s1...`) it ships another k3s than
+    `version`, else None (also for names that say nothing: only the Node can tell then)."""
+    spec = (((template or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    image = spec.get("image")
+    if not isinstance(image, dict):
+        return None
+    named = str(image.get("url") or image.get("volume") or "")
+    ships = version_from_image_name(named)
+    if ships is None or matches(version, ships):
+        return None
+    name = ((template or {}).get("metadata") or {}).get("name")
+    return (
+        f"the image of template {name}, {describe_image(spec)}, ships {ships} by its name, "
+        f"the version is {version}: no server is replaced until the template names an image of {version}"
+    )
 
 
 def wanted_version(machine: dict[str, Any]) -> str | None:

@@ -86,3 +86,23 @@ def test_an_image_is_named_by_url_or_volume() -> None:
         "volume c3os-k3sv1.33.4-k3s1"
     )
     assert node_version.describe_image(None) == "(unknown image)"
+
+
+def template(image: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "cp-2"}, "spec": {"template": {"spec": {"image": image}}}}
+
+
+def test_a_template_whose_image_name_ships_another_version_is_refused_before_any_replacement() -> None:
+    tagged = template(
+        {"url": "https://images.example/c3os-k3sv1.33.4-k3s1.qcow2?sig=x", "checksum": "0" * 64}
+    )
+    assert node_version.template_mismatch("v1.34.1+k3s1", tagged) == (
+        "the image of template cp-2, https://images.example/c3os-k3sv1.33.4-k3s1.qcow2, ships v1.33.4+k3s1 "
+        "by its name, the version is v1.34.1+k3s1: no server is replaced until the template names an image "
+        "of v1.34.1+k3s1"
+    )
+    assert node_version.template_mismatch("v1.33.4+k3s1", tagged) is None
+    assert node_version.template_mismatch("v1.33.4", tagged) is None
+    # A name that says nothing: only the Node can tell.
+    assert node_version.template_mismatch("v1.34.1+k3s1", template({"volume": "c3os"})) is None
+    assert node_version.template_mismatch("v1.34.1+k3s1", None) is None

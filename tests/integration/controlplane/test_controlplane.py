@@ -237,6 +237,28 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
                         .get("status") or {})  # fmt: skip
 
         eventually(lambda: status().get("readyReplicas") == 3, "three servers Ready", timeout=180)
+        before = {
+            m["metadata"]["name"]
+            for m in api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+        }
+        # The version alone: the template's image says (by its name) it ships VERSION.
+        # Refused before a server goes (surge 0 would remove one first).
+        api.patch_namespaced_custom_object(
+            *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"version": NEXT}}
+        )
+
+        def refused() -> dict[str, Any] | None:
+            conditions = status().get("conditions") or []
+            found = next((c for c in conditions if c["type"] == "VersionMismatch"), None)
+            return found if found and found["reason"] == "ImageVersionMismatch" else None
+
+        reported = eventually(refused, "the template's image refused", explain=lambda: str(status()))
+        assert f"ships {VERSION} by its name, the version is {NEXT}" in reported["message"]
+        ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "VersionMismatch"
+        machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+        assert {m["metadata"]["name"] for m in machines} == before
+        assert not any(m["metadata"].get("deletionTimestamp") for m in machines)
         template = image_template(api, namespace, NEXT)
         api.patch_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {
             "version": NEXT, "machineTemplate": {"spec": {"infrastructureRef": {"name": template}}},
