@@ -6,10 +6,14 @@ cluster does; each scenario's own waits fail it with what is missing):
    repository (`capi-c3os manifests` output), 3 servers + 2 workers on the private
    libvirtd, booting the self-booting stand-in image by URL + checksum;
 1b. `clusterctl describe cluster` shows our objects with their conditions;
-2. upgrade: a new k3s version through the topology: the control plane rolls with
-   surge 1, then the workers;
-2b. upgrade again with the ClusterClass's controlPlaneMaxSurge variable at 0: the servers
-   roll remove-first (never more than 3), each old server's etcd member removed;
+2. upgrade: a new k3s version through the topology, first with the old image entered for
+   it by mistake: the first new server's Node runs the old k3s, VersionMismatch is
+   reported on its C3osMachine and the control plane, and the rollout stops there (the
+   workers untouched); with the stand-in image that ships the version, the control plane
+   rolls with surge 1, then the workers, and every Node reports the new version;
+2b. upgrade again (another image, another version) with the ClusterClass's
+   controlPlaneMaxSurge variable at 0: the servers roll remove-first (never more than
+   3), each old server's etcd member removed, every Node on the new version;
 2c. kubeconfig rotation: a `<cluster>-kubeconfig` whose admin certificate is past half
    its life is rewritten by the control plane, and the new one lists the Nodes;
 3. remediation by MachineHealthCheck of a worker and of a server whose VM was destroyed
@@ -47,15 +51,16 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap.kubeconfig import render_admin_kubeconfig
 from capi_c3os.capi import conditions as cond
+from capi_c3os.capi.versions import image_tag
 from capi_c3os.dev import binaries
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import NETWORK_NAME
 from capi_c3os.dev.mgmt import api_client, apply
 from capi_c3os.dev.processes import free_port
-from capi_c3os.dev.workload import cluster_ca
+from capi_c3os.dev.workload import cluster_ca, node_versions
 from e2e.conftest import E2eEnv
 from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
-from tests.integration.test_templates import await_class_accepted, render
+from tests.integration.test_templates import VERSION, await_class_accepted, render
 from tests.support import eventually
 
 CREATE_TIMEOUT = 1500  # 5 VMs under TCG on a shared 2-core machine: a safety net only
@@ -70,8 +75,19 @@ NAME = "shop-17"  # what tests.integration.test_templates.render generates
 CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 CLUSTER_LABEL = "cluster.x-k8s.io/cluster-name"
 SMALL_VM = {"cpus": 1, "memoryMiB": 256, "diskGiB": 1}  # the stand-in needs no more
+OLD_VERSION = VERSION  # what boot.qcow2 ships (hack/standin-image.sh DEFAULT_K3S)
 NEW_VERSION = "v1.33.5+k3s1"
 SURGE_ZERO_VERSION = "v1.33.6+k3s1"
+
+
+def standin_entry(cluster: Cluster, version: str) -> dict[str, Any]:
+    """The `images` entry of the stand-in image that ships `version`."""
+    path = cluster.env.standin_image / f"boot-{image_tag(version)}.qcow2"
+    return {
+        "url": path.as_uri(),
+        "checksum": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": "qcow2",
+    }
 
 
 class Cluster:
@@ -120,6 +136,42 @@ class Cluster:
             and len([m for m in ms if CONTROL_PLANE_LABEL in m["metadata"].get("labels", {})]) == servers
             and len(ms) == servers + workers
             and all(_healthy(m) and (version is None or m["spec"].get("version") == version) for m in ms)
+        )
+
+    def control_plane(self) -> dict[str, Any]:
+        (found,) = self.items(("controlplane.cluster.x-k8s.io", "v1alpha1"), "c3oscontrolplanes")
+        return found
+
+    def images(self) -> dict[str, Any]:
+        """The `images` variable: version -> image."""
+        obj = self.get(CAPI, "clusters", NAME) or {}
+        return next(dict(v["value"]) for v in obj["spec"]["topology"]["variables"] if v["name"] == "images")
+
+    def with_image(self, version: str, image: dict[str, Any]) -> list[dict[str, Any]]:
+        """The topology's variables with `image` entered for `version`, as a user edits them."""
+        obj = self.get(CAPI, "clusters", NAME) or {}
+        variables = list(obj["spec"]["topology"]["variables"])
+        for variable in variables:
+            if variable["name"] == "images":
+                variable["value"] = {**variable["value"], version: image}
+        return variables
+
+    def rollout_stopped(self) -> bool:
+        """The control plane holds its rollout for a VersionMismatch, its 3 servers Ready."""
+        ready = cond.get_condition(self.control_plane(), "Ready") or {}
+        servers = self.servers()
+        return ready.get("reason") == "VersionMismatch" and len(servers) == 3 and all(map(_healthy, servers))
+
+    def assert_nodes_run(self, version: str) -> None:
+        """Every Node (the stand-in's kubelet: the version its VM's image printed) and the
+        control plane's status.versions say `version`."""
+        running = node_versions(self.workload())
+        nodes = {m["status"]["nodeRef"]["name"] for m in self.machines()}
+        assert {running[n] for n in nodes} == {version}, running
+        eventually(
+            lambda: self.control_plane()["status"].get("versions") == [{"version": version, "replicas": 3}],
+            "status.versions from the Nodes",
+            explain=lambda: str(self.control_plane()["status"]),
         )
 
     def workload(self) -> Any:
@@ -391,17 +443,44 @@ def _wait(cluster: Cluster, probe: Callable[[], bool], what: str, timeout: float
 
 def test_upgrade_rolls_servers_with_surge_one_then_workers(cluster: Cluster) -> None:
     before = {m["metadata"]["name"] for m in cluster.machines()}
+    workers = {m["metadata"]["name"] for m in cluster.workers()}
+    old_image = cluster.images()[OLD_VERSION]
     with Watch(cluster) as watch:
-        cluster.patch_topology({"version": NEW_VERSION})
+        # A mistake: the new version with the old image (which ships OLD_VERSION).
+        cluster.patch_topology(
+            {"version": NEW_VERSION, "variables": cluster.with_image(NEW_VERSION, old_image)}
+        )
+        _wait(cluster, cluster.rollout_stopped, "the rollout stopped at a VersionMismatch")
+        reported = cond.get_condition(cluster.control_plane(), "VersionMismatch") or {}
+        assert reported.get("status") == "True", reported
+        (wrong,) = [m for m in cluster.servers() if m["metadata"]["name"] not in before]
+        expected = f"image {old_image['url']} runs {OLD_VERSION}, Machine wants {NEW_VERSION}"
+        assert reported["message"] == f"{wrong['metadata']['name']}: {expected}"
+        infra_name = wrong["spec"]["infrastructureRef"]["name"]
+
+        def machine_reports() -> bool:
+            infra = cluster.get(INFRA, "c3osmachines", infra_name) or {}
+            return (cond.get_condition(infra, "VersionMismatch") or {}).get("message") == expected
+
+        eventually(machine_reports, "VersionMismatch on the C3osMachine", timeout=120)
+        assert {m["metadata"]["name"] for m in cluster.workers()} == workers, (
+            "workers wait for the control plane"
+        )
+
+        # The image that ships the version: every Machine replaced, the wrong one too.
+        cluster.patch_topology(
+            {"variables": cluster.with_image(NEW_VERSION, standin_entry(cluster, NEW_VERSION))}
+        )
         took = _wait(cluster, lambda: cluster.settled(3, 2, NEW_VERSION), f"every Machine at {NEW_VERSION}")
-    print(f"\nupgrade: {took:.0f}s for 3 servers and 2 workers")
+    print(f"\nupgrade: {took:.0f}s for 3 servers and 2 workers after the image was fixed")
     assert not before & {m["metadata"]["name"] for m in cluster.machines()}, "every Machine replaced"
     assert watch.most["servers"] <= 4, watch.most  # surge 1 over 3 replicas
     new = {n: m for n, m in watch.seen.items() if m["version"] == NEW_VERSION}
     new_servers = sorted(m["created"] for m in new.values() if m["server"])
     new_workers = sorted(m["created"] for m in new.values() if not m["server"])
-    assert len(new_servers) == 3 and len(new_workers) == 2, new
+    assert len(new_servers) == 4 and len(new_workers) == 2, new  # the wrong server, then 3
     assert new_workers[0] >= new_servers[-1], "workers rolled only after the control plane"
+    cluster.assert_nodes_run(NEW_VERSION)
 
 
 def test_upgrade_with_surge_zero_removes_each_server_first(cluster: Cluster) -> None:
@@ -410,7 +489,11 @@ def test_upgrade_with_surge_zero_removes_each_server_first(cluster: Cluster) -> 
     obj = cluster.get(CAPI, "clusters", NAME)
     assert obj is not None
     # What a user edits: the class's variable and the version, in one change.
-    variables = [v for v in obj["spec"]["topology"]["variables"] if v["name"] != "controlPlaneMaxSurge"]
+    variables = [
+        v
+        for v in cluster.with_image(SURGE_ZERO_VERSION, standin_entry(cluster, SURGE_ZERO_VERSION))
+        if v["name"] != "controlPlaneMaxSurge"
+    ]
     variables.append({"name": "controlPlaneMaxSurge", "value": 0})
     with Watch(cluster) as watch:
         cluster.patch_topology({"version": SURGE_ZERO_VERSION, "variables": variables})
@@ -429,6 +512,7 @@ def test_upgrade_with_surge_zero_removes_each_server_first(cluster: Cluster) -> 
     removed = cluster.workload().etcd_removed
     for node in old_servers.values():
         assert node in removed, f"{node} left etcd before its Machine went"
+    cluster.assert_nodes_run(SURGE_ZERO_VERSION)
 
 
 def test_control_plane_rotates_an_aging_kubeconfig(cluster: Cluster, tmp_path: Path) -> None:

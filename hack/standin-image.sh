@@ -30,9 +30,19 @@
 # backend), a floppy or USB stick (Redfish virtual media: sushy-tools' libvirt driver
 # attaches Ironic's config-2 image as a floppy), or a disk partition.
 #
+# - Each image "ships" a k3s version, as a Kairos standard image does: /etc/kairos-release
+#   with KAIROS_SOFTWARE_VERSION (and _PREFIX=k3s), printed on the console at boot, where
+#   the k3s stand-in (capi_c3os/dev/k3s.py) reads it and reports it as the Node's
+#   kubeletVersion. The images above ship $DEFAULT_K3S; boot-<tag>.qcow2 (tag Kairos style,
+#   e.g. k3sv1.34.1-k3s1) ship each version of $VARIANT_K3S: the same disk with an initrd
+#   that has a second cpio archive appended holding that kairos-release (the kernel
+#   unpacks concatenated archives in order, the later file wins).
+#
 # A real c3os/Kairos image is used instead by pointing C3osMachine.spec.image at its
 # qcow2 (format: qcow2) or live ISO (format: iso) and leaving out directKernelBoot.
 set -euo pipefail
+DEFAULT_K3S=v1.33.4+k3s1
+VARIANT_K3S="v1.33.5+k3s1 v1.33.6+k3s1 v1.34.1+k3s1"
 here=$(cd "$(dirname "$0")" && pwd)
 hash=$(sha256sum "$here/standin-image.sh" | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
@@ -67,6 +77,10 @@ version=${pkg#linux-image-}
 depmod -b kroot "$version"
 
 mkdir -p initramfs/{bin,sbin,dev,proc,sys,mnt/cfg,tmp,etc,lib/modules,usr/share/udhcpc}
+kairos_release() {
+  printf 'KAIROS_NAME="c3os-standin"\nKAIROS_VARIANT="standard"\nKAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="%s"\n' "$1"
+}
+kairos_release "$DEFAULT_K3S" > initramfs/etc/kairos-release
 cp "$busybox" initramfs/bin/busybox
 for applet in $("$busybox" --list); do
   [ -e "initramfs/bin/$applet" ] || ln -s busybox "initramfs/bin/$applet"
@@ -248,6 +262,7 @@ for m in $(cat /lib/modules/order); do
   esac
 done
 echo "C3OS-STANDIN BOOTED"
+echo "----- BEGIN KAIROS-RELEASE -----"; cat /etc/kairos-release; echo "----- END KAIROS-RELEASE -----"
 dev=""
 for i in $(seq 1 50); do
   dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=config-2 2>/dev/null || true)
@@ -350,13 +365,25 @@ LABEL c3os
   INITRD /initrd.img
   APPEND console=ttyS0 quiet
 CFG
-truncate -s 32M boot.raw
-mformat -i boot.raw -v C3OSBOOT -h 64 -s 32 -t 32 ::
-mcopy -i boot.raw "$out.tmp/vmlinuz" ::/vmlinuz
-mcopy -i boot.raw "$out.tmp/initrd.img" ::/initrd.img
-mcopy -i boot.raw syslinux.cfg ::/syslinux.cfg
-syslinux --install boot.raw
-qemu-img convert -q -f raw -O qcow2 boot.raw "$out.tmp/boot.qcow2"
+boot_disk() {  # initrd, output qcow2
+  rm -f boot.raw
+  truncate -s 32M boot.raw
+  mformat -i boot.raw -v C3OSBOOT -h 64 -s 32 -t 32 ::
+  mcopy -i boot.raw "$out.tmp/vmlinuz" ::/vmlinuz
+  mcopy -i boot.raw "$1" ::/initrd.img
+  mcopy -i boot.raw syslinux.cfg ::/syslinux.cfg
+  syslinux --install boot.raw
+  qemu-img convert -q -f raw -O qcow2 boot.raw "$2"
+}
+boot_disk "$out.tmp/initrd.img" "$out.tmp/boot.qcow2"
+for v in $VARIANT_K3S; do
+  tag="k3s$(echo "$v" | tr + -)"
+  rm -rf variant && mkdir -p variant/etc
+  kairos_release "$v" > variant/etc/kairos-release
+  cp "$out.tmp/initrd.img" "initrd-$tag.img"
+  (cd variant && find . | cpio -o -H newc --quiet | gzip -9) >> "initrd-$tag.img"
+  boot_disk "initrd-$tag.img" "$out.tmp/boot-$tag.qcow2"
+done
 
 # The live ISO: isolinux loads the same kernel and initrd with c3os.live.
 mkdir -p iso/isolinux

@@ -202,7 +202,9 @@ class C3osControlPlaneStatus(ApiModel):
     up_to_date_replicas: int | None = Field(None, ge=0)
     """Machines that match the current spec."""
     versions: list[StatusVersion] | None = Field(None, max_length=16, json_schema_extra=list_map("version"))
-    """Kubernetes versions the Machines run, with counts."""
+    """Kubernetes versions the servers run, with counts, oldest first: each Node's kubelet
+    version (with k3s, what its image ships), or its Machine's spec.version until the Node
+    reported one."""
     last_remediation: LastRemediation | None = None
     """The most recent remediation."""
     conditions: list[Condition] | None = conditions_field()

@@ -16,7 +16,9 @@ those bytes:
   never joins and the reason is logged, once, as a failing k3s join would log it;
 - a joined node is a Ready Node named after the meta-data `local-hostname`, with the
   meta-data `provider-id` (what the bootstrap's ExecStartPre gives the kubelet);
-  servers carry the control-plane role label;
+  servers carry the control-plane role label; its kubeletVersion is the k3s version the
+  image ships (`KAIROS_SOFTWARE_VERSION` of the `/etc/kairos-release` the VM printed at
+  boot), never what the Machine asked for: on c3os, k3s comes with the image;
 - etcd-removal annotations are answered like k3s's etcd controller (every round, see
   `WorkloadStandIn.answer_etcd_removals`; `etcd_removed` lists them);
 - a domain that stops or vanishes: its Node goes Ready=False (heartbeats stop);
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 BOOTED = "C3OS-STANDIN READY"
 """The stand-in OS printed this once it has read its config drive and tried DHCP: from
 here on k3s would be starting."""
+RELEASE = re.compile(
+    r"----- BEGIN KAIROS-RELEASE -----\r?\n(?P<text>.*?)----- END KAIROS-RELEASE -----", re.S
+)
 MARKER = re.compile(
     r"----- BEGIN (?P<what>[A-Z-]+) BASE64 -----\r?\n(?P<b64>.*?)----- END (?P=what) BASE64 -----", re.S
 )
@@ -89,6 +94,25 @@ def console_blocks(log_text: str) -> dict[str, bytes]:
         with suppress(binascii.Error, ValueError):  # a block cut short by a crash
             blocks[match["what"]] = base64.b64decode("".join(match["b64"].split()), validate=True)
     return blocks
+
+
+def shipped_k3s_version(release: str) -> str | None:
+    """KAIROS_SOFTWARE_VERSION of an /etc/kairos-release (shell `KEY="value"` lines), when
+    the image ships k3s."""
+    values = {}
+    for line in release.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            values[key] = value.strip().strip('"')
+    if values.get("KAIROS_SOFTWARE_VERSION_PREFIX", "k3s") != "k3s":
+        return None
+    return values.get("KAIROS_SOFTWARE_VERSION") or None
+
+
+def console_k3s_version(log_text: str) -> str | None:
+    """The k3s version of the image a stand-in VM booted (the release it printed)."""
+    match = RELEASE.search(log_text)
+    return shipped_k3s_version(match["text"]) if match else None
 
 
 # ------------------------------------------------------------------ what a node received
@@ -409,11 +433,14 @@ class K3sStandIn:
             if received is None:
                 return
             blocks = received
+            release = received.get("KAIROS-RELEASE")
+            version = shipped_k3s_version(release.decode(errors="replace")) if release else None
         else:
             console = serial_log(self.daemon, domain)
             if BOOTED not in console:
                 return
             blocks = console_blocks(console)
+            version = console_k3s_version(console)
         if domain not in self.boot_seconds:
             self.boot_seconds[domain] = time.monotonic() - self._started[domain]
         if "USER-DATA" not in blocks or "META-DATA" not in blocks:
@@ -433,14 +460,16 @@ class K3sStandIn:
         if cluster is None:
             return
         server = data.role.server
-        cluster.workload.register_node(data.hostname, data.provider_id, control_plane=server)
+        cluster.workload.register_node(
+            data.hostname, data.provider_id, control_plane=server, kubelet_version=version
+        )
         if server:
             cluster.workload.mark_serving()
         self._joined[domain] = _Joined(cluster, data.hostname, server)
         self._refused.pop(domain, None)
         self._event(
             f"{domain}: k3s {'server' if server else 'agent'} joined https://{cluster.host}:{cluster.port}"
-            f" as node {data.hostname} ({data.provider_id})"
+            f" as node {data.hostname} ({data.provider_id}), k3s {version or 'version unknown'}"
         )
 
     def _init_cluster(self, domain: str, data: BootData) -> _Cluster | None:
@@ -492,6 +521,8 @@ __all__ = [
     "Disk",
     "K3sStandIn",
     "console_blocks",
+    "console_k3s_version",
     "if_holds",
     "serial_log",
+    "shipped_k3s_version",
 ]

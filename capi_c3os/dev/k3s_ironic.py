@@ -5,7 +5,10 @@ would write to it: the config-2 drive Ironic holds for a node (`read_configdrive
 counts as up while it is `active` (not its power state: fake deploys leave the fake power
 as it was, off); it is known by its node and instance
 (`ironic/<node name>/<instance uuid>`), so a node deployed again for another machine is a
-new machine to k3s, and an undeployed one is down (its Node goes Ready=False).
+new machine to k3s, and an undeployed one is down (its Node goes Ready=False). The k3s
+version such a machine runs is the one its image ships: the version its image URL's name
+carries Kairos style (`...-k3sv1.34.1-k3s1...`), else the stand-in's default, handed to
+k3s as the image's `/etc/kairos-release`.
 
 Use: `k3s.sources.append(IronicMachines(server))`.
 """
@@ -16,7 +19,9 @@ import json
 import threading
 from typing import Any
 
+from capi_c3os.capi.versions import version_from_image_name
 from capi_c3os.dev.ironic import IronicServer, read_configdrive
+from capi_c3os.dev.workload import STANDIN_K3S_VERSION as DEFAULT_K3S
 
 PREFIX = "ironic/"
 
@@ -58,10 +63,19 @@ class IronicMachines:
             return None
         if meta_data.get("uuid") != instance:  # deployed again meanwhile: another machine's
             return None
-        blocks = {"USER-DATA": user_data, "META-DATA": json.dumps(meta_data).encode()}
+        blocks = {
+            "USER-DATA": user_data,
+            "META-DATA": json.dumps(meta_data).encode(),
+            "KAIROS-RELEASE": self._release(node),
+        }
         with self._lock:
             self._received[name] = blocks
         return blocks
+
+    def _release(self, node: str) -> bytes:
+        info = self.server.request("GET", f"/v1/nodes/{node}?fields=instance_info").get("instance_info") or {}
+        version = version_from_image_name(str(info.get("image_source") or "")) or DEFAULT_K3S
+        return f'KAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="{version}"\n'.encode()
 
 
 __all__ = ["IronicMachines"]

@@ -45,6 +45,7 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.capi import conditions as cond
 from capi_c3os.capi.metadata import MACHINE_CONTROL_PLANE_LABEL
+from capi_c3os.capi.versions import image_tag, version_from_image_name
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.processes import free_port
 
@@ -112,11 +113,13 @@ class WorkloadStandIn:
         ready: bool = True,
         etcd: bool | None = None,
         address: str = "127.0.0.1",
+        kubelet_version: str | None = None,
     ) -> None:
         """What a kubelet does when k3s starts on a machine: a Node with the provider-id
         the machine's config drive gave it, then its Ready condition. A server's etcd
         joins too (`etcd`, default: servers while `servers_join_etcd`): k3s's metadata
-        controller labels and annotates its Node with its member."""
+        controller labels and annotates its Node with its member. `kubelet_version`: the
+        k3s version the machine's image ships, reported in `status.nodeInfo`."""
         labels = {"kubernetes.io/hostname": name}
         if control_plane:
             labels[CONTROL_PLANE_ROLE] = "true"
@@ -133,6 +136,11 @@ class WorkloadStandIn:
             else:
                 if (control_plane and self.servers_join_etcd) if etcd is None else etcd:
                     self.join_etcd(name, address)
+            if kubelet_version:
+                info = {"kubeletVersion": kubelet_version, "kubeProxyVersion": kubelet_version,
+                        "operatingSystem": "linux", "architecture": "amd64", "osImage": "c3os stand-in",
+                        "containerRuntimeVersion": "containerd://2.0.5-k3s1"}  # fmt: skip
+                core.patch_node_status(name, {"status": {"nodeInfo": info}})
         self.set_node_ready(name, ready)
 
     def join_etcd(self, name: str, address: str = "127.0.0.1") -> str:
@@ -305,10 +313,25 @@ class MachinePlayer:
             if self.standin is not None and name not in self.registered:
                 # k3s came up on the machine: its kubelet registers, the first server serves.
                 server = MACHINE_CONTROL_PLANE_LABEL in (machine["metadata"].get("labels") or {})
-                self.standin.register_node(name, provider_id, control_plane=server)
+                self.standin.register_node(
+                    name, provider_id, control_plane=server, kubelet_version=image_k3s_version(infra)
+                )
                 if server:
                     self.standin.mark_serving()
                 self.registered.add(name)
+
+
+STANDIN_K3S_VERSION = "v1.33.4+k3s1"
+"""What a played machine's k3s reports when its image name carries no k3s tag."""
+
+
+def image_k3s_version(infra_machine: dict[str, Any]) -> str:
+    """The k3s version a played machine runs: the one its image's name carries, Kairos
+    style (`c3os-k3sv1.34.1-k3s1`), else STANDIN_K3S_VERSION. Never the Machine's
+    spec.version: on c3os the image decides."""
+    image = (infra_machine.get("spec") or {}).get("image") or {}
+    name = str(image.get("volume") or image.get("url") or "")
+    return version_from_image_name(name) or STANDIN_K3S_VERSION
 
 
 def create_cluster(
@@ -353,7 +376,11 @@ def create_cluster(
             "apiVersion": "/".join(_INFRA),
             "kind": "C3osMachineTemplate",
             "metadata": {"name": "cp"},
-            "spec": {"template": {"spec": {"backend": {"libvirt": {}}, "image": {"volume": "c3os"}}}},
+            "spec": {
+                "template": {
+                    "spec": {"backend": {"libvirt": {}}, "image": {"volume": standin_volume(version)}}
+                }
+            },
         },
     )
     api.create_namespaced_custom_object(
@@ -385,6 +412,33 @@ def create_cluster(
         "spec": {"infrastructureRef": {"apiGroup": _INFRA[0], "kind": "C3osCluster", "name": "shop"},
                  "controlPlaneRef": {"apiGroup": _CP[0], "kind": "C3osControlPlane",
                                      "name": "shop-cp"}}})  # fmt: skip
+
+
+def standin_volume(version: str) -> str:
+    """The played image that ships `version`."""
+    return f"c3os-{image_tag(version)}"
+
+
+def image_template(api: kc.CustomObjectsApi, namespace: str, version: str) -> str:
+    """A copy of `create_cluster`'s machine template whose image ships `version`, as a
+    user makes one for an upgrade (CAPI templates are immutable: a new one, a new name).
+    Returns its name."""
+    base = api.get_namespaced_custom_object(*_INFRA, namespace, "c3osmachinetemplates", "cp")
+    spec = {**base["spec"]["template"]["spec"], "image": {"volume": standin_volume(version)}}
+    name = f"cp-{image_tag(version).replace('.', '-')}"
+    api.create_namespaced_custom_object(*_INFRA, namespace, "c3osmachinetemplates", {
+        "apiVersion": "/".join(_INFRA), "kind": "C3osMachineTemplate", "metadata": {"name": name},
+        "spec": {"template": {"spec": spec}}})  # fmt: skip
+    return name
+
+
+def node_versions(standin: WorkloadStandIn) -> dict[str, str]:
+    """Node name -> the kubelet version it reports."""
+    with api_client(standin.kubeconfig) as client:
+        nodes = kc.CoreV1Api(client).list_node().items
+    return {
+        n.metadata.name: (n.status.node_info.kubelet_version if n.status.node_info else "") for n in nodes
+    }
 
 
 def cluster_ca(core: kc.CoreV1Api, namespace: str, name: str) -> KeyPair:

@@ -55,7 +55,8 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_cluster_name, owner_references
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
-from capi_c3os.reconcilers import contract
+from capi_c3os.capi.versions import VERSION_MATCHES, VERSION_MISMATCH, status_versions
+from capi_c3os.reconcilers import contract, node_version
 from capi_c3os.reconcilers.cluster_secrets import ClusterSecretsError, ensure_cluster_secrets
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
 from capi_c3os.reconcilers.view import ClusterView
@@ -129,6 +130,10 @@ class _Ctx:
     kubeconfig: dict[str, Any] | None = None
     etcd_waits: list[tuple[str, str]] = field(default_factory=list)
     """(reason, message) per server Machine held at our hook for its etcd member."""
+    mismatches: dict[str, str] = field(default_factory=dict)
+    """Machine name -> why its Node runs another version than it wants (node_version.py)."""
+    template_mismatch: str | None = None
+    """Why the infrastructure template's image (by its name) does not ship spec.version."""
 
     @property
     def namespace(self) -> str:
@@ -216,6 +221,37 @@ def _node_of(ctx: _Ctx, machine: dict[str, Any]) -> NodeState | None:
 def _healthy(ctx: _Ctx, machine: dict[str, Any]) -> bool:
     node = _node_of(ctx, machine)
     return node is not None and node.ready
+
+
+def _node_version(ctx: _Ctx, machine: dict[str, Any]) -> str | None:
+    """What the Machine's Node reports: read from the workload cluster, else what CAPI
+    copied to the Machine (the workload cluster may be unreachable right now)."""
+    node = _node_of(ctx, machine)
+    if node is not None and node.kubelet_version:
+        return node.kubelet_version
+    return node_version.reported_version(machine)
+
+
+def _check_node_versions(ctx: _Ctx) -> None:
+    """Which servers run another k3s version than their Machine wants (their image
+    ships another one). The image is read only for those, to name it."""
+    for machine in _active(ctx.machines):
+        running = _node_version(ctx, machine)
+        if node_version.mismatch(machine, running, "") is None:
+            continue
+        ctx.mismatches[machine["metadata"]["name"]] = str(
+            node_version.mismatch(machine, running, _image_of(ctx, machine))
+        )
+
+
+def _image_of(ctx: _Ctx, machine: dict[str, Any]) -> str:
+    ref = (machine.get("spec") or {}).get("infrastructureRef") or {}
+    try:
+        resource = contract.resource_for(ctx.kube, str(ref.get("apiGroup")), str(ref.get("kind")))
+    except contract.ContractError:
+        return node_version.describe_image(None)
+    infra = ctx.kube.get(resource, ctx.namespace, str(ref.get("name")))
+    return node_version.describe_image((infra or {}).get("spec"))
 
 
 def _read_workload(ctx: _Ctx) -> None:
@@ -320,10 +356,15 @@ def _report_up_to_date(ctx: _Ctx) -> None:
     ControlPlaneMachinesUpToDate summarises it). Written only when it changes."""
     for machine in _active(ctx.machines):
         why = outdated_because(ctx.spec, machine)
+        reason = "NotUpToDate" if why else "UpToDate"
+        if not why and machine["metadata"]["name"] in ctx.mismatches:
+            # Replacing it would not help (the same image again): not up to date, but
+            # not outdated either; the VersionMismatch condition says what to change.
+            why, reason = ctx.mismatches[machine["metadata"]["name"]], VERSION_MISMATCH
         wanted = cond.new_condition(
             UP_TO_DATE,
             cond.FALSE if why else cond.TRUE,
-            "NotUpToDate" if why else "UpToDate",
+            reason,
             why or "",
             generation=machine["metadata"].get("generation"),
             now=ctx.now,
@@ -773,6 +814,15 @@ def _scale(ctx: _Ctx) -> Outcome:
     if _deleting(ctx.machines):
         return Outcome.wait("ScalingDown", "waiting for a server Machine to be deleted", SHORT_WAIT)
     outdated = _outdated(ctx, active)
+    blocked = _rollout_blocked(ctx, active)
+    if outdated and blocked and len(active) == ctx.spec.replicas:
+        return blocked
+    if outdated or len(active) < ctx.spec.replicas:
+        # Before a server is removed (surge 0) or made: an image that says it ships
+        # another version would only be found out after the first replacement.
+        ctx.template_mismatch = _template_mismatch(ctx)
+        if ctx.template_mismatch:
+            return Outcome.wait(VERSION_MISMATCH, ctx.template_mismatch, LONG_WAIT)
     strategy = ctx.spec.rollout.strategy if ctx.spec.rollout else None
     surge = strategy.rolling_update.max_surge if strategy and strategy.rolling_update else 1
     unhealthy = [m["metadata"]["name"] for m in active if not _healthy(ctx, m)]
@@ -822,6 +872,32 @@ def _scale(ctx: _Ctx) -> Outcome:
     if scheduled is not None:
         return scheduled
     return Outcome.ready("Available", f"{len(active)} of {ctx.spec.replicas} servers Ready")
+
+
+def _template_mismatch(ctx: _Ctx) -> str | None:
+    resources = _infra_resource(ctx)
+    if isinstance(resources, Outcome):
+        return None  # reported where the template is used
+    template = _get(ctx, resources[0], ctx.spec.machine_template.spec.infrastructure_ref.name)
+    return node_version.template_mismatch(ctx.spec.version, template)
+
+
+def _rollout_blocked(ctx: _Ctx, active: list[dict[str, Any]]) -> Outcome | None:
+    """A server made from the current spec whose Node runs another version: each further
+    replacement would boot the same image, so the rollout stops here until the template
+    names an image of the wanted version (which outdates that server too, lifting this)."""
+    current = [
+        m for m in active if m["metadata"]["name"] in ctx.mismatches and not outdated_because(ctx.spec, m)
+    ]
+    if not current:
+        return None
+    name = current[0]["metadata"]["name"]
+    return Outcome.wait(
+        VERSION_MISMATCH,
+        f"rollout stopped: {name}: {ctx.mismatches[name]}; give the machine template an image "
+        "of that version",
+        LONG_WAIT,
+    )
 
 
 def _rollout_scheduled(ctx: _Ctx, active: list[dict[str, Any]]) -> Outcome | None:
@@ -888,8 +964,9 @@ def _run(ctx: _Ctx) -> Outcome:
     _read_machines(ctx)
     _resume_interrupted_creations(ctx)
     _propagate_in_place(ctx)
-    _report_up_to_date(ctx)
     _read_workload(ctx)
+    _check_node_versions(ctx)
+    _report_up_to_date(ctx)
     _release_hooks(ctx)
     return _scale(ctx)
 
@@ -900,14 +977,22 @@ def _run(ctx: _Ctx) -> Outcome:
 def _status_fields(ctx: _Ctx) -> dict[str, Any]:
     active = _active(ctx.machines)
     ready = [m for m in active if _healthy(ctx, m)]
-    versions = Counter(m["spec"].get("version") for m in ctx.machines if m["spec"].get("version"))
+    # CAPI v1.14: what each server runs (its Node's kubelet version, else the version
+    # its Machine wants while no Node reported one), oldest first. The topology
+    # controller reads it to tell when the control plane is upgraded.
+    versions = status_versions(
+        _node_version(ctx, m) or str(m["spec"].get("version") or "") for m in ctx.machines
+    )
+    up_to_date = [
+        m for m in active if not outdated_because(ctx.spec, m) and m["metadata"]["name"] not in ctx.mismatches
+    ]
     fields: dict[str, Any] = {
         "selector": ctx.selector,
         "replicas": len(ctx.machines),
         "readyReplicas": len(ready),
         "availableReplicas": len(ready),
-        "upToDateReplicas": len(active) - len(_outdated(ctx, active)),
-        "versions": [{"version": v, "replicas": n} for v, n in sorted(versions.items())],
+        "upToDateReplicas": len(up_to_date),
+        "versions": versions,
     }
     if ctx.initialized:
         fields["initialization"] = {"controlPlaneInitialized": True}
@@ -955,6 +1040,7 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
             outcome.message if outcome.reason == "ScalingDown" else "",
         ),
         _etcd_condition(ctx, c),
+        _version_condition(ctx, generation),
         c(
             "Ready",
             outcome.done or outcome.reason == ROLLOUT_SCHEDULED,
@@ -962,6 +1048,26 @@ def _conditions(ctx: _Ctx, outcome: Outcome, generation: int | None) -> list[con
             outcome.message,
         ),
     ]
+
+
+def _version_condition(ctx: _Ctx, generation: int | None) -> cond.Condition:
+    if ctx.template_mismatch:
+        return cond.new_condition(
+            VERSION_MISMATCH,
+            cond.TRUE,
+            "ImageVersionMismatch",
+            ctx.template_mismatch,
+            generation=generation,
+            now=ctx.now,
+        )
+    if not ctx.mismatches:
+        return cond.new_condition(
+            VERSION_MISMATCH, cond.FALSE, VERSION_MATCHES, "", generation=generation, now=ctx.now
+        )
+    message = "; ".join(f"{name}: {why}" for name, why in sorted(ctx.mismatches.items()))
+    return cond.new_condition(
+        VERSION_MISMATCH, cond.TRUE, VERSION_MISMATCH, message, generation=generation, now=ctx.now
+    )
 
 
 def _etcd_condition(ctx: _Ctx, c: Callable[[str, bool, str, str], cond.Condition]) -> cond.Condition:

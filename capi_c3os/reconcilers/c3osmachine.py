@@ -50,6 +50,7 @@ from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
+from capi_c3os.reconcilers import node_version
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.keyed_lock import KeyedLocks
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
@@ -66,6 +67,8 @@ WAIT_FOR_USER = 30.0
 HEALTH_POLL = 60.0
 """Seconds between looks at a machine that is not running (it may come back)."""
 PROVISION_POLL = 10.0
+NODE_VERSION_POLL = 30.0
+"""Seconds between looks at a running machine's Machine until its Node reported a version."""
 PAUSED_DELETION_POLL = 30.0
 
 C3OS_CLUSTERS = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osclusters", "C3osCluster")
@@ -86,6 +89,8 @@ class Report:
     """What this reconcile learned, written as one status patch at the end."""
 
     ready: cond.Condition | None = None
+    version: cond.Condition | None = None
+    """VersionMismatch, once the machine runs (node_version.py)."""
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,6 +200,8 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
     conditions = [paused_condition(ctx.obj, ctx.cluster, ctx.now)]
     if ctx.report.ready is not None:
         conditions.append(ctx.report.ready)
+    if ctx.report.version is not None:
+        conditions.append(ctx.report.version)
     generation = None if paused else ctx.generation
     patch = status_patch(ctx.obj, conditions, observed_generation=generation, fields=ctx.report.fields)
     if patch is not None:
@@ -465,8 +472,12 @@ def _report_progress(ctx: MachineContext, site: Site, progress: Progress) -> Out
         ctx.report.fields["initialization"] = {"provisioned": True}
         ctx.report.fields["addresses"] = [a.model_dump(by_alias=True) for a in progress.addresses]
         ctx.condition(cond.TRUE, progress.reason, progress.message)
-        if progress.requeue_after:
-            return Outcome.wait(progress.reason, progress.message, progress.requeue_after)
+        after = progress.requeue_after
+        if _report_node_version(ctx):
+            # Nothing wakes us when CAPI copies the Node's nodeInfo to the Machine.
+            after = min(after or NODE_VERSION_POLL, NODE_VERSION_POLL)
+        if after:
+            return Outcome.wait(progress.reason, progress.message, after)
         return Outcome.ready(progress.reason, progress.message)
     ctx.condition(cond.FALSE, progress.reason, progress.message)
     if progress.phase is Phase.FAILED:
@@ -474,6 +485,17 @@ def _report_progress(ctx: MachineContext, site: Site, progress: Progress) -> Out
     if progress.phase in (Phase.STOPPED, Phase.MISSING):
         return Outcome.wait(progress.reason, progress.message, progress.requeue_after or HEALTH_POLL)
     return Outcome.wait(progress.reason, progress.message, progress.requeue_after or PROVISION_POLL)
+
+
+def _report_node_version(ctx: MachineContext) -> bool:
+    """Compare the version the Machine wants with the kubelet version its Node reports
+    (k3s comes with the image: a new Machine on the old image still runs the old one).
+    True while there is no Node version to compare yet."""
+    assert ctx.machine is not None
+    running = node_version.reported_version(ctx.machine)
+    image = node_version.describe_image(ctx.obj.get("spec"))
+    ctx.report.version = node_version.condition(ctx.machine, running, image, ctx.generation, ctx.now)
+    return running is None and node_version.wanted_version(ctx.machine) is not None
 
 
 # ---------------------------------------------------------------- deletion

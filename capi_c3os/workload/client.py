@@ -34,6 +34,8 @@ class NodeState:
     provider_id: str | None
     ready: bool
     annotations: dict[str, str]
+    kubelet_version: str | None = None
+    """status.nodeInfo.kubeletVersion: with k3s, the k3s version the node's image ships."""
 
 
 class WorkloadClient:
@@ -78,9 +80,11 @@ class WorkloadClient:
         for node in self._call(self._core.list_node).items:
             conditions = (node.status.conditions or []) if node.status else []
             ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+            info = node.status.node_info if node.status else None
             result.append(NodeState(
                 name=node.metadata.name, provider_id=node.spec.provider_id if node.spec else None,
                 ready=ready, annotations=dict(node.metadata.annotations or {}),
+                kubelet_version=(info.kubelet_version or None) if info else None,
             ))  # fmt: skip
         return result
 

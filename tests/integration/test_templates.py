@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as kc
+from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.capi import conditions as cond
 from capi_c3os.dev import binaries
@@ -163,3 +164,18 @@ def test_ironic_clusterclass_is_accepted(mgmt: ManagementPlane, k8s: Any, namesp
     api = kc.CustomObjectsApi(k8s)
 
     await_class_accepted(api, namespace, "c3os-ironic")
+
+
+def test_an_images_key_that_is_no_version_is_refused(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> None:
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    await_class_accepted(kc.CustomObjectsApi(k8s), namespace, "c3os-libvirt")
+    (cluster,) = [d for d in rendered if d["kind"] == "Cluster"]
+    (images,) = [v for v in cluster["spec"]["topology"]["variables"] if v["name"] == "images"]
+    assert list(images["value"]) == [VERSION]
+    images["value"]["latest"] = images["value"][VERSION]  # a tag, not the version it ships
+    with pytest.raises(ApiException) as refused:
+        apply(mgmt.kubeconfig, [cluster])
+    assert "keys must be Kubernetes versions such as v1.33.4+k3s1" in str(refused.value.body)

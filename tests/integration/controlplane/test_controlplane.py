@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
-from capi_c3os.dev.workload import played_cluster
+from capi_c3os.dev.workload import image_template, node_versions, played_cluster
 from capi_c3os.reconcilers.c3oscontrolplane import (
     ETCD_MEMBER_GRACE,
     ETCD_MEMBERS_REMOVED,
@@ -74,10 +74,13 @@ def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members
         assert sorted(m["spec"].get("failureDomain") for m in machines) == ["site-a", "site-b", "site-c"]
 
         standin.keep_answering_etcd_removals()
-        # A k3s upgrade: every server is replaced, one at a time, a new one first (surge 1).
-        api.patch_namespaced_custom_object(
-            *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"version": NEXT}}
-        )
+        # A k3s upgrade: k3s comes with the image, so the version and a template whose
+        # image ships it change together; every server is replaced, one at a time, a new
+        # one first (surge 1).
+        template = image_template(api, namespace, NEXT)
+        api.patch_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {
+            "version": NEXT, "machineTemplate": {"spec": {"infrastructureRef": {"name": template}}},
+        }})  # fmt: skip
 
         def rolled_out() -> bool:
             s = status()
@@ -91,6 +94,8 @@ def test_one_to_three_servers_then_an_upgrade_then_back_to_one_with_etcd_members
         upgraded = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
         assert not {m["metadata"]["name"] for m in upgraded} & {m["metadata"]["name"] for m in machines}
         assert all(m["spec"]["version"] == NEXT for m in upgraded)
+        running = node_versions(standin)
+        assert {running[m["metadata"]["name"]] for m in upgraded} == {NEXT}, running
         machines = machines + upgraded
         api.patch_namespaced_custom_object(
             *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"replicas": 1}}
@@ -232,9 +237,32 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
                         .get("status") or {})  # fmt: skip
 
         eventually(lambda: status().get("readyReplicas") == 3, "three servers Ready", timeout=180)
+        before = {
+            m["metadata"]["name"]
+            for m in api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+        }
+        # The version alone: the template's image says (by its name) it ships VERSION.
+        # Refused before a server goes (surge 0 would remove one first).
         api.patch_namespaced_custom_object(
             *CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {"version": NEXT}}
         )
+
+        def refused() -> dict[str, Any] | None:
+            conditions = status().get("conditions") or []
+            found = next((c for c in conditions if c["type"] == "VersionMismatch"), None)
+            return found if found and found["reason"] == "ImageVersionMismatch" else None
+
+        reported = eventually(refused, "the template's image refused", explain=lambda: str(status()))
+        assert f"ships {VERSION} by its name, the version is {NEXT}" in reported["message"]
+        ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "VersionMismatch"
+        machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+        assert {m["metadata"]["name"] for m in machines} == before
+        assert not any(m["metadata"].get("deletionTimestamp") for m in machines)
+        template = image_template(api, namespace, NEXT)
+        api.patch_namespaced_custom_object(*CP, namespace, "c3oscontrolplanes", "shop-cp", {"spec": {
+            "version": NEXT, "machineTemplate": {"spec": {"infrastructureRef": {"name": template}}},
+        }})  # fmt: skip
 
         def rolled_out() -> bool:
             nonlocal most
@@ -246,6 +274,9 @@ def test_an_upgrade_with_max_surge_zero_never_exceeds_the_replica_count(
         eventually(rolled_out, "all servers on the new version", timeout=300, explain=lambda: str(status()))
         assert most == 3
         assert len(standin.etcd_removed) == 3
+        machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"]
+        running = node_versions(standin)
+        assert {running[m["metadata"]["name"]] for m in machines} == {NEXT}, running
 
 
 def _etcd_condition(api: kc.CustomObjectsApi, namespace: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Rollouts other than a version change: a new infrastructure template, a changed server
-config and `rollout.after` passing each replace every server, one at a time (surge 1:
-never more than replicas + 1 Machines, never two going at once), with the real CAPI core
-manager and our manager; the test plays infrastructure and nodes (MachinePlayer)."""
+"""Rollouts: a new infrastructure template, a changed server config and `rollout.after`
+passing each replace every server, one at a time (surge 1: never more than replicas + 1
+Machines, never two going at once); a version change whose image does not ship it is
+reported (VersionMismatch) and stops after the first server, then an image that ships it
+finishes the upgrade. With the real CAPI core manager and our manager; the test plays
+infrastructure and nodes (MachinePlayer: each Node reports the k3s version its image's
+name carries)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 from kubernetes import client as kc
 
 from capi_c3os.dev.manager import Manager
-from capi_c3os.dev.workload import played_cluster
+from capi_c3os.dev.workload import WorkloadStandIn, image_template, node_versions, played_cluster
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,8 @@ BOOTSTRAP = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
 CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 REPLICAS = 3
+VERSION = "v1.33.4+k3s1"
+NEXT = "v1.34.1+k3s1"
 
 
 class Rollout:
@@ -82,12 +87,12 @@ def up_to_date(machine: dict[str, Any]) -> str | None:
 @pytest.fixture
 def three_servers(
     k8s: Any, namespace: str, manager: Manager, tmp_path: Path
-) -> Iterator[kc.CustomObjectsApi]:
+) -> Iterator[tuple[kc.CustomObjectsApi, WorkloadStandIn]]:
     api = kc.CustomObjectsApi(k8s)
-    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=REPLICAS):
+    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=REPLICAS, version=VERSION) as standin:
         eventually(lambda: Rollout(api, namespace).status().get("readyReplicas") == REPLICAS,
                    "three servers Ready", timeout=180)  # fmt: skip
-        yield api
+        yield api, standin
 
 
 def patch_spec(api: kc.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -> Callable[[], None]:
@@ -97,9 +102,9 @@ def patch_spec(api: kc.CustomObjectsApi, namespace: str, spec: dict[str, Any]) -
 
 
 def test_new_template_server_config_and_rollout_after_each_replace_every_server_one_at_a_time(
-    three_servers: kc.CustomObjectsApi, namespace: str
+    three_servers: tuple[kc.CustomObjectsApi, WorkloadStandIn], namespace: str
 ) -> None:
-    api = three_servers
+    api, standin = three_servers
     template = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachinetemplates", "cp")
     spec = template["spec"]["template"]["spec"]
     api.create_namespaced_custom_object(*INFRA, namespace, "c3osmachinetemplates", {
@@ -148,3 +153,54 @@ def test_new_template_server_config_and_rollout_after_each_replace_every_server_
         datetime.fromisoformat(m["metadata"]["creationTimestamp"].replace("Z", "+00:00")) for m in machines
     ]
     assert min(created) >= after.replace(microsecond=0)
+
+    a_version_without_its_image_is_reported_and_stops_the_rollout(api, standin, namespace)
+
+
+def a_version_without_its_image_is_reported_and_stops_the_rollout(
+    api: kc.CustomObjectsApi, standin: WorkloadStandIn, namespace: str
+) -> None:
+    # The version alone changes: the template's image (volume c3os-2) still ships VERSION.
+    rollout = Rollout(api, namespace)
+    patch_spec(api, namespace, {"version": NEXT})()
+
+    def stopped() -> bool:
+        status = rollout.status()
+        ready = condition(status, "Ready")
+        return ready.get("reason") == "VersionMismatch" and len(rollout.machines()) == REPLICAS
+
+    eventually(
+        stopped,
+        "the rollout stopped at a VersionMismatch",
+        timeout=180,
+        explain=lambda: str(rollout.status()),
+    )
+    (new,) = [m for m in rollout.machines() if m["metadata"]["name"] not in rollout.before]
+    name = new["metadata"]["name"]
+    reported = condition(rollout.status(), "VersionMismatch")
+    assert (reported["status"], reported["reason"]) == ("True", "VersionMismatch")
+    assert reported["message"] == f"{name}: image volume c3os-2 runs {VERSION}, Machine wants {NEXT}"
+    machine_up_to_date = condition(new, "UpToDate")
+    assert (machine_up_to_date["status"], machine_up_to_date["reason"]) == ("False", "VersionMismatch")
+    status = rollout.status()
+    assert status["versions"] == [{"version": VERSION, "replicas": REPLICAS}]  # what the Nodes run
+    assert status["upToDateReplicas"] == 0
+    assert node_versions(standin)[name] == VERSION
+
+    # An image that ships NEXT: every server is replaced, the mismatched one too.
+    machines = Rollout(api, namespace).run(
+        patch_spec(api, namespace, {"machineTemplate": {"spec": {"infrastructureRef": {
+            "name": image_template(api, namespace, NEXT)}}}}),
+        "every server on an image that ships the new version",
+    )  # fmt: skip
+    running = node_versions(standin)
+    assert {running[m["metadata"]["name"]] for m in machines} == {NEXT}, running
+    eventually(lambda: rollout.status().get("versions") == [{"version": NEXT, "replicas": REPLICAS}],
+               "status.versions from the Nodes")  # fmt: skip
+    assert condition(rollout.status(), "VersionMismatch")["status"] == "False"
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    """`obj` is an object or its status."""
+    status = obj.get("status", obj) or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})

@@ -11,7 +11,9 @@ import pytest
 from capi_c3os.api.infrastructure import IronicMachine
 from capi_c3os.backends.base import Phase
 from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.dev.k3s import shipped_k3s_version
 from capi_c3os.dev.k3s_ironic import IronicMachines
+from capi_c3os.dev.workload import STANDIN_K3S_VERSION
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class
 
 pytestmark = [
@@ -41,6 +43,8 @@ def test_a_deployed_node_is_up_with_its_config_drive_until_undeployed(
     assert received["USER-DATA"] == intent.user_data
     meta = json.loads(received["META-DATA"])
     assert (meta["provider-id"], meta["local-hostname"]) == (intent.identity.provider_id, "metal-1")
+    # The k3s its image ships: the image URL's name carries none, so the stand-in's default.
+    assert shipped_k3s_version(received["KAIROS-RELEASE"].decode()) == STANDIN_K3S_VERSION
 
     drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
     assert name not in source.running()

@@ -33,6 +33,11 @@ CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
 CONTROL_PLANE_LABEL = "cluster.x-k8s.io/control-plane"
 BASE_VOLUME = "standin.qcow2"
 BOOT_VOLUME = "standin-boot.qcow2"
+"""Ships k3s STANDIN_K3S (hack/standin-image.sh's DEFAULT_K3S)."""
+STANDIN_K3S = "v1.33.4+k3s1"
+NEXT_K3S = "v1.34.1+k3s1"
+NEXT_BOOT_VOLUME = "standin-boot-k3sv1.34.1-k3s1.qcow2"
+"""The same stand-in, shipping k3s NEXT_K3S."""
 __all__ = ["console_blocks", "serial_log"]  # imported from here by the libvirt tests
 
 
@@ -53,6 +58,7 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> I
         daemon.start()
         daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
         daemon.upload_file(standin_image / "boot.qcow2", BOOT_VOLUME)
+        daemon.upload_file(standin_image / "boot-k3sv1.34.1-k3s1.qcow2", NEXT_BOOT_VOLUME)
         yield daemon
     finally:
         daemon.stop()

@@ -2,7 +2,8 @@
 backend boot the self-booting stand-in image from their disk (no directKernelBoot, as a
 real c3os qcow2 would), read their config drive, and only what their console shows
 drives k3s: the first server's CAs become the cluster's, a joiner with a token pinned to
-another CA never joins, a destroyed VM's Node goes NotReady."""
+another CA never joins, each Node reports the k3s version its image ships, a destroyed
+VM's Node goes NotReady."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from capi_c3os.dev.libvirtd import NETWORK_NAME, PrivateLibvirtd
 from capi_c3os.dev.mgmt import api_client
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import CONTROL_PLANE_ROLE
-from tests.integration.libvirt.conftest import BOOT_VOLUME
+from tests.integration.libvirt.conftest import BOOT_VOLUME, NEXT_BOOT_VOLUME, NEXT_K3S, STANDIN_K3S
 from tests.integration.test_workload_standin import admin_kubeconfig
 from tests.support import eventually
 
@@ -43,13 +44,13 @@ def backend() -> Iterator[LibvirtBackend]:
     made.connections.close()
 
 
-def machine(daemon: PrivateLibvirtd, name: str, user_data: bytes) -> MachineIntent:
+def machine(daemon: PrivateLibvirtd, name: str, user_data: bytes, volume: str = BOOT_VOLUME) -> MachineIntent:
     identity = MachineIdentity("k3s", name, f"c3os://k3s/{name}")
     return MachineIntent(
         identity=identity,
         site=Site(name="lab", libvirt=LibvirtSite(uri=daemon.uri, network=NETWORK_NAME)),
         credentials=SiteCredentials(),
-        image=MachineImage(volume=BOOT_VOLUME),  # boots from its own disk
+        image=MachineImage(volume=volume),  # boots from its own disk
         cpus=1,
         memory_mib=256,
         disk_gib=1,
@@ -74,7 +75,7 @@ def test_k3s_standin_joins_what_the_vms_received(
 
     machines = [
         machine(libvirtd, "server-0", user_data(Role.INIT_SERVER, "server-0", token)),
-        machine(libvirtd, "agent-0", user_data(Role.AGENT, "agent-0", token)),
+        machine(libvirtd, "agent-0", user_data(Role.AGENT, "agent-0", token), NEXT_BOOT_VOLUME),
         machine(libvirtd, "rogue-0", user_data(Role.AGENT, "rogue-0", rogue)),
     ]
     domains = {m.hostname: dx.domain_name(m.identity) for m in machines}
@@ -107,6 +108,9 @@ def test_k3s_standin_joins_what_the_vms_received(
             assert CONTROL_PLANE_ROLE in nodes["server-0"].metadata.labels
             assert CONTROL_PLANE_ROLE not in nodes["agent-0"].metadata.labels
             assert _ready(nodes["agent-0"]) == "True"
+            # k3s comes with the image: each Node runs the version its image ships.
+            assert nodes["server-0"].status.node_info.kubelet_version == STANDIN_K3S
+            assert nodes["agent-0"].status.node_info.kubelet_version == NEXT_K3S
             core.read_namespaced_secret("k3s-serving", "kube-system")
 
         # The rogue agent booted and read its drive, but its token pins another CA.
