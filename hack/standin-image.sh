@@ -38,13 +38,27 @@
 #   that has a second cpio archive appended holding that kairos-release (the kernel
 #   unpacks concatenated archives in order, the later file wins).
 #
+# - Kairos's executor runs in it: a static yip (CGO_ENABLED=0, the pinned build of
+#   capi_c3os/dev/binaries.py; its sha256 is part of the cache key) at /bin/yip, and Kairos's
+#   datasource step in /system/oem/00_datasource.yaml. After the drive is found, /init runs
+#   the stages the way a Kairos boot does (immucore: rootfs, initramfs; kairos-agent: fs,
+#   boot; each with its .before/.after) over /system/oem and /oem, then our provider-id
+#   script as the k3s unit's ExecStartPre would, and prints what yip left on the node
+#   (/etc/rancher/k3s, /var/lib/rancher/k3s, /oem, /etc/hostname) between FILE markers and
+#   the yip exit codes: the k3s stand-in reads only that. kairos-agent (31 MB) is left out:
+#   the initrd would triple and every TCG boot slow down; yip is what runs the stages.
+#   The root is the initramfs (RAM): what yip writes does not survive a reboot.
+#
 # A real c3os/Kairos image is used instead by pointing C3osMachine.spec.image at its
 # qcow2 (format: qcow2) or live ISO (format: iso) and leaving out directKernelBoot.
 set -euo pipefail
 DEFAULT_K3S=v1.33.4+k3s1
 VARIANT_K3S="v1.33.5+k3s1 v1.33.6+k3s1 v1.34.1+k3s1"
 here=$(cd "$(dirname "$0")" && pwd)
-hash=$(sha256sum "$here/standin-image.sh" | cut -c1-12)
+# The pinned static yip (CAPI_C3OS_YIP names another build): its bytes are part of the key.
+yip=$(cd "$here/.." && "${PYTHON:-python3}" -m capi_c3os.dev.binaries yip | sed -n 's/^yip=\(.*\) (.*/\1/p')
+[ -x "$yip" ] || { echo "no yip binary (python3 -m capi_c3os.dev.binaries yip)" >&2; exit 1; }
+hash=$(cat "$here/standin-image.sh" "$yip" | sha256sum | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 out="$cache/standin-$hash"
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
@@ -82,9 +96,45 @@ kairos_release() {
 }
 kairos_release "$DEFAULT_K3S" > initramfs/etc/kairos-release
 cp "$busybox" initramfs/bin/busybox
+cp "$yip" initramfs/bin/yip
+# A minimal root for yip's users, files and hostname (the sandbox of
+# tests/unit/test_bootstrap_yip_sandbox.py has the same): root and the admin group.
+mkdir -p initramfs/{oem,system/oem,run,home,root,usr/local/bin,etc/systemd/system,var/lib,etc/default}
+printf 'root:x:0:0:root:/root:/bin/sh\n' > initramfs/etc/passwd
+printf 'root:x:0:\nadm:x:4:\nadmin:x:117:\n' > initramfs/etc/group
+printf 'root:*:19000:0:99999:7:::\n' > initramfs/etc/shadow
+chmod 0600 initramfs/etc/shadow
+printf '127.0.0.1 localhost\n' > initramfs/etc/hosts
+# Kairos's datasource step (kairos-init's bundled cloud-configs, 00_datasource.yaml, stage
+# rootfs.before "Pull data from provider"; on Kairos >= v3 with more providers and an
+# `if:`): yip's datasource plugin (yip v1.25.1 pkg/plugins/datasource.go) finds the
+# `cidata` (provider cdrom) or `config-2` (config-drive) filesystem by label on any block
+# device, reads user-data / openstack/latest/user_data, and saves it as /oem/userdata.yaml
+# when it is a cloud-config. meta-data it does not read.
+cat > initramfs/system/oem/00_datasource.yaml <<'YAML'
+name: "Datasource handling"
+stages:
+  rootfs.before:
+    - name: "Pull data from provider"
+      datasource:
+        providers: ["cdrom", "config-drive"]
+        path: "/oem"
+YAML
 for applet in $("$busybox" --list); do
   [ -e "initramfs/bin/$applet" ] || ln -s busybox "initramfs/bin/$applet"
 done
+# Our provider-id script (the k3s unit's ExecStartPre) finds the drive with util-linux's
+# `blkid -L LABEL`, which busybox's blkid lacks: answer it from findfs, or with the device
+# /init found (a floppy is not in /proc/partitions, where findfs looks).
+rm -f initramfs/bin/blkid
+cat > initramfs/bin/blkid <<'BLKID'
+#!/bin/sh
+[ "$1" = -L ] || exec busybox blkid "$@"
+findfs "LABEL=$2" 2>/dev/null && exit 0
+case "$2" in cidata|config-2) [ -s /run/c3os-drive ] && [ "$(cat /run/c3os-drive-label)" = "$2" ] && cat /run/c3os-drive && exit 0 ;; esac
+exit 2
+BLKID
+chmod +x initramfs/bin/blkid
 modules="scsi_common scsi_mod libata libahci ahci ata_piix cdrom sr_mod isofs virtio_ring virtio
 virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk
 virtio_console floppy sd_mod usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci
@@ -293,6 +343,29 @@ else
   echo "C3OS-STANDIN NO CONFIG DRIVE"
   cat /proc/partitions; dmesg | grep -i -E "ata|sr|scsi|cdrom|insmod|module" | tail -20
 fi
+# Kairos's boot, by yip (see the header): the datasource step pulls the user-data itself.
+if [ -n "$dev" ]; then
+  echo "$dev" > /run/c3os-drive
+  if [ "${layout:-}" = nocloud ]; then echo cidata; else echo config-2; fi > /run/c3os-drive-label
+fi
+for stage in rootfs initramfs fs boot; do
+  for s in "$stage.before" "$stage" "$stage.after"; do
+    rc=0
+    yip -s "$s" /system/oem /oem > "/tmp/yip-$s.log" 2>&1 || rc=$?
+    echo "C3OS-STANDIN YIP $s EXIT $rc ERRORS $(grep -c -E 'level=(error|fatal)' "/tmp/yip-$s.log")"
+  done
+done
+# What systemd would run before k3s: the ExecStartPre our document installs.
+if [ -x /usr/local/bin/cluster-api-provider-id ]; then
+  rc=0; /usr/local/bin/cluster-api-provider-id || rc=$?
+  echo "C3OS-STANDIN PROVIDER-ID EXIT $rc"
+fi
+echo "C3OS-STANDIN HOSTNAME $(hostname)"
+# What yip left on the node, for the k3s stand-in: path, octal mode, uid, gid, bytes.
+for f in $(find /etc/rancher /var/lib/rancher /oem /etc/hostname -type f 2>/dev/null | sort); do
+  echo "----- BEGIN FILE $f $(stat -c '%a %u %g' "$f") BASE64 -----"; base64 "$f"; echo "----- END FILE -----"
+done
+echo "C3OS-STANDIN YIP DONE"
 if [ -e /sys/block/vda/size ]; then
   echo "C3OS-STANDIN DISK vda SECTORS $(cat /sys/block/vda/size) HEAD $(head -c 20 /dev/vda | tr -c 'A-Za-z0-9-' '.')"
 fi

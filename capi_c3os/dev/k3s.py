@@ -1,21 +1,26 @@
-"""k3s, stood in for from what the VMs really received.
+"""k3s, stood in for from what Kairos's executor left on the nodes.
 
 No k3s binary or c3os image can run here. The stand-in VMs (hack/standin-image.sh) do
-boot, find their config drive and print the user-data and meta-data they read on their
-serial console. `K3sStandIn` watches the domains of a `PrivateLibvirtd` and, for each
-running VM whose console shows both, does what k3s on that VM would do with exactly
-those bytes:
+boot and run Kairos's executor, yip: its datasource step pulls the user-data from the
+config drive, the rootfs/initramfs/fs/boot stages of that document run, then our
+provider-id ExecStartPre; the VM prints the files that left on the node (/etc/rancher,
+/var/lib/rancher, /oem, /etc/hostname) on its serial console. `K3sStandIn` watches the
+domains of a `PrivateLibvirtd` and, for each running VM whose console shows them, does
+what k3s on that VM would do with exactly those files (`BootData.from_node`), never with
+the cloud-config itself: a document yip cannot load leaves no /oem/userdata.yaml and no
+token, and k3s never starts:
 
 - the first server (`--cluster-init` in its `k3s` block) creates the cluster: a
   `WorkloadStandIn` (real etcd + kube-apiserver) serving with **the server CA and
-  client CA its user-data carries**, on the control-plane endpoint's loopback port,
+  client CA yip wrote under /var/lib/rancher/k3s/server/tls**, on the control-plane endpoint's loopback port,
   then `kube-system/k3s-serving`;
 - a joining server or agent (`--server=https://host:port`) joins only if that URL names
   a running cluster's endpoint and its CA-pinned token (`K10<sha256 of the server CA
   PEM>::server:<secret>`) pins that cluster's CA and carries its secret; otherwise it
   never joins and the reason is logged, once, as a failing k3s join would log it;
-- a joined node is a Ready Node named after the meta-data `local-hostname`, with the
-  meta-data `provider-id` (what the bootstrap's ExecStartPre gives the kubelet);
+- a joined node is a Ready Node named after the hostname yip set, with the
+  `provider-id=` kubelet arg of k3s's merged config (what our ExecStartPre wrote from the
+  drive's meta-data; without one k3s's own `k3s://<hostname>`);
   servers carry the control-plane role label; its kubeletVersion is the k3s version the
   image ships (`KAIROS_SOFTWARE_VERSION` of the `/etc/kairos-release` the VM printed at
   boot), never what the Machine asked for: on c3os, k3s comes with the image;
@@ -25,7 +30,10 @@ those bytes:
 - once every server that joined a cluster is undefined, the cluster stops (its
   datastore went with them) and the endpoint is free again.
 - machines of other `sources` (bare metal: `k3s_ironic`) join the same way from the
-  config drive their source says they received.
+  files yip left when their source ran it over the drive they received (`yipnode`).
+
+Not reproduced: the VM's root is RAM, so a rebooted VM runs every step again (a step's
+`if:` sees a fresh root); the stand-in keeps each machine's files across boots.
 
 The endpoint's port cannot be read from the first server's user-data (k3s listens on
 6443 and a VIP or load balancer maps the endpoint to it): the endpoints the stand-in
@@ -61,7 +69,7 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap import tokens
 from capi_c3os.bootstrap.certificates import KeyPair
-from capi_c3os.bootstrap.cloudconfig import CONFIG_FILE, HEADER, TLS_DIR, TOKEN_FILE, Role
+from capi_c3os.bootstrap.cloudconfig import K3S_DIR, TLS_DIR, Role
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.workload import WorkloadStandIn
 
@@ -72,6 +80,13 @@ BOOTED = "C3OS-STANDIN READY"
 here on k3s would be starting."""
 RELEASE = re.compile(
     r"----- BEGIN KAIROS-RELEASE -----\r?\n(?P<text>.*?)----- END KAIROS-RELEASE -----", re.S
+)
+YIP_DONE = "C3OS-STANDIN YIP DONE"
+"""The stand-in OS printed the files Kairos's executor left (hack/standin-image.sh)."""
+FILE = re.compile(
+    r"----- BEGIN FILE (?P<path>/\S+) (?P<mode>[0-7]+) (?P<uid>\d+) (?P<gid>\d+) BASE64 -----\r?\n"
+    r"(?P<b64>.*?)----- END FILE -----",
+    re.S,
 )
 MARKER = re.compile(
     r"----- BEGIN (?P<what>[A-Z-]+) BASE64 -----\r?\n(?P<b64>.*?)----- END (?P=what) BASE64 -----", re.S
@@ -94,6 +109,16 @@ def console_blocks(log_text: str) -> dict[str, bytes]:
         with suppress(binascii.Error, ValueError):  # a block cut short by a crash
             blocks[match["what"]] = base64.b64decode("".join(match["b64"].split()), validate=True)
     return blocks
+
+
+def console_files(log_text: str) -> dict[str, bytes]:
+    """The files yip left on a stand-in VM, as it printed them after the boot stages: path
+    -> bytes (a block cut short by a crash is left out)."""
+    files = {}
+    for match in FILE.finditer(log_text):
+        with suppress(binascii.Error, ValueError):
+            files[match["path"]] = base64.b64decode("".join(match["b64"].split()), validate=True)
+    return files
 
 
 def shipped_k3s_version(release: str) -> str | None:
@@ -119,18 +144,66 @@ def console_k3s_version(log_text: str) -> str | None:
 
 
 class BootDataError(ValueError):
-    """The config drive does not hold what k3s needs; the message names the part."""
+    """The node does not hold what k3s needs; the message names the part."""
+
+
+OEM_USERDATA = "/oem/userdata.yaml"
+"""Where Kairos's datasource step (`path: /oem`) leaves the user data, only when yip can
+load it (yip v1.25.1 pkg/plugins/datasource.go processUserData): the config Kairos and
+provider-kairos read the `k3s`/`k3s-agent` block from."""
+HOSTNAME_FILE = "/etc/hostname"
+K3S_CONFIG = f"{K3S_DIR}/config.yaml"
+
+
+def k3s_config(files: dict[str, bytes]) -> dict[str, Any]:
+    """k3s's configuration from the node's config.yaml and config.yaml.d/*.yaml, merged as
+    k3s merges them (k3s pkg/configfilearg: files in lexical order, later keys win, a key
+    ending in `+` appends to the list). Only `.yaml` files; a file k3s cannot parse makes it
+    refuse to start."""
+    merged: dict[str, Any] = {}
+    paths = [K3S_CONFIG] if K3S_CONFIG in files else []
+    paths += sorted(p for p in files if p.startswith(f"{K3S_DIR}/config.yaml.d/") and p.endswith(".yaml"))
+    for path in paths:
+        try:
+            content = yaml.safe_load(files[path]) or {}
+        except yaml.YAMLError:
+            raise BootDataError(f"{path} is not YAML: k3s refuses to start") from None
+        if not isinstance(content, dict):
+            raise BootDataError(f"{path} is not a mapping: k3s refuses to start")
+        for key, value in content.items():
+            if str(key).endswith("+"):
+                base = str(key)[:-1]
+                merged[base] = _as_list(merged.get(base)) + _as_list(value)
+            else:
+                merged[str(key)] = value
+    return merged
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def _flag(args: list[str], config: dict[str, Any], name: str) -> str | None:
+    """A k3s setting given as `--name=value` (the unit's ExecStart) or in the config files;
+    the command line wins, as in k3s."""
+    flag = next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+    if flag is not None:
+        return flag
+    value = config.get(name)
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
 class BootData:
-    """What k3s on one machine would take from its config drive."""
+    """What k3s on one machine would start from: the files Kairos's executor (yip) left
+    on the node (see `from_node`)."""
 
     role: Role
     hostname: str
-    """meta-data `local-hostname`: the Node name."""
+    """The node's hostname (yip's hostname step): the Node name."""
     provider_id: str
-    """meta-data `provider-id`: the kubelet's `--provider-id`."""
+    """The kubelet's `--provider-id` from k3s's config (our ExecStartPre's result), else
+    k3s's own `k3s://<hostname>`."""
     server_url: str | None
     """`--server=...` (joiners only)."""
     tls_sans: tuple[str, ...]
@@ -140,73 +213,59 @@ class BootData:
     """Only the first server carries the CAs."""
 
     @classmethod
-    def parse(cls, user_data: bytes, meta_data: bytes, disk: Disk | None = None) -> BootData:
-        """`disk`: the node's persistent files, from its earlier boots; this boot's
-        `initramfs` stage is applied to it (it is updated in place)."""
-        disk = Disk() if disk is None else disk
+    def from_node(cls, files: dict[str, bytes]) -> BootData:
+        """`files`: absolute path -> bytes of what yip wrote on the node this boot and
+        before (`yipnode.NODE_PATHS`). The `k3s`/`k3s-agent` block is read from the
+        document yip's datasource step saved, as provider-kairos reads it (its
+        `oneTimeBootstrap`: `enabled` picks the unit, `args` follow `k3s server|agent`);
+        everything else k3s reads is a file on the node."""
+        if OEM_USERDATA not in files:
+            raise BootDataError(
+                f"no {OEM_USERDATA}: yip found no cloud-config it could load on the config drive, "
+                "so Kairos configures nothing and k3s is never started"
+            )
         try:
-            doc = yaml.safe_load(user_data)
-            meta = yaml.safe_load(meta_data)  # YAML (NoCloud) or JSON (config-2): both load
+            doc = yaml.safe_load(files[OEM_USERDATA])
         except yaml.YAMLError as exc:
-            raise BootDataError(f"config drive is not YAML: {exc.__class__.__name__}") from None
-        if not user_data.startswith(HEADER.encode()) or not isinstance(doc, dict):
-            raise BootDataError(f"user-data is not a {HEADER} document")
-        if not isinstance(meta, dict) or not meta.get("local-hostname") or not meta.get("provider-id"):
-            raise BootDataError("meta-data lacks local-hostname or provider-id")
-        block = doc.get("k3s") or doc.get("k3s-agent")
+            raise BootDataError(f"{OEM_USERDATA} is not YAML: {exc.__class__.__name__}") from None
+        block = (doc.get("k3s") or doc.get("k3s-agent")) if isinstance(doc, dict) else None
         if not isinstance(block, dict) or not block.get("enabled"):
-            raise BootDataError("user-data enables neither k3s nor k3s-agent")
+            raise BootDataError("the node's cloud-config enables neither k3s nor k3s-agent")
+        hostname = files.get(HOSTNAME_FILE, b"").decode(errors="replace").strip()
+        if not hostname:
+            raise BootDataError(f"no hostname on the node ({HOSTNAME_FILE})")
         args = [str(a) for a in block.get("args") or []]
-        server = next((a.split("=", 1)[1] for a in args if a.startswith("--server=")), None)
+        config = k3s_config(files)
+        server = _flag(args, config, "server")
         if "k3s-agent" in doc:
             role = Role.AGENT
         else:
-            role = Role.INIT_SERVER if "--cluster-init" in args else Role.JOIN_SERVER
+            init = "--cluster-init" in args or config.get("cluster-init") is True
+            role = Role.INIT_SERVER if init else Role.JOIN_SERVER
         if role is not Role.INIT_SERVER and server is None:
             raise BootDataError("a joining node without --server")
-        disk.boot(doc)
-        files = disk.files
-        token_path = next((a.split("=", 1)[1] for a in args if a.startswith("--token-file=")), TOKEN_FILE)
-        token = files.get(token_path, b"").decode(errors="replace").strip()
+        token = _flag(args, config, "token")
+        token_path = _flag(args, config, "token-file")
+        if token is None and token_path is not None:
+            if token_path not in files:
+                raise BootDataError(f"no token file {token_path} on the node: k3s cannot read its token")
+            token = files[token_path].decode(errors="replace").strip()
         if not token:
-            raise BootDataError(f"no token in {token_path}")
-        config = yaml.safe_load(files.get(CONFIG_FILE, b"")) or {}
-        sans = tuple(str(s) for s in config.get("tls-san") or [])
+            raise BootDataError(f"no token on the node ({token_path or 'no --token or --token-file'})")
+        kubelet_args = [str(a) for a in _as_list(config.get("kubelet-arg"))]
+        ids = [a.split("=", 1)[1] for a in kubelet_args if a.startswith("provider-id=")]
+        provider_id = ids[-1] if ids else f"k3s://{hostname}"
+        sans = tuple(str(s) for s in _as_list(config.get("tls-san")))
         server_ca = client_ca = None
         if role is Role.INIT_SERVER:
             try:
                 server_ca = KeyPair(files[f"{TLS_DIR}/server-ca.crt"], files[f"{TLS_DIR}/server-ca.key"])
                 client_ca = KeyPair(files[f"{TLS_DIR}/client-ca.crt"], files[f"{TLS_DIR}/client-ca.key"])
             except KeyError as exc:
-                raise BootDataError(f"the first server's user-data lacks {exc.args[0]}") from None
-        return cls(
-            role,
-            str(meta["local-hostname"]),
-            str(meta["provider-id"]),
-            server,
-            sans,
-            token,
-            server_ca,
-            client_ca,
-        )
-
-
-_MISSING = re.compile(r"\[ ! -s (?P<path>/[^\s'\"]+) \]")
-
-
-def if_holds(condition: str, files: dict[str, bytes]) -> bool:
-    """Whether a yip step's `if` lets the step run, on a node holding `files`.
-
-    yip v1.25.1 runs the text with `sh -c` and skips the step when it exits non-zero
-    (`pkg/plugins/if.go` IfConditional, `pkg/executor/default.go` applyStage). The
-    stand-in has no node root to run a shell in, so it evaluates the one form our
-    bootstrap renders (`cloudconfig.first_boot_condition`): `[ ! -s PATH ] || ...`,
-    true while any PATH is missing or empty. Anything else is refused, not guessed."""
-    terms = condition.split(" || ")
-    matches = [_MISSING.fullmatch(term.strip()) for term in terms]
-    if not all(matches):
-        raise BootDataError(f"an initramfs step's `if` the stand-in cannot evaluate: {condition!r}")
-    return any(not files.get(m["path"]) for m in matches if m is not None)
+                raise BootDataError(
+                    f"the first server has no {exc.args[0]} on the node (k3s would make CAs of its own)"
+                ) from None
+        return cls(role, hostname, provider_id, server, sans, token, server_ca, client_ca)
 
 
 @dataclass
@@ -216,21 +275,12 @@ class Disk:
 
     files: dict[str, bytes] = field(default_factory=dict, repr=False)
     written: set[str] = field(default_factory=set)
-    """Paths the last boot's initramfs stage wrote (newer than anything k3s stored)."""
+    """Paths the last boot changed (newer than anything k3s stored)."""
 
-    def boot(self, doc: dict[str, Any]) -> None:
-        """Kairos runs the `initramfs` stage at every boot: each step in order, skipped
-        when its `if` fails (yip decodes b64 content)."""
-        self.written = set()
-        for step in (doc.get("stages") or {}).get("initramfs") or []:
-            condition = step.get("if")
-            if condition and not if_holds(str(condition), self.files):
-                continue
-            for entry in step.get("files") or []:
-                content = str(entry.get("content", ""))
-                data = base64.b64decode(content) if entry.get("encoding") == "b64" else content.encode()
-                self.files[entry["path"]] = data
-                self.written.add(entry["path"])
+    def boot(self, files: dict[str, bytes]) -> None:
+        """The node's files after a boot's stages: what differs from before was written."""
+        self.written = {path for path, data in files.items() if self.files.get(path) != data}
+        self.files.update(files)
 
     def datastore_conflict(self, datastore: dict[str, bytes]) -> str | None:
         """Why k3s would refuse to start a server whose datastore holds `datastore`
@@ -270,14 +320,23 @@ class _Joined:
     ready: bool = True
 
 
+@dataclass(frozen=True)
+class Booted:
+    """A machine after Kairos's boot stages: the files yip left (`yipnode.NODE_PATHS`) and
+    the k3s version its image ships."""
+
+    files: dict[str, bytes] = field(repr=False)
+    k3s_version: str | None
+
+
 class MachineSource(Protocol):
     """Machines besides the daemon's VMs (e.g. `k3s_ironic.IronicMachines`)."""
 
     def running(self) -> dict[str, bool]:
         """name -> up; names must not collide with domain names."""
 
-    def received(self, name: str) -> dict[str, bytes] | None:
-        """USER-DATA and META-DATA as the machine read them, None until it booted."""
+    def booted(self, name: str) -> Booted | None:
+        """The machine's files after Kairos's boot stages, None until it booted."""
 
 
 class K3sStandIn:
@@ -429,27 +488,24 @@ class K3sStandIn:
     def _try_join(self, domain: str) -> None:
         source = self._owners.get(domain)
         if source is not None:
-            received = source.received(domain)
-            if received is None:
+            booted = source.booted(domain)
+            if booted is None:
                 return
-            blocks = received
-            release = received.get("KAIROS-RELEASE")
-            version = shipped_k3s_version(release.decode(errors="replace")) if release else None
         else:
             console = serial_log(self.daemon, domain)
             if BOOTED not in console:
                 return
-            blocks = console_blocks(console)
-            version = console_k3s_version(console)
+            if YIP_DONE not in console:
+                self._refuse(domain, "the image ran no Kairos stages (no yip output on its console)")
+                return
+            booted = Booted(console_files(console), console_k3s_version(console))
+        version = booted.k3s_version
         if domain not in self.boot_seconds:
             self.boot_seconds[domain] = time.monotonic() - self._started[domain]
-        if "USER-DATA" not in blocks or "META-DATA" not in blocks:
-            self._refuse(domain, "no config drive read at boot")
-            return
+        disk = self._disks.setdefault(domain, Disk())
+        disk.boot(booted.files)
         try:
-            data = BootData.parse(
-                blocks["USER-DATA"], blocks["META-DATA"], self._disks.setdefault(domain, Disk())
-            )
+            data = BootData.from_node(disk.files)
         except BootDataError as exc:
             self._refuse(domain, str(exc))
             return
@@ -516,13 +572,17 @@ class K3sStandIn:
 
 __all__ = [
     "BOOTED",
+    "YIP_DONE",
     "BootData",
     "BootDataError",
+    "Booted",
     "Disk",
     "K3sStandIn",
+    "MachineSource",
     "console_blocks",
+    "console_files",
     "console_k3s_version",
-    "if_holds",
+    "k3s_config",
     "serial_log",
     "shipped_k3s_version",
 ]

@@ -8,7 +8,8 @@ as it was, off); it is known by its node and instance
 new machine to k3s, and an undeployed one is down (its Node goes Ready=False). The k3s
 version such a machine runs is the one its image ships: the version its image URL's name
 carries Kairos style (`...-k3sv1.34.1-k3s1...`), else the stand-in's default, handed to
-k3s as the image's `/etc/kairos-release`.
+k3s as the image's `/etc/kairos-release`. What k3s starts from is what yip leaves when it
+runs Kairos's boot stages over that drive (`yipnode.apply`, once per instance).
 
 Use: `k3s.sources.append(IronicMachines(server))`.
 """
@@ -20,7 +21,9 @@ import threading
 from typing import Any
 
 from capi_c3os.capi.versions import version_from_image_name
+from capi_c3os.dev import yipnode
 from capi_c3os.dev.ironic import IronicServer, read_configdrive
+from capi_c3os.dev.k3s import Booted, shipped_k3s_version
 from capi_c3os.dev.workload import STANDIN_K3S_VERSION as DEFAULT_K3S
 
 PREFIX = "ironic/"
@@ -34,6 +37,7 @@ class IronicMachines:
         self._nodes: dict[str, tuple[str, str]] = {}  # machine name -> (node, instance) uuid
         # What an instance received never changes: master each drive once (a subprocess).
         self._received: dict[str, dict[str, bytes]] = {}
+        self._booted: dict[str, Booted] = {}
         self._lock = threading.Lock()
 
     def running(self) -> dict[str, bool]:
@@ -71,6 +75,24 @@ class IronicMachines:
         with self._lock:
             self._received[name] = blocks
         return blocks
+
+    def booted(self, name: str) -> Booted | None:
+        """The machine's files after yip ran Kairos's boot stages over its drive."""
+        with self._lock:
+            if name in self._booted:
+                return self._booted[name]
+        received = self.received(name)
+        if received is None:
+            return None
+        drive = {
+            "openstack/latest/user_data": received["USER-DATA"],
+            "openstack/latest/meta_data.json": received["META-DATA"],
+        }
+        files, _log = yipnode.apply(drive, config_2=True)
+        booted = Booted(files, shipped_k3s_version(received["KAIROS-RELEASE"].decode()))
+        with self._lock:
+            self._booted[name] = booted
+        return booted
 
     def _release(self, node: str) -> bytes:
         info = self.server.request("GET", f"/v1/nodes/{node}?fields=instance_info").get("instance_info") or {}

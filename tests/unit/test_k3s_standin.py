@@ -1,5 +1,6 @@
-"""The k3s stand-in reads a node's role, token and CAs from the cloud-config our
-bootstrap provider renders, and refuses what k3s could not start from."""
+"""The k3s stand-in starts k3s from what Kairos's executor (yip, run here by
+`yipnode.apply` over a config drive's files) leaves on a node, and refuses what k3s could
+not start from."""
 
 from __future__ import annotations
 
@@ -9,20 +10,42 @@ import yaml
 from capi_c3os.api.bootstrap import C3osConfigSpec
 from capi_c3os.bootstrap import tokens
 from capi_c3os.bootstrap.certificates import new_ca
-from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, ca_paths, render_cloud_config
-from capi_c3os.dev.k3s import BootData, BootDataError, Disk, console_blocks, if_holds
+from capi_c3os.bootstrap.cloudconfig import (
+    ClusterCAs,
+    RenderInput,
+    Role,
+    ca_paths,
+    render_cloud_config,
+)
+from capi_c3os.dev import yipnode
+from capi_c3os.dev.k3s import (
+    OEM_USERDATA,
+    BootData,
+    BootDataError,
+    Disk,
+    console_blocks,
+    console_files,
+    k3s_config,
+)
 
 META = yaml.safe_dump({"local-hostname": "n", "provider-id": "c3os://a/n"}).encode()
 
 
-def test_boot_data_parse_reads_a_rendered_first_server() -> None:
+def node(user_data: str | bytes, seed: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The node's files after yip ran Kairos's boot stages over a NoCloud drive."""
+    data = user_data.encode() if isinstance(user_data, str) else user_data
+    files, _log = yipnode.apply({"user-data": data, "meta-data": META}, config_2=False, seed=seed)
+    return files
+
+
+def test_boot_data_from_what_yip_wrote_for_a_rendered_first_server() -> None:
     cas = ClusterCAs(new_ca("s"), new_ca("c"), new_ca("e"))
     token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
     rendered = render_cloud_config(
         RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "n", "10.0.0.5", 6443, token, cas)
     )
-    meta = yaml.safe_dump({"local-hostname": "n", "provider-id": "c3os://a/n"}).encode()
-    data = BootData.parse(rendered.encode(), meta)
+    data = BootData.from_node(node(rendered))
+    # The provider ID is what our ExecStartPre read from the drive's meta-data.
     assert (data.role, data.hostname, data.provider_id, data.server_url) == (
         Role.INIT_SERVER,
         "n",
@@ -33,12 +56,31 @@ def test_boot_data_parse_reads_a_rendered_first_server() -> None:
     assert data.server_ca == cas.server and data.client_ca == cas.client
 
 
-def test_boot_data_parse_reads_a_joining_agent() -> None:
+def test_boot_data_from_what_yip_wrote_for_a_joining_agent() -> None:
     token = tokens.pinned_token(new_ca("s").cert_pem, tokens.new_secret())
     rendered = render_cloud_config(RenderInput(Role.AGENT, C3osConfigSpec(), "n", "10.0.0.5", 7443, token))
-    data = BootData.parse(rendered.encode(), META)
+    data = BootData.from_node(node(rendered))
     assert (data.role, data.server_url, data.server_ca) == (Role.AGENT, "https://10.0.0.5:7443", None)
-    assert data.token == token
+    assert data.token == token and data.provider_id == "c3os://a/n"
+
+
+def test_a_document_yip_cannot_load_leaves_nothing_k3s_could_start_from() -> None:
+    """A user stage with `permissions: "0644"` (a string; yip's is a uint32): PyYAML reads
+    the document (the stand-in used to, and joined the node). yip keeps the document (its
+    datasource step saves it, so provider-kairos still starts k3s) and sets the hostname,
+    but runs none of its stages: no token file, no k3s config, and k3s, pointed at a token
+    file that is not there, does not start."""
+    token = tokens.pinned_token(new_ca("s").cert_pem, tokens.new_secret())
+    spec = C3osConfigSpec.model_validate(
+        {"stages": {"boot": [{"name": "mine", "files": [{"path": "/etc/x", "permissions": "0644"}]}]}}
+    )
+    rendered = render_cloud_config(RenderInput(Role.AGENT, spec, "n", "10.0.0.5", 7443, token))
+    assert yaml.safe_load(rendered)["k3s-agent"]["enabled"] is True
+    files = node(rendered)
+    assert OEM_USERDATA in files and files["/etc/hostname"] == b"n\n"
+    assert not [p for p in files if p.startswith("/etc/rancher")]
+    with pytest.raises(BootDataError, match="no token file /etc/rancher/k3s/cluster-api/token on the node"):
+        BootData.from_node(files)
 
 
 def test_first_server_starts_again_after_its_cas_were_rotated() -> None:
@@ -46,9 +88,9 @@ def test_first_server_starts_again_after_its_cas_were_rotated() -> None:
     token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
     user_data = render_cloud_config(
         RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "n", "10.0.0.5", 6443, token, cas)
-    ).encode()
+    )
     disk = Disk()
-    BootData.parse(user_data, META, disk)
+    disk.boot(node(user_data))
     first = {path: disk.files[path] for path in ca_paths()}
     assert disk.datastore_conflict(first) is None  # first boot: k3s stores what it was given
     # `k3s certificate rotate-ca`: the datastore holds new CAs, k3s puts them on disk.
@@ -60,36 +102,56 @@ def test_first_server_starts_again_after_its_cas_were_rotated() -> None:
     ]
     datastore = dict(zip(ca_paths(), pems, strict=True))
     disk.files.update(datastore)
-    # The next boot runs the same user-data's initramfs stage again.
-    data = BootData.parse(user_data, META, disk)
+    # The next boot: yip runs the same document over the persisted files; the CA step's
+    # `if:` is yip's own answer.
+    disk.boot(node(user_data, seed=disk.files))
+    data = BootData.from_node(disk.files)
     assert disk.datastore_conflict(datastore) is None, "k3s would refuse to start"
     assert {path: disk.files[path] for path in ca_paths()} == datastore
     assert data.server_ca == rotated.server  # the token still carries the old pin: joiners need a new one
 
 
-def test_yip_if_is_evaluated_only_in_the_form_we_render() -> None:
-    files = {"/a": b"x", "/b": b""}
-    assert if_holds("[ ! -s /a ] || [ ! -s /b ]", files)  # /b empty
-    assert not if_holds("[ ! -s /a ]", files)
-    with pytest.raises(BootDataError, match="cannot evaluate"):
-        if_holds("test -e /a", files)
+def test_k3s_config_merges_drop_ins_as_k3s_does() -> None:
+    files = {
+        "/etc/rancher/k3s/config.yaml": b"tls-san: [a]\nkubelet-arg: [x=1]\n",
+        "/etc/rancher/k3s/config.yaml.d/10-a.yaml": b"tls-san: [b]\n",
+        "/etc/rancher/k3s/config.yaml.d/90-b.yaml": b"kubelet-arg+: [provider-id=p]\n",
+        "/etc/rancher/k3s/config.yaml.d/README": b"not: read",
+    }
+    assert k3s_config(files) == {"tls-san": ["b"], "kubelet-arg": ["x=1", "provider-id=p"]}
+    with pytest.raises(BootDataError, match="k3s refuses to start"):
+        k3s_config({"/etc/rancher/k3s/config.yaml.d/10-a.yaml": b"[1, 2]\n"})
+
+
+CLOUD = b"#cloud-config\n"
+FIRST = CLOUD + b"k3s: {enabled: true, args: [--cluster-init, --token-file=/t]}\n"
 
 
 @pytest.mark.parametrize(
-    ("user_data", "meta", "reason"),
+    ("files", "reason"),
     [
-        (b"#cloud-config\nhostname: n\n", META, "neither k3s nor k3s-agent"),
-        (b"k3s: {enabled: true}\n", META, "not a #cloud-config"),
-        (b"#cloud-config\nk3s: {enabled: true, args: [--cluster-init]}\n", b"{}", "local-hostname"),
-        (b"#cloud-config\nk3s: {enabled: true, args: [--cluster-init]}\n", META, "no token"),
-        (b"#cloud-config\nk3s-agent: {enabled: true, args: []}\n", META, "without --server"),
+        ({}, "yip found no cloud-config"),
+        ({OEM_USERDATA: CLOUD + b"hostname: n\n"}, "neither k3s nor k3s-agent"),
+        ({OEM_USERDATA: FIRST, "/t": b"K10x::server:y"}, "no hostname"),
+        ({OEM_USERDATA: FIRST, "/etc/hostname": b"n\n"}, "no token file /t"),
+        ({OEM_USERDATA: FIRST, "/etc/hostname": b"n\n", "/t": b"K10x::server:y"}, "server-ca.crt"),
+        (
+            {OEM_USERDATA: CLOUD + b"k3s-agent: {enabled: true, args: [--token=x]}\n", "/etc/hostname": b"n"},
+            "without --server",
+        ),
     ],
 )
-def test_boot_data_parse_refuses_what_k3s_could_not_start_from(
-    user_data: bytes, meta: bytes, reason: str
-) -> None:
+def test_boot_data_refuses_what_k3s_could_not_start_from(files: dict[str, bytes], reason: str) -> None:
     with pytest.raises(BootDataError, match=reason):
-        BootData.parse(user_data, meta)
+        BootData.from_node(files)
+
+
+def test_console_files_skip_a_block_cut_short() -> None:
+    log = (
+        "----- BEGIN FILE /etc/hostname 644 0 0 BASE64 -----\r\nbgo=\r\n----- END FILE -----\r\n"
+        "----- BEGIN FILE /x 600 0 0 BASE64 -----\r\n!!!\r\n----- END FILE -----\r\n"
+    )
+    assert console_files(log) == {"/etc/hostname": b"n\n"}
 
 
 def test_console_blocks_skip_a_block_cut_short() -> None:
