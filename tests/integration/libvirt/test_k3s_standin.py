@@ -1,9 +1,11 @@
 """The k3s stand-in acts on what the VMs really received: machines made by our libvirt
 backend boot the self-booting stand-in image from their disk (no directKernelBoot, as a
 real c3os qcow2 would), read their config drive, and only what their console shows
-drives k3s: the first server's CAs become the cluster's, a joiner with a token pinned to
-another CA never joins, each Node reports the k3s version its image ships, a destroyed
-VM's Node goes NotReady."""
+drives k3s: yip (Kairos's executor, in the image) pulls the user-data and runs its stages,
+and k3s starts from the files it left: the first server's CAs become the cluster's, a
+joiner with a token pinned to another CA never joins, a joiner whose document yip will
+not apply never starts k3s, each Node reports the k3s version its image ships, a
+destroyed VM's Node goes NotReady."""
 
 from __future__ import annotations
 
@@ -69,14 +71,21 @@ def test_k3s_standin_joins_what_the_vms_received(
     token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
     rogue = tokens.pinned_token(new_ca("other-ca").cert_pem, tokens.new_secret())
 
-    def user_data(role: Role, name: str, join_token: str) -> bytes:
-        inputs = RenderInput(role, C3osConfigSpec(), name, "127.0.0.1", port, join_token, cas)
+    def user_data(role: Role, name: str, join_token: str, spec: C3osConfigSpec | None = None) -> bytes:
+        inputs = RenderInput(role, spec or C3osConfigSpec(), name, "127.0.0.1", port, join_token, cas)
         return render_cloud_config(inputs).encode()
+
+    # A stage with `permissions: "0644"` (yip's is a uint32): YAML, and our schema, take it;
+    # yip loads the document but runs none of its stages, so no token file is written.
+    unapplied = C3osConfigSpec.model_validate(
+        {"stages": {"boot": [{"name": "mine", "files": [{"path": "/etc/x", "permissions": "0644"}]}]}}
+    )
 
     machines = [
         machine(libvirtd, "server-0", user_data(Role.INIT_SERVER, "server-0", token)),
         machine(libvirtd, "agent-0", user_data(Role.AGENT, "agent-0", token), NEXT_BOOT_VOLUME),
         machine(libvirtd, "rogue-0", user_data(Role.AGENT, "rogue-0", rogue)),
+        machine(libvirtd, "unapplied-0", user_data(Role.AGENT, "unapplied-0", token, unapplied)),
     ]
     domains = {m.hostname: dx.domain_name(m.identity) for m in machines}
     k3s = K3sStandIn(libvirtd, tmp_path / "k3s", endpoints=[("127.0.0.1", port)]).start()
@@ -119,6 +128,12 @@ def test_k3s_standin_joins_what_the_vms_received(
             "the refusal of the rogue agent logged", BOOT_TIMEOUT, explain=lambda: "\n".join(k3s.events),
         )  # fmt: skip
         assert k3s.node_of(domains["rogue-0"]) is None
+        # Right token, right server, but yip applied none of its stages: k3s has no token file.
+        eventually(
+            lambda: any(domains["unapplied-0"] in e and "no token file" in e for e in k3s.events),
+            "the refusal of the unapplied agent", BOOT_TIMEOUT, explain=lambda: "\n".join(k3s.events),
+        )  # fmt: skip
+        assert k3s.node_of(domains["unapplied-0"]) is None
         assert "token" in k3s.log_file.read_text()
         assert token not in k3s.log_file.read_text() and rogue not in k3s.log_file.read_text()
 
