@@ -56,7 +56,10 @@ DEFAULT_K3S=v1.33.4+k3s1
 VARIANT_K3S="v1.33.5+k3s1 v1.33.6+k3s1 v1.34.1+k3s1"
 here=$(cd "$(dirname "$0")" && pwd)
 # The pinned static yip (CAPI_C3OS_YIP names another build): its bytes are part of the key.
-yip=$(cd "$here/.." && "${PYTHON:-python3}" -m capi_c3os.dev.binaries yip | sed -n 's/^yip=\(.*\) (.*/\1/p')
+# (binaries.py needs only the standard library: the repo's venv if there is one, else python3.)
+py=${PYTHON:-$here/../.venv/bin/python}
+[ -x "$py" ] || py=python3
+yip=$(cd "$here/.." && "$py" -m capi_c3os.dev.binaries yip | sed -n 's/^yip=\(.*\) (.*/\1/p')
 [ -x "$yip" ] || { echo "no yip binary (python3 -m capi_c3os.dev.binaries yip)" >&2; exit 1; }
 hash=$(cat "$here/standin-image.sh" "$yip" | sha256sum | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
