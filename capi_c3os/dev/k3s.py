@@ -157,12 +157,17 @@ K3S_CONFIG = f"{K3S_DIR}/config.yaml"
 
 def k3s_config(files: dict[str, bytes]) -> dict[str, Any]:
     """k3s's configuration from the node's config.yaml and config.yaml.d/*.yaml, merged as
-    k3s merges them (k3s pkg/configfilearg: files in lexical order, later keys win, a key
-    ending in `+` appends to the list). Only `.yaml` files; a file k3s cannot parse makes it
-    refuse to start."""
+    k3s merges them (k3s pkg/configfilearg/parser.go, readConfigFile and dotDFiles: the
+    file, then the drop-ins named `*.yaml`/`*.yml` in directory order; later keys win, a key
+    ending in `+` appends to the list); a file k3s cannot parse makes it refuse to start."""
     merged: dict[str, Any] = {}
     paths = [K3S_CONFIG] if K3S_CONFIG in files else []
-    paths += sorted(p for p in files if p.startswith(f"{K3S_DIR}/config.yaml.d/") and p.endswith(".yaml"))
+    drop_ins = f"{K3S_DIR}/config.yaml.d/"
+    paths += sorted(
+        p
+        for p in files
+        if p.startswith(drop_ins) and "/" not in p[len(drop_ins) :] and p.lower().endswith((".yaml", ".yml"))
+    )
     for path in paths:
         try:
             content = yaml.safe_load(files[path]) or {}
