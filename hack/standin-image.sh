@@ -7,7 +7,7 @@
 # MAC), else asks DHCP, runs a minimal QEMU guest agent (sync, ping, info,
 # network-get-interfaces) on the org.qemu.guest_agent.0 port, and stays up.
 #
-# Output (cached; rebuilt only when this script changes):
+# Output (cached; rebuilt only when this script or the yip binary changes):
 #   ${CAPI_C3OS_IMAGE_DIR:-~/.cache/capi-c3os/images}/standin-<hash>/{vmlinuz,initrd.img,base.qcow2,boot.qcow2}
 # and prints that directory.
 # - base.qcow2 is a 64 MiB disk whose first bytes are a marker, so a guest that sees the
