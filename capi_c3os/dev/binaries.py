@@ -9,6 +9,7 @@ Explicit paths win: ``CAPI_C3OS_<NAME>`` (e.g. ``CAPI_C3OS_KUBE_APISERVER``), th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -216,7 +217,14 @@ def locate(name: str, *, build_missing: bool = True) -> Path:
         raise FileNotFoundError(f"{name} {binary.version} is not built; run `make binaries`")
     if shutil.which("go") is None:
         raise FileNotFoundError(f"{name} is missing and Go is not installed to build it")
-    return build(binary)
+    # One build per binary at a time, across processes: `make prepare` builds yip while the
+    # stand-in image script asks for it too (both would write the same .partial file).
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f".{binary.path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.path.exists():
+            return binary.path
+        return build(binary)
 
 
 def module_dir(module: str, version: str) -> Path:
