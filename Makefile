@@ -22,7 +22,7 @@ FAST_INTEGRATION = tests/integration/bootstrap tests/integration/test_crds.py \
 	tests/integration/test_clusterctl_repository.py tests/integration/libvirt/test_libvirt_addresses.py \
 	tests/integration/ironic/test_ironic_ownership.py tests/integration/ironic/test_ironic_sites.py
 
-.PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv lock lock-upgrade image demo demo-down clean
+.PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv lock lock-upgrade image release demo demo-down clean
 
 test: system-deps venv prepare lint ## everything a fresh machine needs, then every test
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
@@ -73,6 +73,10 @@ prepare: venv ## the Go binaries, the stand-in image, the manager image and the 
 
 image: ## the manager image from Debian packages only (mmdebstrap base + podman build; cached), prints its reference
 	hack/manager-image.sh
+
+release: venv ## VERSION=vX.Y.Z: dist/VERSION/ holds what a release publishes (components, metadata, templates, image archive, SHA256SUMS)
+	@test -n "$(VERSION)" || { echo "usage: make release VERSION=vX.Y.Z" >&2; exit 2; }
+	$(PY) -m capi_c3os.dev.release $(VERSION)
 
 binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl, kairos-agent, yip, kairos-check
 	$(PYTHON) -m capi_c3os.dev.binaries

@@ -11,6 +11,7 @@ the caller's hard limits, which needs CAP_SYS_RESOURCE). Both are harmless elsew
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,10 @@ PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 
 
 def build() -> str:
-    """The image reference (localhost/capi-c3os-manager:<hash of the inputs>)."""
+    """The image reference (localhost/capi-c3os-manager:<hash of the inputs>), or
+    $CAPI_C3OS_MANAGER_IMAGE when set (an image built elsewhere, already in podman's store)."""
+    if given := os.environ.get("CAPI_C3OS_MANAGER_IMAGE"):
+        return given
     out = subprocess.run(
         [str(REPO / "hack" / "manager-image.sh")], check=True, capture_output=True, text=True
     )
