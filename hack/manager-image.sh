@@ -57,7 +57,12 @@ fi
 if [ ! -s "$archive" ]; then
   "${podman[@]}" save --quiet --format oci-archive --output "$archive.tmp" "$ref"
   mv "$archive.tmp" "$archive"
-  # Each change of the code is a new archive: keep the three newest.
+  # Each change of the code is a new archive and image: keep the three newest of both
+  # (an image still used by a container is not removed).
   ls -t "$dir"/manager-*.oci.tar | tail -n +4 | xargs -r rm -f
+  for old in $("${podman[@]}" images --format '{{.Repository}}:{{.Tag}}' --filter reference=localhost/capi-c3os-manager); do
+    [[ $old == localhost/capi-c3os-manager:* ]] || continue  # other tags of the same image
+    [ -e "$dir/manager-${old##*:}.oci.tar" ] || "${podman[@]}" rmi "$old" >/dev/null 2>&1 || true
+  done
 fi
 echo "$ref"
