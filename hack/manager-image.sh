@@ -9,14 +9,12 @@
 #                                uv.lock, README.md, capi_c3os/**.py)
 # and in podman's store as localhost/capi-c3os-manager:<hash>. Prints that reference.
 #
-# Runs podman as root with the default storage (overlay); MANAGER_IMAGE_PODMAN can add
-# global options, e.g. "--storage-driver vfs" where overlay mounts are not allowed.
+# Runs podman as root with its default storage (overlay).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dir=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# shellcheck disable=SC2206
-podman=(podman ${MANAGER_IMAGE_PODMAN:-})
+podman=(podman)
 mkdir -p "$dir"
 
 # What debian:bookworm-slim is: minbase (essential packages + apt) without manuals,
