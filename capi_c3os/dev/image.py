@@ -11,6 +11,7 @@ the caller's hard limits, which needs CAP_SYS_RESOURCE). Both are harmless elsew
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+# Which process started a container: a test run killed outright leaves its container
+# running under conmon; the next run removes it (`remove_orphans`).
+OWNER_LABEL = "capi-c3os.owner-pid"
 
 
 def build() -> str:
@@ -39,6 +43,7 @@ def run_argv(image: str, name: str, mounts: Sequence[Path], args: Sequence[str])
         "--user", "65532:65532", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096",
+        "--label", f"{OWNER_LABEL}={os.getpid()}",
     ]  # fmt: skip
     for path in mounts:
         argv += ["--volume", f"{path}:{path}:ro"]
@@ -48,3 +53,19 @@ def run_argv(image: str, name: str, mounts: Sequence[Path], args: Sequence[str])
 def remove(name: str) -> None:
     """Remove the container if it is still there (a test that died before stopping it)."""
     subprocess.run([*PODMAN, "rm", "--force", "--ignore", name], check=False, capture_output=True)
+
+
+def remove_orphans() -> list[str]:
+    """Remove containers whose starting process is gone; returns their names."""
+    listed = subprocess.run(
+        [*PODMAN, "ps", "--all", "--filter", f"label={OWNER_LABEL}", "--format", "json"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    orphans = []
+    for container in json.loads(listed.stdout or "[]"):
+        owner = int((container.get("Labels") or {}).get(OWNER_LABEL, "0"))
+        if owner and not Path(f"/proc/{owner}").exists():
+            orphans.extend(container["Names"])
+    for name in orphans:
+        remove(name)
+    return orphans

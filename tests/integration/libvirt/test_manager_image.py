@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def manager_image() -> str:
+    image.remove_orphans()  # of a run that was killed
     return image.build()  # `make prepare` built it: a cache hit
 
 
