@@ -3,7 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# uv reads and refreshes uv.lock (one universal lock, with hashes, for every Python and
+# platform; the dev extra and the runtime set the image installs come from the same file).
+UV_VERSION := 0.13.9
+UV := $(VENV)/.uv-$(UV_VERSION)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 # Parallel pytest workers (pytest-xdist), each with its own servers; a test module stays
 # on one worker (its module-scoped clusters and ordered scenarios stay together).
@@ -18,7 +22,7 @@ FAST_INTEGRATION = tests/integration/bootstrap tests/integration/test_crds.py \
 	tests/integration/test_clusterctl_repository.py tests/integration/libvirt/test_libvirt_addresses.py \
 	tests/integration/ironic/test_ironic_ownership.py tests/integration/ironic/test_ironic_sites.py
 
-.PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv demo demo-down clean
+.PHONY: test test-fast unit integration lint manifests binaries prepare system-deps venv lock lock-upgrade image release demo demo-down clean
 
 test: system-deps venv prepare lint ## everything a fresh machine needs, then every test
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
@@ -44,15 +48,35 @@ manifests: venv ## regenerate config/ from the models
 system-deps:
 	hack/system-deps.sh
 
-venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	rm -f $(VENV)/.uv-* && touch $@
+
+# Exactly the locked versions, each checked against its hash; `--locked` refuses a lock
+# that no longer matches pyproject.toml (run `make lock`).
+venv: $(STAMP)
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(VENV)/bin/uv export --quiet --locked --extra dev --no-emit-project --output-file $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-prepare: venv ## the Go binaries, the stand-in image and the pinned server virtualenvs, concurrently (cached)
+lock: $(UV) ## update uv.lock after a change to pyproject.toml (keeps every other pin)
+	$(VENV)/bin/uv lock
+
+lock-upgrade: $(UV) ## refresh uv.lock to the newest versions pyproject.toml allows
+	$(VENV)/bin/uv lock --upgrade
+
+prepare: venv ## the Go binaries, the stand-in image, the manager image and the pinned server virtualenvs, concurrently (cached)
 	$(PY) -m capi_c3os.dev.prepare
+
+image: ## the manager image from Debian packages only (mmdebstrap base + podman build; cached), prints its reference
+	hack/manager-image.sh
+
+release: venv ## VERSION=vX.Y.Z: dist/VERSION/ holds what a release publishes (components, metadata, templates, image archive, SHA256SUMS)
+	@test -n "$(VERSION)" || { echo "usage: make release VERSION=vX.Y.Z" >&2; exit 2; }
+	$(PY) -m capi_c3os.dev.release $(VERSION)
 
 binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl, kairos-agent, yip, kairos-check
 	$(PYTHON) -m capi_c3os.dev.binaries

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need, only when missing (CI machines start bare).
 set -euo pipefail
-packages=(ca-certificates openssh-server libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base iptables libvirt-dev pkg-config busybox-static cpio kmod ovmf mtools syslinux syslinux-common isolinux xorriso binutils)
+# podman + runc (see capi_c3os/dev/image.py) and mmdebstrap: the manager image, built and
+# run from Debian packages only (hack/manager-image.sh).
+packages=(ca-certificates openssh-server libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base iptables libvirt-dev pkg-config busybox-static cpio kmod ovmf mtools syslinux syslinux-common isolinux xorriso binutils
+  podman runc mmdebstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,13 +114,15 @@ def start_manager(
     env: dict[str, str] | None = None,
     name: str | None = None,
     detached: bool = False,
+    command: Sequence[str] = (),
 ) -> Manager:
     """Start `capi-c3os run` with `kubeconfig` as its identity, logging to `log`; `env`
-    adds to its environment; `detached` lets it outlive this process (`dev up`). It is
-    not waited for: call `wait_ready()`."""
+    adds to its environment; `detached` lets it outlive this process (`dev up`);
+    `command` replaces `python -m capi_c3os` (the image: `capi_c3os.dev.image.run_argv`).
+    It is not waited for: call `wait_ready()`."""
     health = free_port()
     metrics_port = free_port() if metrics else None
-    argv = [sys.executable, "-m", "capi_c3os", "run", "--kubeconfig", str(kubeconfig)]
+    argv = [*(command or [sys.executable, "-m", "capi_c3os"]), "run", "--kubeconfig", str(kubeconfig)]
     if providers is not None:
         argv += ["--providers", providers]
     if namespace is not None:

@@ -1,6 +1,6 @@
 """`python -m capi_c3os.dev.prepare`: everything the tests need that is built or installed
-once per machine (Go binaries, the stand-in image, the pinned Ironic, Keystone and
-sushy-tools virtualenvs), made concurrently — Go builds use the CPUs while the installs
+once per machine (Go binaries, the stand-in image, the manager image, the pinned Ironic,
+Keystone and sushy-tools virtualenvs), made concurrently — Go builds use the CPUs while the installs
 wait on the network — with a line per step as it finishes, so a cold run shows progress.
 Cached work returns at once; parallel test workers then find everything ready."""
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from capi_c3os.dev import binaries, ironic, keystone, sushy
+from capi_c3os.dev import binaries, image, ironic, keystone, sushy
 from capi_c3os.dev.venvs import PinnedVenv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +38,10 @@ def _standin_image() -> str:
     return f"stand-in image {out.stdout.strip().splitlines()[-1]}"
 
 
+def _manager_image() -> str:
+    return f"manager image {image.build()}"
+
+
 def _venv(venv: PinnedVenv) -> Callable[[], str]:
     def ensure() -> str:
         return f"{venv.title} in {venv.ensure()}"
@@ -48,6 +52,7 @@ def _venv(venv: PinnedVenv) -> Callable[[], str]:
 STEPS: dict[str, Callable[[], str]] = {
     "go": _go_binaries,
     "image": _standin_image,
+    "manager-image": _manager_image,
     "ironic": _venv(ironic.VENV),
     "keystone": _venv(keystone.VENV),
     "sushy": _venv(sushy.VENV),

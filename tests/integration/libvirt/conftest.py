@@ -23,6 +23,7 @@ from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane
 from capi_c3os.reconcilers.c3osmachine import FINALIZER
 from tests.conftest import REPO, RunManager, provider_identity
+from tests.integration.libvirt.remote import RemoteHost, start_remote_host
 from tests.support import eventually
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
@@ -62,6 +63,18 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> I
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> Iterator[RemoteHost]:
+    """A private libvirtd reached as a remote host, over qemu+tls and (its sshd) qemu+ssh."""
+    host = start_remote_host(tmp_path_factory.mktemp("remote"))
+    try:
+        host.daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
+        yield host
+    finally:
+        host.sshd.stop()
+        host.daemon.stop()
 
 
 class Capi:

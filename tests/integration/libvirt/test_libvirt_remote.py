@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.backends.libvirt.connection import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL
 from tests.integration.libvirt.conftest import BASE_VOLUME, CAPI, INFRA, Capi, console_blocks, serial_log
-from tests.integration.libvirt.remote import RemoteHost, secret_lines, start_remote_host
+from tests.integration.libvirt.remote import RemoteHost, secret_lines
 from tests.integration.libvirt.test_libvirt_machine import (
     BOOT_TIMEOUT,
     USER_DATA,
@@ -37,17 +36,6 @@ from tests.integration.libvirt.test_libvirt_machine import (
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def remote(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> Iterator[RemoteHost]:
-    host = start_remote_host(tmp_path_factory.mktemp("remote"))
-    try:
-        host.daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
-        yield host
-    finally:
-        host.sshd.stop()
-        host.daemon.stop()
 
 
 def intent(uri: str, credentials: dict[str, bytes], standin: Path, name: str) -> MachineIntent:
