@@ -59,7 +59,7 @@ from capi_c3os.dev.mgmt import api_client, apply
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import cluster_ca, node_versions
 from e2e.conftest import E2eEnv
-from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
+from tests.integration.libvirt.conftest import UPLOADED_VOLUMES
 from tests.integration.test_templates import VERSION, await_class_accepted, render
 from tests.support import eventually
 
@@ -638,7 +638,7 @@ def test_delete_the_cluster_leaves_nothing_behind(cluster: Cluster) -> None:
         volumes = set(pool.listVolumes())
     # Only base images stay: the two the environment uploaded, and the one the manager
     # downloaded from the image URL (shared by every machine of the pool that names it).
-    left = {v for v in volumes if v not in {BASE_VOLUME, BOOT_VOLUME} and not v.startswith("c3os-base-")}
+    left = {v for v in volumes if v not in UPLOADED_VOLUMES and not v.startswith("c3os-base-")}
     assert left == set()
     nvram = env.libvirtd.root / "lib" / "qemu" / "nvram"
     assert not nvram.exists() or list(nvram.iterdir()) == []

@@ -25,7 +25,7 @@ from e2e.conftest import E2eEnv
 from e2e.mixed_cluster import check_metal_worker, is_metal, mixed_cluster
 from e2e.test_libvirt_cluster import CAPI, CLUSTER_LABEL, INFRA, NAME, Cluster
 from tests.integration.ironic.lab import IronicLab, new_resource_class
-from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
+from tests.integration.libvirt.conftest import UPLOADED_VOLUMES
 from tests.integration.test_templates import await_class_accepted
 from tests.support import eventually
 
@@ -133,7 +133,7 @@ def test_delete_leaves_no_domain_volume_allocation_or_secret(mixed: Mixed) -> No
         volumes = set(pool.listVolumes())
     assert domains & mixed.domains == set()
     assert {d for d in domains if d.startswith(f"{NAMESPACE}-")} == set()
-    left = {v for v in volumes if v not in {BASE_VOLUME, BOOT_VOLUME} and not v.startswith("c3os-base-")}
+    left = {v for v in volumes if v not in UPLOADED_VOLUMES and not v.startswith("c3os-base-")}
     assert {v for v in left if v.startswith(f"{NAMESPACE}-")} == set()
 
     # Ironic: no allocation, every node cleaned and `available` again, nothing of ours on it.

@@ -32,7 +32,7 @@ from e2e.mixed_cluster import check_metal_worker, is_metal, mixed_cluster
 from e2e.planes import Plane, keep_logs, planes
 from e2e.test_libvirt_cluster import CAPI, CLUSTER_LABEL, INFRA, NAME, Cluster
 from tests.integration.ironic.lab import IronicLab, new_resource_class
-from tests.integration.libvirt.conftest import BASE_VOLUME, BOOT_VOLUME
+from tests.integration.libvirt.conftest import UPLOADED_VOLUMES
 from tests.integration.test_clusterctl_move import clusterctl
 from tests.integration.test_templates import await_class_accepted
 from tests.support import eventually
@@ -227,7 +227,7 @@ def test_delete_on_the_target_removes_the_machines(move: Move) -> None:
         domains = {d.name() for d in conn.listAllDomains(0)}
         pool = conn.storagePoolLookupByName(t.env.libvirtd.pool_name)
         pool.refresh(0)
-        volumes = set(pool.listVolumes()) - {BASE_VOLUME, BOOT_VOLUME}
+        volumes = set(pool.listVolumes()) - UPLOADED_VOLUMES
     assert domains & move.domains == set()
     assert {v for v in volumes if v.startswith(f"{NAMESPACE}-")} == set()
 

@@ -39,6 +39,8 @@ STANDIN_K3S = "v1.33.4+k3s1"
 NEXT_K3S = "v1.34.1+k3s1"
 NEXT_BOOT_VOLUME = "standin-boot-k3sv1.34.1-k3s1.qcow2"
 """The same stand-in, shipping k3s NEXT_K3S."""
+UPLOADED_VOLUMES = frozenset({BASE_VOLUME, BOOT_VOLUME, NEXT_BOOT_VOLUME})
+"""What the `libvirtd` fixture puts in the pool: never a leftover of a test."""
 __all__ = ["console_blocks", "serial_log"]  # imported from here by the libvirt tests
 
 
