@@ -3,8 +3,8 @@ run by podman the way the generated Deployment runs it: user 65532, read-only ro
 only /tmp writable, no capabilities, the infrastructure provider's ServiceAccount (its
 generated RBAC), on the host network against the test management plane. It must serve
 probes and metrics, create and delete a machine on a private libvirtd reached over
-qemu+ssh (the image's OpenSSH client, as uid 65532 with a read-only root), and exit 0 on
-SIGTERM."""
+qemu+ssh (the image's OpenSSH client, as uid 65532 with a read-only root) and one on an
+Ironic site (python-ironicclient from the lock), and exit 0 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from capi_c3os.dev import image
+from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.manager import Manager, start_manager
+from tests.integration.ironic.conftest import ironic_server  # noqa: F401 - session fixture
+from tests.integration.ironic.lab import CHECKSUM, IronicLab, new_resource_class
 from tests.integration.libvirt.conftest import Capi
 from tests.integration.libvirt.remote import RemoteHost
 from tests.integration.libvirt.test_libvirt_machine import (
@@ -67,7 +70,11 @@ def exec_in(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_image_runs_as_the_infrastructure_manager(
-    container: tuple[str, Manager], capi: Capi, remote: RemoteHost, standin_image: Any
+    container: tuple[str, Manager],
+    capi: Capi,
+    remote: RemoteHost,
+    standin_image: Any,
+    ironic_server: IronicServer,  # noqa: F811
 ) -> None:
     name, manager = container
     manager.wait_ready(timeout=180)
@@ -94,6 +101,27 @@ def test_the_image_runs_as_the_infrastructure_manager(
     assert capi.ready_message("worker-0").startswith(f"DomainRunning: domain {domain} is running")
     delete_cluster_and_wait(capi, "img", ["worker-0"])
     assert domain not in domain_names(remote.daemon)
+
+    # Bare metal: a node of an Ironic site deployed and released by the image.
+    lab = IronicLab(ironic_server)
+    rc = new_resource_class()
+    lab.enroll(1, rc)
+    capi.create_cluster("bm", {"ironic": {"endpoint": ironic_server.url}})
+    spec = {
+        "backend": {"ironic": {"resourceClass": rc}},
+        "image": {"url": "http://images.example/c3os.qcow2", "checksum": CHECKSUM},
+    }
+    capi.create_machine("bm", "metal-0", spec, USER_DATA)
+    deployed = eventually(
+        lambda: capi.provisioned("metal-0"),
+        "C3osMachine on the Ironic site provisioned by the image",
+        180,
+        explain=lambda: f"{capi.ready_message('metal-0')}\n{manager.tail()}",
+    )
+    node_uuid = deployed["status"]["backend"]["ironic"]["nodeUUID"]
+    assert lab.node(node_uuid)["provision_state"] == "active"
+    delete_cluster_and_wait(capi, "bm", ["metal-0"])
+    assert lab.node(node_uuid)["provision_state"] == "available"
 
     # SIGTERM to podman reaches the manager; podman exits with the manager's code.
     assert manager.stop(timeout=60) == 0, manager.tail()
