@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import yaml
+
 T = TypeVar("T")
 
 
@@ -77,3 +79,15 @@ def condition(type_: str, status: str, reason: str, message: str = "") -> dict[s
         "message": message,
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }
+
+
+def with_unloadable_stage(document: str) -> str:
+    """`document` (a rendered #cloud-config) with a user stage yip cannot load: a file's
+    `permissions: "0644"` is a string, yip's is a uint32. Rendering refuses such a stage;
+    bootstrap data from elsewhere (a hand-made Secret) can still carry one. yip then keeps
+    the document but runs none of its stages."""
+    body = yaml.safe_load(document)
+    body.setdefault("stages", {}).setdefault("boot", []).append(
+        {"name": "mine", "files": [{"path": "/etc/x", "permissions": "0644"}]}
+    )
+    return "#cloud-config\n" + yaml.safe_dump(body, sort_keys=False)

@@ -71,6 +71,7 @@ import yaml
 
 from capi_c3os.api.bootstrap import C3osConfigSpec, File, K3sServer
 from capi_c3os.bootstrap.certificates import KeyPair
+from capi_c3os.bootstrap.yip_steps import STEP_KEYS, step_problems
 
 HEADER = "#cloud-config"
 FORMAT = "cloud-config"
@@ -152,27 +153,19 @@ class RenderInput:
         return f"https://{host}:{self.endpoint_port}"
 
 
-YIP_STEP_KEYS = frozenset(
-    {
-        "name", "commands", "files", "downloads", "directories", "if", "ensure_entities",
-        "delete_entities", "dns", "hostname", "sysctl", "authorized_keys", "node", "users",
-        "modules", "systemctl", "environment", "environment_file", "packages", "unpack_images",
-        "after", "datasource", "layout", "systemd_firstboot", "timesyncd", "git", "only_os",
-        "only_os_version", "only_arch", "only_service_manager", "if_files", "package_pins",
-    }
-)  # fmt: skip
-"""The keys of one yip stage step (yip `pkg/schema/schema.go`, `Stage`). yip ignores
-any other key silently, so a typo would be a step that does nothing."""
+YIP_STEP_KEYS = STEP_KEYS
+"""The keys of one yip stage step (re-exported; the checks live in `yip_steps`)."""
 
 
 def _check_stages(spec: C3osConfigSpec) -> None:
     for stage, steps in sorted((spec.stages or {}).items()):
         for index, step in enumerate(steps):
-            unknown = sorted(set(step) - YIP_STEP_KEYS)
-            if unknown:
+            problems = step_problems(step)
+            if problems:
                 raise RenderError(
-                    f"spec.stages.{stage}[{index}]: unknown yip step key(s) {', '.join(unknown)}; "
-                    f"yip knows {', '.join(sorted(YIP_STEP_KEYS))}"
+                    "; ".join(f"spec.stages.{stage}[{index}].{problem}" for problem in problems)
+                    + " (yip ignores an unknown key, and runs none of a document's stages when"
+                    + " a value has the wrong type)"
                 )
 
 

@@ -455,7 +455,7 @@ def test_unusable_secret_reference_is_a_readable_error_without_values(
 
 def test_unknown_yip_step_key_in_user_stages_is_rejected() -> None:
     spec = {"stages": {"boot": [{"name": "x", "comands": ["echo"]}]}}
-    with pytest.raises(RenderError, match=r"spec.stages.boot\[0\]: unknown yip step key\(s\) comands"):
+    with pytest.raises(RenderError, match=r"spec.stages.boot\[0\].comands: unknown yip step key"):
         render_cloud_config(inputs(Role.AGENT, spec))
 
 

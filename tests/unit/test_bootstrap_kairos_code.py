@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from capi_c3os.bootstrap.cloudconfig import YIP_STEP_KEYS, Role, render_cloud_config
+from capi_c3os.bootstrap.cloudconfig import YIP_STEP_KEYS, RenderError, Role, render_cloud_config
 from capi_c3os.dev import binaries
 from tests.unit.test_bootstrap_cloudconfig import CASES, FULL_SPEC, GOLDEN, inputs
 
@@ -184,3 +185,58 @@ def test_the_checker_reports_what_kairos_would_not_apply(tmp_path: Path) -> None
         assert any(problem in p for p in results[name]["problems"]), (name, results[name]["problems"])
     # The owned file written in boot after the users step is fine; the initramfs one is not.
     assert len([p for p in results["owner-too-early"]["problems"] if "only later" in p]) == 1
+
+
+# Steps yip cannot load or would silently ignore, and steps it takes: our render-time check
+# (capi_c3os/bootstrap/yip_steps.py) must agree with Kairos's own decoder on each.
+BAD_STEPS: dict[str, dict[str, Any]] = {
+    "mode as a string": {"files": [{"path": "/etc/x", "permissions": "0644"}]},
+    "owner as a name": {"files": [{"path": "/etc/x", "owner": "app"}]},
+    "unknown file field": {"files": [{"path": "/etc/x", "mode": 420}]},
+    "directory mode negative": {"directories": [{"path": "/d", "permissions": -1}]},
+    "download timeout as a string": {"downloads": [{"path": "/x", "url": "http://e/x", "timeout": "10s"}]},
+    "commands as a string": {"commands": "echo hi"},
+    "if as a list": {"if": ["true"]},
+    "sysctl value as a map": {"sysctl": {"vm.swappiness": {"v": 10}}},
+    "commands holding a map": {"commands": [{"run": "x"}]},
+    "authorized_keys as a list": {"authorized_keys": ["ssh-ed25519 AAAA"]},
+    "files as a map": {"files": {"path": "/etc/x"}},
+    "unknown step key": {"comands": ["echo"]},
+}
+GOOD_STEPS: dict[str, dict[str, Any]] = {
+    "file": {"files": [{"path": "/etc/x", "permissions": 420, "owner": 0, "group": 0, "content": "eA==",
+                        "encoding": "b64", "ownerstring": "root"}]},
+    "download": {"downloads": [{"path": "/x", "url": "http://e/x", "permissions": 420, "timeout": 10}]},
+    "directory": {"directories": [{"path": "/d", "permissions": 493, "owner": 0, "group": 0}]},
+    "scalars": {"name": "n", "if": "true", "hostname": "h", "node": "n", "environment_file": "/e",
+                "commands": ["a", "b"], "modules": ["m"], "sysctl": {"a": "1", "b": 10},
+                "environment": {"A": "b"},
+                "authorized_keys": {"root": ["ssh-ed25519 AAAA"]}, "if_files": {"any": ["/x"]}},
+}  # fmt: skip
+
+
+def _document_with(step: dict[str, Any]) -> str:
+    # No users: `install.nousers` as we render it (the checker holds kairos-agent's rule).
+    body = {"install": {"nousers": True}, "stages": {"boot": [{"name": "s", **step}]}}
+    return "#cloud-config\n" + yaml.safe_dump(body)
+
+
+def test_render_time_step_checks_agree_with_kairos_code(tmp_path: Path) -> None:
+    cases = {
+        **{f"bad/{k}": v for k, v in BAD_STEPS.items()},
+        **{f"good/{k}": v for k, v in GOOD_STEPS.items()},
+    }
+    checked = run_checker({name: _document_with(step) for name, step in cases.items()}, tmp_path)
+    for name, step in cases.items():
+        refused_by_us = True
+        try:
+            render_cloud_config(inputs(Role.AGENT, {"stages": {"boot": [{"name": "s", **step}]}}))
+        except RenderError:
+            pass
+        else:
+            refused_by_us = False
+        flagged_by_kairos = bool(checked[name]["problems"])
+        assert refused_by_us == flagged_by_kairos == name.startswith("bad/"), (
+            name,
+            checked[name]["problems"],
+        )

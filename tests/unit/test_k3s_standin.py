@@ -27,6 +27,7 @@ from capi_c3os.dev.k3s import (
     console_files,
     k3s_config,
 )
+from tests.support import with_unloadable_stage
 
 META = yaml.safe_dump({"local-hostname": "n", "provider-id": "c3os://a/n"}).encode()
 
@@ -71,10 +72,8 @@ def test_a_document_yip_cannot_load_leaves_nothing_k3s_could_start_from() -> Non
     but runs none of its stages: no token file, no k3s config, and k3s, pointed at a token
     file that is not there, does not start."""
     token = tokens.pinned_token(new_ca("s").cert_pem, tokens.new_secret())
-    spec = C3osConfigSpec.model_validate(
-        {"stages": {"boot": [{"name": "mine", "files": [{"path": "/etc/x", "permissions": "0644"}]}]}}
-    )
-    rendered = render_cloud_config(RenderInput(Role.AGENT, spec, "n", "10.0.0.5", 7443, token))
+    rendered = render_cloud_config(RenderInput(Role.AGENT, C3osConfigSpec(), "n", "10.0.0.5", 7443, token))
+    rendered = with_unloadable_stage(rendered)
     assert yaml.safe_load(rendered)["k3s-agent"]["enabled"] is True
     files = node(rendered)
     assert OEM_USERDATA in files and files["/etc/hostname"] == b"n\n"

@@ -32,7 +32,7 @@ from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import CONTROL_PLANE_ROLE
 from tests.integration.libvirt.conftest import BOOT_VOLUME, NEXT_BOOT_VOLUME, NEXT_K3S, STANDIN_K3S
 from tests.integration.test_workload_standin import admin_kubeconfig
-from tests.support import eventually
+from tests.support import eventually, with_unloadable_stage
 
 pytestmark = pytest.mark.integration
 
@@ -71,21 +71,20 @@ def test_k3s_standin_joins_what_the_vms_received(
     token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
     rogue = tokens.pinned_token(new_ca("other-ca").cert_pem, tokens.new_secret())
 
-    def user_data(role: Role, name: str, join_token: str, spec: C3osConfigSpec | None = None) -> bytes:
-        inputs = RenderInput(role, spec or C3osConfigSpec(), name, "127.0.0.1", port, join_token, cas)
+    def user_data(role: Role, name: str, join_token: str) -> bytes:
+        inputs = RenderInput(role, C3osConfigSpec(), name, "127.0.0.1", port, join_token, cas)
         return render_cloud_config(inputs).encode()
 
-    # A stage with `permissions: "0644"` (yip's is a uint32): YAML, and our schema, take it;
-    # yip loads the document but runs none of its stages, so no token file is written.
-    unapplied = C3osConfigSpec.model_validate(
-        {"stages": {"boot": [{"name": "mine", "files": [{"path": "/etc/x", "permissions": "0644"}]}]}}
-    )
+    # Bootstrap data with a stage yip cannot load (rendering refuses it; a hand-made
+    # Secret can carry it): yip keeps the document but runs none of its stages, so no
+    # token file is written.
+    unapplied = with_unloadable_stage(user_data(Role.AGENT, "unapplied-0", token).decode()).encode()
 
     machines = [
         machine(libvirtd, "server-0", user_data(Role.INIT_SERVER, "server-0", token)),
         machine(libvirtd, "agent-0", user_data(Role.AGENT, "agent-0", token), NEXT_BOOT_VOLUME),
         machine(libvirtd, "rogue-0", user_data(Role.AGENT, "rogue-0", rogue)),
-        machine(libvirtd, "unapplied-0", user_data(Role.AGENT, "unapplied-0", token, unapplied)),
+        machine(libvirtd, "unapplied-0", unapplied),
     ]
     domains = {m.hostname: dx.domain_name(m.identity) for m in machines}
     k3s = K3sStandIn(libvirtd, tmp_path / "k3s", endpoints=[("127.0.0.1", port)]).start()
