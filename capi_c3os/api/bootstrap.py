@@ -311,8 +311,8 @@ class User(ApiModel):
     name: str = Field(min_length=1, max_length=32, pattern=UNIX_NAME)
     """User name."""
     groups: list[UnixName] | None = Field(None, max_length=32, json_schema_extra=list_set())
-    """Supplementary groups, e.g. admin. Kairos applies them only when it creates the
-    user, not to a user the image already has."""
+    """Supplementary groups, e.g. admin; groups that exist on the node. Also applied to a
+    user the image already has (e.g. kairos), which Kairos itself does not do."""
     ssh_authorized_keys: list[AuthorizedKey] | None = Field(None, max_length=64)
     """SSH public keys (authorized_keys lines), or github:<user> / gitlab:<user>."""
 

@@ -43,6 +43,9 @@ find it):
   cloud-init loader creates top-level `users` in the first step of `boot`.
 - our steps declare the directories above their files (`directories`, explicit modes):
   yip would otherwise create a missing parent with the file's own mode (+0100).
+- `stages.boot`, step `cluster-api-user-groups` (first of ours in `boot`, after yip's
+  user step): each user is added to its `groups` in /etc/group, which yip does only for
+  users it creates (not for one the image has, such as `kairos`).
 - `users` get `lock_passwd: true` (yip writes `passwd` to /etc/shadow as is: none would
   be an empty password); without a user in group `admin`, `install.nousers: true`
   (kairos-agent install/upgrade/reset refuse such a config otherwise).
@@ -548,6 +551,31 @@ def _users(spec: C3osConfigSpec) -> list[dict[str, Any]]:
     return users
 
 
+def _boot_steps(spec: C3osConfigSpec, owned_files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our steps after yip's user step (the first of `boot`)."""
+    steps: list[dict[str, Any]] = []
+    memberships = [(user.name, group) for user in spec.users or [] for group in user.groups or []]
+    if memberships:
+        # yip (pkg/plugins/user.go, v1.25.1) adds a user to its groups only when it
+        # creates the user: one the image already has (kairos) would never get them.
+        commands = [_join_group(user, group) for user, group in memberships]
+        steps.append({"name": "cluster-api-user-groups", "commands": commands})
+    if owned_files:
+        steps.append({"name": "cluster-api-files-owned", "files": owned_files})
+    return steps
+
+
+def _join_group(user: str, group: str) -> str:
+    """A shell command adding `user` to the member list of `group` in /etc/group, if the
+    group exists and the user is not a member yet; busybox awk is enough (both names are
+    validated Unix names: nothing to quote)."""
+    program = '$1==g{n=split($4,m,",");for(i=1;i<=n;i++)if(m[i]==u)f=1;if(!f)$4=($4==""?u:$4","u)}1'
+    return (
+        f"awk -F: -v OFS=: -v g={group} -v u={user} '{program}' /etc/group > /etc/group.cluster-api"
+        " && cat /etc/group.cluster-api > /etc/group && rm -f /etc/group.cluster-api"
+    )
+
+
 def _p2p(inputs: RenderInput) -> dict[str, Any] | None:
     p2p = inputs.spec.p2p
     if p2p is None:
@@ -721,8 +749,8 @@ def render_document(inputs: RenderInput) -> dict[str, Any]:
         (late if owned_later else early).append(_user_file(inputs, index, file))
     if early:
         initramfs.append({"name": "cluster-api-files", "files": early})
-    if late:
-        stages["boot"] = [{"name": "cluster-api-files-owned", "files": late}]
+    if boot := _boot_steps(spec, late):
+        stages["boot"] = boot
     for stage, steps in (spec.stages or {}).items():
         stages.setdefault(stage, []).extend(steps)
     doc["stages"] = stages

@@ -95,11 +95,15 @@ class YipError(RuntimeError):
 
 
 def apply(
-    drive: dict[str, bytes], *, config_2: bool = True, seed: dict[str, bytes] | None = None
+    drive: dict[str, bytes],
+    *,
+    config_2: bool = True,
+    seed: dict[str, bytes] | None = None,
+    paths: tuple[str, ...] = NODE_PATHS,
 ) -> tuple[dict[str, bytes], str]:
     """Run Kairos's boot stages with yip over a config drive's files (`drive`: path on the
     drive -> bytes, e.g. `openstack/latest/user_data`); returns the node's files under
-    `NODE_PATHS` (absolute path -> bytes) and yip's log (exit codes included)."""
+    `paths` (absolute path -> bytes) and yip's log (exit codes included)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise YipError("busybox (Debian busybox-static) is needed: hack/system-deps.sh installs it")
@@ -125,7 +129,7 @@ def apply(
             "BUSYBOX": busybox,
             "USERDATA": user_data,
             "STAGES": " ".join(STAGES),
-            "NODE_PATHS": " ".join(NODE_PATHS),
+            "NODE_PATHS": " ".join(paths),
         }
         label = "config-2" if config_2 else "cidata"
         done = subprocess.run(

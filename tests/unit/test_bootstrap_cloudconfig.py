@@ -331,7 +331,8 @@ def test_every_option_maps_to_its_documented_key() -> None:
     assert (
         user_files["/etc/secret"]["permissions"] == 0o600 and user_files["/etc/secret"]["encoding"] == "b64"
     )
-    assert doc["stages"]["boot"] == [{"name": "say hi", "commands": ["echo hi"], "if": "[ -e /x ]"}]
+    assert doc["stages"]["boot"][0]["name"] == "cluster-api-user-groups"
+    assert doc["stages"]["boot"][1:] == [{"name": "say hi", "commands": ["echo hi"], "if": "[ -e /x ]"}]
     assert "id=k3s://\"$host\"''" in content(files[PROVIDER_ID_SCRIPT]).decode()
 
 
@@ -390,11 +391,13 @@ def test_a_file_owned_by_a_spec_user_is_written_in_boot_after_the_user_exists() 
     doc = doc_of(render_cloud_config(inputs(Role.AGENT, spec)))
     early = next(s for s in doc["stages"]["initramfs"] if s["name"] == "cluster-api-files")
     assert [f["path"] for f in early["files"]] == ["/etc/b", "/etc/c"]
-    assert doc["stages"]["boot"][0] == {
+    assert [step["name"] for step in doc["stages"]["boot"]] == [
+        "cluster-api-user-groups", "cluster-api-files-owned", "mine",
+    ]  # fmt: skip
+    assert doc["stages"]["boot"][1] == {
         "name": "cluster-api-files-owned",
         "files": [{"path": "/etc/a", "permissions": 0o644, "content": "a", "ownerstring": "app:app"}],
     }
-    assert doc["stages"]["boot"][1]["name"] == "mine"
 
 
 IMAGE_DIRS = {"/etc", "/etc/systemd/system", "/usr/local/bin", "/var/lib"}

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from capi_c3os.bootstrap.cloudconfig import Role, render_cloud_config
-from capi_c3os.dev import binaries
+from capi_c3os.dev import binaries, yipnode
 from tests.unit.test_bootstrap_cloudconfig import inputs
 from tests.unit.test_bootstrap_kairos_code import documents
 
@@ -251,3 +251,22 @@ def test_the_sandbox_check_can_fail(tmp_path: Path) -> None:
     assert check(bad["mode"], *results["mode"][:2]) == []
     entries, data, _ = results["mode"]
     assert any("mode 777/755" in p for p in check(good, entries, data))
+
+
+def test_groups_reach_a_user_the_image_already_has() -> None:
+    # yip adds a user to its groups only when it creates the user; `kairos` comes with
+    # the image (seeded here as a node's /etc would have it), `app` is created.
+    spec = {"users": [{"name": "kairos", "groups": ["adm", "admin"]}, {"name": "app", "groups": ["admin"]}]}
+    doc = render_cloud_config(inputs(Role.AGENT, spec))
+    seed = {
+        "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nkairos:x:1000:1000::/home/kairos:/bin/sh\n",
+        "/etc/group": b"root:x:0:\nadm:x:4:\nadmin:x:117:other\nkairos:x:1000:\n",
+    }
+    drive = {"user-data": doc.encode(), "meta-data": b"local-hostname: n\n"}
+    files, log = yipnode.apply(drive, config_2=False, seed=seed, paths=("etc/group",))
+    members = {
+        line.split(":")[0]: line.split(":")[3].split(",")
+        for line in files["/etc/group"].decode().splitlines()
+    }
+    assert members["adm"] == ["kairos"], log
+    assert sorted(members["admin"]) == ["app", "kairos", "other"], log
