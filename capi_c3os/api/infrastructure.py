@@ -48,6 +48,16 @@ INTERFACE_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,14}$"
 HTTP_URL = r"^https?://[^\s]+$"
 IMAGE_URL = r"^(https?|file)://[^\s]+$"
 HEX_DIGEST = r"^([a-f0-9]{64}|[a-f0-9]{128})$"
+# An OCI image reference with a tag or a digest (never an implied :latest): what
+# `kairos-agent upgrade --source oci:<ref>` pulls. Registry host[:port], then path
+# components as the distribution spec's reference grammar allows them.
+_OCI_COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+_OCI_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+OCI_REFERENCE = (
+    r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?"
+    rf"(/{_OCI_COMPONENT})*"
+    rf"(:{_OCI_TAG}|@sha256:[a-f0-9]{{64}}|:{_OCI_TAG}@sha256:[a-f0-9]{{64}})$"
+)
 
 PROVIDER_ID_SCHEME = "c3os://"
 # c3os://<namespace>/<name>: a namespace is a DNS label, a name holds no slash.
@@ -423,6 +433,10 @@ class MachineImage(ApiModel):
     (give the C3osConfig an install block)."""
     volume: str | None = Field(None, min_length=1, max_length=253, pattern=LIBVIRT_NAME)
     """An existing volume in the site's storage pool to use as the base image (libvirt only)."""
+    oci: str | None = Field(None, min_length=3, max_length=1024, pattern=OCI_REFERENCE)
+    """The same c3os release as an OCI image (`registry/repo:tag` or `@sha256:…`): what
+    an in-place A/B upgrade installs into the running machine's other slot
+    (`kairos-agent upgrade`). The disk image above is what a new machine is installed from."""
 
     @model_validator(mode="after")
     def _source_consistent(self) -> MachineImage:

@@ -191,3 +191,36 @@ def test_kubernetes_label_keys_and_values_are_accepted(labels: dict[str, str]) -
     spec = with_change(CONFIG_SPEC, "k3s.nodeLabels", labels)
     parsed = C3osConfig.model_validate(wire(C3osConfig, {"spec": spec}))
     assert parsed.spec.k3s is not None and parsed.spec.k3s.node_labels == labels
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-k3sv1.34.1-k3s1",
+        "registry.example:5000/edge/c3os@sha256:" + "a" * 64,
+        "registry.example/edge/c3os:v1@sha256:" + "b" * 64,
+        "c3os:v1",
+    ],
+)
+def test_an_oci_image_reference_with_a_tag_or_digest_is_accepted(ref: str) -> None:
+    image = {"volume": "base", "oci": ref}
+    machine = C3osMachine.model_validate(
+        wire(C3osMachine, {"spec": {"backend": {"libvirt": {}}, "image": image}})
+    )
+    assert machine.spec.image.oci == ref
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "quay.io/kairos/ubuntu",  # no tag: an implied :latest changes under the machine
+        "Quay.io/kairos/ubuntu:v1",
+        "quay.io/kairos/ubuntu:v1 --debug",
+        "oci:quay.io/kairos/ubuntu:v1",
+        "quay.io/kairos/ubuntu@sha256:abc",
+    ],
+)
+def test_an_oci_image_reference_without_tag_or_malformed_is_refused(ref: str) -> None:
+    image = {"volume": "base", "oci": ref}
+    with pytest.raises(ValidationError):
+        C3osMachine.model_validate(wire(C3osMachine, {"spec": {"backend": {"libvirt": {}}, "image": image}}))
