@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from capi_c3os.api.controlplane import C3osControlPlaneSpec
-from capi_c3os.reconcilers.c3oscontrolplane import (
+from capi_c3os.reconcilers.controlplane_rollout import (
     INFRA_TEMPLATE_ANNOTATION,
     SERVER_CONFIG_ANNOTATION,
     outdated_because,

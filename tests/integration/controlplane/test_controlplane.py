@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.workload import image_template, node_versions, played_cluster
-from capi_c3os.reconcilers.c3oscontrolplane import (
+from capi_c3os.reconcilers.controlplane_etcd import (
     ETCD_MEMBER_GRACE,
     ETCD_MEMBERS_REMOVED,
     ETCD_REMOVAL_REFUSED,
