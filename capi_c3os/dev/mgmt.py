@@ -290,7 +290,9 @@ class ManagementPlane:
                 f"--diagnostics-address={LOOPBACK}:{diag}",
                 "--insecure-diagnostics",
                 "--leader-elect=false",
-                "--feature-gates=ClusterTopology=true",
+                # RuntimeSDK + InPlaceUpdates (both alpha in v1.14, core/feature/feature.go):
+                # our extension's in-place update hooks.
+                "--feature-gates=ClusterTopology=true,RuntimeSDK=true,InPlaceUpdates=true",
             ],
         )
         proc.wait_until(lambda: http_ok(f"http://{LOOPBACK}:{health}/readyz"), "CAPI manager /readyz", 180)
