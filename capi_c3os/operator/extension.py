@@ -35,8 +35,8 @@ from capi_c3os.workload.client import WorkloadClients
 
 log = logging.getLogger(__name__)
 
-EXTENSION_CERT_SECRET = "c3os-extension-serving-cert"
-EXTENSION_SERVICE = "c3os-infrastructure-extension"
+EXTENSION_CERT_SECRET = registration.EXTENSION_CERT_SECRET
+EXTENSION_SERVICE = registration.EXTENSION_SERVICE
 REQUEST_TIMEOUT = 5.0
 """Management API calls of one hook call: well inside CAPI's handler timeout."""
 MAX_BODY = 8 * 1024**2

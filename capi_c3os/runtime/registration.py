@@ -32,6 +32,9 @@ EXTENSION_CONFIG_NAME = "c3os"
 FIELD_MANAGER = "capi-c3os"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "capi-c3os"}
 SERVICE_PORT = 443
+EXTENSION_CERT_SECRET = "c3os-extension-serving-cert"
+EXTENSION_SERVICE = "c3os-infrastructure-extension"
+"""The Service of the clusterctl components (manifests.py) in front of --extension-addr."""
 
 
 @dataclass(frozen=True)
