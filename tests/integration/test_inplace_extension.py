@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.bootstrap.certificates import KeyPair, issue_certificate, new_ca
 from capi_c3os.dev import manager as our_manager
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client
@@ -335,3 +337,51 @@ def test_a_machine_deployment_image_change_is_upgraded_in_place(
         assert after["metadata"]["uid"] == before["metadata"]["uid"] and after["spec"]["version"] == NEW
         machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines", label_selector="pool=md")
         assert [m["metadata"]["name"] for m in machines["items"]] == [name]
+
+
+# ------------------------------------------------------------------ a certificate someone else keeps
+
+
+def served_certificate(port: int) -> x509.Certificate:
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=10)
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def test_with_a_cert_manager_secret_capi_injects_its_ca_and_renewed_files_are_served(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path,
+    extension_config: Callable[[], dict[str, Any]],
+) -> None:  # fmt: skip
+    """What cert-manager does: a Secret with ca.crt/tls.crt/tls.key, mounted as files, and
+    renewed in both places; the manager writes neither and makes no certificate."""
+    ca = new_ca("user-ca")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    def issue() -> KeyPair:
+        pair = issue_certificate(ca, "extension", ip_addresses=("127.0.0.1",), server=True)
+        (certs / "tls.crt").write_bytes(pair.cert_pem)
+        (certs / "tls.key").write_bytes(pair.key_pem)
+        return pair
+
+    first = issue()
+    data = {"ca.crt": ca.cert_pem, "tls.crt": first.cert_pem, "tls.key": first.key_pem}
+    kc.CoreV1Api(k8s).create_namespaced_secret(namespace, {
+        "metadata": {"name": "shop-extension-tls"}, "type": "kubernetes.io/tls",
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})  # fmt: skip
+    port = free_port()
+    settings = ExtensionSettings(address=f"127.0.0.1:{port}", namespace=namespace,
+                                 cert_secret="shop-extension-tls", cert_dir=str(certs),
+                                 url=f"https://127.0.0.1:{port}", refresh_seconds=0.5)  # fmt: skip
+    with serving(settings, mgmt.kubeconfig):
+        eventually(lambda: discovered(extension_config()), "ExtensionConfig c3os discovered",
+                   explain=lambda: json.dumps(extension_config().get("status")))  # fmt: skip
+        # The bundle is CAPI's copy of the Secret's ca.crt (inject-ca-from-secret).
+        bundle = extension_config()["spec"]["clientConfig"]["caBundle"]
+        assert bundle == base64.b64encode(ca.cert_pem).decode()
+        assert served_certificate(port).serial_number == first.certificate.serial_number
+        renewed = issue()
+        eventually(lambda: served_certificate(port).serial_number == renewed.certificate.serial_number,
+                   "the renewed certificate served without a restart")  # fmt: skip
+    with pytest.raises(ApiException) as absent:
+        kc.CoreV1Api(k8s).read_namespaced_secret(EXTENSION_CERT_SECRET, namespace)
+    assert absent.value.status == 404
