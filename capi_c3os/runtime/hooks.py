@@ -396,6 +396,9 @@ class ManagementReader(Protocol):
 
 WorkloadFor = Callable[[str, str, str], WorkloadClient]
 """(namespace, cluster, kubeconfig) -> a client (WorkloadClients.get)."""
+FailureReport = Callable[[dict[str, Any], str], None]
+"""(Machine, message): told when a pending update failed. CAPI's Machine condition says
+only "UpdateMachine hook failed"; this puts our words where users look."""
 
 
 def _update_response(status: str, message: str, retry: int = 0) -> dict[str, Any]:
@@ -411,9 +414,24 @@ def _failed(message: str) -> dict[str, Any]:
 
 
 def update_machine(
-    request: Any, reader: ManagementReader, workload_for: WorkloadFor, namespaces: Sequence[str] = ()
+    request: Any,
+    reader: ManagementReader,
+    workload_for: WorkloadFor,
+    namespaces: Sequence[str] = (),
+    report: FailureReport | None = None,
 ) -> dict[str, Any]:
     """Start or follow the upgrade of the request's Machine. Blocking (API calls)."""
+    answer, machine = _update_machine(request, reader, workload_for, namespaces)
+    if report is not None and machine is not None and answer["status"] == FAILURE:
+        report(machine, answer["message"])
+    return answer
+
+
+def _update_machine(
+    request: Any, reader: ManagementReader, workload_for: WorkloadFor, namespaces: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The answer, and the Machine once it is known to have an update pending (failures
+    before that are the caller's mistakes, not the Machine's)."""
     try:
         desired = _dict(_dict(request, "request").get("desired"), "desired")
         meta = _at(_dict(desired.get("machine"), "desired.machine"), ("metadata",), "desired.machine")
@@ -432,17 +450,28 @@ def update_machine(
             "desired.infrastructureMachine",
         )
     except BadRequestError as exc:
-        return _failed(f"bad UpdateMachine request: {exc}")
+        return _failed(f"bad UpdateMachine request: {exc}"), None
     key = f"{namespace}/{name}"
     if namespaces and namespace not in namespaces:
-        return _failed(f"Machine {key} is outside the namespaces this manager serves")
+        return _failed(f"Machine {key} is outside the namespaces this manager serves"), None
     machine = reader.machine(namespace, name)
     if machine is None:
-        return _failed(f"Machine {key} not found")
+        return _failed(f"Machine {key} not found"), None
     annotations = (machine.get("metadata") or {}).get("annotations") or {}
     pending = {h.strip() for h in str(annotations.get(PENDING_HOOKS_ANNOTATION, "")).split(",")}
     if UPDATE_IN_PROGRESS_ANNOTATION not in annotations or "UpdateMachine" not in pending:
-        return _failed(f"Machine {key} has no in-place update pending")
+        return _failed(f"Machine {key} has no in-place update pending"), None
+    return _upgrade(machine, key, asked_meta, reader, workload_for), machine
+
+
+def _upgrade(
+    machine: dict[str, Any],
+    key: str,
+    asked_meta: dict[str, Any],
+    reader: ManagementReader,
+    workload_for: WorkloadFor,
+) -> dict[str, Any]:
+    namespace = str(machine["metadata"]["namespace"])
     spec = machine.get("spec") or {}
     ref = spec.get("infrastructureRef") or {}
     if ref.get("apiGroup") != INFRASTRUCTURE_GROUP or ref.get("kind") != "C3osMachine" or not ref.get("name"):

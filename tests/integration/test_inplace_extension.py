@@ -48,6 +48,7 @@ BOOT = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
 OLD, NEW = "v1.33.4+k3s1", "v1.34.1+k3s1"
 OLD_OCI = "registry.c3os.test/c3os-standin:k3sv1.33.4-k3s1"
 NEW_OCI = "registry.c3os.test/c3os-standin:k3sv1.34.1-k3s1"
+BROKEN_OCI = "registry.c3os.test/c3os-standin:broken-k3sv1.34.1-k3s1"
 
 
 @pytest.fixture
@@ -253,90 +254,145 @@ def complete_job(standin: WorkloadStandIn, name: str) -> None:
             "startTime": now, "completionTime": now, "succeeded": 1, "conditions": conditions}})  # fmt: skip
 
 
+def fail_job(standin: WorkloadStandIn, name: str, message: str) -> None:
+    """The Job controller, after the upgrade Pod failed (backoffLimit 0)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [{"type": kind, "status": "True", "reason": "PodFailed", "message": message,
+                   "lastTransitionTime": now, "lastProbeTime": now}
+                  for kind in ("FailureTarget", "Failed")]  # fmt: skip
+    with api_client(standin.kubeconfig) as client:
+        kc.BatchV1Api(client).patch_namespaced_job_status(name, UPGRADE_NAMESPACE, {"status": {
+            "startTime": now, "failed": 1, "conditions": conditions}})  # fmt: skip
+
+
+def create_machine_deployment(api: kc.CustomObjectsApi, namespace: str) -> None:
+    """Workers `md` of cluster `shop` on template md-old, one machine."""
+    worker_template(api, namespace, "md-old", OLD, OLD_OCI)
+    api.create_namespaced_custom_object(*BOOT, namespace, "c3osconfigtemplates", {
+        "apiVersion": "/".join(BOOT), "kind": "C3osConfigTemplate", "metadata": {"name": "md"},
+        "spec": {"template": {"spec": {}}}})  # fmt: skip
+    api.create_namespaced_custom_object(*CAPI, namespace, "machinedeployments", {
+        "apiVersion": "/".join(CAPI), "kind": "MachineDeployment", "metadata": {"name": "md"},
+        "spec": {"clusterName": "shop", "replicas": 1, "selector": {"matchLabels": {"pool": "md"}},
+                 # Machines being updated count as unavailable (CAPI): allow one, or CAPI adds one first.
+                 "rollout": {"strategy": {"type": "RollingUpdate",
+                                          "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},
+                 "template": {"metadata": {"labels": {"pool": "md"}}, "spec": {
+                     "clusterName": "shop", "version": OLD,
+                     "bootstrap": {"configRef": {"apiGroup": BOOT[0], "kind": "C3osConfigTemplate",
+                                                 "name": "md"}},
+                     "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachineTemplate",
+                                           "name": "md-old"}}}}})  # fmt: skip
+
+
+class Worker:
+    """The MachineDeployment's one Machine and its Node, as the test looks at them."""
+
+    def __init__(self, k8s: Any, namespace: str, standin: WorkloadStandIn) -> None:
+        self.api, self.core = kc.CustomObjectsApi(k8s), kc.CoreV1Api(k8s)
+        self.namespace, self.standin = namespace, standin
+        self.name = ""
+
+    def machines(self) -> list[dict[str, Any]]:
+        listed = self.api.list_namespaced_custom_object(
+            *CAPI, self.namespace, "machines", label_selector="pool=md"
+        )
+        return list(listed["items"])
+
+    def with_node(self) -> dict[str, Any] | None:
+        machines = self.machines()
+        return (
+            machines[0] if len(machines) == 1 and (machines[0].get("status") or {}).get("nodeRef") else None
+        )
+
+    def machine(self) -> dict[str, Any]:
+        return dict(self.api.get_namespaced_custom_object(*CAPI, self.namespace, "machines", self.name))
+
+    def updating(self) -> dict[str, Any] | None:
+        found = [
+            c for c in self.machine().get("status", {}).get("conditions") or [] if c["type"] == "Updating"
+        ]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    def annotations(self) -> str:
+        return json.dumps(self.machine()["metadata"].get("annotations"))
+
+    def jobs(self) -> list[str]:
+        with api_client(self.standin.kubeconfig) as client:
+            return [
+                j.metadata.name for j in kc.BatchV1Api(client).list_namespaced_job(UPGRADE_NAMESPACE).items
+            ]
+
+    def done(self) -> dict[str, Any] | None:
+        machine = self.machine()
+        pending = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress" in machine["metadata"].get(
+            "annotations", {})  # fmt: skip
+        return None if pending or self.updating() else machine
+
+    def failure_events(self) -> list[str]:
+        events = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={self.name},reason=InPlaceUpdateFailed"
+        )
+        return [e.message for e in events.items]  # fmt: skip
+
+    def roll_to(self, template: str, version: str | None = None) -> None:
+        spec: dict[str, Any] = {"infrastructureRef": {"name": template}}
+        if version:
+            spec["version"] = version
+        change = {"spec": {"template": {"spec": spec}}}
+        self.api.patch_namespaced_custom_object(*CAPI, self.namespace, "machinedeployments", "md", change)
+
+
 def test_a_machine_deployment_image_change_is_upgraded_in_place(
     k8s: Any, namespace: str, control_plane_manager: Manager, extension: int, tmp_path: Path
 ) -> None:
     api = kc.CustomObjectsApi(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
-        worker_template(api, namespace, "md-old", OLD, OLD_OCI)
-        api.create_namespaced_custom_object(*BOOT, namespace, "c3osconfigtemplates", {
-            "apiVersion": "/".join(BOOT), "kind": "C3osConfigTemplate", "metadata": {"name": "md"},
-            "spec": {"template": {"spec": {}}}})  # fmt: skip
-        api.create_namespaced_custom_object(*CAPI, namespace, "machinedeployments", {
-            "apiVersion": "/".join(CAPI), "kind": "MachineDeployment", "metadata": {"name": "md"},
-            "spec": {"clusterName": "shop", "replicas": 1, "selector": {"matchLabels": {"pool": "md"}},
-                     # Machines being updated count as unavailable (CAPI): allow one, or CAPI adds one first.
-                     "rollout": {"strategy": {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},
-                     "template": {"metadata": {"labels": {"pool": "md"}}, "spec": {
-                         "clusterName": "shop", "version": OLD,
-                         "bootstrap": {"configRef": {"apiGroup": BOOT[0], "kind": "C3osConfigTemplate",
-                                                     "name": "md"}},
-                         "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachineTemplate",
-                                               "name": "md-old"}}}}})  # fmt: skip
-
-        def worker() -> dict[str, Any] | None:
-            machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines",
-                                                         label_selector="pool=md")["items"]  # fmt: skip
-            return (
-                machines[0]
-                if len(machines) == 1 and (machines[0].get("status") or {}).get("nodeRef")
-                else None
-            )
-
-        before = eventually(worker, "the worker Machine with its Node", timeout=180)
-        name = before["metadata"]["name"]
+        create_machine_deployment(api, namespace)
+        worker = Worker(k8s, namespace, standin)
+        before = eventually(worker.with_node, "the worker Machine with its Node", timeout=180)
+        name = worker.name = before["metadata"]["name"]
         reboot(standin, name, "boot-1", OLD)
 
         # The upgrade: a template whose image (with its OCI reference) ships the new k3s, and the version.
         worker_template(api, namespace, "md-new", NEW, NEW_OCI)
-        change = {"spec": {"template": {"spec": {"version": NEW, "infrastructureRef": {"name": "md-new"}}}}}
-        api.patch_namespaced_custom_object(*CAPI, namespace, "machinedeployments", "md", change)
-
-        job = upgrade_job_name(name, NEW_OCI)
-
-        def job_exists() -> bool:
-            with api_client(standin.kubeconfig) as client:
-                jobs = kc.BatchV1Api(client).list_namespaced_job(UPGRADE_NAMESPACE).items
-            return [j.metadata.name for j in jobs] == [job]
-
-        def updating() -> dict[str, Any] | None:
-            machine = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
-            found = [
-                c for c in (machine.get("status") or {}).get("conditions") or [] if c["type"] == "Updating"
-            ]
-            return found[0] if found and found[0]["status"] == "True" else None
-
+        worker.roll_to("md-new", NEW)
         # CAPI planned it in place (CanUpdateMachineSet said yes) and called UpdateMachine.
-        def annotations() -> str:
-            machine = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
-            return json.dumps(machine["metadata"].get("annotations"))
-
-        eventually(job_exists, "the upgrade Job in the workload cluster", timeout=120, explain=annotations)
-        condition = eventually(updating, "the Machine reporting the in-place update", timeout=60)
+        job = upgrade_job_name(name, NEW_OCI)
+        eventually(lambda: worker.jobs() == [job], "the upgrade Job in the workload cluster", timeout=120,
+                   explain=worker.annotations)  # fmt: skip
+        condition = eventually(worker.updating, "the Machine reporting the in-place update", timeout=60)
         assert condition["reason"] == "InPlaceUpdating"
         assert condition["message"].startswith(
             f"In-place update in progress: node {name} is installing {NEW_OCI}"
         )
-        infra = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name)
-        image = infra["spec"]["image"]
+        image = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name)["spec"]["image"]
         assert (image["volume"], image["oci"]) == (standin_volume(NEW), NEW_OCI)
 
         # The node: the Job succeeds, the machine reboots into the new slot.
         complete_job(standin, job)
         reboot(standin, name, "boot-2", NEW)
-
-        def done() -> dict[str, Any] | None:
-            machine = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
-            annotations = machine["metadata"].get("annotations") or {}
-            pending = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress" in annotations
-            return None if pending or updating() else machine
-
-        after = eventually(done, "the in-place update done", timeout=120)
+        after = eventually(worker.done, "the in-place update done", timeout=120)
         # The same Machine (nothing replaced), now at the new version.
         assert after["metadata"]["uid"] == before["metadata"]["uid"] and after["spec"]["version"] == NEW
-        machines = api.list_namespaced_custom_object(*CAPI, namespace, "machines", label_selector="pool=md")
-        assert [m["metadata"]["name"] for m in machines["items"]] == [name]
+        assert [m["metadata"]["name"] for m in worker.machines()] == [name]
+
+        # An OS image that fails to install (its Job fails): the update fails, says why, same Machine.
+        worker_template(api, namespace, "md-broken", NEW, BROKEN_OCI)
+        worker.roll_to("md-broken")
+        job = upgrade_job_name(name, BROKEN_OCI)
+        # The node's Job for the earlier image goes when the new one is made.
+        eventually(lambda: worker.jobs() == [job], "the second upgrade Job, alone", timeout=120,
+                   explain=worker.annotations)  # fmt: skip
+        fail_job(standin, job, "pod failed: kairos-agent upgrade exited with 1")
+        message = (
+            f"upgrade of node {name} to {BROKEN_OCI} failed: pod failed: kairos-agent upgrade exited with 1"
+        )
+        eventually(lambda: (worker.updating() or {}).get("reason") == "InPlaceUpdateFailed"
+                   and message in worker.failure_events(),
+                   "the failure on the Machine and in its Event", timeout=120,
+                   explain=lambda: json.dumps(worker.updating()))  # fmt: skip
+        assert worker.machine()["metadata"]["uid"] == before["metadata"]["uid"]
 
 
 # ------------------------------------------------------------------ a certificate someone else keeps

@@ -146,3 +146,19 @@ def test_a_bogus_body_is_a_failure(body: Any) -> None:
     answer = update_machine(copy.deepcopy(body), held, never)
     assert answer["status"] == "Failure" and answer["message"].startswith("bad UpdateMachine request: ")
     assert held.reads == []
+
+
+def test_only_a_pending_update_that_failed_is_reported_on_its_machine() -> None:
+    reported: list[tuple[str, str]] = []
+
+    def report(machine: dict[str, Any], message: str) -> None:
+        reported.append((machine["metadata"]["name"], message))
+
+    idle = machine()
+    idle["metadata"]["annotations"] = {}
+    # A request for a Machine CAPI is not updating: the caller's mistake, nothing on the Machine.
+    update_machine(request(), Held([idle], [c3os_machine()]), never, report=report)
+    update_machine(request(namespace="shop-b"), Held([machine()], [c3os_machine()]), never, report=report)
+    assert reported == []
+    update_machine(request(), Held([machine()], [c3os_machine(oci=None)]), never, report=report)
+    assert reported == [("md-0-abc", "C3osMachine shop/md-0-abc has no spec.image.oci to upgrade to")]
