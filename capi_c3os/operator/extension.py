@@ -42,6 +42,15 @@ REQUEST_TIMEOUT = 5.0
 """Management API calls of one hook call: well inside CAPI's handler timeout."""
 MAX_BODY = 8 * 1024**2
 EVENTS = Resource("", "v1", "events", "Event")
+UNREGISTERED_RETRY_SECONDS = 60.0
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's message (about our ExtensionConfig: nothing secret), else the reason."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class ExtensionServer:
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._closed = False
+        self._registered: bool | None = None
 
     # ------------------------------------------------------------ certificates
 
@@ -141,17 +151,32 @@ class ExtensionServer:
         try:
             registration.apply_extension_config(self._kube, body)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (403, 404):
                 raise
-            # CAPI core (its ExtensionConfig CRD) is not installed: serve anyway.
-            log.warning("no ExtensionConfig API (is CAPI core installed?): the extension is not registered")
+            # 404: no CAPI core (its ExtensionConfig CRD); 403: CAPI's webhook refuses every
+            # ExtensionConfig while its RuntimeSDK gate is off (or our RBAC lacks it). The
+            # manager runs on without in-place upgrades and tries again soon.
+            self._registered = False
+            log.warning(
+                "the extension is not registered (ExtensionConfig %s: %s %s; does CAPI core run with "
+                "RuntimeSDK=true,InPlaceUpdates=true?); trying again in %.0fs",
+                registration.EXTENSION_CONFIG_NAME, exc.status, _api_message(exc), self._retry_seconds,
+            )  # fmt: skip
+            return
+        if not self._registered:
+            log.info("extension registered: ExtensionConfig %s", registration.EXTENSION_CONFIG_NAME)
+        self._registered = True
+
+    @property
+    def _retry_seconds(self) -> float:
+        return min(self.settings.refresh_seconds, UNREGISTERED_RETRY_SECONDS)
 
     def _refresh_once(self) -> None:
         self._register(self._load_certificate())
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.refresh_seconds)
+            await asyncio.sleep(self.settings.refresh_seconds if self._registered else self._retry_seconds)
             try:
                 await asyncio.to_thread(self._refresh_once)
             except Exception:

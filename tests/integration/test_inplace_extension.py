@@ -29,14 +29,14 @@ from kubernetes.client.exceptions import ApiException
 from capi_c3os.bootstrap.certificates import KeyPair, issue_certificate, new_ca
 from capi_c3os.dev import manager as our_manager
 from capi_c3os.dev.manager import Manager
-from capi_c3os.dev.mgmt import ManagementPlane, api_client
+from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn, played_cluster, standin_volume
 from capi_c3os.operator.connection import load_configuration
 from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, ExtensionServer, ExtensionSettings
 from capi_c3os.runtime.hooks import hook_path
 from capi_c3os.workload.upgrade import UPGRADE_NAMESPACE, upgrade_job_name
-from tests.conftest import RunManager, provider_identity
+from tests.conftest import RunManager, our_crds, provider_identity
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -441,3 +441,33 @@ def test_with_a_cert_manager_secret_capi_injects_its_ca_and_renewed_files_are_se
     with pytest.raises(ApiException) as absent:
         kc.CoreV1Api(k8s).read_namespaced_secret(EXTENSION_CERT_SECRET, namespace)
     assert absent.value.status == 404
+
+
+# ------------------------------------------------------------------ CAPI without the gates
+
+
+def test_without_capi_runtime_sdk_the_manager_runs_on_and_says_why(
+    tmp_path: Path, run_manager: RunManager
+) -> None:
+    """CAPI's webhook refuses every ExtensionConfig while its RuntimeSDK gate is off (the
+    default): the infrastructure manager must not crash-loop over it."""
+    plane = ManagementPlane(tmp_path / "plane", capi_feature_gates="ClusterTopology=true").start()
+    try:
+        crds = our_crds()
+        apply(plane.kubeconfig, crds)
+        wait_for_crds_established(plane.kubeconfig, crds)
+        port = free_port()
+        manager = run_manager("no-gates", plane.kubeconfig, "--extension-addr", f"127.0.0.1:{port}",
+                              "--extension-url", f"https://127.0.0.1:{port}", providers="infrastructure",
+                              env={"POD_NAMESPACE": "default"}).wait_ready(60)  # fmt: skip
+
+        def said() -> str | None:
+            text = manager.process.log_path.read_text()
+            return text if "the extension is not registered" in text else None
+
+        log = eventually(said, "the manager saying why the extension is not registered")
+        assert "can be set only if the RuntimeSDK feature flag is enabled" in log
+        assert manager.alive() and manager.ready()
+        assert manager.stop() == 0, manager.tail()
+    finally:
+        plane.stop()
