@@ -82,6 +82,17 @@ class ExtensionSettings:
         return serving.service_hosts(self.service, self.namespace)
 
 
+def _subject(body: Any) -> str:
+    """The desired MachineSet or Machine a CanUpdate request is about, for logs."""
+    desired = body.get("desired") if isinstance(body, dict) else None
+    for key in ("machineSet", "machine"):
+        obj = desired.get(key) if isinstance(desired, dict) else None
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict):
+            return f"{key[0].upper()}{key[1:]} {meta.get('namespace')}/{meta.get('name')}"
+    return "(unnamed)"
+
+
 class _Reader:
     """hooks.ManagementReader over the management API."""
 
@@ -239,6 +250,9 @@ class ExtensionServer:
             except Exception:
                 log.exception("%s handler failed", hook)
                 answer = hooks.failure(hook, f"{hook} failed inside capi-c3os: see the manager's log")
+            if hook.startswith("CanUpdate") and answer.get("message"):
+                # CAPI logs its own diff, not our reason: say it here (CAPI caches the answer).
+                log.info("%s %s: %s", hook, _subject(body), answer["message"])
             return web.json_response(answer)
 
         return handle

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import ssl
 import threading
 import urllib.error
@@ -168,8 +169,9 @@ def post(k8s: Any, namespace: str, port: int, path: str, body: bytes) -> tuple[i
 
 
 def test_hostile_requests_are_refused_over_the_wire(
-    k8s: Any, namespace: str, new_namespace_name: str, extension: int
+    k8s: Any, namespace: str, new_namespace_name: str, extension: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="capi_c3os.operator.extension")
     update = hook_path("UpdateMachine", "update-machine")
     status, answer = post(k8s, namespace, extension, update, b"{not json")
     assert (status, answer["status"], answer["message"]) == (400, "Failure", "the request body is not JSON")
@@ -196,7 +198,8 @@ def test_hostile_requests_are_refused_over_the_wire(
                 "spec": {"template": {"spec": {"image": {"volume": "v", "oci": NEW_OCI}}}}}  # fmt: skip
 
     def machine_set(site: str) -> dict[str, Any]:
-        return {"spec": {"template": {"spec": {"version": NEW, "failureDomain": site}}}}
+        return {"metadata": {"namespace": namespace, "name": f"md-{site}"},
+                "spec": {"template": {"spec": {"version": NEW, "failureDomain": site}}}}  # fmt: skip
 
     sites: dict[str, Any] = {
         side: {"machineSet": machine_set(site), "infrastructureMachineTemplate": template}
@@ -208,6 +211,9 @@ def test_hostile_requests_are_refused_over_the_wire(
         "status": "Success",
         "message": 'cannot upgrade in place: the site (failureDomain) changes from "site-a" to "site-b": '
                    "a machine cannot move to another site"})  # fmt: skip
+    # CAPI logs only its own diff: the reason is in our log.
+    assert any(r.getMessage() == f"CanUpdateMachineSet MachineSet {namespace}/md-site-b: {answer['message']}"
+               for r in caplog.records)  # fmt: skip
 
 
 @pytest.fixture
