@@ -33,6 +33,9 @@ from capi_c3os.dev.processes import ManagedProcess, free_port, http_ok
 
 LOOPBACK = "127.0.0.1"
 ADMIN = "capi-c3os-admin"
+CAPI_FEATURE_GATES = "ClusterTopology=true,RuntimeSDK=true,InPlaceUpdates=true"
+"""RuntimeSDK + InPlaceUpdates (both alpha in CAPI v1.14, feature/feature.go): our
+extension's in-place update hooks."""
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ManagementPlane:
     """Write a metadata-only audit log (who called what; no bodies) to `audit_log`."""
     detached: bool = False
     """Servers outlive this process (`make demo`); otherwise they die with it."""
+    capi_feature_gates: str = CAPI_FEATURE_GATES
 
     @property
     def audit_log(self) -> Path:
@@ -290,7 +294,7 @@ class ManagementPlane:
                 f"--diagnostics-address={LOOPBACK}:{diag}",
                 "--insecure-diagnostics",
                 "--leader-elect=false",
-                "--feature-gates=ClusterTopology=true",
+                f"--feature-gates={self.capi_feature_gates}",
             ],
         )
         proc.wait_until(lambda: http_ok(f"http://{LOOPBACK}:{health}/readyz"), "CAPI manager /readyz", 180)

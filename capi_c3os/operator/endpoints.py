@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -71,5 +72,9 @@ async def _serve(app: web.Application, address: str) -> web.AppRunner | None:
     return runner
 
 
-async def stop_servers(*runners: web.AppRunner | None) -> None:
+class Server(Protocol):
+    async def cleanup(self) -> None: ...
+
+
+async def stop_servers(*runners: Server | None) -> None:
     await asyncio.gather(*(r.cleanup() for r in runners if r is not None), return_exceptions=True)

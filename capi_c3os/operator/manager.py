@@ -32,6 +32,7 @@ from capi_c3os.operator.connection import connection_info, load_configuration
 from capi_c3os.operator.diffbase import MemoryDiffBase
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
+from capi_c3os.operator.extension import ExtensionServer, ExtensionSettings
 from capi_c3os.operator.handlers import VIEW_READERS, build_registry, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
 from capi_c3os.operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
@@ -73,6 +74,8 @@ class Options:
     """That Secret's name (made at start-up when absent; infrastructure only)."""
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     """Size, time and `file://` limits of image downloads (the libvirt backend)."""
+    extension: ExtensionSettings | None = None
+    """The Runtime SDK extension (in-place upgrades); None = not served."""
 
 
 @dataclass
@@ -135,7 +138,11 @@ async def run_manager(options: Options) -> int:
         max_workers=options.max_concurrent_reconciles, thread_name_prefix="reconcile"
     )
     elector: LeaderElector | None = None
+    # Every replica serves the extension, leader or not (CAPI calls whichever the Service picks).
+    extension = ExtensionServer(options.extension, configuration) if options.extension else None
     try:
+        if extension is not None:
+            await extension.start()
         if options.lease is not None:
             # A lease call must end well inside the renew deadline, or a hung request
             # would hide that we can no longer prove leadership.
@@ -152,7 +159,7 @@ async def run_manager(options: Options) -> int:
     finally:
         state.leading = False
         metrics.LEADER.labels(lease_name).set(0)
-        await stop_servers(probes, metrics_server)
+        await stop_servers(probes, metrics_server, extension)
         if elector is not None:
             elector.close()
         executor.shutdown(wait=False, cancel_futures=True)

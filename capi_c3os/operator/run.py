@@ -14,6 +14,8 @@ import re
 
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator.connection import own_namespace
+from capi_c3os.operator.endpoints import parse_address
+from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, EXTENSION_SERVICE, ExtensionSettings
 from capi_c3os.operator.handlers import PROVIDERS
 from capi_c3os.operator.leader import LeaseConfig, new_identity
 from capi_c3os.operator.logs import FORMATS, LEVELS, configure_logging
@@ -166,6 +168,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="allow file:// image URLs under this directory (repeatable; none or empty: file:// is refused)",
     )
+    extension = parser.add_argument_group(
+        "Runtime SDK extension: in-place upgrades (infrastructure provider)"
+    )
+    extension.add_argument(
+        "--extension-addr",
+        default="0",
+        help="serve CAPI's in-place update hooks over HTTPS on [host]:port, e.g. :9443, and register "
+        "them with an ExtensionConfig (default 0 = off; the clusterctl components turn it on)",
+    )
+    extension.add_argument(
+        "--extension-cert-secret",
+        default=EXTENSION_CERT_SECRET,
+        help="Secret in the manager's namespace holding the serving certificate's CA (ca.crt), "
+        "which CAPI copies into the ExtensionConfig; made and renewed by the manager unless "
+        f"--extension-cert-dir is given (default {EXTENSION_CERT_SECRET})",
+    )
+    extension.add_argument(
+        "--extension-cert-dir",
+        help="serve with tls.crt/tls.key from this directory, kept by someone else (e.g. a "
+        "cert-manager Certificate's Secret, named by --extension-cert-secret, mounted here)",
+    )
+    extension.add_argument(
+        "--extension-url",
+        help="https URL CAPI calls the extension at (default: the Service --extension-service in "
+        "the manager's namespace, port 443)",
+    )
+    extension.add_argument(
+        "--extension-service",
+        default=EXTENSION_SERVICE,
+        help=f"Service in front of the extension (default {EXTENSION_SERVICE})",
+    )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
     parser.set_defaults(func=run_main)
@@ -192,6 +225,21 @@ def options_from_args(args: argparse.Namespace) -> Options:
         raise ValueError("--image-file-dir must be an absolute path")
     if args.max_concurrent_reconciles < 1:
         raise ValueError("--max-concurrent-reconciles must be at least 1")
+    extension = None
+    if parse_address(args.extension_addr) is not None:
+        if "infrastructure" not in providers:
+            raise ValueError("--extension-addr needs the infrastructure provider (it upgrades C3osMachines)")
+        if args.extension_url and not args.extension_url.startswith("https://"):
+            raise ValueError("--extension-url must be an https:// URL")
+        extension = ExtensionSettings(
+            address=args.extension_addr,
+            namespace=own_namespace(args.kubeconfig),
+            cert_secret=args.extension_cert_secret,
+            cert_dir=args.extension_cert_dir or None,
+            url=args.extension_url or None,
+            service=args.extension_service,
+            watch_namespaces=namespaces,
+        )
     return Options(
         providers=providers,
         namespaces=namespaces,
@@ -206,6 +254,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         record_key_namespace=own_namespace(args.kubeconfig),
         record_key_secret=args.record_key_secret,
         image_limits=ImageLimits(args.image_max_size, args.image_download_timeout, file_dirs),
+        extension=extension,
     )
 
 

@@ -252,3 +252,15 @@ class Kube:
                 return None
             raise
         return cast(dict[str, Any], obj)
+
+    def apply_cluster_scoped(
+        self, resource: Resource, body: dict[str, Any], field_manager: str
+    ) -> dict[str, Any]:
+        """Server-side apply of a cluster-scoped custom object (forced: the fields in
+        `body` are ours)."""
+        obj = self._api.patch_cluster_custom_object(
+            resource.group, resource.version, resource.plural, body["metadata"]["name"], body,
+            field_manager=field_manager, force=True,
+            _content_type="application/apply-patch+yaml", _request_timeout=self._timeout,
+        )  # fmt: skip
+        return cast(dict[str, Any], obj)

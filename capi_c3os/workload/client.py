@@ -161,3 +161,9 @@ class WorkloadClients:
             cached = self._clients.pop((namespace, cluster), None)
         if cached:
             cached[1].close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            cached, self._clients = list(self._clients.values()), {}
+        for _, client in cached:
+            client.close()

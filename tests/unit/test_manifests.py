@@ -240,10 +240,14 @@ def test_manager_deployment_runs_one_provider_as_non_root(provider: Provider) ->
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "healthz"}
+    # The infrastructure manager also serves the in-place upgrade extension.
+    extension = {"extension": 9443} if provider == "infrastructure" else {}
     assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
         "healthz": 9440,
         "metrics": 8080,
+        **extension,
     }
+    assert ("--extension-addr=:9443" in container["args"]) is (provider == "infrastructure")
     assert set(container["resources"]) == {"requests", "limits"}
     env = {item["name"]: item for item in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -284,3 +288,14 @@ def test_the_infrastructure_manager_reads_no_image_from_its_own_files() -> None:
     assert "--image-file-dir=" in args
     image_flags = [a for a in args if a.startswith("--image")]
     assert run.options_from_args(parse(*image_flags)).image_limits.file_dirs == ()
+
+
+def test_the_extension_service_reaches_the_infrastructure_managers_extension_port() -> None:
+    objects = components("infrastructure")
+    (service,) = [obj for obj in objects if obj["kind"] == "Service"]
+    pod = _deployment("infrastructure")["spec"]["template"]
+    assert service["metadata"]["name"] == "c3os-infrastructure-extension"
+    assert service["spec"]["selector"] == pod["metadata"]["labels"]
+    assert service["spec"]["ports"] == [{"name": "extension", "port": 443, "targetPort": "extension"}]
+    others = components("bootstrap") + components("control-plane")
+    assert not [obj for obj in others if obj["kind"] == "Service"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,37 @@ def test_image_limits_from_flags(tmp_path: Path) -> None:
 def test_bad_image_sizes_are_a_usage_error(value: str) -> None:
     with pytest.raises(SystemExit):
         parse("--image-max-size", value)
+
+
+def test_the_extension_is_off_unless_given_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run.options_from_args(parse()).extension is None
+    monkeypatch.setenv("POD_NAMESPACE", "c3os-infrastructure-system")
+    options = run.options_from_args(parse("--providers", "infrastructure", "--namespace", "shop",
+                                          "--extension-addr", ":9443"))  # fmt: skip
+    extension = options.extension
+    assert extension is not None
+    assert (extension.address, extension.namespace, extension.cert_secret) == (
+        ":9443", "c3os-infrastructure-system", "c3os-extension-serving-cert")  # fmt: skip
+    # CAPI reaches it through the components' Service, and only for the namespaces served.
+    service = {
+        "namespace": "c3os-infrastructure-system",
+        "name": "c3os-infrastructure-extension",
+        "port": 443,
+    }
+    assert extension.endpoint.client_config() == {"service": service}
+    assert "c3os-infrastructure-extension.c3os-infrastructure-system.svc" in extension.hosts
+    assert extension.watch_namespaces == ("shop",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--providers", "bootstrap", "--extension-addr", ":9443"),
+         "--extension-addr needs the infrastructure provider (it upgrades C3osMachines)"),
+        (("--extension-addr", ":9443", "--extension-url", "http://127.0.0.1:9443"),
+         "--extension-url must be an https:// URL"),
+    ],
+)  # fmt: skip
+def test_an_extension_it_cannot_serve_is_refused(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run.options_from_args(parse(*argv))
