@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -204,10 +205,75 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
         conditions.append(ctx.report.version)
     generation = None if paused else ctx.generation
     patch = status_patch(ctx.obj, conditions, observed_generation=generation, fields=ctx.report.fields)
-    if patch is not None:
-        meta = ctx.obj["metadata"]
-        ctx.kube.patch_status(ctx.resource, meta["namespace"], meta["name"], patch)
+    if patch is None:
+        return outcome
+    try:
+        ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
+    except ConflictError:
+        fresh = _changed_beside_us(ctx)
+        if fresh is None or fresh.get("status") != ctx.obj.get("status"):
+            raise
+        patch["metadata"] = {"resourceVersion": fresh["metadata"]["resourceVersion"]}
+        ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     return outcome
+
+
+def _changed_beside_us(ctx: MachineContext) -> dict[str, Any] | None:
+    """After a 409: the object as it is now when only its metadata changed since it was
+    read (CAPI's Machine controller sets owner references and labels as it goes, often
+    right between our read and our write). Its spec (generation) and deletion are
+    unchanged, so what this reconcile decided still holds: the write is retried once on
+    the fresh object instead of throwing the whole reconcile (and its backend calls)
+    away. Whatever the metadata change means is seen by the reconcile its own event
+    starts. None when more than that changed: the caller raises the conflict."""
+    fresh = ctx.kube.get(ctx.resource, ctx.namespace, ctx.name)
+    if fresh is None:
+        return None
+    meta, before = fresh["metadata"], ctx.obj["metadata"]
+    if meta.get("generation") != before.get("generation") or meta.get("uid") != before.get("uid"):
+        return None
+    if meta.get("deletionTimestamp") != before.get("deletionTimestamp"):
+        return None
+    return fresh
+
+
+def _replace_unless_changed(
+    ctx: MachineContext, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """Replace the object with `change(obj)` (None: nothing to write); after a 409 on a
+    metadata-only change (`_changed_beside_us`), once more with `change(fresh)`."""
+    body = change(ctx.obj)
+    if body is None:
+        return None
+    try:
+        return ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
+    except ConflictError:
+        fresh = _changed_beside_us(ctx)
+        if fresh is None:
+            raise
+        body = change(fresh)
+        if body is None:
+            return fresh
+        return ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
+
+
+def _claim(ctx: MachineContext, obj: dict[str, Any], site: Site) -> dict[str, Any] | None:
+    """`obj` with our finalizer, the providerID and a signed site record, or None when it
+    has them all."""
+    signed = verified_site(obj, ctx.record_key) is not None
+    finalizers = _finalizers(obj)
+    if FINALIZER in finalizers and (obj.get("spec") or {}).get("providerID") and signed:
+        return None
+    body = _copy(obj)
+    body["metadata"]["finalizers"] = [*finalizers, *([] if FINALIZER in finalizers else [FINALIZER])]
+    body["spec"]["providerID"] = ctx.identity.provider_id
+    if not signed:
+        body["metadata"]["annotations"] = {
+            **(obj["metadata"].get("annotations") or {}),
+            **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
+        }
+    body.pop("status", None)
+    return body
 
 
 # ---------------------------------------------------------------- provisioning
@@ -250,24 +316,9 @@ def _provision(ctx: MachineContext) -> Outcome:
     # replaced by the current site; one that does stays (the machine stays there).
     identity = ctx.identity
     provider_id = identity.provider_id
-    signed = verified_site(ctx.obj, ctx.record_key) is not None
-    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None or not signed:
-        body = _copy(ctx.obj)
-        body["metadata"]["finalizers"] = [
-            *_finalizers(ctx.obj),
-            *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
-        ]
-        body["spec"]["providerID"] = provider_id
-        if not signed:
-            body["metadata"]["annotations"] = {
-                **(ctx.obj["metadata"].get("annotations") or {}),
-                **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
-            }
-        body.pop("status", None)
-        ctx.obj = {
-            **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
-            "status": ctx.obj.get("status"),
-        }
+    claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    if claimed is not None:
+        ctx.obj = {**claimed, "status": ctx.obj.get("status")}
 
     hostname = hostname_for(ctx.name)
     intent = MachineIntent(
@@ -535,15 +586,19 @@ def _delete(ctx: MachineContext) -> Outcome:
             return Outcome.wait(
                 progress.reason or "Deleting", progress.message, progress.requeue_after or PROVISION_POLL
             )
-    body = _copy(ctx.obj)
-    body["metadata"]["finalizers"] = [f for f in _finalizers(ctx.obj) if f != FINALIZER]
-    body.pop("status", None)
-    try:
-        ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
-    except ConflictError:
-        raise
+    _replace_unless_changed(ctx, _release)
     log.info("released %s/%s: its backend resources are gone", ctx.namespace, ctx.name)
     return Outcome.ready()
+
+
+def _release(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """`obj` without our finalizer, or None when it has none."""
+    if FINALIZER not in _finalizers(obj):
+        return None
+    body = _copy(obj)
+    body["metadata"]["finalizers"] = [f for f in _finalizers(obj) if f != FINALIZER]
+    body.pop("status", None)
+    return body
 
 
 def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:

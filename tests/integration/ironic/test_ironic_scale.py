@@ -1,0 +1,102 @@
+"""Issue 21: what a reconcile of a bare-metal machine costs, counted on the real servers.
+
+- A write that meets a 409 only because CAPI changed the object's metadata meanwhile
+  (its Machine controller sets owner references and labels while we reconcile) is made
+  again on the fresh object, not thrown away with the whole reconcile; a spec change
+  meanwhile still ends the reconcile with the conflict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capi_c3os.backends.base import BackendError
+from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.registry import Backends
+from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.reconcilers import c3oscluster, c3osmachine
+from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, FINALIZER
+from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
+from tests.integration.ironic.lab import USER_DATA, IronicLab, new_resource_class
+from tests.integration.ironic.test_ironic_machine import machine_spec
+from tests.integration.libvirt.conftest import INFRA, Capi
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+MACHINES = Resource(INFRA[0], INFRA[1], "c3osmachines", "C3osMachine")
+RECORD_KEY = bytes(32)  # stands in for the manager's key
+
+
+def _no_backend() -> Any:
+    # The C3osCluster's orphan sweep must not touch the machine under test.
+    raise BackendError("NoBackendInThisTest", "no backend for the C3osCluster here", retry_after=None)
+
+
+def _touch(capi: Capi, patch: dict[str, Any]) -> None:
+    """Another writer's merge patch (CAPI's controllers write without preconditions)."""
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osmachines", "m-race", patch)
+
+
+def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(
+    capi: Capi, k8s: Any, ironic_server: IronicServer
+) -> None:
+    kube = Kube(k8s)
+    lab = IronicLab(ironic_server)
+    rc = new_resource_class()
+    [node_uuid] = lab.enroll(1, rc)
+    backend = IronicBackend(allocation_timeout=15)
+    backends = Backends({"ironic": lambda: backend})
+    never = Backends({"ironic": _no_backend})
+    capi.create_cluster("race", {"ironic": {"endpoint": ironic_server.url}})
+    capi.create_machine("race", "m-race", machine_spec(rc), USER_DATA)
+
+    def cluster_up() -> Any:
+        c3oscluster.reconcile(
+            kube, C3OS_CLUSTERS, capi.must_get(INFRA, "c3osclusters", "race"), backends=never
+        )
+        cluster = capi.must_get(("cluster.x-k8s.io", "v1beta2"), "clusters", "race")
+        return ((cluster.get("status") or {}).get("initialization") or {}).get("infrastructureProvisioned")
+
+    def reconcile(obj: dict[str, Any]) -> Any:
+        return c3osmachine.reconcile(kube, MACHINES, obj, backends=backends, record_key=RECORD_KEY)
+
+    try:
+        eventually(cluster_up, "Cluster infrastructure provisioned", 60)
+        eventually(lambda: owner_machine_name(capi.must_get(INFRA, "c3osmachines", "m-race")), "owner", 60)
+
+        # 1. The claim (finalizer, providerID, site record) meets a label CAPI just wrote.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"labels": {"example.test/one": "x"}}})
+        outcome = reconcile(stale)
+        claimed = capi.must_get(INFRA, "c3osmachines", "m-race")
+        assert FINALIZER in claimed["metadata"]["finalizers"], outcome
+        assert claimed["spec"]["providerID"] == f"c3os://{capi.namespace}/m-race"
+        assert claimed["metadata"]["labels"]["example.test/one"] == "x", "the other write is kept"
+        assert capi.ready("m-race").get("reason") == outcome.reason, "and the status written"
+
+        # 2. The status write (Deploying, once Ironic has allocated the node) meets an
+        # owner-reference/label change.
+        eventually(lambda: lab.node(node_uuid)["instance_uuid"], "Ironic's allocation", 30)
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"labels": {"example.test/two": "y"}}})
+        outcome = reconcile(stale)
+        assert outcome.reason == "Deploying", outcome
+        assert capi.ready("m-race").get("reason") == "Deploying", capi.ready_message("m-race")
+
+        # 3. A spec change meanwhile is not ours to write over: the conflict stands.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"spec": {"diskGiB": 30}})
+        with pytest.raises(ConflictError):
+            reconcile(stale)
+    finally:
+        capi.delete(INFRA, "c3osmachines", "m-race")
+
+        def released() -> bool:
+            obj = capi.get(INFRA, "c3osmachines", "m-race")
+            return obj is None or (reconcile(obj).done and capi.get(INFRA, "c3osmachines", "m-race") is None)
+
+        eventually(released, "m-race released", 120, every=1.0)
