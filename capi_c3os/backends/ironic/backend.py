@@ -65,6 +65,7 @@ BUSY_DELAY = 3.0
 WORK_DELAY = 10.0
 WAIT_FOR_NODE_DELAY = 30.0
 SLOT_COUNT_TTL = 2.0
+SLOT_RECOUNT = 30.0
 ALLOCATION_TIMEOUT = 60.0
 STALLED_TEARDOWN_AFTER = 600.0
 HEALTH_INTERVAL = 300.0
@@ -75,8 +76,11 @@ two light GETs a second, which even a single-process Ironic serves."""
 
 @dataclass
 class _Slots:
-    """The site's count of busy nodes, read from Ironic at most every SLOT_COUNT_TTL and
-    counted up by the starts made here in between."""
+    """The site's count of busy nodes: read from Ironic (one query per busy state, so the
+    work is the busy nodes', not the site's) and counted up by the starts made here in
+    between. Read again at most every SLOT_COUNT_TTL while the count says the site is
+    full (slots free up only in Ironic), else every SLOT_RECOUNT (others' starts, e.g.
+    another manager or an operator, count too). Memory only: a new process reads first."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     busy: int = 0
@@ -96,6 +100,7 @@ class IronicBackend:
         work_delay: float = WORK_DELAY,
         wait_for_node_delay: float = WAIT_FOR_NODE_DELAY,
         slot_count_ttl: float = SLOT_COUNT_TTL,
+        slot_recount: float = SLOT_RECOUNT,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
         stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
         health_interval: float = HEALTH_INTERVAL,
@@ -108,6 +113,7 @@ class IronicBackend:
         self.work_delay = work_delay
         self.wait_for_node_delay = wait_for_node_delay
         self.slot_count_ttl = slot_count_ttl
+        self.slot_recount = max(slot_recount, slot_count_ttl)
         self.allocation_timeout = allocation_timeout
         self.stalled_teardown_after = stalled_teardown_after
         self.health_interval = health_interval
@@ -723,9 +729,10 @@ class IronicBackend:
             slots = self._slots.setdefault(site.endpoint, _Slots())
         with slots.lock:
             now = time.monotonic()
-            if now - slots.read_at > self.slot_count_ttl:
-                nodes = api.list_nodes(["provision_state"])
-                slots.busy = sum(1 for n in nodes if n.provision_state in states.BUSY)
+            age = now - slots.read_at
+            full = slots.busy >= site.max_concurrent_provisioning
+            if age > self.slot_recount or (full and age > self.slot_count_ttl):
+                slots.busy = sum(len(api.list_nodes([], provision_state=s)) for s in sorted(states.BUSY))
                 slots.read_at = now
             if slots.busy >= site.max_concurrent_provisioning:
                 return self._later(

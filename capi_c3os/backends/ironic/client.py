@@ -149,6 +149,8 @@ class IronicApi:
         sites: a failure there is Keystone's, not Ironic's, and says so."""
         self.calls = 0
         """Requests made; read by the benchmark."""
+        self.nodes_listed = 0
+        """Node records node listings returned; read by the benchmark and the tests."""
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         self.calls += 1
@@ -249,6 +251,7 @@ class IronicApi:
             "list nodes",
             lambda: self._client.node.list(fields=wanted, limit=0, provision_state=provision_state),
         )
+        self.nodes_listed += len(found)
         return [Node.from_api(n.to_dict()) for n in found]
 
     def patch_node(self, uuid: str, patch: list[dict[str, Any]]) -> None:

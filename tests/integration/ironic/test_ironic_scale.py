@@ -4,6 +4,8 @@
   (its Machine controller sets owner references and labels while we reconcile) is made
   again on the fresh object, not thrown away with the whole reconcile; a spec change
   meanwhile still ends the reconcile with the conflict.
+- The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
+  node of the site: its cost does not grow with the site.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from typing import Any
 
 import pytest
 
-from capi_c3os.backends.base import BackendError
+from capi_c3os.api.infrastructure import IronicMachine, IronicSite
+from capi_c3os.backends.base import BackendError, Phase, SiteCredentials
 from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.registry import Backends
 from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.reconcilers import c3oscluster, c3osmachine
 from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, FINALIZER
 from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
-from tests.integration.ironic.lab import USER_DATA, IronicLab, new_resource_class
+from tests.integration.ironic.lab import USER_DATA, IronicLab, drive, new_resource_class
 from tests.integration.ironic.test_ironic_machine import machine_spec
 from tests.integration.libvirt.conftest import INFRA, Capi
 from tests.support import eventually
@@ -100,3 +104,27 @@ def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(
             return obj is None or (reconcile(obj).done and capi.get(INFRA, "c3osmachines", "m-race") is None)
 
         eventually(released, "m-race released", 120, every=1.0)
+
+
+IDLE_NODES = 20
+
+
+def test_the_slot_count_reads_the_busy_nodes_not_every_node_of_the_site(lab: IronicLab) -> None:
+    rc = new_resource_class()
+    lab.enroll(IDLE_NODES + 1, rc)
+    apis: list[IronicApi] = []
+
+    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        apis.append(connect(site, credentials))
+        return apis[-1]
+
+    backend = IronicBackend(connector=connector)
+    intent = lab.intent("slot-count", IronicMachine(resource_class=rc))
+    try:
+        drive(lambda: backend.provision(intent), {Phase.RUNNING})
+        # The deploy took a slot: the count read what was deploying or cleaning then (at
+        # most a few nodes other tests left cleaning), never the idle nodes enrolled here.
+        listed = sum(api.nodes_listed for api in apis)
+        assert listed < IDLE_NODES, f"{listed} node records read to count the busy ones"
+    finally:
+        drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
