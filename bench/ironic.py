@@ -66,6 +66,7 @@ from capi_c3os.backends.base import (
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.ironic.instance import allocation_request, configdrive, instance_info
+from capi_c3os.capi.metadata import CLUSTER_SECRET_TYPE
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
@@ -373,6 +374,17 @@ def reconciles(manager: Manager) -> Counter[str]:
     return counts
 
 
+def api_requests(manager: Manager) -> Counter[str]:
+    """The manager's own count of its API requests by verb and resource (reconcilers and
+    lease; kopf's watches and patches are not in it)."""
+    counts: Counter[str] = Counter()
+    for (name, labels), value in manager.metrics().items():
+        if name == "capi_c3os_api_requests_total":
+            found = dict(labels)
+            counts[f"{found['verb']} {found['resource']}"] += int(value)
+    return counts
+
+
 def raw_side(server: IronicServer, rc: str, machines: int, pool: int, poll: float) -> float:
     """The raw ironicclient script on `machines` available nodes of class `rc`, `pool` at a
     time: deploy all (timed, Ironic requests by kind), then undeploy all back to
@@ -449,13 +461,14 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             kinds0: Counter[str] = Counter()
             paths0: Counter[str] = Counter()
             kube0, ironic0 = kube_requests(plane.audit_log, kinds0), ironic_requests(server, paths0)
-            runs0 = reconciles(manager)
+            runs0, requests0 = reconciles(manager), api_requests(manager)
             started = time.perf_counter()
 
             def create(i: int) -> None:
                 name = f"m-{i:04d}"
-                core.create_namespaced_secret(ns, kc.V1Secret(
-                    metadata=kc.V1ObjectMeta(name=f"{name}-bootstrap"),
+                core.create_namespaced_secret(ns, kc.V1Secret(  # as CAPI's bootstrap providers make it
+                    metadata=kc.V1ObjectMeta(name=f"{name}-bootstrap", labels={CLUSTER_NAME: "metal"}),
+                    type=CLUSTER_SECRET_TYPE,
                     data={"value": base64.b64encode(USER_DATA).decode(),
                           "format": base64.b64encode(b"cloud-config").decode()},
                 ))  # fmt: skip
@@ -510,6 +523,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 f"{(ironic - ironic0) / machines:.1f} Ironic requests per machine"
             )
             print(f"  writes per machine: {per_machine(kinds - kinds0, machines, 8)}")
+            made = api_requests(manager) - requests0
+            print(f"  the reconcilers' API requests per machine: {per_machine(made, machines)}")
             print(f"  Ironic requests per machine: {per_machine(paths - paths0, machines)}")
             cpu0, (kube0_all, kube0_writes), ironic0, kinds0 = cpu, (kube, writes), ironic, kinds
             paths0, runs0 = paths, reconciles(manager)

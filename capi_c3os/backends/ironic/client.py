@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from ironicclient import client as ironic_client
 from ironicclient import exc as ironic_exc
 from keystoneauth1 import exceptions as ks_exc
@@ -48,6 +49,16 @@ logging.getLogger("keystoneauth").setLevel(logging.INFO)
 logging.getLogger("ironicclient.common.http").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
+
+_pool_size = requests.adapters.DEFAULT_POOLSIZE
+
+
+def configure(pool_size: int) -> None:
+    """Keep up to `pool_size` connections per Ironic: one per reconcile that may run at
+    once (the manager's --max-concurrent-reconciles); with fewer, every request beyond
+    them opens a new connection and drops it afterwards."""
+    global _pool_size  # noqa: PLW0603
+    _pool_size = max(1, pool_size)
 
 
 class IronicBusyError(Exception):
@@ -435,7 +446,11 @@ def verify_setting(site: IronicSite, credentials: SiteCredentials) -> bool | str
 
 
 def connect(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+    http = requests.Session()
+    for prefix in ("https://", "http://"):
+        http.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_pool_size))
     sess = session.Session(
+        session=http,
         auth=build_auth(site, credentials),
         verify=verify_setting(site, credentials),
         timeout=REQUEST_TIMEOUT,
