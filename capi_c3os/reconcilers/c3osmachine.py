@@ -56,6 +56,7 @@ from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.keyed_lock import KeyedLocks
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
 from capi_c3os.reconcilers.site_record import SITE_ANNOTATION, signed_annotations, verified_site
+from capi_c3os.reconcilers.view import ClusterView, Reader, reader
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ class MachineContext:
     cluster: dict[str, Any] | None = None
     machine: dict[str, Any] | None = None
     report: Report = field(default_factory=Report)
+    reads: Reader | None = None
+    """Where the Cluster, Machine, C3osCluster and Secrets are read while provisioning:
+    the manager's watch-fed view (reconcilers/view.py) or, without one, the API server."""
+
+    @property
+    def reader(self) -> Reader:
+        return self.reads or self.kube
 
     @property
     def namespace(self) -> str:
@@ -155,6 +163,7 @@ def reconcile(
     now: datetime | None = None,
     *,
     record_key: bytes,
+    view: ClusterView | None = None,
 ) -> Outcome:
     """One at a time per machine: kopf's handler and the backend's event thread (a domain
     stopped, often by our own deprovision) may both start one, and two deprovisions at
@@ -165,7 +174,7 @@ def reconcile(
         fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
             return Outcome.ready()  # gone meanwhile: nothing left to do or report
-        return _reconcile(kube, resource, fresh, backends, now, record_key)
+        return _reconcile(kube, resource, fresh, backends, now, record_key, view)
 
 
 def _reconcile(
@@ -175,9 +184,11 @@ def _reconcile(
     backends: Backends | None,
     now: datetime | None,
     record_key: bytes,
+    view: ClusterView | None,
 ) -> Outcome:
     ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC), record_key)
-    ctx.cluster = fetch_owner_cluster(kube, obj)
+    ctx.reads = reader(kube, view)
+    ctx.cluster = fetch_owner_cluster(ctx.reader, obj)
     if is_paused(obj, ctx.cluster):
         return _write(ctx, paused=True, outcome=paused_outcome(ctx.deleting))
     outcome = _delete(ctx) if ctx.deleting else _provision(ctx)
@@ -357,13 +368,13 @@ def _await_machine(ctx: MachineContext) -> Outcome | None:
     name = owner_machine_name(ctx.obj)
     if not name:
         return Outcome.wait("WaitingForMachine", "waiting for a Machine to own this C3osMachine", WAIT)
-    ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, name)
+    ctx.machine = ctx.reader.get(MACHINES, ctx.namespace, name)
     if ctx.machine is None:
         return Outcome.wait("WaitingForMachine", f"owner Machine {name} not found", WAIT)
     if ctx.cluster is None:
         cluster_name = (ctx.machine.get("spec") or {}).get("clusterName")
         if cluster_name:
-            ctx.cluster = ctx.kube.get(CLUSTERS, ctx.namespace, cluster_name)
+            ctx.cluster = ctx.reader.get(CLUSTERS, ctx.namespace, cluster_name)
     if ctx.cluster is None:
         return Outcome.wait("WaitingForCluster", "waiting for the owner Cluster", WAIT)
     return None
@@ -393,7 +404,7 @@ def _await_bootstrap_data(ctx: MachineContext) -> Outcome | None:
     )
 
 
-def _c3os_cluster_spec(kube: Kube, namespace: str, cluster: dict[str, Any]) -> C3osClusterSpec | Outcome:
+def _c3os_cluster_spec(kube: Reader, namespace: str, cluster: dict[str, Any]) -> C3osClusterSpec | Outcome:
     ref = (cluster.get("spec") or {}).get("infrastructureRef") or {}
     name = ref.get("name")
     if not name or ref.get("kind") != "C3osCluster":
@@ -414,7 +425,7 @@ def _c3os_cluster_spec(kube: Kube, namespace: str, cluster: dict[str, Any]) -> C
 
 def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
     assert ctx.machine is not None and ctx.cluster is not None
-    cluster_spec = _c3os_cluster_spec(ctx.kube, ctx.namespace, ctx.cluster)
+    cluster_spec = _c3os_cluster_spec(ctx.reader, ctx.namespace, ctx.cluster)
     if isinstance(cluster_spec, Outcome):
         return cluster_spec
     wanted = (ctx.machine.get("spec") or {}).get("failureDomain") or None
@@ -447,7 +458,7 @@ def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
     return site
 
 
-def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | None:
+def secret_data(kube: Reader, namespace: str, name: str) -> dict[str, bytes] | None:
     secret = kube.get(SECRETS, namespace, name)
     if secret is None:
         return None
@@ -455,10 +466,10 @@ def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | Non
 
 
 def _site_credentials(ctx: MachineContext, site: Site) -> SiteCredentials | Outcome:
-    return site_credentials(ctx.kube, ctx.namespace, site)
+    return site_credentials(ctx.reader, ctx.namespace, site)
 
 
-def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials | Outcome:
+def site_credentials(kube: Reader, namespace: str, site: Site) -> SiteCredentials | Outcome:
     """The site's Secret material (never logged: SiteCredentials hides it in repr)."""
     place = site.libvirt or site.ironic
     data: dict[str, bytes] = {}
@@ -489,7 +500,7 @@ def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials 
 def _bootstrap_data(ctx: MachineContext) -> bytes | Outcome:
     assert ctx.machine is not None
     name = ctx.machine["spec"]["bootstrap"]["dataSecretName"]
-    data = secret_data(ctx.kube, ctx.namespace, name)
+    data = secret_data(ctx.reader, ctx.namespace, name)
     if data is None:
         return Outcome.wait("WaitingForBootstrapData", f"bootstrap data Secret {name} not found", WAIT)
     if "value" not in data:

@@ -4,6 +4,9 @@
   (its Machine controller sets owner references and labels while we reconcile) is made
   again on the fresh object, not thrown away with the whole reconcile; a spec change
   meanwhile still ends the reconcile with the conflict.
+- A C3osMachine reconcile in the manager reads its Machine, Cluster, C3osCluster and
+  bootstrap Secret from the manager's watches, not with a GET each time (counted by the
+  manager's own request metric).
 - The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
   node of the site: its cost does not grow with the site.
 """
@@ -21,6 +24,7 @@ from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.registry import Backends
 from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.manager import Manager
 from capi_c3os.reconcilers import c3oscluster, c3osmachine
 from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, FINALIZER
 from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
@@ -128,3 +132,43 @@ def test_the_slot_count_reads_the_busy_nodes_not_every_node_of_the_site(lab: Iro
         assert listed < IDLE_NODES, f"{listed} node records read to count the busy ones"
     finally:
         drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
+
+
+VIEW_MACHINES = 2
+
+
+def test_a_machine_reconcile_reads_machine_and_secrets_from_the_watches(
+    capi: Capi, ironic_server: IronicServer, start_manager: Any
+) -> None:
+    lab = IronicLab(ironic_server)
+    rc = new_resource_class()
+    lab.enroll(VIEW_MACHINES, rc)
+    manager: Manager = start_manager().wait_ready()
+
+    def gets(resource: str) -> float:
+        return manager.metric_sum("capi_c3os_api_requests_total", verb="get", resource=resource)
+
+    before = {r: gets(r) for r in ("machines", "secrets", "clusters")}  # start-up: the record key
+    capi.create_cluster("views", {"ironic": {"endpoint": ironic_server.url}})
+    names = [f"v-{i}" for i in range(VIEW_MACHINES)]
+    for name in names:
+        capi.create_machine("views", name, machine_spec(rc), USER_DATA)
+    eventually(
+        lambda: all(capi.provisioned(n) for n in names),
+        "machines provisioned",
+        180,
+        explain=lambda: "; ".join(capi.ready_message(n) for n in names),
+    )
+
+    machine_reconciles = manager.metric_sum("capi_c3os_reconcile_total", kind="C3osMachine")
+    cluster_reconciles = manager.metric_sum("capi_c3os_reconcile_total", kind="C3osCluster")
+    assert machine_reconciles >= 2 * VIEW_MACHINES, "each machine was reconciled past its Machine"
+    # Nothing else reads Machines or Secrets here (the site has no credentials Secret).
+    read = {r: gets(r) - n for r, n in before.items()}
+    assert read["machines"] == 0, f"{read} GETs in {machine_reconciles} machine reconciles"
+    assert read["secrets"] == 0, f"{read} GETs in {machine_reconciles} machine reconciles"
+    # The C3osCluster's own reconciles still read the Cluster (not this change's).
+    assert read["clusters"] <= cluster_reconciles, (read, cluster_reconciles)
+    for name in names:
+        capi.delete(INFRA, "c3osmachines", name)
+    eventually(lambda: all(capi.get(INFRA, "c3osmachines", n) is None for n in names), "released", 120)
