@@ -7,19 +7,28 @@
 - A C3osMachine reconcile in the manager reads its Machine, Cluster, C3osCluster and
   bootstrap Secret from the manager's watches, not with a GET each time (counted by the
   manager's own request metric).
+- A running machine's node is looked at in Ironic once per health interval, whatever
+  else wakes its reconcile (the periodic resync, every few minutes for every machine).
+- The Ironic client keeps a connection per reconcile that may run at once: none is
+  opened and dropped per request when the pool is larger than requests' default 10.
 - The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
   node of the site: its cost does not grow with the site.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import requests
 
 from capi_c3os.api.infrastructure import IronicMachine, IronicSite
 from capi_c3os.backends.base import BackendError, Phase, SiteCredentials
 from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic import client as ironic_client
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.registry import Backends
 from capi_c3os.capi.owners import owner_machine_name
@@ -172,3 +181,54 @@ def test_a_machine_reconcile_reads_machine_and_secrets_from_the_watches(
     for name in names:
         capi.delete(INFRA, "c3osmachines", name)
     eventually(lambda: all(capi.get(INFRA, "c3osmachines", n) is None for n in names), "released", 120)
+
+
+def test_a_running_machine_is_looked_at_in_ironic_once_per_health_interval(lab: IronicLab) -> None:
+    rc = new_resource_class()
+    lab.enroll(1, rc)
+    apis: list[IronicApi] = []
+
+    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        apis.append(connect(site, credentials))
+        return apis[-1]
+
+    backend = IronicBackend(connector=connector, health_interval=300)
+    intent = lab.intent("health", IronicMachine(resource_class=rc))
+    running = drive(lambda: backend.provision(intent), {Phase.RUNNING})
+    provisioned = dataclasses.replace(intent, provisioned=True)  # what the reconciler says next
+    before = sum(api.calls for api in apis)
+    again = [backend.provision(provisioned) for _ in range(5)]  # five resyncs, say
+    assert sum(api.calls for api in apis) == before, "no request until the health interval is over"
+    assert all(p.phase is Phase.RUNNING and p.details == running.details for p in again), again
+    assert all(p.requeue_after is not None and 0 < p.requeue_after <= 300 * 1.25 for p in again)
+
+    # A deletion looks again: what was seen running is forgotten.
+    drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
+    after = backend.provision(provisioned)
+    assert after.phase is Phase.MISSING, after
+
+
+POOL = 12
+"""Reconciles at once: above requests' default pool (10), below what Ironic's API server
+takes at once (10 threads and a listen backlog of 5)."""
+
+
+def test_the_ironic_client_keeps_a_connection_per_reconcile_that_may_run_at_once(lab: IronicLab) -> None:
+    [node_uuid] = lab.enroll(1, new_resource_class())
+    ironic_client.configure(POOL)  # what the manager does with --max-concurrent-reconciles
+    try:
+        api = connect(lab.site().ironic, SiteCredentials())  # type: ignore[arg-type]
+    finally:
+        ironic_client.configure(requests.adapters.DEFAULT_POOLSIZE)
+    together = threading.Barrier(POOL)
+
+    def reconcile(_: int) -> None:
+        together.wait()
+        assert api.get_node(node_uuid) is not None
+
+    for _ in range(3):
+        with ThreadPoolExecutor(POOL) as threads:
+            list(threads.map(reconcile, range(POOL)))
+    pools = api._client.http_client.session.session.get_adapter(lab.server.url).poolmanager.pools
+    opened = sum(pools[key].num_connections for key in pools.keys())
+    assert opened <= POOL, f"{opened} connections opened for {POOL} requests at a time, three times"
