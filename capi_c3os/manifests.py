@@ -1,6 +1,6 @@
 """`capi-c3os manifests [--root DIR] [--check]`: everything under config/ is generated here.
 
-- config/crd/<group>_<plural>.yaml: the eight CRDs, from the models in capi_c3os/api;
+- config/crd/<group>_<plural>.yaml: the nine CRDs, from the models in capi_c3os/api;
 - config/clusterctl/: a clusterctl local repository ({provider}-c3os/v0.1.0/ with the
   components and metadata.yaml) and clusterctl.yaml pointing at it through
   `${C3OS_REPOSITORY}` (clusterctl expands environment variables in provider URLs).
@@ -83,6 +83,10 @@ _PROVIDER_RULES: dict[Provider, list[Rule]] = {
         _rule([INFRA], ["c3osmachinetemplates/status"], STATUS),
         _rule([CAPI], ["clusters", "machines"], READ),
         _rule([""], ["secrets"], READ),
+        # Enrolled hosts: the registration endpoint creates them and labels them with
+        # their facts; claims, resets and the hosts' reports go to their status.
+        _rule([INFRA], ["c3oshosts"], ("get", "list", "watch", "create", "update", "patch")),
+        _rule([INFRA], ["c3oshosts/status"], STATUS),
     ],
     # Secrets: bootstrap data, cluster CAs and the join token (created if absent);
     # configmaps: the init lock.
