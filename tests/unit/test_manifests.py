@@ -26,6 +26,7 @@ RELEASE_DIR = REPO / "config" / "clusterctl"
 VARIABLES = {
     "${C3OS_WATCH_NAMESPACE:=*}",
     "${C3OS_LOG_FORMAT:=json}",
+    "${C3OS_ENROLLMENT_NAME:=localhost}",
 }
 
 
@@ -243,6 +244,8 @@ def test_manager_deployment_runs_one_provider_as_non_root(provider: Provider) ->
     assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
         "healthz": 9440,
         "metrics": 8080,
+        # Self-enrolling hosts register with the infrastructure manager.
+        **({"enrollment": 9445} if provider == "infrastructure" else {}),
     }
     assert set(container["resources"]) == {"requests", "limits"}
     env = {item["name"]: item for item in container["env"]}
