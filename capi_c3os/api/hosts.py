@@ -94,6 +94,14 @@ class HostSystem(ApiModel):
     product: Printable | None = None
     """Product name."""
 
+    @model_validator(mode="after")
+    def _uuid_tells_hosts_apart(self) -> HostSystem:
+        # Firmware without a real UUID reports one of these on every board: all such
+        # hosts would be one C3osHost, each registration taking it from the last.
+        if self.uuid.strip("0-") == "" or self.uuid.lower().strip("f-") == "":
+            raise ValueError(f"system UUID {self.uuid} is a firmware placeholder: it cannot tell hosts apart")
+        return self
+
 
 class HostTPM(ApiModel):
     """The host's Trusted Platform Module."""

@@ -159,3 +159,11 @@ def test_registering_again_keeps_a_claim() -> None:
     again = pool.register(claimed, hardware(), "shop", "1" * 64, NOW)
     assert again.claim == claimed.claim and again.phase == "Claimed"
     assert again.credential is not None and again.credential.sha256 == "1" * 64
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"]
+)
+def test_a_placeholder_system_uuid_is_refused(placeholder: str) -> None:
+    with pytest.raises(ValueError, match="firmware placeholder"):
+        hardware(system={"uuid": placeholder})

@@ -314,3 +314,12 @@ def test_a_backend_that_died_right_after_its_claim_claims_nothing_more(
     assert progress.phase is Phase.PROVISIONING and progress.reason == "WaitingForHostAgent"
     held = [u for u in UUIDS[:3] if claim_of(capi, name_of(u)).get("machine") == "m1"]
     assert held == [progress.details["systemUUID"]]
+
+
+def test_an_image_volume_is_refused_on_an_enrolled_site(capi: Capi, start_endpoint: StartEndpoint) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", {**machine_spec(), "image": {"volume": "base"}}, USER_DATA)
+    wait_reason(capi, "m1", "UnsupportedImage")
+    assert claim_of(capi, host.name) == {}

@@ -16,6 +16,7 @@ from tests.integration.enrolled.conftest import (
     POOL,
     Endpoint,
     StartEndpoint,
+    enrolled_site,
     host_of,
     make_site,
     new_token,
@@ -197,3 +198,30 @@ def test_bodies_and_request_rates_are_limited(capi: Capi, start_endpoint: StartE
     eventually(
         lambda: agent.assignment(capi.namespace, "host-x").status == 401, "the bucket to refill", 30, 1
     )
+
+
+def sites_ready(objects: Capi) -> dict[str, Any]:
+    cluster = objects.get(INFRA, "c3osclusters", "c") or {}
+    found = [c for c in (cluster.get("status") or {}).get("conditions") or [] if c["type"] == "SitesReady"]
+    return found[0] if found else {}
+
+
+def test_an_enrolled_site_reports_a_missing_or_weak_token(capi: Capi, start_endpoint: StartEndpoint) -> None:
+    capi.create_cluster("c", enrolled_site())
+    endpoint = start_endpoint()
+    eventually(
+        lambda: "registration token Secret shop-token not found" in sites_ready(capi).get("message", ""),
+        "SitesReady to name the missing Secret",
+        60,
+        explain=lambda: str(sites_ready(capi)),
+    )
+    weak = "short-token"
+    capi.create_secret("shop-token", {"token": weak.encode()})
+    eventually(
+        lambda: "at least 16 characters" in sites_ready(capi).get("message", ""),
+        "SitesReady to refuse the short token",
+        90,
+        explain=lambda: str(sites_ready(capi)),
+    )
+    assert weak not in json.dumps(sites_ready(capi))
+    assert refused(endpoint.agent().register(capi.namespace, POOL, weak, hardware(UUID_A)))
