@@ -152,6 +152,8 @@ class HostClaim(ApiModel):
 
     machine: str = Field(min_length=1, max_length=253)
     """Name of the C3osMachine (same namespace) that claimed the host."""
+    cluster: str | None = Field(None, max_length=253)
+    """Name of that machine's Cluster: a cluster finds the hosts its deleted machines held."""
     id: str = Field(min_length=1, max_length=64)
     """This claim's id: the host's reports name it, so a report from before a release
     never reaches the next machine."""

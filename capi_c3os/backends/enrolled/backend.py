@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from capi_c3os.api.hosts import C3osHost, C3osHostStatus
-from capi_c3os.api.infrastructure import Site
+from capi_c3os.api.infrastructure import Site, own_provider_id
 from capi_c3os.backends.base import (
     BackendError,
     MachineIdentity,
@@ -142,7 +142,10 @@ class EnrolledBackend:
         for host in pool.claim_order(identity.name, [h for h, _ in fitting]):
             assert host.status is not None
             disk = disks[host.metadata.name]
-            status = pool.claim(host.status, identity.name, str(uuid.uuid4()), disk.name, self._clock())
+            cluster = intent.cluster.partition("/")[2] or None
+            status = pool.claim(
+                host.status, identity.name, str(uuid.uuid4()), disk.name, self._clock(), cluster
+            )
             won = self._inventory.replace_status(host, status)
             if won is not None:
                 log.info("C3osMachine %s/%s claimed host %s", *identity_key(identity), host.metadata.name)
@@ -187,6 +190,25 @@ class EnrolledBackend:
                 requeue_after=POLL,
             )
         return Progress(Phase.DELETED, "Deleted", "the host is released")
+
+    def tagged_identities(
+        self, site: Site, credentials: SiteCredentials, cluster: str
+    ) -> list[MachineIdentity]:
+        """Machines of `cluster` (`<namespace>/<name>`) that hold a host of the site's pool,
+        so a cluster reconcile releases the hosts of machines deleted behind our back."""
+        if site.enrolled is None:
+            return []
+        namespace, _, name = cluster.partition("/")
+        return [
+            MachineIdentity(
+                namespace, host.status.claim.machine, own_provider_id(namespace, host.status.claim.machine)
+            )
+            for host in self._inventory.hosts(namespace)
+            if host.status is not None
+            and host.status.claim is not None
+            and host.status.claim.cluster == name
+            and pool.host_pool(host) == site.enrolled.pool
+        ]
 
     def _release(self, host: C3osHost) -> bool:
         assert host.status is not None

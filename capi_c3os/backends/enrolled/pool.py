@@ -145,11 +145,13 @@ def resetting_for(hosts: Sequence[C3osHost], machine: str) -> list[C3osHost]:
 # --- status transitions -------------------------------------------------------------------
 
 
-def claim(status: C3osHostStatus, machine: str, claim_id: str, disk: str, now: datetime) -> C3osHostStatus:
+def claim(
+    status: C3osHostStatus, machine: str, claim_id: str, disk: str, now: datetime, cluster: str | None = None
+) -> C3osHostStatus:
     return status.model_copy(
         update={
             "phase": "Claimed",
-            "claim": HostClaim(machine=machine, id=claim_id, install_disk=disk, time=now),
+            "claim": HostClaim(machine=machine, cluster=cluster, id=claim_id, install_disk=disk, time=now),
             "reason": "Claimed",
             "message": f"claimed by C3osMachine {machine}",
         }

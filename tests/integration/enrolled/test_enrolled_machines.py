@@ -323,3 +323,24 @@ def test_an_image_volume_is_refused_on_an_enrolled_site(capi: Capi, start_endpoi
     capi.create_machine("c", "m1", {**machine_spec(), "image": {"volume": "base"}}, USER_DATA)
     wait_reason(capi, "m1", "UnsupportedImage")
     assert claim_of(capi, host.name) == {}
+
+
+def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    claim = claimed(capi, "m1", host)
+    assert claim_of(capi, host.name)["cluster"] == "c"
+    # Someone removes our finalizer by hand: the machine goes without a release.
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osmachines", "m1",
+                                               {"metadata": {"finalizers": None}})  # fmt: skip
+    capi.delete(CAPI, "machines", "m1")
+    eventually(lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "the machine gone", 60)
+    # Any change of the C3osCluster reconciles it (else the periodic resync would).
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osclusters", "c",
+                                               {"metadata": {"annotations": {"touch": "1"}}})  # fmt: skip
+    eventually(lambda: host_phase(capi, host.name) == "Resetting", "the orphaned host released", 60)
+    assert host.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
