@@ -231,9 +231,9 @@ class EnrollmentServer:
         return value
 
     @staticmethod
-    async def _json(request: web.Request) -> Any:
+    def _json(raw: bytes) -> Any:
         try:
-            return json.loads(await request.read())
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise web.HTTPBadRequest(
                 text='{"error": "body is not JSON"}', content_type="application/json"
@@ -245,11 +245,11 @@ class EnrollmentServer:
         self._served(namespace)
         if not re.match(_DNS_LABEL, pool_name):
             raise enrollment.DeniedError("pool name invalid")
-        body = await self._json(request)
-        # Authenticate before judging the facts: a caller without a token learns nothing.
+        raw = await request.read()  # within MAX_BODY
+        # Authenticate before judging the body: a caller without a token learns nothing.
         admission = await asyncio.to_thread(enrollment.admit, self._kube, namespace, pool_name, token)
         try:
-            facts = _Registration.model_validate(body)
+            facts = _Registration.model_validate(self._json(raw))
         except ValidationError as exc:
             return _invalid(exc)
         now = dt.datetime.now(dt.UTC)
@@ -284,7 +284,7 @@ class EnrollmentServer:
     async def _report(self, request: web.Request) -> web.Response:
         host = await self._host(request)
         try:
-            report = _Report.model_validate(await self._json(request))
+            report = _Report.model_validate(self._json(await request.read()))
         except ValidationError as exc:
             return _invalid(exc)
         if report.event not in REPORTS:

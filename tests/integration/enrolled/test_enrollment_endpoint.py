@@ -191,6 +191,8 @@ def test_bodies_and_request_rates_are_limited(capi: Capi, start_endpoint: StartE
     assert agent.call("POST", path, token, raw=b"{" + b" " * 70000 + b"}").status == 413
     # Facts are judged only after the token: without one, bad facts get the same 401.
     assert refused(agent.call("POST", path, new_token(), {"hardware": {"cpu": "fast"}}))
+    assert refused(agent.call("POST", path, new_token(), raw=b"not json"))
+    assert agent.call("POST", path, token, raw=b"not json").status == 400
     bad = agent.call("POST", path, token, {"hardware": {**hardware(UUID_A), "memoryMiB": -1}})
     assert bad.status == 400 and "memoryMiB" in bad.body["error"]
     statuses = [agent.assignment(capi.namespace, "host-x").status for _ in range(30)]
