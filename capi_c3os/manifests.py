@@ -1,6 +1,6 @@
 """`capi-c3os manifests [--root DIR] [--check]`: everything under config/ is generated here.
 
-- config/crd/<group>_<plural>.yaml: the eight CRDs, from the models in capi_c3os/api;
+- config/crd/<group>_<plural>.yaml: the nine CRDs, from the models in capi_c3os/api;
 - config/clusterctl/: a clusterctl local repository ({provider}-c3os/v0.1.0/ with the
   components and metadata.yaml) and clusterctl.yaml pointing at it through
   `${C3OS_REPOSITORY}` (clusterctl expands environment variables in provider URLs).
@@ -38,6 +38,7 @@ METRICS_PORT = 8080
 EXTENSION_PORT = 9443
 """The infrastructure manager's Runtime SDK extension (in-place upgrades), behind a
 Service on 443 (capi_c3os/operator/extension.py)."""
+ENROLLMENT_PORT = 9445
 
 Rule = dict[str, Any]
 
@@ -89,6 +90,10 @@ _PROVIDER_RULES: dict[Provider, list[Rule]] = {
         _rule([""], ["secrets"], READ),
         # The extension registers itself (cluster-scoped; server-side apply needs create too).
         _rule(["runtime.cluster.x-k8s.io"], ["extensionconfigs"], ("get", "create", "patch")),
+        # Enrolled hosts: the registration endpoint creates them and labels them with
+        # their facts; claims, resets and the hosts' reports go to their status.
+        _rule([INFRA], ["c3oshosts"], ("get", "list", "watch", "create", "update", "patch")),
+        _rule([INFRA], ["c3oshosts/status"], STATUS),
     ],
     # Secrets: bootstrap data, cluster CAs and the join token (created if absent);
     # configmaps: the init lock.
@@ -243,9 +248,9 @@ class ProviderManifests:
         }
 
     def _record_key_rbac(self) -> list[dict[str, Any]]:
-        """The infrastructure manager makes its site record key Secret in its own
-        namespace at start-up (reading it is in the ClusterRole, which reads Secrets).
-        create cannot be limited by name."""
+        """The infrastructure manager makes its site record key Secret and the enrollment
+        endpoint's CA Secret in its own namespace at start-up (reading them is in the
+        ClusterRole, which reads Secrets). create cannot be limited by name."""
         if self.provider != "infrastructure":
             return []
         role = f"{self.prefix}-record-key-role"
@@ -309,6 +314,16 @@ class ProviderManifests:
                 *(["--image-file-dir="] if infrastructure else []),
                 # In-place upgrades (CAPI gates RuntimeSDK + InPlaceUpdates); every replica serves.
                 *([f"--extension-addr=:{EXTENSION_PORT}"] if infrastructure else []),
+                # Self-enrolling hosts register here (expose it with a Service of your
+                # choice; the certificate names come from C3OS_ENROLLMENT_NAME).
+                *(
+                    [
+                        f"--enrollment-addr=:{ENROLLMENT_PORT}",
+                        "--enrollment-name=${C3OS_ENROLLMENT_NAME:=localhost}",
+                    ]
+                    if infrastructure
+                    else []
+                ),
             ],
             "env": [
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -318,7 +333,10 @@ class ProviderManifests:
                 {"name": "healthz", "containerPort": HEALTH_PORT, "protocol": "TCP"},
                 {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                 *(
-                    [{"name": "extension", "containerPort": EXTENSION_PORT, "protocol": "TCP"}]
+                    [
+                        {"name": "extension", "containerPort": EXTENSION_PORT, "protocol": "TCP"},
+                        {"name": "enrollment", "containerPort": ENROLLMENT_PORT, "protocol": "TCP"},
+                    ]
                     if infrastructure
                     else []
                 ),

@@ -13,6 +13,7 @@ from capi_c3os.api import (
     C3osConfigTemplate,
     C3osControlPlane,
     C3osControlPlaneTemplate,
+    C3osHost,
     C3osMachine,
     C3osMachineTemplate,
     KubeObject,
@@ -97,7 +98,29 @@ GOOD: dict[type[KubeObject], dict[str, Any]] = {
     C3osConfigTemplate: {"spec": {"template": {"spec": CONFIG_SPEC}}},
     C3osControlPlane: {"spec": CONTROL_PLANE_SPEC},
     C3osControlPlaneTemplate: {"spec": {"template": {"spec": {"serverConfig": CONFIG_SPEC}}}},
+    C3osHost: {"spec": {"accepted": True}},
 }
+
+ENROLLED_SITE: dict[str, Any] = {
+    "name": "shop",
+    "controlPlane": False,
+    "enrolled": {
+        "pool": "shop-floor",
+        "registrationTokenSecretRef": {"name": "shop-token"},
+        "acceptance": "Token",
+    },
+}
+ENROLLED_MACHINE: dict[str, Any] = {
+    "hostSelector": {
+        "matchLabels": {"host.c3os.io/arch": "amd64"},
+        "matchExpressions": [
+            {"key": "host.c3os.io/memory-gib", "operator": "In", "values": ["16", "32"]},
+            {"key": "host.c3os.io/tpm", "operator": "Exists"},
+        ],
+    },
+    "installDisk": {"deviceName": "/dev/nvme0n1", "minSizeGiB": 100, "rotational": False},
+}
+"""An enrolled site and a machine for it, accepted by models and server alike."""
 
 
 def wire(model: type[KubeObject], body: dict[str, Any]) -> dict[str, Any]:
@@ -111,10 +134,11 @@ def with_change(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     *parents, last = path.split(".")
     for key in parents:
         node = node[int(key)] if key.isdigit() else node[key]
+    target: int | str = int(last) if isinstance(node, list) else last
     if value is None:
-        del node[last]
+        del node[target]
     else:
-        node[last] = value
+        node[target] = value
     return result
 
 
@@ -158,6 +182,76 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("unencrypted libvirt tcp", C3osCluster, "spec.sites.0.libvirt", {"uri": "qemu+tcp://h/system"}),
     ("default site unknown", C3osCluster, "spec.defaultSite", "nowhere"),
     ("no sites", C3osCluster, "spec.sites", []),
+    ("site ironic and enrolled", C3osCluster, "spec.sites.1.enrolled", ENROLLED_SITE["enrolled"]),
+    (
+        "pool not a DNS label",
+        C3osCluster,
+        "spec.sites.1",
+        {**ENROLLED_SITE, "enrolled": {**ENROLLED_SITE["enrolled"], "pool": "Shop_Floor"}},
+    ),
+    (
+        "enrolled site without token",
+        C3osCluster,
+        "spec.sites.1",
+        {**ENROLLED_SITE, "enrolled": {"pool": "p"}},
+    ),
+    (
+        "unknown acceptance",
+        C3osCluster,
+        "spec.sites.1",
+        {**ENROLLED_SITE, "enrolled": {**ENROLLED_SITE["enrolled"], "acceptance": "Always"}},
+    ),
+    ("libvirt and enrolled", C3osMachine, "spec.backend", {"libvirt": {}, "enrolled": {}}),
+    (
+        "In without values",
+        C3osMachine,
+        "spec.backend",
+        {
+            "enrolled": {
+                "hostSelector": {"matchExpressions": [{"key": "host.c3os.io/arch", "operator": "In"}]}
+            }
+        },
+    ),
+    (
+        "Exists with values",
+        C3osMachine,
+        "spec.backend",
+        {
+            "enrolled": {
+                "hostSelector": {
+                    "matchExpressions": [
+                        {"key": "host.c3os.io/tpm", "operator": "Exists", "values": ["true"]}
+                    ]
+                }
+            }
+        },
+    ),
+    (
+        "selector operator Gt",
+        C3osMachine,
+        "spec.backend",
+        {
+            "enrolled": {
+                "hostSelector": {
+                    "matchExpressions": [{"key": "host.c3os.io/cpus", "operator": "Gt", "values": ["4"]}]
+                }
+            }
+        },
+    ),
+    (
+        "selector value with a space",
+        C3osMachine,
+        "spec.backend",
+        {"enrolled": {"hostSelector": {"matchLabels": {"host.c3os.io/product": "a b"}}}},
+    ),
+    (
+        "install disk not a device",
+        C3osMachine,
+        "spec.backend",
+        {"enrolled": {"installDisk": {"deviceName": "sda"}}},
+    ),
+    ("install disk of 0 GiB", C3osMachine, "spec.backend", {"enrolled": {"installDisk": {"minSizeGiB": 0}}}),
+    ("host accepted not a bool", C3osHost, "spec.accepted", "maybe"),
     ("no control-plane site", C3osCluster, "spec.sites.0.controlPlane", False),
     ("keystone without credentials", C3osCluster, "spec.sites.1.ironic.authType", "keystone"),
     ("site name not a DNS label", C3osCluster, "spec.sites.0.name", "Lab_1"),

@@ -1,4 +1,4 @@
-"""Our API: pydantic models of the eight kinds, and the CRDs generated from them.
+"""Our API: pydantic models of the nine kinds, and the CRDs generated from them.
 
 Reconcilers parse objects with `Model.model_validate(obj)` and write with
 `model.to_wire()` (camelCase, no nulls, JSON types). `crds()` gives the CRD dicts.
@@ -10,6 +10,7 @@ from capi_c3os.api.bootstrap import C3osConfig, C3osConfigSpec, C3osConfigTempla
 from capi_c3os.api.common import Condition
 from capi_c3os.api.controlplane import C3osControlPlane, C3osControlPlaneTemplate
 from capi_c3os.api.crd import KINDS, PROVIDERS, Kind, Provider, crd, crds
+from capi_c3os.api.hosts import C3osHost
 from capi_c3os.api.infrastructure import C3osCluster, C3osClusterTemplate, C3osMachine, C3osMachineTemplate
 
 MODELS: tuple[type[KubeObject], ...] = tuple(kind.model for kind in KINDS)
@@ -26,6 +27,7 @@ __all__ = [
     "C3osConfigTemplate",
     "C3osControlPlane",
     "C3osControlPlaneTemplate",
+    "C3osHost",
     "C3osMachine",
     "C3osMachineTemplate",
     "Condition",

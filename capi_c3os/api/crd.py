@@ -1,4 +1,4 @@
-"""The eight CustomResourceDefinitions, built from the models.
+"""The nine CustomResourceDefinitions, built from the models.
 
 `KINDS` lists how each kind is served (printer columns, subresources, which provider
 owns it); `crd(kind)` and `crds()` build the apiextensions.k8s.io/v1 objects as dicts.
@@ -12,6 +12,7 @@ from typing import Any, Literal
 from capi_c3os.api.base import KubeObject
 from capi_c3os.api.bootstrap import C3osConfig, C3osConfigTemplate
 from capi_c3os.api.controlplane import C3osControlPlane, C3osControlPlaneTemplate
+from capi_c3os.api.hosts import C3osHost
 from capi_c3os.api.infrastructure import C3osCluster, C3osClusterTemplate, C3osMachine, C3osMachineTemplate
 from capi_c3os.api.schema import Schema, to_structural
 
@@ -107,6 +108,18 @@ KINDS: tuple[Kind, ...] = (
         ),
     ),
     Kind(C3osMachineTemplate, "infrastructure", (AGE,)),
+    Kind(
+        C3osHost,
+        "infrastructure",
+        (
+            PrinterColumn("Pool", "string", ".status.pool", "Pool the host registered into"),
+            PrinterColumn("Accepted", "boolean", ".spec.accepted", "Machines may claim the host"),
+            PrinterColumn("Phase", "string", ".status.phase", "Where the host stands"),
+            PrinterColumn("Machine", "string", ".status.claim.machine", "C3osMachine that claimed it"),
+            PrinterColumn("Reason", "string", ".status.reason", "Reason of the last change", 1),
+            AGE,
+        ),
+    ),
     Kind(
         C3osConfig,
         "bootstrap",

@@ -1,9 +1,10 @@
-"""infrastructure.cluster.x-k8s.io/v1alpha1: C3osCluster, C3osMachine and their templates.
+"""infrastructure.cluster.x-k8s.io/v1alpha1: C3osCluster, C3osMachine and their templates
+(C3osHost, the enrolled hosts, is in hosts.py).
 
-A C3osCluster names the *sites* (libvirt hosts or Ironic installations) its machines may
-go to; CAPI sees them as failure domains. A C3osMachine says what to run (image, size)
-and how (`backend.libvirt` or `backend.ironic`); its site comes from the Machine's
-failure domain, or the cluster's default site.
+A C3osCluster names the *sites* (libvirt hosts, Ironic installations, pools of enrolled
+hosts) its machines may go to; CAPI sees them as failure domains. A C3osMachine says what
+to run (image, size) and how (`backend.libvirt`, `backend.ironic` or `backend.enrolled`);
+its site comes from the Machine's failure domain, or the cluster's default site.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from capi_c3os.api.common import (
     addresses_field,
     conditions_field,
 )
+from capi_c3os.api.hosts import EnrolledMachine, EnrolledMachineStatus, EnrolledSite
 
 GROUP = "infrastructure.cluster.x-k8s.io"
 VERSION = "v1alpha1"
@@ -72,6 +74,7 @@ def own_provider_id(namespace: str, name: str) -> str:
 ABSOLUTE_PATH = r"^/[^\s]*$"
 
 MAX_SITES = 32
+ONE_OF_THREE = "[has(self.libvirt), has(self.ironic), has(self.enrolled)].filter(x, x).size() == 1"
 
 IronicTrait = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Z][A-Z0-9_]*$")]
 IronicNodeName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
@@ -156,7 +159,7 @@ class Site(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            ("has(self.libvirt) != has(self.ironic)", "exactly one of libvirt or ironic must be set"),
+            (ONE_OF_THREE, "exactly one of libvirt, ironic or enrolled must be set"),
         )
     )
 
@@ -170,10 +173,12 @@ class Site(ApiModel):
     """The site is a libvirt host."""
     ironic: IronicSite | None = None
     """The site is an Ironic installation."""
+    enrolled: EnrolledSite | None = None
+    """The site is a pool of self-enrolled hosts (C3osHost)."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Site:
-        exactly_one(self, "libvirt", "ironic")
+        exactly_one(self, "libvirt", "ironic", "enrolled")
         return self
 
 
@@ -390,7 +395,7 @@ class MachineBackend(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            ("has(self.libvirt) != has(self.ironic)", "exactly one of libvirt or ironic must be set"),
+            (ONE_OF_THREE, "exactly one of libvirt, ironic or enrolled must be set"),
         )
     )
 
@@ -398,10 +403,12 @@ class MachineBackend(ApiModel):
     """A VM on the site's libvirt host."""
     ironic: IronicMachine | None = None
     """A bare-metal node of the site's Ironic."""
+    enrolled: EnrolledMachine | None = None
+    """A self-enrolled host (C3osHost) of the site's pool."""
 
     @model_validator(mode="after")
     def _one_backend(self) -> MachineBackend:
-        exactly_one(self, "libvirt", "ironic")
+        exactly_one(self, "libvirt", "ironic", "enrolled")
         return self
 
 
@@ -585,7 +592,7 @@ class C3osMachineSpec(ApiModel):
     it. Leave it unset: any other value is refused (the server checks the scheme and the
     name, the controller the namespace)."""
     backend: MachineBackend
-    """Where the machine runs: exactly one of libvirt or ironic."""
+    """Where the machine runs: exactly one of libvirt, ironic or enrolled."""
     image: MachineImage
     """The image the machine boots."""
     cpus: int = Field(2, ge=1, le=512)
@@ -633,6 +640,8 @@ class MachineBackendStatus(ApiModel):
     """libvirt details."""
     ironic: IronicMachineStatus | None = None
     """Ironic details."""
+    enrolled: EnrolledMachineStatus | None = None
+    """The enrolled host claimed."""
 
 
 class C3osMachineStatus(ApiModel):

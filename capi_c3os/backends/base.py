@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from capi_c3os.api.common import MachineAddress
+from capi_c3os.api.hosts import EnrolledMachine
 from capi_c3os.api.infrastructure import IronicMachine, LibvirtMachine, MachineImage, MachineNetwork, Site
 
 # Fixed namespace for deterministic UUIDs: the same identity gives the same UUID on every
@@ -84,6 +85,7 @@ class MachineIntent:
     guests (the libvirt backend: network-config / network_data.json with its NICs' MACs)."""
     libvirt: LibvirtMachine | None = None
     ironic: IronicMachine | None = None
+    enrolled: EnrolledMachine | None = None
     cluster: str = ""
     """`<namespace>/<Cluster name>`, tagged on backend resources so a cluster can find
     what its deleted machines left behind."""
@@ -141,7 +143,7 @@ class BackendError(Exception):
 
 
 class Backend(Protocol):
-    """One implementation per kind of site (libvirt, Ironic)."""
+    """One implementation per kind of site (libvirt, Ironic, enrolled hosts)."""
 
     def provision(self, intent: MachineIntent) -> Progress:
         """Create, adopt or advance the machine towards RUNNING; report where it stands."""

@@ -26,14 +26,23 @@ def _ironic() -> Backend:
     return IronicBackend()
 
 
+def _enrolled() -> Backend:
+    # Its world (C3osHost objects) is in Kubernetes: the manager provides the backend
+    # with an inventory (`Backends.provide`); without one the kind is not served.
+    raise BackendError(
+        "UnsupportedSite", "this manager serves no enrolled sites (it runs no enrollment)", retry_after=60.0
+    )
+
+
 FACTORIES: dict[str, Callable[[], Backend]] = {
     "libvirt": _libvirt,
     "ironic": _ironic,
+    "enrolled": _enrolled,
 }
 
 
 def site_kind(site: Site) -> str:
-    """The kind of a site: the name of its one place field (`libvirt`, `ironic`)."""
+    """The kind of a site: the name of its one place field (`libvirt`, `ironic`, `enrolled`)."""
     for kind in FACTORIES:
         if getattr(site, kind, None) is not None:
             return kind
@@ -76,6 +85,16 @@ class Backends:
             made = list(self._made.values())
         for backend in made:
             if isinstance(backend, Watches):
+                backend.watch(listener)
+
+    def provide(self, kind: str, backend: Backend) -> None:
+        """Use `backend` for the sites of `kind` (one that needs what only the manager
+        has, such as the enrolled hosts' inventory)."""
+        with self._lock:
+            self._made[kind] = backend
+            listeners = list(self._listeners)
+        if isinstance(backend, Watches):
+            for listener in listeners:
                 backend.watch(listener)
 
     def for_site(self, site: Site) -> Backend:

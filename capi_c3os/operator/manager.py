@@ -26,20 +26,25 @@ from typing import Any
 from kubernetes import client as k8s
 
 from capi_c3os.backends import images
+from capi_c3os.backends.enrolled import EnrolledBackend
+from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.backends.ironic import client as ironic_client
+from capi_c3os.backends.registry import BACKENDS
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import CountingApiClient, connection_info, load_configuration
 from capi_c3os.operator.diffbase import MemoryDiffBase
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
 from capi_c3os.operator.extension import ExtensionServer, ExtensionSettings
+from capi_c3os.operator.enrollment import EnrollmentConfig, EnrollmentServer
 from capi_c3os.operator.handlers import VIEW_READERS, build_registry, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
 from capi_c3os.operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
 from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Runtime
 from capi_c3os.operator.settings import build_settings
+from capi_c3os.reconcilers.host_inventory import KubeInventory
 from capi_c3os.reconcilers.kube import CLUSTERS, Kube
 from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET, ensure_record_key
 from capi_c3os.reconcilers.view import ClusterView
@@ -77,6 +82,10 @@ class Options:
     """Size, time and `file://` limits of image downloads (the libvirt backend)."""
     extension: ExtensionSettings | None = None
     """The Runtime SDK extension (in-place upgrades); None = not served."""
+    enrollment: EnrollmentConfig | None = None
+    """The enrollment endpoint for self-enrolling hosts (infrastructure only); None = off."""
+    host_reset_timeout: float = DEFAULT_RESET_TIMEOUT
+    """Seconds a released enrolled host has to report its reset before it is marked Lost."""
 
 
 @dataclass
@@ -146,6 +155,7 @@ async def run_manager(options: Options) -> int:
     elector: LeaderElector | None = None
     # Every replica serves the extension, leader or not (CAPI calls whichever the Service picks).
     extension = ExtensionServer(options.extension, configuration) if options.extension else None
+    enrollment: EnrollmentServer | None = None
     try:
         if extension is not None:
             await extension.start()
@@ -159,6 +169,7 @@ async def run_manager(options: Options) -> int:
                 return 0
         state.leading = True
         metrics.LEADER.labels(lease_name).set(1)
+        enrollment = await _start_enrollment(options, Kube(api))
         return await _lead(
             options=options, state=state, stop=stop, api=api, executor=executor, elector=elector
         )
@@ -166,6 +177,8 @@ async def run_manager(options: Options) -> int:
         state.leading = False
         metrics.LEADER.labels(lease_name).set(0)
         await stop_servers(probes, metrics_server, extension)
+        if enrollment is not None:
+            await enrollment.stop()
         if elector is not None:
             elector.close()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -251,6 +264,20 @@ async def _lead(
         for task in (signalled, resync_task, lease_task):
             if task is not None:
                 task.cancel()
+
+
+async def _start_enrollment(options: Options, kube: Kube) -> EnrollmentServer | None:
+    """The enrolled-hosts backend (its inventory is in Kubernetes) and, when configured,
+    the endpoint its hosts talk to. Leader only: the endpoint and the claims write the
+    same hosts, and a standby answers nothing (hosts retry)."""
+    if "infrastructure" not in options.providers:
+        return None
+    backend = EnrolledBackend(KubeInventory(kube), reset_timeout=options.host_reset_timeout)
+    BACKENDS.provide("enrolled", backend)
+    if options.enrollment is None:
+        return None
+    server = EnrollmentServer(kube, options.enrollment, backend.host_changed)
+    return server if await server.start() else None
 
 
 def _exit_if_lost(lease_task: asyncio.Future[None]) -> None:

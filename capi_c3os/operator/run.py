@@ -12,10 +12,12 @@ import logging
 import os
 import re
 
+from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator.connection import own_namespace
 from capi_c3os.operator.endpoints import parse_address
 from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, EXTENSION_SERVICE, ExtensionSettings
+from capi_c3os.operator.enrollment import CA_SECRET, EnrollmentConfig
 from capi_c3os.operator.handlers import PROVIDERS
 from capi_c3os.operator.leader import LeaseConfig, new_identity
 from capi_c3os.operator.logs import FORMATS, LEVELS, configure_logging
@@ -199,6 +201,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=EXTENSION_SERVICE,
         help=f"Service in front of the extension (default {EXTENSION_SERVICE})",
     )
+    enroll = parser.add_argument_group("enrolled hosts (infrastructure provider)")
+    enroll.add_argument(
+        "--enrollment-addr",
+        default="0",
+        help="HTTPS address of the enrollment endpoint self-enrolling hosts register at, "
+        "e.g. :9445 (default 0 = off)",
+    )
+    enroll.add_argument(
+        "--enrollment-name",
+        action="append",
+        dest="enrollment_names",
+        metavar="NAME",
+        help="DNS name or IP address hosts reach the enrollment endpoint at, put into its "
+        "serving certificate (repeatable; default localhost and 127.0.0.1)",
+    )
+    enroll.add_argument(
+        "--enrollment-ca-secret",
+        default=CA_SECRET,
+        help="Secret in the manager's namespace holding the CA that signs the endpoint's "
+        f"certificate (hosts pin its ca.crt); created when absent (default {CA_SECRET})",
+    )
+    enroll.add_argument(
+        "--enrollment-rate",
+        type=positive_seconds,
+        default=5.0,
+        help="requests per second the endpoint takes from one client address, in bursts of "
+        "ten times as many (default 5)",
+    )
+    enroll.add_argument(
+        "--host-reset-timeout",
+        type=positive_seconds,
+        default=DEFAULT_RESET_TIMEOUT,
+        help="seconds a released enrolled host has to report its reset before it is marked "
+        f"Lost and its machine's deletion completes (default {DEFAULT_RESET_TIMEOUT:.0f})",
+    )
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json")
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default info")
     parser.set_defaults(func=run_main)
@@ -225,6 +262,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         raise ValueError("--image-file-dir must be an absolute path")
     if args.max_concurrent_reconciles < 1:
         raise ValueError("--max-concurrent-reconciles must be at least 1")
+    namespace = own_namespace(args.kubeconfig)
     extension = None
     if parse_address(args.extension_addr) is not None:
         if "infrastructure" not in providers:
@@ -233,13 +271,22 @@ def options_from_args(args: argparse.Namespace) -> Options:
             raise ValueError("--extension-url must be an https:// URL")
         extension = ExtensionSettings(
             address=args.extension_addr,
-            namespace=own_namespace(args.kubeconfig),
+            namespace=namespace,
             cert_secret=args.extension_cert_secret,
             cert_dir=args.extension_cert_dir or None,
             url=args.extension_url or None,
             service=args.extension_service,
             watch_namespaces=namespaces,
         )
+    parse_address(args.enrollment_addr)  # refuse a malformed address before starting
+    enrollment = EnrollmentConfig(
+        address=args.enrollment_addr,
+        names=tuple(args.enrollment_names or ()),
+        ca_namespace=namespace,
+        ca_secret=args.enrollment_ca_secret,
+        namespaces=namespaces,
+        rate=args.enrollment_rate,
+    )
     return Options(
         providers=providers,
         namespaces=namespaces,
@@ -251,10 +298,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_concurrent_reconciles=args.max_concurrent_reconciles,
         identity=identity,
         watch_cache=args.watch_cache,
-        record_key_namespace=own_namespace(args.kubeconfig),
+        record_key_namespace=namespace,
         record_key_secret=args.record_key_secret,
         image_limits=ImageLimits(args.image_max_size, args.image_download_timeout, file_dirs),
         extension=extension,
+        enrollment=enrollment if args.enrollment_addr not in ("0", "") else None,
+        host_reset_timeout=args.host_reset_timeout,
     )
 
 

@@ -44,6 +44,7 @@ from capi_c3os.capi.owners import owner_cluster_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers.c3osmachine import paused_outcome, secret_data, site_credentials
+from capi_c3os.reconcilers.enrollment import token_problems
 from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.kube import Kube, Resource
 
@@ -164,6 +165,8 @@ def _settle(obj: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
 
 def site_problems(kube: Kube, namespace: str, site: Site) -> list[str]:
     """What is wrong with the Secrets the site refers to (read here, never logged)."""
+    if site.enrolled is not None:
+        return token_problems(kube, namespace, site.enrolled)
     place = site.libvirt or site.ironic
     problems: list[str] = []
     data: dict[str, bytes] = {}

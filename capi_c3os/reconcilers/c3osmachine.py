@@ -346,6 +346,7 @@ def _provision(ctx: MachineContext) -> Outcome:
         network=spec.network,
         libvirt=spec.backend.libvirt,
         ironic=spec.backend.ironic,
+        enrolled=spec.backend.enrolled,
         cluster=f"{ctx.namespace}/{ctx.cluster['metadata']['name']}",
         provisioned=_was_provisioned(ctx.obj),
     )
@@ -673,6 +674,8 @@ def _same_place(a: Site, b: Site) -> bool:
         return (a.libvirt.uri, a.libvirt.pool) == (b.libvirt.uri, b.libvirt.pool)
     if a.ironic is not None and b.ironic is not None:
         return a.ironic.endpoint == b.ironic.endpoint
+    if a.enrolled is not None and b.enrolled is not None:
+        return a.enrolled.pool == b.enrolled.pool
     return False
 
 

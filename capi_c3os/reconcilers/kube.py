@@ -8,9 +8,11 @@ event loop.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,6 +20,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.capi.metadata import CORE_GROUP, CORE_VERSION
+
+log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -178,6 +182,27 @@ class Kube:
             raise
         return cast(dict[str, Any], obj)
 
+    def replace_status(
+        self, resource: Resource, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Replace (PUT) the status subresource with the body's resourceVersion as
+        precondition; ConflictError on 409 (the object changed since it was read)."""
+        try:
+            obj = self._api.replace_namespaced_custom_object_status(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                name,
+                body,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
+            raise
+        return cast(dict[str, Any], obj)
+
     def delete(
         self,
         resource: Resource,
@@ -264,3 +289,32 @@ class Kube:
             _content_type="application/apply-patch+yaml", _request_timeout=self._timeout,
         )  # fmt: skip
         return cast(dict[str, Any], obj)
+
+
+def ensure_secret(
+    kube: Kube, namespace: str, name: str, make: Callable[[], dict[str, bytes]]
+) -> dict[str, bytes]:
+    """The data of the manager's own Secret `name`, made from `make()` and stored when
+    absent. Crash-safe: the name is fixed, so two managers starting at once (or one
+    restarted half-way) end up with the data that won the create."""
+    for _ in range(3):
+        secret = kube.get(SECRETS, namespace, name)
+        if secret is not None:
+            return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "capi-c3os"},
+            },
+            "type": "Opaque",
+            "data": {key: base64.b64encode(value).decode() for key, value in make().items()},
+        }
+        try:
+            kube.create(SECRETS, namespace, body)
+        except ConflictError:
+            continue  # another manager made it first: read theirs
+        log.info("created the Secret %s/%s", namespace, name)
+    raise RuntimeError(f"cannot read or create the Secret {namespace}/{name}")

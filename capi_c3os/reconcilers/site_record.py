@@ -11,7 +11,6 @@ manager re-signs a machine's record from its current C3osCluster (provisioning p
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -22,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from capi_c3os.api.infrastructure import Site
-from capi_c3os.reconcilers.kube import SECRETS, ConflictError, Kube
+from capi_c3os.reconcilers.kube import Kube, ensure_secret
 
 log = logging.getLogger(__name__)
 
@@ -75,41 +74,9 @@ def verified_site(obj: dict[str, Any], key: bytes) -> Site | None:
 
 
 def ensure_record_key(kube: Kube, namespace: str, name: str = RECORD_KEY_SECRET) -> bytes:
-    """The manager's record key: read from its Secret, or made and stored when absent.
-    Crash-safe: the name is fixed, so two managers starting at once (or one restarted
-    half-way) end up with the one key that won the create."""
-    for _ in range(3):
-        found = _read_key(kube, namespace, name)
-        if found is not None:
-            return found
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/managed-by": "capi-c3os"},
-            },
-            "type": "Opaque",
-            "data": {RECORD_KEY_FIELD: base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode()},
-        }
-        try:
-            kube.create(SECRETS, namespace, body)
-        except ConflictError:
-            continue  # another manager made it first: read theirs
-        log.info("created the site record key Secret %s/%s", namespace, name)
-    found = _read_key(kube, namespace, name)
-    if found is None:
-        raise RuntimeError(f"cannot read or create the record key Secret {namespace}/{name}")
-    return found
-
-
-def _read_key(kube: Kube, namespace: str, name: str) -> bytes | None:
-    secret = kube.get(SECRETS, namespace, name)
-    if secret is None:
-        return None
-    encoded = (secret.get("data") or {}).get(RECORD_KEY_FIELD)
-    key = base64.b64decode(encoded) if encoded else b""
+    """The manager's record key: read from its Secret, or made and stored when absent."""
+    data = ensure_secret(kube, namespace, name, lambda: {RECORD_KEY_FIELD: secrets.token_bytes(_KEY_BYTES)})
+    key = data.get(RECORD_KEY_FIELD, b"")
     if len(key) < _KEY_BYTES:
         # Never guess, never overwrite: records signed with it would all stop verifying.
         raise RuntimeError(

@@ -12,8 +12,8 @@ from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from capi_c3os.api import C3osConfig, C3osControlPlane, C3osMachine, KubeObject
-from tests.examples import BAD, GOOD, GOOD_LABELS, wire, with_change
+from capi_c3os.api import C3osCluster, C3osConfig, C3osControlPlane, C3osMachine, KubeObject
+from tests.examples import BAD, ENROLLED_MACHINE, ENROLLED_SITE, GOOD, GOOD_LABELS, wire, with_change
 from tests.support import condition, eventually
 
 pytestmark = pytest.mark.integration
@@ -246,3 +246,14 @@ def test_a_template_dry_run_does_not_create_anything(k8s: Any, namespace: str) -
         ]
         == []
     )
+
+
+def test_an_enrolled_site_and_machine_round_trip(k8s: Any, namespace: str) -> None:
+    cluster = wire(C3osCluster, GOOD[C3osCluster])
+    cluster["spec"]["sites"].append(ENROLLED_SITE)
+    machine = with_change(
+        wire(C3osMachine, GOOD[C3osMachine]), "spec.backend", {"enrolled": ENROLLED_MACHINE}
+    )
+    for obj in (cluster, machine):
+        stored = _create(k8s, namespace, obj)
+        assert _subset(obj["spec"], stored["spec"]), (obj["spec"], stored["spec"])

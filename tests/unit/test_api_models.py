@@ -24,6 +24,8 @@ from tests.examples import (
     BAD,
     CONFIG_SPEC,
     CONTROL_PLANE_SPEC,
+    ENROLLED_MACHINE,
+    ENROLLED_SITE,
     GOOD,
     GOOD_LABELS,
     MACHINE_SPEC,
@@ -224,3 +226,19 @@ def test_an_oci_image_reference_without_tag_or_malformed_is_refused(ref: str) ->
     image = {"volume": "base", "oci": ref}
     with pytest.raises(ValidationError):
         C3osMachine.model_validate(wire(C3osMachine, {"spec": {"backend": {"libvirt": {}}, "image": image}}))
+
+
+def test_an_enrolled_site_and_machine_parse() -> None:
+    cluster = wire(C3osCluster, GOOD[C3osCluster])
+    cluster["spec"]["sites"].append(ENROLLED_SITE)
+    site = C3osCluster.model_validate(cluster).spec.site("shop")
+    assert site is not None and site.enrolled is not None and site.enrolled.acceptance == "Token"
+    machine = with_change(
+        wire(C3osMachine, GOOD[C3osMachine]), "spec.backend", {"enrolled": ENROLLED_MACHINE}
+    )
+    enrolled = C3osMachine.model_validate(machine).spec.backend.enrolled
+    assert enrolled is not None and enrolled.host_selector is not None
+    labels = {"host.c3os.io/arch": "amd64", "host.c3os.io/memory-gib": "16", "host.c3os.io/tpm": "true"}
+    assert enrolled.host_selector.matches(labels)
+    assert not enrolled.host_selector.matches({**labels, "host.c3os.io/memory-gib": "8"})
+    assert not enrolled.host_selector.matches({k: v for k, v in labels.items() if k != "host.c3os.io/tpm"})

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from capi_c3os import manifests
-from capi_c3os.api import PROVIDERS, Provider
+from capi_c3os.api import KINDS, PROVIDERS, Provider
 from capi_c3os.operator import run
 from tests.unit.test_operator_run import parse
 
@@ -26,6 +26,7 @@ RELEASE_DIR = REPO / "config" / "clusterctl"
 VARIABLES = {
     "${C3OS_WATCH_NAMESPACE:=*}",
     "${C3OS_LOG_FORMAT:=json}",
+    "${C3OS_ENROLLMENT_NAME:=localhost}",
 }
 
 
@@ -108,7 +109,7 @@ def test_every_generated_file_starts_with_the_header() -> None:
 
 def test_crd_files_hold_one_crd_each() -> None:
     files = sorted((REPO / "config" / "crd").glob("*.yaml"))
-    assert len(files) == 8
+    assert len(files) == len(KINDS)
     for path in files:
         (obj,) = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
         assert obj["kind"] == "CustomResourceDefinition"
@@ -246,6 +247,8 @@ def test_manager_deployment_runs_one_provider_as_non_root(provider: Provider) ->
         "healthz": 9440,
         "metrics": 8080,
         **extension,
+        # Self-enrolling hosts register with the infrastructure manager.
+        **({"enrollment": 9445} if provider == "infrastructure" else {}),
     }
     assert ("--extension-addr=:9443" in container["args"]) is (provider == "infrastructure")
     assert set(container["resources"]) == {"requests", "limits"}

@@ -1,0 +1,346 @@
+"""Issue 17, phase 1: C3osMachines on an enrolled site, against the real API server and
+the real CAPI core manager, with our manager as a process. Hosts' agents are the test's
+own HTTPS client (agent.py); phase 2 puts a real agent into the live ISO and boots VMs.
+
+Claim (exactly one of two racing machines wins; a crash after the claim finds it again),
+assignment (bootstrap data only to the claiming host), progress and failures on the
+machine, release (reset, reuse), and a host lost during its reset."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+import pytest
+
+from capi_c3os.api.hosts import C3osHost, C3osHostStatus
+from capi_c3os.backends.base import MachineIdentity, MachineIntent, Phase, SiteCredentials
+from capi_c3os.backends.enrolled import EnrolledBackend
+from capi_c3os.reconcilers.host_inventory import KubeInventory
+from capi_c3os.reconcilers.kube import Kube
+from tests.integration.enrolled.agent import Agent, hardware
+from tests.integration.enrolled.conftest import (
+    POOL,
+    Endpoint,
+    StartEndpoint,
+    enrolled_site,
+    host_of,
+    host_phase,
+    machine_spec,
+    make_site,
+)
+from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+UUIDS = [f"4C4C4544-0031-4A10-8044-B4C04F4A30{i:02d}" for i in range(10)]
+USER_DATA = b"#cloud-config\nhostname: worker\n"
+
+
+def name_of(system_uuid: str) -> str:
+    return "host-" + system_uuid.lower()
+
+
+def claim_of(objects: Capi, host: str) -> dict[str, Any]:
+    return ((host_of(objects, host) or {}).get("status") or {}).get("claim") or {}
+
+
+def ready_reason(objects: Capi, machine: str) -> str | None:
+    return objects.ready(machine).get("reason")
+
+
+def wait_reason(objects: Capi, machine: str, reason: str, timeout: float = 60) -> None:
+    eventually(
+        lambda: ready_reason(objects, machine) == reason,
+        f"C3osMachine {machine} Ready reason {reason}",
+        timeout,
+        explain=lambda: objects.ready_message(machine),
+    )
+
+
+def enrolled_host(endpoint: Endpoint, objects: Capi, token: str, system_uuid: str, **facts: Any) -> Agent:
+    agent = endpoint.agent()
+    answer = agent.register(objects.namespace, POOL, token, hardware(system_uuid, **facts))
+    assert answer.status == 200, answer.body
+    return agent
+
+
+def claimed(objects: Capi, machine: str, agent: Agent) -> str:
+    eventually(
+        lambda: claim_of(objects, agent.name).get("machine") == machine,
+        f"{machine} to claim {agent.name}",
+        60,
+    )
+    return str(claim_of(objects, agent.name)["id"])
+
+
+def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    other = enrolled_host(endpoint, capi, token, UUIDS[1], memory_mib=8192)
+    only_16 = machine_spec(hostSelector={"matchLabels": {"host.c3os.io/memory-gib": "16"}})
+    capi.create_machine("c", "m1", only_16, USER_DATA)
+    claim = claimed(capi, "m1", host)
+    assert claim_of(capi, other.name) == {}  # the selector left it out
+    wait_reason(capi, "m1", "WaitingForHostAgent")
+    machine = capi.must_get(INFRA, "c3osmachines", "m1")
+    assert machine["status"]["failureDomain"] == "lab"
+    assert machine["status"]["backend"]["enrolled"] == {
+        "host": host.name, "systemUUID": UUIDS[0], "installDisk": "/dev/nvme0n1", "hostPhase": "Claimed",
+    }  # fmt: skip
+
+    # The claiming host gets its assignment; the other host gets nothing of it.
+    assignment = host.assignment().body
+    assert (assignment["action"], assignment["id"]) == ("install", claim)
+    install = assignment["install"]
+    assert base64.b64decode(install["userData"]) == USER_DATA
+    assert install["disk"] == "/dev/nvme0n1"  # the fixed disk, never the registration stick
+    assert install["image"]["url"] == "https://images.example/c3os.iso"
+    assert install["metaData"]["provider-id"] == f"c3os://{capi.namespace}/m1"
+    assert install["metaData"]["local-hostname"] == "m1"
+    assert other.assignment().body == {"action": "wait", "reason": "Idle", "pollSeconds": 15}
+
+    assert host.report("installing", claim, "writing /dev/nvme0n1").status == 204
+    wait_reason(capi, "m1", "Installing")
+    assert "writing /dev/nvme0n1" in capi.ready_message("m1")
+    assert host.report("booted", claim).status == 409  # not installed yet
+    assert host.report("installed", claim).status == 204
+    wait_reason(capi, "m1", "WaitingForBoot")
+    assert host.report("booted", claim).status == 204
+    provisioned = eventually(lambda: capi.provisioned("m1"), "the machine provisioned", 60)
+    assert provisioned["spec"]["providerID"] == f"c3os://{capi.namespace}/m1"
+    assert capi.ready("m1")["status"] == "True" and ready_reason(capi, "m1") == "HostBooted"
+    assert host.assignment().body["action"] == "run"
+
+
+def test_a_failed_install_reaches_the_machine_with_the_hosts_words(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    claim = claimed(capi, "m1", host)
+    assert host.report("no-matching-disk", claim, "/dev/nvme0n1 not found").status == 204
+    wait_reason(capi, "m1", "NoMatchingDisk")
+    assert "/dev/nvme0n1 not found" in capi.ready_message("m1")
+    assert capi.ready("m1")["status"] == "False"
+    assert host.assignment().body["action"] == "wait"  # no second install of a failed claim
+
+
+def test_a_released_host_resets_returns_to_the_pool_and_serves_the_next_machine(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    first = claimed(capi, "m1", host)
+    assert host.report("installing", first).status == 204
+
+    capi.delete(CAPI, "machines", "m1")
+    eventually(lambda: host_phase(capi, host.name) == "Resetting", "the host told to reset", 60)
+    assignment = host.assignment().body
+    assert assignment == {"action": "reset", "id": first, "pollSeconds": 15}  # nothing of m1's data
+    assert host.report("installed", first).status == 409  # the claim is gone
+    wait_reason(capi, "m1", "WaitingForHostReset")
+    assert capi.get(INFRA, "c3osmachines", "m1") is not None  # deletion waits for the reset
+
+    assert host.report("reset-done", first).status == 204
+    eventually(lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "the machine gone", 60)
+    assert host_phase(capi, host.name) == "Available"
+
+    capi.create_machine("c", "m2", machine_spec(), b"#cloud-config\nhostname: second\n")
+    second = claimed(capi, "m2", host)
+    assert second != first
+    install = host.assignment().body["install"]
+    assert base64.b64decode(install["userData"]) == b"#cloud-config\nhostname: second\n"
+    assert host.report("installing", first).status == 409  # a report of the old claim reaches nobody
+
+
+def test_a_host_that_does_not_report_its_reset_is_lost_and_must_reset_before_reuse(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint("--host-reset-timeout=3")
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    claim = claimed(capi, "m1", host)
+    capi.delete(CAPI, "machines", "m1")
+    eventually(lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "the machine deletion to complete", 90)
+    assert host_phase(capi, host.name) == "Lost"
+    assert host_of(capi, host.name)["status"]["reason"] == "ResetTimeout"  # type: ignore[index]
+
+    # It comes back (rebooted into the registration image): it must wipe first.
+    again = enrolled_host(endpoint, capi, token, UUIDS[0])
+    assert host_phase(capi, host.name) == "Resetting"
+    assert again.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
+    assert again.report("reset-done", claim).status == 204
+    assert host_phase(capi, host.name) == "Available"
+
+
+def test_two_machines_racing_for_one_host_through_the_manager_one_wins(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint("--max-concurrent-reconciles=4")
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    capi.create_machine("c", "m2", machine_spec(), USER_DATA)
+    winner = eventually(lambda: claim_of(capi, host.name).get("machine"), "one machine to claim the host", 60)
+    loser = "m2" if winner == "m1" else "m1"
+    wait_reason(capi, loser, "WaitingForHost")
+    assert claim_of(capi, host.name)["machine"] == winner
+
+
+def test_a_machine_finds_the_host_it_claimed_before_its_manager_died(
+    capi: Capi, start_endpoint: StartEndpoint, k8s: Any
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    hosts = [enrolled_host(endpoint, capi, token, u) for u in UUIDS[:3]]
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    mine = eventually(
+        lambda: next((h for h in hosts if claim_of(capi, h.name).get("machine") == "m1"), None), "a claim", 60
+    )
+    first_claim = claim_of(capi, mine.name)
+    endpoint.manager.stop(sig=9)  # a crash: no clean shutdown
+    # The claim is all a dead manager left (the machine's status may say nothing yet).
+    capi.custom.patch_namespaced_custom_object_status(*INFRA, capi.namespace, "c3osmachines", "m1",
+                                                      {"status": {"backend": None}})  # fmt: skip
+    start_endpoint()
+    eventually(
+        lambda: (capi.must_get(INFRA, "c3osmachines", "m1").get("status") or {}).get("backend"),
+        "the new manager to report the machine's host",
+        60,
+    )
+    assert capi.must_get(INFRA, "c3osmachines", "m1")["status"]["backend"]["enrolled"]["host"] == mine.name
+    assert claim_of(capi, mine.name) == first_claim
+    assert [h.name for h in hosts if claim_of(capi, h.name)] == [mine.name]
+
+
+# --------------------------------------------------------------- the backend on its own
+
+
+class RacingInventory(KubeInventory):
+    """The real inventory, but every racer reads the hosts before any of them writes:
+    the claims race on the same resourceVersion."""
+
+    def __init__(self, kube: Kube, barrier: threading.Barrier) -> None:
+        super().__init__(kube)
+        self.barrier = barrier
+
+    def hosts(self, namespace: str) -> list[C3osHost]:
+        found = super().hosts(namespace)
+        self.barrier.wait(timeout=30)
+        return found
+
+
+class CrashAfterClaim(KubeInventory):
+    """The real inventory whose process dies right after its first status write."""
+
+    def replace_status(self, host: C3osHost, status: C3osHostStatus) -> C3osHost | None:
+        super().replace_status(host, status)
+        raise KeyboardInterrupt("killed after the claim was written")
+
+
+def intent(objects: Capi, machine: str) -> MachineIntent:
+    from capi_c3os.api.infrastructure import C3osMachineSpec, Site  # noqa: PLC0415
+
+    spec = C3osMachineSpec.model_validate(machine_spec())
+    return MachineIntent(
+        identity=MachineIdentity(objects.namespace, machine, f"c3os://{objects.namespace}/{machine}"),
+        site=Site.model_validate({"name": "lab", **enrolled_site()}),
+        credentials=SiteCredentials(),
+        image=spec.image,
+        cpus=1, memory_mib=256, disk_gib=1, hostname=machine, user_data=b"", meta_data={},
+        enrolled=spec.backend.enrolled,
+    )  # fmt: skip
+
+
+def race(objects: Capi, kube: Kube, machines: list[str]) -> dict[str, Any]:
+    """Each machine's provision on its own backend and thread, started together."""
+    barrier = threading.Barrier(len(machines))
+    results: dict[str, Any] = {}
+
+    def provision(machine: str) -> None:
+        results[machine] = EnrolledBackend(RacingInventory(kube, barrier)).provision(intent(objects, machine))
+
+    threads = [threading.Thread(target=provision, args=(m,)) for m in machines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_of_two_racing_claims_on_the_real_api_server_exactly_one_wins(
+    capi: Capi, k8s: Any, start_endpoint: StartEndpoint
+) -> None:
+    """Two backends (as two managers would be) read the same host at the same version and
+    both try to claim it, round after round; the API server's optimistic concurrency lets
+    exactly one through each time."""
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    kube = Kube(k8s)
+    for round_ in range(8):
+        host = enrolled_host(endpoint, capi, token, UUIDS[round_])
+        results = race(capi, kube, [f"r{round_}a", f"r{round_}b"])
+        won = [m for m, progress in results.items() if progress.reason == "WaitingForHostAgent"]
+        lost = [m for m, progress in results.items() if progress.reason == "ClaimConflict"]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert claim_of(capi, host.name)["machine"] == won[0]
+        # Retire the host so the next round races for a fresh one.
+        capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts", host.name,
+                                                   {"spec": {"accepted": False}})  # fmt: skip
+
+
+def test_a_backend_that_died_right_after_its_claim_claims_nothing_more(
+    capi: Capi, k8s: Any, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    for u in UUIDS[:3]:
+        enrolled_host(endpoint, capi, token, u)
+    kube = Kube(k8s)
+    with pytest.raises(KeyboardInterrupt):
+        EnrolledBackend(CrashAfterClaim(kube)).provision(intent(capi, "m1"))
+    progress = EnrolledBackend(KubeInventory(kube)).provision(intent(capi, "m1"))
+    assert progress.phase is Phase.PROVISIONING and progress.reason == "WaitingForHostAgent"
+    held = [u for u in UUIDS[:3] if claim_of(capi, name_of(u)).get("machine") == "m1"]
+    assert held == [progress.details["systemUUID"]]
+
+
+def test_an_image_volume_is_refused_on_an_enrolled_site(capi: Capi, start_endpoint: StartEndpoint) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", {**machine_spec(), "image": {"volume": "base"}}, USER_DATA)
+    wait_reason(capi, "m1", "UnsupportedImage")
+    assert claim_of(capi, host.name) == {}
+
+
+def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    claim = claimed(capi, "m1", host)
+    assert claim_of(capi, host.name)["cluster"] == "c"
+    # Someone removes our finalizer by hand: the machine goes without a release.
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osmachines", "m1",
+                                               {"metadata": {"finalizers": None}})  # fmt: skip
+    capi.delete(CAPI, "machines", "m1")
+    eventually(lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "the machine gone", 60)
+    # Any change of the C3osCluster reconciles it (else the periodic resync would).
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osclusters", "c",
+                                               {"metadata": {"annotations": {"touch": "1"}}})  # fmt: skip
+    eventually(lambda: host_phase(capi, host.name) == "Resetting", "the orphaned host released", 60)
+    assert host.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
