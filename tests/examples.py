@@ -177,6 +177,13 @@ BAD: list[tuple[str, type[KubeObject], str, Any]] = [
     ("providerID of another scheme", C3osMachine, "spec.providerID", "aws:///us-east-1a/x"),
     ("providerID with a path", C3osMachine, "spec.providerID", "c3os://default/victim/x"),
     ("providerID without namespace", C3osMachine, "spec.providerID", "c3os:///x"),
+    ("providerID of a made-up host", C3osMachine, "spec.providerID", "c3os://default/host-nuc/x"),
+    (
+        "providerID of another on a host",
+        C3osMachine,
+        "spec.providerID",
+        "c3os://default/host-4c4c4544-0031-4a10-8044-b4c04f4a3032/victim",
+    ),
     ("site with two kinds", C3osCluster, "spec.sites.0.ironic", {"endpoint": "https://i"}),
     ("site with no kind", C3osCluster, "spec.sites.0.libvirt", None),
     ("unencrypted libvirt tcp", C3osCluster, "spec.sites.0.libvirt", {"uri": "qemu+tcp://h/system"}),

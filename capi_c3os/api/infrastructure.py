@@ -62,13 +62,24 @@ OCI_REFERENCE = (
 )
 
 PROVIDER_ID_SCHEME = "c3os://"
-# c3os://<namespace>/<name>: a namespace is a DNS label, a name holds no slash.
-PROVIDER_ID = r"^c3os://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[^/]+$"
+# c3os://<namespace>/<name>, or on an enrolled host c3os://<namespace>/<host>/<name>: a
+# namespace is a DNS label, a host `host-<system UUID>`, a name holds no slash.
+PROVIDER_ID = (
+    r"^c3os://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/"
+    r"(host-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/)?[^/]+$"
+)
 
 
 def own_provider_id(namespace: str, name: str) -> str:
     """A C3osMachine's identity: from its own namespace and name, never chosen by anyone."""
     return f"{PROVIDER_ID_SCHEME}{namespace}/{name}"
+
+
+def host_provider_id(namespace: str, host: str, name: str) -> str:
+    """The providerID of a machine on the enrolled host `host` (its C3osHost, named after
+    the system UUID): it shows the host, and stays one machine's (a reused host gives
+    the next machine another providerID)."""
+    return f"{PROVIDER_ID_SCHEME}{namespace}/{host}/{name}"
 
 
 ABSOLUTE_PATH = r"^/[^\s]*$"
@@ -587,10 +598,12 @@ class C3osMachineSpec(ApiModel):
     provider_id: str | None = Field(
         None, alias="providerID", min_length=1, max_length=512, pattern=PROVIDER_ID
     )
-    """Identity of the machine, always c3os://<its namespace>/<its name>: set by the
-    controller before anything is created and never changed; CAPI matches the Node by
-    it. Leave it unset: any other value is refused (the server checks the scheme and the
-    name, the controller the namespace)."""
+    """Identity of the machine, c3os://<its namespace>/<its name>, on an enrolled host
+    c3os://<its namespace>/<host>/<its name> (host: its C3osHost, host-<system UUID>): set
+    by the controller (before anything is created; on an enrolled host once it claimed
+    the host) and never changed; CAPI matches the Node by it. Leave it unset: any other
+    value is refused (the server checks the form and the name, the controller the
+    namespace and the host)."""
     backend: MachineBackend
     """Where the machine runs: exactly one of libvirt, ironic or enrolled."""
     image: MachineImage
@@ -676,8 +689,8 @@ class C3osMachine(KubeObject):
                     " || self.spec.providerID.endsWith('/' + self.metadata.name)"
                     " || (oldSelf.hasValue() && has(oldSelf.value().spec.providerID)"
                     " && oldSelf.value().spec.providerID == self.spec.providerID)",
-                    "message": "spec.providerID must be c3os://<namespace>/<metadata.name>: leave it "
-                    "unset, the controller sets it",
+                    "message": "spec.providerID must be c3os://<namespace>/[<host>/]<metadata.name>: "
+                    "leave it unset, the controller sets it",
                     "optionalOldSelf": True,
                 }
             ]
@@ -703,9 +716,11 @@ class C3osMachine(KubeObject):
         if pid is None or meta.name is None:
             return self
         if not pid.endswith(f"/{meta.name}") or (
-            meta.namespace is not None and pid != own_provider_id(meta.namespace, meta.name)
+            meta.namespace is not None
+            and pid != own_provider_id(meta.namespace, meta.name)
+            and not pid.startswith(f"{PROVIDER_ID_SCHEME}{meta.namespace}/host-")
         ):
-            raise ValueError("spec.providerID must be c3os://<metadata.namespace>/<metadata.name>")
+            raise ValueError("spec.providerID must be c3os://<metadata.namespace>/[<host>/]<metadata.name>")
         return self
 
 

@@ -35,7 +35,8 @@ class MachineIdentity:
     namespace: str
     name: str
     provider_id: str
-    """As stored in C3osMachine.spec.providerID, e.g. c3os://<namespace>/<name>."""
+    """c3os://<namespace>/<name>: C3osMachine.spec.providerID on every site but an enrolled
+    one (there spec.providerID also names the host; this stays the machine's identity)."""
 
     @property
     def uuid(self) -> str:

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +37,8 @@ from capi_c3os.operator.connection import CountingApiClient, connection_info, lo
 from capi_c3os.operator.diffbase import MemoryDiffBase
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
-from capi_c3os.operator.extension import ExtensionServer, ExtensionSettings
 from capi_c3os.operator.enrollment import EnrollmentConfig, EnrollmentServer
+from capi_c3os.operator.extension import ExtensionServer, ExtensionSettings
 from capi_c3os.operator.handlers import VIEW_READERS, build_registry, kinds_of
 from capi_c3os.operator.handlers.clusters import PauseWatch
 from capi_c3os.operator.leader import LeaderElector, LeadershipLostError, LeaseConfig
@@ -104,20 +105,10 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-async def run_manager(options: Options) -> int:
-    images.configure(options.image_limits)
-    ironic_client.configure(options.max_concurrent_reconciles)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    lease_name = f"{options.lease.key}" if options.lease else "none"
-    metrics.MANAGER.info(
-        {"identity": options.identity, "providers": ",".join(options.providers), "lease": lease_name}
-    )
-    metrics.LEADER.labels(lease_name).set(0)
-    state = _State()
+def _health_checks(
+    state: _State, stop: asyncio.Event
+) -> tuple[Callable[[], Awaitable[bool]], Callable[[], Awaitable[bool]]]:
+    """Liveness and readiness as the probes ask them."""
 
     async def live() -> bool:
         engine = state.engine
@@ -139,6 +130,26 @@ async def run_manager(options: Options) -> int:
             ok = engine is not None and await engine.watching()
         metrics.READY.set(1 if ok else 0)
         return ok
+
+    return live, ready
+
+
+async def run_manager(options: Options) -> int:
+    images.configure(options.image_limits)
+    ironic_client.configure(options.max_concurrent_reconciles)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    lease_name = f"{options.lease.key}" if options.lease else "none"
+    metrics.MANAGER.info(
+        {"identity": options.identity, "providers": ",".join(options.providers), "lease": lease_name}
+    )
+    metrics.LEADER.labels(lease_name).set(0)
+    state = _State()
+
+    live, ready = _health_checks(state, stop)
 
     configuration = await asyncio.to_thread(load_configuration, options.kubeconfig)
     probes = await serve_probes(options.health_addr, live, ready)

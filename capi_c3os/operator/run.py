@@ -16,8 +16,8 @@ from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.operator.connection import own_namespace
 from capi_c3os.operator.endpoints import parse_address
-from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, EXTENSION_SERVICE, ExtensionSettings
 from capi_c3os.operator.enrollment import CA_SECRET, EnrollmentConfig
+from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, EXTENSION_SERVICE, ExtensionSettings
 from capi_c3os.operator.handlers import PROVIDERS
 from capi_c3os.operator.leader import LeaseConfig, new_identity
 from capi_c3os.operator.logs import FORMATS, LEVELS, configure_logging

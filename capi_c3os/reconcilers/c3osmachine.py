@@ -19,7 +19,9 @@ from what its spec says: every backend resource is named from it, so a providerI
 written by someone else must not make the machine another's. The reconciler writes it
 into spec.providerID once (CAPI matches the Node by it; it survives `clusterctl move`,
 which keeps names but not UIDs or status) and refuses any other value (InvalidProviderID;
-a deletion then removes nothing). Status is written once per reconcile, and one
+a deletion then removes nothing). On an enrolled host the providerID also names the host
+(`c3os://<namespace>/<host>/<name>`): it is written once the claim is made, after the
+finalizer, and one naming another host is refused. Status is written once per reconcile, and one
 reconcile of a machine runs at a time (kopf's handlers and the backend's events both
 start them).
 """
@@ -35,7 +37,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from capi_c3os.api.infrastructure import C3osClusterSpec, C3osMachineSpec, Site, own_provider_id
+from capi_c3os.api.infrastructure import (
+    PROVIDER_ID_SCHEME,
+    C3osClusterSpec,
+    C3osMachineSpec,
+    Site,
+    host_provider_id,
+    own_provider_id,
+)
 from capi_c3os.backends.base import (
     BackendError,
     MachineIdentity,
@@ -140,9 +149,19 @@ class MachineContext:
 
     @property
     def foreign_provider_id(self) -> str | None:
-        """spec.providerID when it names anything but this machine (hand-written)."""
+        """spec.providerID when it names anything but this machine (hand-written). The
+        enrolled-host form `c3os://<namespace>/host-<uuid>/<name>` is written by the
+        reconciler once the machine claimed its host, so it is the machine's only with our
+        finalizer on it; the host it names is then checked against the claim
+        (`_settle_host_provider_id`)."""
         written = (self.obj.get("spec") or {}).get("providerID")
         if written is None or written == self.identity.provider_id:
+            return None
+        if (
+            str(written).startswith(f"{PROVIDER_ID_SCHEME}{self.namespace}/host-")
+            and str(written).endswith(f"/{self.name}")
+            and FINALIZER in _finalizers(self.obj)
+        ):
             return None
         return str(written)
 
@@ -273,11 +292,15 @@ def _claim(ctx: MachineContext, obj: dict[str, Any], site: Site) -> dict[str, An
     has them all."""
     signed = verified_site(obj, ctx.record_key) is not None
     finalizers = _finalizers(obj)
-    if FINALIZER in finalizers and (obj.get("spec") or {}).get("providerID") and signed:
+    # On an enrolled host the providerID names the host, so it is written once the
+    # machine claimed one (_settle_host_provider_id); the finalizer still comes first.
+    sets_provider_id = site.enrolled is None and not (obj.get("spec") or {}).get("providerID")
+    if FINALIZER in finalizers and not sets_provider_id and signed:
         return None
     body = _copy(obj)
     body["metadata"]["finalizers"] = [*finalizers, *([] if FINALIZER in finalizers else [FINALIZER])]
-    body["spec"]["providerID"] = ctx.identity.provider_id
+    if sets_provider_id:
+        body["spec"]["providerID"] = ctx.identity.provider_id
     if not signed:
         body["metadata"]["annotations"] = {
             **(obj["metadata"].get("annotations") or {}),
@@ -354,7 +377,39 @@ def _provision(ctx: MachineContext) -> Outcome:
         progress = ctx.backends.for_site(site).provision(intent)
     except BackendError as exc:
         return _backend_error(exc)
+    if site.enrolled is not None:
+        refused = _settle_host_provider_id(ctx, progress)
+        if refused is not None:
+            return refused
     return _report_progress(ctx, site, progress)
+
+
+def _settle_host_provider_id(ctx: MachineContext, progress: Progress) -> Outcome | None:
+    """Write `c3os://<namespace>/<host>/<name>` once the machine holds its host, and refuse
+    a providerID naming any other host (hand-written: the machine is never provisioned
+    under it; deleting the machine releases its host)."""
+    host = progress.details.get("host")
+    if not host:
+        return None  # no host claimed yet: nothing to settle
+    expected = host_provider_id(ctx.namespace, host, ctx.name)
+    written = (ctx.obj.get("spec") or {}).get("providerID")
+    if written == expected:
+        return None
+    if written is None:
+        body = _copy(ctx.obj)
+        body["spec"]["providerID"] = expected
+        body.pop("status", None)
+        ctx.obj = {
+            **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
+            "status": ctx.obj.get("status"),
+        }
+        return None
+    return Outcome.error(
+        "InvalidProviderID",
+        f"spec.providerID {str(written)[:512]!r} does not name the host this machine claimed "
+        f"({expected!r}): the provider sets it. Delete this C3osMachine (its host is released) "
+        "and create it without spec.providerID",
+    )
 
 
 def _parse_spec(ctx: MachineContext) -> C3osMachineSpec | Outcome:
@@ -577,7 +632,8 @@ def _delete(ctx: MachineContext) -> Outcome:
             ctx.name,
             foreign[:512],
         )
-    elif (ctx.obj.get("spec") or {}).get("providerID"):
+    else:
+        # Our finalizer came with the providerID, or (enrolled hosts) before the claim.
         site = _site_for_deletion(ctx)
         if isinstance(site, Outcome):
             return site

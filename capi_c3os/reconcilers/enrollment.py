@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from capi_c3os.api.hosts import C3osHost, C3osHostStatus, EnrolledSite, HostHardware, host_name
-from capi_c3os.api.infrastructure import C3osClusterSpec
+from capi_c3os.api.infrastructure import C3osClusterSpec, host_provider_id
 from capi_c3os.backends.base import MachineIdentity
 from capi_c3os.backends.enrolled import pool
 from capi_c3os.capi.owners import owner_machine_name
@@ -214,14 +214,14 @@ def assignment(kube: Kube, host: C3osHost) -> dict[str, Any]:
     if status.phase == "Failed":
         return {"action": "wait", "reason": status.reason or "Failed", "pollSeconds": POLL_SECONDS}
     namespace = str(host.metadata.namespace)
-    install = _install(kube, namespace, claim.machine)
+    install = _install(kube, namespace, claim.machine, str(host.metadata.name))
     if install is None:
         return {"action": "wait", "reason": "MachineNotReady", "pollSeconds": POLL_SECONDS}
     install |= {"disk": claim.install_disk}
     return {"action": "install", "id": claim.id, "install": install, "pollSeconds": POLL_SECONDS}
 
 
-def _install(kube: Kube, namespace: str, machine_name: str) -> dict[str, Any] | None:
+def _install(kube: Kube, namespace: str, machine_name: str, host: str) -> dict[str, Any] | None:
     """The claiming machine's image, bootstrap data and meta-data (the same the other
     backends put on a config drive); None while the machine is not there or going."""
     machine = kube.get(C3OS_MACHINES, namespace, machine_name)
@@ -233,6 +233,11 @@ def _install(kube: Kube, namespace: str, machine_name: str) -> dict[str, Any] | 
     data = secret_data(kube, namespace, secret_name) if secret_name else None
     if not data or "value" not in data:
         return None
+    provider_id = host_provider_id(namespace, host, machine_name)
+    if (machine.get("spec") or {}).get("providerID") != provider_id:
+        # Written right after the claim: the next poll has it. One naming another host
+        # (by hand) never reaches a node.
+        return None
     identity = MachineIdentity(namespace, machine_name, provider_id_for(namespace, machine_name))
     hostname = hostname_for(machine_name)
     return {
@@ -241,7 +246,7 @@ def _install(kube: Kube, namespace: str, machine_name: str) -> dict[str, Any] | 
         "metaData": {
             "instance-id": identity.uuid,
             "local-hostname": hostname,
-            "provider-id": identity.provider_id,
+            "provider-id": provider_id,
         },
     }
 

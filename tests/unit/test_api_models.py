@@ -242,3 +242,11 @@ def test_an_enrolled_site_and_machine_parse() -> None:
     assert enrolled.host_selector.matches(labels)
     assert not enrolled.host_selector.matches({**labels, "host.c3os.io/memory-gib": "8"})
     assert not enrolled.host_selector.matches({k: v for k, v in labels.items() if k != "host.c3os.io/tpm"})
+
+
+def test_a_providerid_may_name_an_enrolled_host_of_the_machines_own_namespace() -> None:
+    host = "host-4c4c4544-0031-4a10-8044-b4c04f4a3032"
+    own = wire(C3osMachine, {"spec": {**MACHINE_SPEC, "providerID": f"c3os://default/{host}/x"}})
+    assert C3osMachine.model_validate(own).spec.provider_id == f"c3os://default/{host}/x"
+    with pytest.raises(ValidationError, match="providerID"):
+        C3osMachine.model_validate(with_change(own, "spec.providerID", f"c3os://other/{host}/x"))

@@ -17,6 +17,7 @@ import pytest
 from capi_c3os.api.hosts import C3osHost, C3osHostStatus
 from capi_c3os.backends.base import MachineIdentity, MachineIntent, Phase, SiteCredentials
 from capi_c3os.backends.enrolled import EnrolledBackend
+from capi_c3os.reconcilers.c3osmachine import FINALIZER
 from capi_c3os.reconcilers.host_inventory import KubeInventory
 from capi_c3os.reconcilers.kube import Kube
 from tests.integration.enrolled.agent import Agent, hardware
@@ -101,7 +102,9 @@ def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(
     assert base64.b64decode(install["userData"]) == USER_DATA
     assert install["disk"] == "/dev/nvme0n1"  # the fixed disk, never the registration stick
     assert install["image"]["url"] == "https://images.example/c3os.iso"
-    assert install["metaData"]["provider-id"] == f"c3os://{capi.namespace}/m1"
+    # The providerID names the host (its system UUID) and the machine.
+    provider_id = f"c3os://{capi.namespace}/{host.name}/m1"
+    assert install["metaData"]["provider-id"] == provider_id
     assert install["metaData"]["local-hostname"] == "m1"
     assert other.assignment().body == {"action": "wait", "reason": "Idle", "pollSeconds": 15}
 
@@ -113,7 +116,7 @@ def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(
     wait_reason(capi, "m1", "WaitingForBoot")
     assert host.report("booted", claim).status == 204
     provisioned = eventually(lambda: capi.provisioned("m1"), "the machine provisioned", 60)
-    assert provisioned["spec"]["providerID"] == f"c3os://{capi.namespace}/m1"
+    assert provisioned["spec"]["providerID"] == provider_id
     assert capi.ready("m1")["status"] == "True" and ready_reason(capi, "m1") == "HostBooted"
     assert host.assignment().body["action"] == "run"
 
@@ -344,3 +347,37 @@ def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(
                                                {"metadata": {"annotations": {"touch": "1"}}})  # fmt: skip
     eventually(lambda: host_phase(capi, host.name) == "Resetting", "the orphaned host released", 60)
     assert host.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
+
+
+def test_a_providerid_naming_a_host_is_the_providers_to_write(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    other = enrolled_host(endpoint, capi, token, UUIDS[1])
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts", other.name,
+                                               {"spec": {"accepted": False}})  # fmt: skip
+    # Written by hand at creation (the server takes the form): refused, nothing claimed.
+    capi.create_machine("c", "m1", {**machine_spec(), "providerID": f"c3os://{capi.namespace}/{host.name}/m1"},
+                        USER_DATA)  # fmt: skip
+    wait_reason(capi, "m1", "InvalidProviderID")
+    assert claim_of(capi, host.name) == {}
+    # With our finalizer added by hand as well, the host it names is checked against the
+    # claim: m2 claims `host` (the only accepted one), its providerID names `other`.
+    meta = {"name": "m2", "labels": {"cluster.x-k8s.io/cluster-name": "c"}, "finalizers": [FINALIZER]}
+    capi.create(INFRA, "c3osmachines", {
+        "apiVersion": "/".join(INFRA), "kind": "C3osMachine", "metadata": meta,
+        "spec": {**machine_spec(), "providerID": f"c3os://{capi.namespace}/{other.name}/m2"},
+    })  # fmt: skip
+    capi.create_secret("m2-bootstrap", {"value": USER_DATA, "format": b"cloud-config"})
+    capi.create(CAPI, "machines", {
+        "apiVersion": "/".join(CAPI), "kind": "Machine",
+        "metadata": {"name": "m2", "labels": {"cluster.x-k8s.io/cluster-name": "c"}},
+        "spec": {"clusterName": "c", "bootstrap": {"dataSecretName": "m2-bootstrap"},
+                 "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachine", "name": "m2"}},
+    })  # fmt: skip
+    claimed(capi, "m2", host)
+    wait_reason(capi, "m2", "InvalidProviderID")
+    assert capi.provisioned("m2") is None
+    assert host.assignment().body == {"action": "wait", "reason": "MachineNotReady", "pollSeconds": 15}
