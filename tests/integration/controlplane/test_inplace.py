@@ -15,6 +15,7 @@ import secrets
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,18 +165,24 @@ def machines(api: kc.CustomObjectsApi, namespace: str) -> list[dict[str, Any]]:
     return list(api.list_namespaced_custom_object(*CAPI, namespace, "machines")["items"])
 
 
+@contextmanager
+def in_place_servers(k8s: Any, namespace: str, workdir: Path) -> Iterator[WorkloadStandIn]:
+    """Three Ready servers of a control plane with strategy InPlace."""
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(
+        k8s, namespace, workdir, replicas=REPLICAS, version=VERSION, rollout={"strategy": {"type": "InPlace"}}
+    ) as standin:
+        eventually(lambda: status(api, namespace).get("readyReplicas") == REPLICAS,
+                   "three servers Ready", timeout=180)  # fmt: skip
+        yield standin
+
+
 @pytest.fixture
 def three_servers(
     k8s: Any, namespace: str, manager: Manager, tmp_path: Path
 ) -> Iterator[tuple[kc.CustomObjectsApi, WorkloadStandIn]]:
-    api = kc.CustomObjectsApi(k8s)
-    with played_cluster(
-        k8s, namespace, tmp_path / "workload", replicas=REPLICAS, version=VERSION,
-        rollout={"strategy": {"type": "InPlace"}},
-    ) as standin:  # fmt: skip
-        eventually(lambda: status(api, namespace).get("readyReplicas") == REPLICAS,
-                   "three servers Ready", timeout=180)  # fmt: skip
-        yield api, standin
+    with in_place_servers(k8s, namespace, tmp_path / "workload") as standin:
+        yield kc.CustomObjectsApi(k8s), standin
 
 
 def test_servers_are_upgraded_in_place_one_at_a_time_and_a_failed_upgrade_stops_the_rollout(
@@ -289,12 +296,7 @@ def test_a_manager_killed_mid_upgrade_leaves_it_to_the_next_one_which_finishes_i
     first = start_manager(mgmt, tmp_path / "first.log")
     second = None
     try:
-        with played_cluster(
-            k8s, namespace, tmp_path / "workload", replicas=REPLICAS, version=VERSION,
-            rollout={"strategy": {"type": "InPlace"}},
-        ) as standin:  # fmt: skip
-            eventually(lambda: status(api, namespace).get("readyReplicas") == REPLICAS,
-                       "three servers Ready", timeout=180)  # fmt: skip
+        with in_place_servers(k8s, namespace, tmp_path / "workload") as standin:
             before = {m["metadata"]["name"] for m in machines(api, namespace)}
             release_template(api, namespace, "cp-next", NEXT, f"{REGISTRY}:{image_tag(NEXT)}")
             with UpgradePlayer(standin, api, namespace) as player:
