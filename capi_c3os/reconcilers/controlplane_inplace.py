@@ -30,6 +30,7 @@ from capi_c3os.api.controlplane import IN_PLACE, C3osControlPlaneSpec
 from capi_c3os.api.infrastructure import C3osMachineSpec
 from capi_c3os.capi.metadata import CLONED_FROM_NAME_ANNOTATION, INFRASTRUCTURE_GROUP
 from capi_c3os.capi.outcome import Outcome
+from capi_c3os.capi.versions import VERSION_MISMATCH, matches, version_from_image_name
 from capi_c3os.reconcilers.controlplane_context import (
     IN_PLACE_ANNOTATION,
     LONG_WAIT,
@@ -117,6 +118,21 @@ def in_place_blocker(
     if desired.image.oci == current.image.oci:
         return f"it runs the image of template {wanted.name} ({desired.image.oci}) already"
     return None
+
+
+def oci_version_mismatch(version: str, template: dict[str, Any] | None) -> str | None:
+    """The message when the name of the template's OCI image says (Kairos style,
+    `...:…-k3sv1.34.1-k3s1`) it ships another k3s than `version`, else None (also for
+    names that say nothing, such as digests: the node tells after the upgrade then)."""
+    oci = str((_template_machine_spec(template or {}).get("image") or {}).get("oci") or "")
+    ships = version_from_image_name(oci)
+    if ships is None or matches(version, ships):
+        return None
+    name = ((template or {}).get("metadata") or {}).get("name")
+    return (
+        f"the oci image of template {name}, {oci}, ships {ships} by its name, the version is "
+        f"{version}: no server is upgraded in place until the template names an image of {version}"
+    )
 
 
 def _template_machine_spec(template: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +310,12 @@ def start_in_place_upgrade(
     """Start upgrading `machine` (an in_place_candidate) in place once every server is
     Ready. None: the Machines were stale and have been listed again; decide again."""
     name = machine["metadata"]["name"]
+    resources = infra_resources(ctx)
+    template = None if isinstance(resources, Outcome) else _desired_template(ctx, resources[0])
+    # Caught before any node installs it (the judgement would only fail after the reboot).
+    ctx.template_mismatch = oci_version_mismatch(ctx.spec.version, template)
+    if ctx.template_mismatch:
+        return Outcome.wait(VERSION_MISMATCH, ctx.template_mismatch, LONG_WAIT)
     unhealthy = [m["metadata"]["name"] for m in active if not healthy(ctx, m)]
     if unhealthy:
         return Outcome.wait(
@@ -309,8 +331,6 @@ def start_in_place_upgrade(
         )
     if not confirmed(ctx):
         return None
-    resources = infra_resources(ctx)
-    template = None if isinstance(resources, Outcome) else _desired_template(ctx, resources[0])
     image = _template_machine_spec(template or {}).get("image") or {}
     target = InPlaceTarget(
         image=str(image.get("oci")),

@@ -11,7 +11,7 @@ import pytest
 
 from capi_c3os.api.controlplane import C3osControlPlaneSpec
 from capi_c3os.reconcilers.controlplane_context import IN_PLACE_ANNOTATION, InPlaceTarget, in_place_target
-from capi_c3os.reconcilers.controlplane_inplace import in_place_blocker
+from capi_c3os.reconcilers.controlplane_inplace import in_place_blocker, oci_version_mismatch
 from capi_c3os.reconcilers.controlplane_rollout import (
     INFRA_TEMPLATE_ANNOTATION,
     SERVER_CONFIG_ANNOTATION,
@@ -190,3 +190,19 @@ def test_the_strategy_type_defaults_to_rolling_update() -> None:
     })  # fmt: skip
     assert spec.rollout is not None and spec.rollout.strategy is not None
     assert spec.rollout.strategy.type == "RollingUpdate"
+
+
+def test_an_oci_image_named_for_another_version_is_caught_before_any_upgrade() -> None:
+    wrong = template("cp-v2", machine_spec("registry.c3os.test/c3os-standin:broken-k3sv1.35.0-k3s1"))
+    assert oci_version_mismatch(NEXT, wrong) == (
+        "the oci image of template cp-v2, registry.c3os.test/c3os-standin:broken-k3sv1.35.0-k3s1, ships "
+        f"v1.35.0+k3s1 by its name, the version is {NEXT}: no server is upgraded in place until the "
+        f"template names an image of {NEXT}"
+    )
+    assert oci_version_mismatch(NEXT, NEW_TEMPLATE) is None
+    # A version without a k3s build accepts any build of it; a digest says nothing.
+    assert oci_version_mismatch("v1.34.1", NEW_TEMPLATE) is None
+    assert (
+        oci_version_mismatch(NEXT, template("cp-v2", machine_spec("registry.c3os.test/c@sha256:" + "a" * 64)))
+        is None
+    )

@@ -39,7 +39,7 @@ INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
 CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 REPLICAS = 3
-VERSION, NEXT, LATER = "v1.33.4+k3s1", "v1.34.1+k3s1", "v1.35.0+k3s1"
+VERSION, NEXT, LATER, LATER_STILL = "v1.33.4+k3s1", "v1.34.1+k3s1", "v1.35.0+k3s1", "v1.36.0+k3s1"
 REGISTRY = "registry.c3os.test/c3os-standin"
 
 
@@ -243,36 +243,65 @@ def test_servers_are_upgraded_in_place_one_at_a_time_and_a_failed_upgrade_stops_
         )
         assert set(node_versions(standin).values()) == {NEXT}
         assert condition(status(api, namespace), "VersionMismatch")["status"] == "False"
+        failed_upgrades_stop_the_rollout(api, standin, namespace, player, before)
 
-        # A release that does not boot: the node falls back, the rollout stops there.
-        release_template(api, namespace, "cp-broken", LATER, f"{REGISTRY}:broken-{image_tag(LATER)}")
-        upgrade_to(api, namespace, "cp-broken", LATER)
-        failed = stopped(api, namespace)
-        assert "fell back to the previous image (boot-state passive)" in failed["message"], failed
-        assert len(player.handled) == REPLICAS + 1, "more than one server was upgraded"
 
-        def failed_machine() -> dict[str, Any] | None:
-            found = machines(api, namespace)
-            return next(
-                (m for m in found if condition(m, "UpToDate").get("reason") == "InPlaceUpgradeFailed"), None
-            )
+def failed_upgrades_stop_the_rollout(
+    api: kc.CustomObjectsApi,
+    standin: WorkloadStandIn,
+    namespace: str,
+    player: UpgradePlayer,
+    before: set[str],
+) -> None:
+    # A release that does not boot: the node falls back, the rollout stops there.
+    release_template(api, namespace, "cp-broken", LATER, f"{REGISTRY}:broken-{image_tag(LATER)}")
+    upgrade_to(api, namespace, "cp-broken", LATER)
+    failed = stopped(api, namespace)
+    assert "fell back to the previous image (boot-state passive)" in failed["message"], failed
+    assert len(player.handled) == REPLICAS + 1, "more than one server was upgraded"
 
-        victim = eventually(failed_machine, "the server's Machine reported InPlaceUpgradeFailed")
-        assert IN_PLACE_ANNOTATION in victim["metadata"]["annotations"]
-        assert victim["spec"]["version"] == NEXT
-        assert set(node_versions(standin).values()) == {NEXT}
+    def failed_machine() -> dict[str, Any] | None:
+        found = machines(api, namespace)
+        return next(
+            (m for m in found if condition(m, "UpToDate").get("reason") == "InPlaceUpgradeFailed"), None
+        )
 
-        # Another image instead: the failed target is dropped, the next one cannot be
-        # pulled; the rollout stops again, nothing replaced.
-        elsewhere = f"registry.c3os.test/other:{image_tag(LATER)}"
-        release_template(api, namespace, "cp-elsewhere", LATER, elsewhere)
-        upgrade_to(api, namespace, "cp-elsewhere", LATER)
-        failed = stopped(api, namespace, "not found")
-        assert f'Back-off pulling image "{elsewhere}"' in failed["message"]
-        assert len(player.handled) == REPLICAS + 2
-        assert player.machine_names == before
-        assert player.most_upgrading == 1
-        assert status(api, namespace)["versions"] == [{"version": NEXT, "replicas": REPLICAS}]
+    victim = eventually(failed_machine, "the server's Machine reported InPlaceUpgradeFailed")
+    assert IN_PLACE_ANNOTATION in victim["metadata"]["annotations"]
+    assert victim["spec"]["version"] == NEXT
+    assert set(node_versions(standin).values()) == {NEXT}
+
+    # Another image instead: the failed target is dropped, the next one cannot be
+    # pulled; the rollout stops again, nothing replaced.
+    elsewhere = f"registry.c3os.test/other:{image_tag(LATER)}"
+    release_template(api, namespace, "cp-elsewhere", LATER, elsewhere)
+    upgrade_to(api, namespace, "cp-elsewhere", LATER)
+    failed = stopped(api, namespace, "not found")
+    assert f'Back-off pulling image "{elsewhere}"' in failed["message"]
+    assert len(player.handled) == REPLICAS + 2
+    assert player.machine_names == before
+    assert player.most_upgrading == 1
+    assert status(api, namespace)["versions"] == [{"version": NEXT, "replicas": REPLICAS}]
+
+    # An OCI image whose tag names another version than the spec: caught before any
+    # node installs it.
+    named_later = f"{REGISTRY}:{image_tag(LATER_STILL)}"
+    release_template(api, namespace, "cp-wrong", LATER, named_later)
+    upgrade_to(api, namespace, "cp-wrong", LATER)
+
+    def mismatch() -> dict[str, Any] | None:
+        ready = condition(status(api, namespace), "Ready")
+        return ready if ready.get("reason") == "VersionMismatch" else None
+
+    ready = eventually(mismatch, "the mismatch reported", explain=lambda: str(status(api, namespace)))
+    assert ready["message"] == (
+        f"the oci image of template cp-wrong, {named_later}, ships {LATER_STILL} by its name, the version "
+        f"is {LATER}: no server is upgraded in place until the template names an image of {LATER}"
+    )
+    reported = condition(status(api, namespace), "VersionMismatch")
+    assert (reported["status"], reported["reason"]) == ("True", "ImageVersionMismatch")
+    assert len(player.jobs) == REPLICAS + 2
+    assert {m["metadata"]["name"] for m in machines(api, namespace)} == before
 
 
 def stopped(api: kc.CustomObjectsApi, namespace: str, saying: str = "") -> dict[str, Any]:
