@@ -99,13 +99,23 @@ class RollingUpdate(ApiModel):
     (delete, then create; for bare metal without a spare server)."""
 
 
+ROLLING_UPDATE: Final = "RollingUpdate"
+IN_PLACE: Final = "InPlace"
+
+
 class RolloutStrategy(ApiModel):
     """Rollout strategy."""
 
-    type: Literal["RollingUpdate"] = "RollingUpdate"
-    """Strategy type; only RollingUpdate."""
+    type: Literal["RollingUpdate", "InPlace"] = ROLLING_UPDATE
+    """RollingUpdate: an outdated server is replaced by a new machine. InPlace: a server
+    whose only difference from the spec is its image (the new template's `image.oci` set)
+    and with it the k3s version is upgraded on its own machine (A/B: the release is
+    written to the other slot, the machine reboots into it; a release that does not boot
+    falls back), one server at a time while every other server is Ready; any other
+    difference (site, size, network, server config, rollout.after) still replaces it,
+    as rollingUpdate says."""
     rolling_update: RollingUpdate | None = None
-    """Rolling update settings."""
+    """Rolling update settings (also for the servers InPlace replaces)."""
 
 
 class Rollout(ApiModel):

@@ -6,10 +6,12 @@
     ensure the cluster CAs + token (shared with the bootstrap provider), the admin kubeconfig
     finish Machine creations a crash interrupted
     read the workload cluster: initialised (k3s-serving, or a Ready server), Node readiness
+    judge the in-place upgrade of a server in flight; bring its objects up to date when done
     let Machines being deleted go once k3s removed their etcd member
     scale one Machine at a time: the first server initialises, the others join once the
       control plane is initialised; outdated servers (version, infrastructure template,
-      server config, rollout.after) are replaced with surge 1 or 0
+      server config, rollout.after) are replaced with surge 1 or 0, or (strategy InPlace,
+      only image and version differ) upgraded in place one at a time
     write status (replica counts, versions, selector, conditions) in one patch
 
 One Machine changes at a time and only when every other server is healthy, so etcd
@@ -24,7 +26,8 @@ KubeadmControlPlane splits its controller):
     controlplane_workload     the admin kubeconfig, the workload client, Node readiness
     controlplane_creation     making a server Machine, finishing interrupted creations
     controlplane_rollout      what is outdated and why, what stops or schedules a rollout
-    controlplane_scaling      the one Machine change per reconcile (scale, replace)
+    controlplane_scaling      the one Machine change per reconcile (scale, replace, upgrade)
+    controlplane_inplace      in-place A/B upgrades: what may change in place, the one in flight
     controlplane_remediation  replacing a server a MachineHealthCheck marked unhealthy
     controlplane_etcd         our pre-terminate hook: etcd member removal before deletion
     controlplane_status       replica counts, versions and conditions
@@ -54,6 +57,7 @@ from capi_c3os.reconcilers.controlplane_context import (
 )
 from capi_c3os.reconcilers.controlplane_creation import resume_interrupted_creations
 from capi_c3os.reconcilers.controlplane_etcd import release_hooks, remove_hook
+from capi_c3os.reconcilers.controlplane_inplace import continue_in_place_upgrade
 from capi_c3os.reconcilers.controlplane_rollout import (
     check_node_versions,
     propagate_metadata,
@@ -171,6 +175,7 @@ def _run(ctx: ControlPlaneContext) -> Outcome:
     resume_interrupted_creations(ctx)
     propagate_metadata(ctx)
     read_workload(ctx)
+    continue_in_place_upgrade(ctx)
     check_node_versions(ctx)
     report_up_to_date(ctx)
     release_hooks(ctx)

@@ -4,6 +4,7 @@ reconcile, the waits, and reading our server Machines and their Nodes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,39 @@ from capi_c3os.workload.client import NodeState, WorkloadClient
 SHORT_WAIT = 5.0
 LONG_WAIT = 30.0
 C3OS_CONFIGS = Resource(BOOTSTRAP_GROUP, "v1alpha1", "c3osconfigs", "C3osConfig")
+
+IN_PLACE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-in-place-upgrade"
+"""On a server Machine being upgraded in place: its target as JSON (InPlaceTarget). Written
+before the upgrade starts, removed in the write that makes the Machine up to date."""
+
+
+@dataclass(frozen=True)
+class InPlaceTarget:
+    """What a server is being upgraded to in place."""
+
+    image: str
+    """The OCI reference the upgrade Job installs."""
+    version: str
+    """The k3s version that image ships: the upgrade is done when the Node runs it."""
+    template: str
+    """The infrastructure template the image comes from (the Machine's new template)."""
+
+    def to_annotation(self) -> str:
+        return json.dumps(
+            {"image": self.image, "version": self.version, "template": self.template}, sort_keys=True
+        )
+
+
+def in_place_target(machine: dict[str, Any]) -> InPlaceTarget | None:
+    """The in-place upgrade the Machine is in (None: none, or an annotation not ours to read)."""
+    raw = (machine["metadata"].get("annotations") or {}).get(IN_PLACE_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return InPlaceTarget(str(data["image"]), str(data["version"]), str(data["template"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -52,6 +86,15 @@ class ControlPlaneContext:
     """Machine name -> why its Node runs another version than it wants (node_version.py)."""
     template_mismatch: str | None = None
     """Why the infrastructure template's image (by its name) does not ship spec.version."""
+    in_place: Outcome | None = None
+    """What the in-place upgrade in flight says this reconcile (in progress, just done):
+    the scaling step returns it before any other change."""
+    upgrading: tuple[str, str] | None = None
+    """(Machine name, how far it got): the server being upgraded in place."""
+    in_place_failure: str | None = None
+    """Why the in-place upgrade of that server failed: the rollout stops there."""
+    replacing: dict[str, str] = field(default_factory=dict)
+    """Machine name -> why it is replaced rather than upgraded in place (strategy InPlace)."""
 
     @property
     def namespace(self) -> str:

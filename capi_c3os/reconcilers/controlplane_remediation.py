@@ -15,6 +15,7 @@ from capi_c3os.reconcilers.controlplane_context import (
     confirmed,
     deleting_machines,
     healthy,
+    in_place_target,
 )
 from capi_c3os.reconcilers.kube import MACHINES
 
@@ -31,7 +32,9 @@ def remediate(ctx: ControlPlaneContext) -> Outcome | None:
     server, nothing else changing, etcd quorum kept without it, and within the retry
     budget (`spec.remediation`). None when there is nothing to remediate."""
     active = active_machines(ctx.machines)
-    marked = [m for m in active if _marked_for_remediation(m)]
+    # A server in an in-place upgrade is not Ready while it reboots; a failed one keeps
+    # running its old version and is not replaced automatically.
+    marked = [m for m in active if _marked_for_remediation(m) and in_place_target(m) is None]
     if not marked:
         return None
     victim = marked[0]

@@ -15,13 +15,14 @@ from capi_c3os.api.controlplane import C3osControlPlaneSpec
 from capi_c3os.capi import conditions as cond
 from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.status import status_patch
-from capi_c3os.capi.versions import VERSION_MISMATCH
+from capi_c3os.capi.versions import VERSION_MISMATCH, matches
 from capi_c3os.reconcilers import contract, node_version
 from capi_c3os.reconcilers.controlplane_context import (
     LONG_WAIT,
     ControlPlaneContext,
     active_machines,
     get_object,
+    in_place_target,
     infra_resources,
     running_version,
 )
@@ -35,6 +36,10 @@ INFRA_TEMPLATE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-infrastructure-t
 ROLLOUT_SCHEDULED = "RolloutScheduled"
 """Ready, with a rollout.after ahead: a wait that is no trouble."""
 UP_TO_DATE = "UpToDate"
+UPGRADING_IN_PLACE = "UpgradingInPlace"
+"""A server is being upgraded in place (Ready of the control plane, UpToDate of its Machine)."""
+IN_PLACE_UPGRADE_FAILED = "InPlaceUpgradeFailed"
+"""The in-place upgrade of a server failed: it keeps its version, the rollout stops."""
 
 
 def server_config_hash(spec: C3osControlPlaneSpec) -> str:
@@ -43,8 +48,9 @@ def server_config_hash(spec: C3osControlPlaneSpec) -> str:
 
 
 def outdated_because(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> str | None:
-    """Why a server Machine must be replaced (None: it is up to date). The reasons of
-    CAPI's own control planes: version, infrastructure template, server config, rollout.after."""
+    """Why a server Machine must be replaced or upgraded in place (None: it is up to date).
+    The reasons of CAPI's own control planes: version, infrastructure template, server
+    config, rollout.after."""
     annotations = machine["metadata"].get("annotations") or {}
     if machine.get("spec", {}).get("version") != spec.version:
         return f"version {machine.get('spec', {}).get('version')} is not {spec.version}"
@@ -53,6 +59,14 @@ def outdated_because(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> str
         return f"infrastructure template changed to {template}"
     if annotations.get(SERVER_CONFIG_ANNOTATION, server_config_hash(spec)) != server_config_hash(spec):
         return "server config changed"
+    after = rollout_after_passed(spec, machine)
+    if after:
+        return f"rollout.after {after.isoformat()} passed"
+    return None
+
+
+def rollout_after_passed(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> datetime | None:
+    """`rollout.after` when it has passed since the Machine was made (a rollout restart)."""
     after = spec.rollout.after if spec.rollout else None
     created = machine["metadata"].get("creationTimestamp")
     if (
@@ -60,7 +74,7 @@ def outdated_because(spec: C3osControlPlaneSpec, machine: dict[str, Any]) -> str
         and created
         and datetime.fromisoformat(created.replace("Z", "+00:00")) < after <= datetime.now(UTC)
     ):
-        return f"rollout.after {after.isoformat()} passed"
+        return after
     return None
 
 
@@ -79,6 +93,10 @@ def check_node_versions(ctx: ControlPlaneContext) -> None:
     for machine in active_machines(ctx.machines):
         running = running_version(ctx, machine)
         if node_version.mismatch(machine, running, "") is None:
+            continue
+        target = in_place_target(machine)
+        if target is not None and running and matches(target.version, running):
+            # Upgraded in place, its Machine not yet brought up to date: not a mismatch.
             continue
         ctx.mismatches[machine["metadata"]["name"]] = str(
             node_version.mismatch(machine, running, _image_of(ctx, machine))
@@ -106,6 +124,9 @@ def report_up_to_date(ctx: ControlPlaneContext) -> None:
             # Replacing it would not help (the same image again): not up to date, but
             # not outdated either; the VersionMismatch condition says what to change.
             why, reason = ctx.mismatches[machine["metadata"]["name"]], VERSION_MISMATCH
+        if ctx.upgrading and ctx.upgrading[0] == machine["metadata"]["name"]:
+            why = ctx.in_place_failure or ctx.upgrading[1]
+            reason = IN_PLACE_UPGRADE_FAILED if ctx.in_place_failure else UPGRADING_IN_PLACE
         wanted = cond.new_condition(
             UP_TO_DATE,
             cond.FALSE if why else cond.TRUE,

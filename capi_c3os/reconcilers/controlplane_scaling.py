@@ -1,5 +1,6 @@
-"""The one change per reconcile: remediate, scale up or down, or replace an outdated
-server (surge 1 or 0), each only while every other server is healthy.
+"""The one change per reconcile: remediate, scale up or down, upgrade an outdated server
+in place (strategy InPlace) or replace it (surge 1 or 0), each only while every other
+server is healthy.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ from capi_c3os.reconcilers.controlplane_context import (
     healthy,
 )
 from capi_c3os.reconcilers.controlplane_creation import create_machine, new_name, pick_failure_domain
+from capi_c3os.reconcilers.controlplane_inplace import (
+    continue_in_place_upgrade,
+    in_place_candidate,
+    in_place_strategy,
+    start_in_place_upgrade,
+)
 from capi_c3os.reconcilers.controlplane_remediation import remediate
 from capi_c3os.reconcilers.controlplane_rollout import (
+    IN_PLACE_UPGRADE_FAILED,
     outdated_machines,
     rollout_blocked,
     rollout_scheduled,
@@ -31,6 +39,8 @@ from capi_c3os.reconcilers.kube import MACHINES
 
 
 def scale(ctx: ControlPlaneContext) -> Outcome:
+    if ctx.in_place is not None:
+        return ctx.in_place  # an upgrade in flight: nothing else changes meanwhile
     remedy = remediate(ctx)
     if remedy is not None:
         return remedy
@@ -47,6 +57,16 @@ def scale(ctx: ControlPlaneContext) -> Outcome:
         ctx.template_mismatch = template_mismatch(ctx)
         if ctx.template_mismatch:
             return Outcome.wait(VERSION_MISMATCH, ctx.template_mismatch, LONG_WAIT)
+    if outdated and len(active) == ctx.spec.replicas:
+        if ctx.in_place_failure and in_place_strategy(ctx):
+            return Outcome.error(IN_PLACE_UPGRADE_FAILED, ctx.in_place_failure)
+        candidate = in_place_candidate(ctx, outdated)
+        if candidate is not None:
+            started = start_in_place_upgrade(ctx, active, candidate)
+            if started is None:  # listed afresh: an upgrade in flight shows now, if any
+                continue_in_place_upgrade(ctx)
+                return scale(ctx)
+            return started
     strategy = ctx.spec.rollout.strategy if ctx.spec.rollout else None
     surge = strategy.rolling_update.max_surge if strategy and strategy.rolling_update else 1
     unhealthy = [m["metadata"]["name"] for m in active if not healthy(ctx, m)]

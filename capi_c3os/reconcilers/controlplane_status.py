@@ -75,7 +75,7 @@ def conditions(ctx: ControlPlaneContext, outcome: Outcome, generation: int | Non
             "RollingOut",
             outdated > 0,
             "RollingOut" if outdated else "NotRollingOut",
-            f"{outdated} server(s) to replace" if outdated else "",
+            _rolling_out_message(ctx, outdated),
         ),
         c(
             "ScalingUp",
@@ -100,6 +100,22 @@ def conditions(ctx: ControlPlaneContext, outcome: Outcome, generation: int | Non
             outcome.message,
         ),
     ]
+
+
+def _rolling_out_message(ctx: ControlPlaneContext, outdated: int) -> str:
+    """How many servers are outdated; with strategy InPlace also which one is being
+    upgraded (and how far it got) and why the others are replaced instead."""
+    if not outdated:
+        return ""
+    if ctx.upgrading is None and not ctx.replacing:
+        return f"{outdated} server(s) to replace"
+    parts = [f"{outdated} server(s) outdated"]
+    if ctx.upgrading is not None:
+        parts.append(ctx.in_place_failure or ctx.upgrading[1])
+    parts += [
+        f"{name} is replaced, not upgraded in place: {why}" for name, why in sorted(ctx.replacing.items())
+    ]
+    return "; ".join(parts)
 
 
 def _version_condition(ctx: ControlPlaneContext, generation: int | None) -> cond.Condition:

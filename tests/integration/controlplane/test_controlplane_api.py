@@ -7,6 +7,7 @@ with a message a person can act on."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -123,3 +124,20 @@ def test_bad_replicas_and_max_surge_are_refused_with_a_readable_message(
         apply(k8s, body, dry_run=True)
     assert refused.value.status == 422
     assert message in str(refused.value.body)
+
+
+def test_the_rollout_strategy_is_rolling_update_by_default_or_in_place(k8s: Any, namespace: str) -> None:
+    body = desired(namespace)
+    assert apply(k8s, body, dry_run=True)["spec"]["rollout"]["strategy"]["type"] == "RollingUpdate"
+    body["spec"]["rollout"]["strategy"]["type"] = "InPlace"
+    assert apply(k8s, body, dry_run=True)["spec"]["rollout"]["strategy"]["type"] == "InPlace"
+    body["spec"]["rollout"]["strategy"]["type"] = "Recreate"
+    with pytest.raises(ApiException) as refused:
+        apply(k8s, body, dry_run=True)
+    assert refused.value.status == 422
+    causes = json.loads(refused.value.body)["details"]["causes"]
+    assert {
+        "reason": "FieldValueNotSupported",
+        "message": 'Unsupported value: "Recreate": supported values: "RollingUpdate", "InPlace"',
+        "field": "spec.rollout.strategy.type",
+    } in causes
