@@ -1,0 +1,200 @@
+"""The node side of an in-place A/B upgrade, on a real stand-in VM: the k3s stand-in runs
+the contract's upgrade Job (docs: /work INPLACE contract; kairos-operator's Job shape) on
+the VM its Node runs on, the guest's `kairos-agent upgrade` writes the new OS into the
+active slot (the old one into passive) and the node reboots into it; a broken image fails
+boot assessment and the node falls back to passive, still running the old version; an
+unknown image fails the Job; a Job for a node that is not there is never run. The VM, its
+disk volume and its libvirt domain are the same objects throughout."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as kc
+
+from capi_c3os.api.bootstrap import C3osConfigSpec
+from capi_c3os.backends.base import Phase
+from capi_c3os.backends.libvirt import LibvirtBackend
+from capi_c3os.backends.libvirt import domain as dx
+from capi_c3os.bootstrap import tokens
+from capi_c3os.bootstrap.certificates import new_ca
+from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, render_cloud_config
+from capi_c3os.dev.k3s import K3sStandIn
+from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.mgmt import api_client
+from capi_c3os.dev.nodeupgrade import REGISTRY, UPGRADE_SCRIPT
+from capi_c3os.dev.processes import free_port
+from tests.integration.libvirt.conftest import STANDIN_K3S
+from tests.integration.libvirt.test_k3s_standin import backend, machine  # noqa: F401  (fixture)
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+BOOT_TIMEOUT = 400  # TCG on a loaded 2-core machine, a reboot or two: a safety net only
+
+
+def upgrade_job(node: str, image: str) -> dict[str, Any]:
+    """The upgrade Job exactly as the contract gives it."""
+    digest = hashlib.sha256(f"{node}\n{image}".encode()).hexdigest()[:10]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"c3os-upgrade-{node[:40].rstrip('-')}-{digest}",
+            "namespace": "kube-system",
+            "labels": {
+                "app.kubernetes.io/managed-by": "capi-c3os",
+                "c3os.cluster.x-k8s.io/upgrade-node": node,
+            },
+            "annotations": {"c3os.cluster.x-k8s.io/upgrade-image": image},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "nodeName": node,
+                    "restartPolicy": "Never",
+                    "hostPID": True,
+                    "tolerations": [{"operator": "Exists"}],
+                    "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+                    "containers": [
+                        {
+                            "name": "upgrade",
+                            "image": image,
+                            "securityContext": {"privileged": True},
+                            "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
+                            "command": ["/bin/sh", "-c", UPGRADE_SCRIPT],
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+def job_outcome(batch: kc.BatchV1Api, name: str) -> tuple[str, str] | None:
+    job = batch.read_namespaced_job(name, "kube-system")
+    for c in (job.status.conditions if job.status else None) or []:
+        if c.type in ("Complete", "Failed") and c.status == "True":
+            return c.type, c.message or ""
+    return None
+
+
+def run_job(batch: kc.BatchV1Api, node: str, image: str, explain: Callable[[], str]) -> tuple[str, str]:
+    """Create the upgrade Job and wait until it finished: (condition type, message)."""
+    job = upgrade_job(node, image)
+    batch.create_namespaced_job("kube-system", job)
+    name = job["metadata"]["name"]
+    eventually(
+        lambda: job_outcome(batch, name) is not None, f"Job for {image}", BOOT_TIMEOUT, explain=explain
+    )
+    return job_outcome(batch, name) or ("", "")
+
+
+def rebooted(core: kc.CoreV1Api, before: Any, explain: Callable[[], str]) -> Any:
+    """The Node once it reports a boot other than `before`'s and is Ready again."""
+
+    def up() -> Any:
+        node = core.read_node(before.metadata.name)
+        new = node.status.node_info.boot_id != before.status.node_info.boot_id
+        return node if new and _ready(node) == "True" else None
+
+    return eventually(up, "the node back after its reboot", BOOT_TIMEOUT, explain=explain)
+
+
+def test_upgrade_job_writes_the_other_slot_reboots_and_falls_back_from_a_broken_image(
+    libvirtd: PrivateLibvirtd,
+    backend: LibvirtBackend,  # noqa: F811  (the fixture imported above)
+    standin_image: Path,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    cas = ClusterCAs(new_ca("server-ca"), new_ca("client-ca"), new_ca("etcd-ca"))
+    token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
+    rendered = render_cloud_config(
+        RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "server-0", "127.0.0.1", port, token, cas)
+    ).encode()
+    intent = machine(libvirtd, "server-0", rendered)
+    domain = dx.domain_name(intent.identity)
+    k3s = K3sStandIn(libvirtd, tmp_path / "k3s", endpoints=[("127.0.0.1", port)], images=standin_image)
+    k3s.start()
+
+    def explain() -> str:
+        return "\n".join(k3s.events)
+
+    try:
+        eventually(lambda: backend.provision(intent).phase is Phase.RUNNING, "server-0 running")
+        eventually(lambda: k3s.node_of(domain) is not None, "server-0 joined", BOOT_TIMEOUT, explain=explain)
+        workload = k3s.cluster("127.0.0.1", port)
+        assert workload is not None
+        identity = vm_identity(libvirtd, domain)
+
+        with api_client(workload.kubeconfig) as client:
+            core, batch = kc.CoreV1Api(client), kc.BatchV1Api(client)
+            before = core.read_node("server-0")
+            assert before.status.node_info.kubelet_version == STANDIN_K3S
+            assert kairos_labels(before) == ("active", "v1.33.4-k3s1", "v3.5.3-c3os-standin")
+
+            # A Job pinned to a node this cluster does not have: never run.
+            stray = upgrade_job("elsewhere-0", f"{REGISTRY}:k3sv1.34.1-k3s1")
+            batch.create_namespaced_job("kube-system", stray)
+
+            # The upgrade: Complete once written, then the node comes back on the new slot.
+            started = time.monotonic()
+            done = run_job(batch, "server-0", f"{REGISTRY}:k3sv1.34.1-k3s1", explain)
+            assert done == ("Complete", "upgrade written, node rebooting")
+            after = rebooted(core, before, explain)
+            upgrade_seconds = time.monotonic() - started
+            assert after.status.node_info.kubelet_version == "v1.34.1+k3s1"
+            assert kairos_labels(after) == ("active", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
+
+            # A broken image: written and booted once, it does not come up; boot assessment
+            # boots passive, which holds what ran before it: v1.34.1.
+            done = run_job(batch, "server-0", f"{REGISTRY}:broken-k3sv1.33.6-k3s1", explain)
+            assert done == ("Complete", "upgrade written, node rebooting")
+            fallen = rebooted(core, after, explain)
+            assert fallen.status.node_info.kubelet_version == "v1.34.1+k3s1"
+            assert kairos_labels(fallen) == ("passive", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
+            console = (libvirtd.qemu_log_dir / f"{domain}-serial.log").read_text(errors="replace")
+            assert "C3OS-STANDIN BROKEN IMAGE" in console and "upgrade_failure" in console
+
+            # An image the registry does not have: the Job fails, the node is left alone.
+            kind, message = run_job(batch, "server-0", f"{REGISTRY}:k3sv9.9.9-k3s1", explain)
+            assert kind == "Failed" and "not found" in message and "k3sv9.9.9-k3s1" in message
+            assert core.read_node("server-0").status.node_info.boot_id == fallen.status.node_info.boot_id
+
+            status = batch.read_namespaced_job(stray["metadata"]["name"], "kube-system").status
+            assert not (status.active or status.succeeded or status.failed)
+
+        # The same VM throughout: same domain, same disk volume.
+        assert vm_identity(libvirtd, domain) == identity
+        print(f"\nupgrade Job created -> node Ready on the new slot: {upgrade_seconds:.1f}s")
+    finally:
+        k3s.stop()
+        backend.deprovision(intent.identity, intent.site, intent.credentials)
+
+
+def kairos_labels(node: Any) -> tuple[str, str, str]:
+    """What the node labeler reported: boot-state, software-version, version."""
+    labels = node.metadata.labels
+    version = node.metadata.annotations["kairos.io/version"]
+    return labels["kairos.io/boot-state"], labels["kairos.io/software-version"], version
+
+
+def vm_identity(libvirtd: PrivateLibvirtd, domain: str) -> tuple[str, str]:
+    """The domain's UUID and its disk volume's key: the same VM and disk, or a new one."""
+    with libvirtd.connect() as conn:
+        dom = conn.lookupByName(domain)
+        source = ET.fromstring(dom.XMLDesc(0)).find("./devices/disk[@device='disk']/source")
+        assert source is not None
+        return dom.UUIDString(), str(conn.storageVolLookupByPath(source.get("file")).key())
+
+
+def _ready(node: Any) -> str:
+    return next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "Unknown")
