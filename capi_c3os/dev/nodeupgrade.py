@@ -66,6 +66,39 @@ class Registry:
         return found if (found / "boot").is_dir() else None
 
 
+def contract_job(node: str, image: str, script: str = UPGRADE_SCRIPT) -> dict[str, Any]:
+    """The upgrade Job exactly as the INPLACE contract gives it, built by hand for tests of
+    the node side (capi_c3os/workload/upgrade.py builds the providers' own; `script` other
+    than the contract's makes a Job the stand-in kubelet must refuse)."""
+    digest = hashlib.sha256(f"{node}\n{image}".encode()).hexdigest()[:10]
+    container = {
+        "name": "upgrade",
+        "image": image,
+        "securityContext": {"privileged": True},
+        "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
+        "command": ["/bin/sh", "-c", script],
+    }
+    pod = {
+        "nodeName": node,
+        "restartPolicy": "Never",
+        "hostPID": True,
+        "tolerations": [{"operator": "Exists"}],
+        "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+        "containers": [container],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"c3os-upgrade-{node[:40].rstrip('-')}-{digest}",
+            "namespace": "kube-system",
+            "labels": {"app.kubernetes.io/managed-by": "capi-c3os", UPGRADE_NODE_LABEL: node},
+            "annotations": {"c3os.cluster.x-k8s.io/upgrade-image": image},
+        },
+        "spec": {"backoffLimit": 0, "template": {"spec": pod}},
+    }
+
+
 def job_problem(job: Any) -> str | None:
     """Why the stand-in kubelet would not run this upgrade Job (None: it is the contract's).
     `job`: a kubernetes V1Job."""
@@ -259,6 +292,7 @@ __all__ = [
     "Registry",
     "boot_state",
     "boots",
+    "contract_job",
     "job_problem",
     "manifest",
     "node_report",

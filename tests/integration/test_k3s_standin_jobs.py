@@ -17,7 +17,7 @@ from capi_c3os.bootstrap.certificates import new_ca
 from capi_c3os.dev.k3s import K3sStandIn, _Cluster, _Joined
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import api_client
-from capi_c3os.dev.nodeupgrade import REGISTRY, UPGRADE_SCRIPT
+from capi_c3os.dev.nodeupgrade import REGISTRY, UPGRADE_SCRIPT, contract_job
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn
 
@@ -25,31 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 def job(name: str, node: str, image: str, script: str = UPGRADE_SCRIPT) -> dict[str, Any]:
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": "kube-system"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "spec": {
-                    "nodeName": node,
-                    "restartPolicy": "Never",
-                    "hostPID": True,
-                    "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
-                    "containers": [
-                        {
-                            "name": "upgrade",
-                            "image": image,
-                            "securityContext": {"privileged": True},
-                            "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
-                            "command": ["/bin/sh", "-c", script],
-                        }
-                    ],
-                }
-            },
-        },
-    }
+    body = contract_job(node, image, script)
+    body["metadata"]["name"] = name
+    return body
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from capi_c3os.dev.nodeupgrade import (
     Registry,
     boot_state,
     boots,
+    contract_job,
     job_problem,
     manifest,
     node_report,
@@ -121,30 +122,7 @@ def test_registry_serves_only_its_own_tags(registry: Registry, ref: str, found: 
     assert (resolved.name if resolved else None) == found
 
 
-JOB: dict[str, Any] = {
-    "apiVersion": "batch/v1",
-    "kind": "Job",
-    "metadata": {"name": "j", "namespace": "kube-system"},
-    "spec": {
-        "template": {
-            "spec": {
-                "nodeName": "n",
-                "hostPID": True,
-                "restartPolicy": "Never",
-                "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
-                "containers": [
-                    {
-                        "name": "upgrade",
-                        "image": f"{REGISTRY}:k3sv1.34.1-k3s1",
-                        "securityContext": {"privileged": True},
-                        "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
-                        "command": ["/bin/sh", "-c", UPGRADE_SCRIPT],
-                    }
-                ],
-            }
-        }
-    },
-}
+JOB = contract_job("n", f"{REGISTRY}:k3sv1.34.1-k3s1")
 
 
 def as_job(body: dict[str, Any]) -> kc.V1Job:

@@ -8,7 +8,6 @@ disk volume and its libvirt domain are the same objects throughout."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, rende
 from capi_c3os.dev.k3s import K3sStandIn
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import api_client
-from capi_c3os.dev.nodeupgrade import REGISTRY, UPGRADE_SCRIPT
+from capi_c3os.dev.nodeupgrade import REGISTRY, contract_job
 from capi_c3os.dev.processes import free_port
 from tests.integration.libvirt.conftest import STANDIN_K3S
 from tests.integration.libvirt.test_k3s_standin import backend, machine  # noqa: F401  (fixture)
@@ -37,45 +36,6 @@ from tests.support import eventually
 pytestmark = pytest.mark.integration
 
 BOOT_TIMEOUT = 400  # TCG on a loaded 2-core machine, a reboot or two: a safety net only
-
-
-def upgrade_job(node: str, image: str) -> dict[str, Any]:
-    """The upgrade Job exactly as the contract gives it."""
-    digest = hashlib.sha256(f"{node}\n{image}".encode()).hexdigest()[:10]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"c3os-upgrade-{node[:40].rstrip('-')}-{digest}",
-            "namespace": "kube-system",
-            "labels": {
-                "app.kubernetes.io/managed-by": "capi-c3os",
-                "c3os.cluster.x-k8s.io/upgrade-node": node,
-            },
-            "annotations": {"c3os.cluster.x-k8s.io/upgrade-image": image},
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "spec": {
-                    "nodeName": node,
-                    "restartPolicy": "Never",
-                    "hostPID": True,
-                    "tolerations": [{"operator": "Exists"}],
-                    "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
-                    "containers": [
-                        {
-                            "name": "upgrade",
-                            "image": image,
-                            "securityContext": {"privileged": True},
-                            "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
-                            "command": ["/bin/sh", "-c", UPGRADE_SCRIPT],
-                        }
-                    ],
-                }
-            },
-        },
-    }
 
 
 def job_outcome(batch: kc.BatchV1Api, name: str) -> tuple[str, str] | None:
@@ -88,7 +48,7 @@ def job_outcome(batch: kc.BatchV1Api, name: str) -> tuple[str, str] | None:
 
 def run_job(batch: kc.BatchV1Api, node: str, image: str, explain: Callable[[], str]) -> tuple[str, str]:
     """Create the upgrade Job and wait until it finished: (condition type, message)."""
-    job = upgrade_job(node, image)
+    job = contract_job(node, image)
     batch.create_namespaced_job("kube-system", job)
     name = job["metadata"]["name"]
     eventually(
@@ -142,7 +102,7 @@ def test_upgrade_job_writes_the_other_slot_reboots_and_falls_back_from_a_broken_
             assert kairos_labels(before) == ("active", "v1.33.4-k3s1", "v3.5.3-c3os-standin")
 
             # A Job pinned to a node this cluster does not have: never run.
-            stray = upgrade_job("elsewhere-0", f"{REGISTRY}:k3sv1.34.1-k3s1")
+            stray = contract_job("elsewhere-0", f"{REGISTRY}:k3sv1.34.1-k3s1")
             batch.create_namespaced_job("kube-system", stray)
 
             # The upgrade: Complete once written, then the node comes back on the new slot.
