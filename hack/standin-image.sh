@@ -722,8 +722,10 @@ boot_disk() {  # oci tag, output qcow2
 oci_image() {  # tag, k3s version, broken?
   r="$out.tmp/oci/$1"
   mkdir -p "$r/boot" "$r/etc" "$r/bin" "$r/usr/bin" "$r/usr/lib/c3os"
-  cp "$out.tmp/vmlinuz" "$out.tmp/initrd.img" "$r/boot/"
-  cp "$busybox" "$r/bin/busybox"
+  # Every tag shares these bytes (as image layers): hard links, not copies.
+  ln "$out.tmp/vmlinuz" "$out.tmp/initrd.img" "$r/boot/"
+  [ -f "$out.tmp/oci/busybox" ] || cp "$busybox" "$out.tmp/oci/busybox"
+  ln "$out.tmp/oci/busybox" "$r/bin/busybox"
   cp initramfs/usr/bin/kairos-agent "$r/usr/bin/"
   cp initramfs/bin/c3os-bootcfg "$r/bin/"
   cp initramfs/usr/lib/c3os/* "$r/usr/lib/c3os/"
