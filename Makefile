@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # uv reads and refreshes uv.lock (one universal lock, with hashes, for every Python and
 # platform; the dev extra and the runtime set the image installs come from the same file).
-UV_VERSION := 0.13.9
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' hack/uv-requirements.txt)
 UV := $(VENV)/.uv-$(UV_VERSION)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
@@ -50,7 +50,7 @@ system-deps:
 
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all: -r hack/uv-requirements.txt
 	rm -f $(VENV)/.uv-* && touch $@
 
 # Exactly the locked versions, each checked against its hash; `--locked` refuses a lock

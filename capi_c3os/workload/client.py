@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -36,6 +36,9 @@ class NodeState:
     annotations: dict[str, str]
     kubelet_version: str | None = None
     """status.nodeInfo.kubeletVersion: with k3s, the k3s version the node's image ships."""
+    labels: dict[str, str] = field(default_factory=dict)
+    boot_id: str | None = None
+    """status.nodeInfo.bootID: the kubelet reports a new one after every boot."""
 
 
 class WorkloadClient:
@@ -52,6 +55,7 @@ class WorkloadClient:
         configuration.retries = False
         self._api = kc.ApiClient(configuration)
         self._core = kc.CoreV1Api(self._api)
+        self._batch = kc.BatchV1Api(self._api)
 
     def close(self) -> None:
         self._api.close()
@@ -60,7 +64,9 @@ class WorkloadClient:
         try:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as exc:
-            if exc.status in (401, 403, 404):
+            # Answers of a reachable API server that retrying does not change (409: exists
+            # already, 422: invalid): the caller decides.
+            if exc.status in (401, 403, 404, 409, 422):
                 raise
             raise WorkloadUnreachableError(f"workload API answered {exc.status} {exc.reason}") from exc
         except (HTTPError, OSError) as exc:
@@ -76,20 +82,59 @@ class WorkloadClient:
         return True
 
     def nodes(self) -> list[NodeState]:
-        result = []
-        for node in self._call(self._core.list_node).items:
-            conditions = (node.status.conditions or []) if node.status else []
-            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-            info = node.status.node_info if node.status else None
-            result.append(NodeState(
-                name=node.metadata.name, provider_id=node.spec.provider_id if node.spec else None,
-                ready=ready, annotations=dict(node.metadata.annotations or {}),
-                kubelet_version=(info.kubelet_version or None) if info else None,
-            ))  # fmt: skip
-        return result
+        return [_node_state(node) for node in self._call(self._core.list_node).items]
+
+    def node(self, name: str) -> NodeState | None:
+        try:
+            return _node_state(self._call(self._core.read_node, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A batch/v1 Job as its JSON (camelCase keys), or None."""
+        try:
+            job = self._call(self._batch.read_namespaced_job, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self._api.sanitize_for_serialization(job))
+
+    def jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        listed = self._call(self._batch.list_namespaced_job, namespace, label_selector=label_selector)
+        return [dict(self._api.sanitize_for_serialization(job)) for job in listed.items]
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a Job; raises ApiException 409 when one of that name exists."""
+        return dict(self._api.sanitize_for_serialization(
+            self._call(self._batch.create_namespaced_job, namespace, body)
+        ))  # fmt: skip
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and (in the background) its Pods; gone already is fine."""
+        try:
+            self._call(self._batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def annotate_node(self, name: str, annotations: dict[str, str]) -> None:
         self._call(self._core.patch_node, name, {"metadata": {"annotations": annotations}})
+
+
+def _node_state(node: Any) -> NodeState:
+    conditions = (node.status.conditions or []) if node.status else []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    info = node.status.node_info if node.status else None
+    return NodeState(
+        name=node.metadata.name, provider_id=node.spec.provider_id if node.spec else None,
+        ready=ready, annotations=dict(node.metadata.annotations or {}),
+        kubelet_version=(info.kubelet_version or None) if info else None,
+        labels=dict(node.metadata.labels or {}),
+        boot_id=(info.boot_id or None) if info else None,
+    )  # fmt: skip
 
 
 class WorkloadClients:

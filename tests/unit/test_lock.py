@@ -4,6 +4,7 @@ the lock records the project's requirements as it resolved them."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,19 @@ def test_every_locked_direct_dependency_satisfies_its_range() -> None:
         pins = versions.get(name, [])
         assert pins, f"{name} is not in uv.lock"
         assert all(specifier.contains(v, prereleases=True) for v in pins), f"{name} {pins} not {specifier}"
+
+
+def test_uv_itself_is_pinned_by_hash_and_installed_only_so() -> None:
+    """The installer of the lock is part of the supply chain too: one exact version,
+    sha256 hashes only, and `make venv` refuses anything else (hashes, wheels only)."""
+    lines = (REPO / "hack" / "uv-requirements.txt").read_text().splitlines()
+    body = " ".join(line.rstrip("\\").strip() for line in lines if line and not line.startswith("#"))
+    requirement, *options = body.split()
+    pins = list(Requirement(requirement).specifier)
+    assert len(pins) == 1 and pins[0].operator == "=="
+    assert options and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", o) for o in options)
+    makefile = (REPO / "Makefile").read_text()
+    install = next(
+        line for line in makefile.splitlines() if "uv-requirements.txt" in line and "pip install" in line
+    )
+    assert "--require-hashes" in install and "--only-binary :all:" in install
