@@ -7,7 +7,9 @@ after each boot.
   version the tag names; `broken-<tag>`: one that does not come up). Anything else is not
   found, as an unpullable image.
 - `job_problem`: a Job the stand-in kubelet refuses to run (not the contract's shape: only
-  the script kairos-operator v0.1.3 generates, run as the contract's privileged pod).
+  `capi_c3os.workload.upgrade.UPGRADE_SCRIPT`, the script kairos-operator v0.1.3 generates
+  (internal/controller/nodeopupgrade_controller.go, active-only path) followed by a
+  reboot, run as the contract's privileged pod).
 - `run_upgrade`: runs the Job's container on the VM through its guest agent, with qemu-ga's
   own commands (guest-file-*, guest-exec): the image is "pulled" into the guest (files the
   node already holds are copied there, the rest written through the agent), then
@@ -33,16 +35,9 @@ from typing import Any
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
 import libvirt_qemu  # type: ignore[import-untyped]
 
+from capi_c3os.workload.upgrade import UPGRADE_SCRIPT
+
 REGISTRY = "registry.c3os.test/c3os-standin"
-UPGRADE_SCRIPT = (
-    "mount --rbind /host/dev /dev\n"
-    "mount --rbind /host/run /run\n"
-    "kairos-agent upgrade --source dir:/\n"
-    "nsenter -t 1 -m -u -i -n -p -- reboot\n"
-)
-"""The container command's script (INPLACE contract: kairos-operator v0.1.3
-internal/controller/nodeopupgrade_controller.go, active-only path, then a host reboot)."""
-UPGRADE_NODE_LABEL = "c3os.cluster.x-k8s.io/upgrade-node"
 BOOT_MARK = "C3OS-STANDIN BOOT "
 READY_MARK = "C3OS-STANDIN READY"
 CMDLINE_MARK = "C3OS-STANDIN CMDLINE "
@@ -64,39 +59,6 @@ class Registry:
             return None
         found = self.root / tag
         return found if (found / "boot").is_dir() else None
-
-
-def contract_job(node: str, image: str, script: str = UPGRADE_SCRIPT) -> dict[str, Any]:
-    """The upgrade Job exactly as the INPLACE contract gives it, built by hand for tests of
-    the node side (capi_c3os/workload/upgrade.py builds the providers' own; `script` other
-    than the contract's makes a Job the stand-in kubelet must refuse)."""
-    digest = hashlib.sha256(f"{node}\n{image}".encode()).hexdigest()[:10]
-    container = {
-        "name": "upgrade",
-        "image": image,
-        "securityContext": {"privileged": True},
-        "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
-        "command": ["/bin/sh", "-c", script],
-    }
-    pod = {
-        "nodeName": node,
-        "restartPolicy": "Never",
-        "hostPID": True,
-        "tolerations": [{"operator": "Exists"}],
-        "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
-        "containers": [container],
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"c3os-upgrade-{node[:40].rstrip('-')}-{digest}",
-            "namespace": "kube-system",
-            "labels": {"app.kubernetes.io/managed-by": "capi-c3os", UPGRADE_NODE_LABEL: node},
-            "annotations": {"c3os.cluster.x-k8s.io/upgrade-image": image},
-        },
-        "spec": {"backoffLimit": 0, "template": {"spec": pod}},
-    }
 
 
 def job_problem(job: Any) -> str | None:
@@ -285,14 +247,12 @@ def pull(agent: GuestAgent, rootfs: Path, workdir: str) -> int:
 
 __all__ = [
     "REGISTRY",
-    "UPGRADE_SCRIPT",
     "AgentError",
     "Boot",
     "GuestAgent",
     "Registry",
     "boot_state",
     "boots",
-    "contract_job",
     "job_problem",
     "manifest",
     "node_report",

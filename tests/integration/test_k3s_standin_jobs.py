@@ -17,16 +17,19 @@ from capi_c3os.bootstrap.certificates import new_ca
 from capi_c3os.dev.k3s import K3sStandIn, _Cluster, _Joined
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.mgmt import api_client
-from capi_c3os.dev.nodeupgrade import REGISTRY, UPGRADE_SCRIPT, contract_job
+from capi_c3os.dev.nodeupgrade import REGISTRY
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn
+from capi_c3os.workload.upgrade import UPGRADE_SCRIPT, upgrade_job
 
 pytestmark = pytest.mark.integration
 
 
 def job(name: str, node: str, image: str, script: str = UPGRADE_SCRIPT) -> dict[str, Any]:
-    body = contract_job(node, image, script)
+    """The providers' upgrade Job under another name, its script replaced if given."""
+    body = upgrade_job(node, image, "")
     body["metadata"]["name"] = name
+    body["spec"]["template"]["spec"]["containers"][0]["command"][2] = script
     return body
 
 

@@ -13,16 +13,15 @@ from kubernetes import client as kc
 
 from capi_c3os.dev.nodeupgrade import (
     REGISTRY,
-    UPGRADE_SCRIPT,
     Registry,
     boot_state,
     boots,
-    contract_job,
     job_problem,
     manifest,
     node_report,
     sanitize_label_value,
 )
+from capi_c3os.workload.upgrade import UPGRADE_SCRIPT, upgrade_job
 
 RELEASE = (
     "----- BEGIN KAIROS-RELEASE -----\r\n"
@@ -122,7 +121,7 @@ def test_registry_serves_only_its_own_tags(registry: Registry, ref: str, found: 
     assert (resolved.name if resolved else None) == found
 
 
-JOB = contract_job("n", f"{REGISTRY}:k3sv1.34.1-k3s1")
+JOB = upgrade_job("n", f"{REGISTRY}:k3sv1.34.1-k3s1", "")
 
 
 def as_job(body: dict[str, Any]) -> kc.V1Job:

@@ -1,6 +1,6 @@
-"""The node side of an in-place A/B upgrade, on a real stand-in VM: the k3s stand-in runs
-the contract's upgrade Job (docs: /work INPLACE contract; kairos-operator's Job shape) on
-the VM its Node runs on, the guest's `kairos-agent upgrade` writes the new OS into the
+"""The node side of an in-place A/B upgrade, on a real stand-in VM, driven by the providers'
+own `advance_upgrade` (capi_c3os/workload/upgrade.py): the k3s stand-in runs its upgrade
+Job on the VM the Node runs on, the guest's `kairos-agent upgrade` writes the new OS into the
 active slot (the old one into passive) and the node reboots into it; a broken image fails
 boot assessment and the node falls back to passive, still running the old version; an
 unknown image fails the Job; a Job for a node that is not there is never run. The VM, its
@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client as kc
 
 from capi_c3os.api.bootstrap import C3osConfigSpec
-from capi_c3os.backends.base import Phase
+from capi_c3os.backends.base import MachineIntent, Phase
 from capi_c3os.backends.libvirt import LibvirtBackend
 from capi_c3os.backends.libvirt import domain as dx
 from capi_c3os.bootstrap import tokens
@@ -26,9 +26,10 @@ from capi_c3os.bootstrap.certificates import new_ca
 from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, render_cloud_config
 from capi_c3os.dev.k3s import K3sStandIn
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
-from capi_c3os.dev.mgmt import api_client
-from capi_c3os.dev.nodeupgrade import REGISTRY, contract_job
+from capi_c3os.dev.nodeupgrade import REGISTRY
 from capi_c3os.dev.processes import free_port
+from capi_c3os.workload.client import WorkloadClient
+from capi_c3os.workload.upgrade import UpgradeProgress, advance_upgrade, upgrade_job
 from tests.integration.libvirt.conftest import STANDIN_K3S
 from tests.integration.libvirt.test_k3s_standin import backend, machine  # noqa: F401  (fixture)
 from tests.support import eventually
@@ -38,34 +39,25 @@ pytestmark = pytest.mark.integration
 BOOT_TIMEOUT = 400  # TCG on a loaded 2-core machine, a reboot or two: a safety net only
 
 
-def job_outcome(batch: kc.BatchV1Api, name: str) -> tuple[str, str] | None:
-    job = batch.read_namespaced_job(name, "kube-system")
-    for c in (job.status.conditions if job.status else None) or []:
-        if c.type in ("Complete", "Failed") and c.status == "True":
-            return c.type, c.message or ""
-    return None
-
-
-def run_job(batch: kc.BatchV1Api, node: str, image: str, explain: Callable[[], str]) -> tuple[str, str]:
-    """Create the upgrade Job and wait until it finished: (condition type, message)."""
-    job = contract_job(node, image)
-    batch.create_namespaced_job("kube-system", job)
-    name = job["metadata"]["name"]
-    eventually(
-        lambda: job_outcome(batch, name) is not None, f"Job for {image}", BOOT_TIMEOUT, explain=explain
+def first_server(libvirtd: PrivateLibvirtd, port: int) -> MachineIntent:
+    """A machine whose bootstrap data makes it the first k3s server of a new cluster."""
+    cas = ClusterCAs(new_ca("server-ca"), new_ca("client-ca"), new_ca("etcd-ca"))
+    token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
+    rendered = render_cloud_config(
+        RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "server-0", "127.0.0.1", port, token, cas)
     )
-    return job_outcome(batch, name) or ("", "")
+    return machine(libvirtd, "server-0", rendered.encode())
 
 
-def rebooted(core: kc.CoreV1Api, before: Any, explain: Callable[[], str]) -> Any:
-    """The Node once it reports a boot other than `before`'s and is Ready again."""
+def upgraded(client: WorkloadClient, image: str, version: str, explain: Callable[[], str]) -> UpgradeProgress:
+    """What the providers do (capi_c3os/workload/upgrade.py advance_upgrade, called again
+    and again as a reconcile would) until the upgrade of server-0 is done or failed."""
 
-    def up() -> Any:
-        node = core.read_node(before.metadata.name)
-        new = node.status.node_info.boot_id != before.status.node_info.boot_id
-        return node if new and _ready(node) == "True" else None
+    def finished() -> UpgradeProgress | None:
+        progress = advance_upgrade(client, "server-0", image, version)
+        return progress if progress.done or progress.failed else None
 
-    return eventually(up, "the node back after its reboot", BOOT_TIMEOUT, explain=explain)
+    return eventually(finished, f"the upgrade to {image}", BOOT_TIMEOUT, explain=explain)
 
 
 def test_upgrade_job_writes_the_other_slot_reboots_and_falls_back_from_a_broken_image(
@@ -75,12 +67,7 @@ def test_upgrade_job_writes_the_other_slot_reboots_and_falls_back_from_a_broken_
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    cas = ClusterCAs(new_ca("server-ca"), new_ca("client-ca"), new_ca("etcd-ca"))
-    token = tokens.pinned_token(cas.server.cert_pem, tokens.new_secret())
-    rendered = render_cloud_config(
-        RenderInput(Role.INIT_SERVER, C3osConfigSpec(), "server-0", "127.0.0.1", port, token, cas)
-    ).encode()
-    intent = machine(libvirtd, "server-0", rendered)
+    intent = first_server(libvirtd, port)
     domain = dx.domain_name(intent.identity)
     k3s = K3sStandIn(libvirtd, tmp_path / "k3s", endpoints=[("127.0.0.1", port)], images=standin_image)
     k3s.start()
@@ -94,47 +81,52 @@ def test_upgrade_job_writes_the_other_slot_reboots_and_falls_back_from_a_broken_
         workload = k3s.cluster("127.0.0.1", port)
         assert workload is not None
         identity = vm_identity(libvirtd, domain)
+        client = WorkloadClient(workload.kubeconfig.read_text())
+        core, batch = kc.CoreV1Api(client._api), kc.BatchV1Api(client._api)
+        before = core.read_node("server-0")
+        assert before.status.node_info.kubelet_version == STANDIN_K3S
+        assert kairos_labels(before) == ("active", "v1.33.4-k3s1", "v3.5.3-c3os-standin")
 
-        with api_client(workload.kubeconfig) as client:
-            core, batch = kc.CoreV1Api(client), kc.BatchV1Api(client)
-            before = core.read_node("server-0")
-            assert before.status.node_info.kubelet_version == STANDIN_K3S
-            assert kairos_labels(before) == ("active", "v1.33.4-k3s1", "v3.5.3-c3os-standin")
+        # A Job pinned to a node this cluster does not have: never run.
+        stray = upgrade_job("elsewhere-0", f"{REGISTRY}:k3sv1.34.1-k3s1", "")
+        batch.create_namespaced_job("kube-system", stray)
 
-            # A Job pinned to a node this cluster does not have: never run.
-            stray = contract_job("elsewhere-0", f"{REGISTRY}:k3sv1.34.1-k3s1")
-            batch.create_namespaced_job("kube-system", stray)
+        # The upgrade: the node comes back from the new slot with the new version.
+        started = time.monotonic()
+        progress = upgraded(client, f"{REGISTRY}:k3sv1.34.1-k3s1", "v1.34.1+k3s1", explain)
+        upgrade_seconds = time.monotonic() - started
+        assert progress.done, progress.message
+        after = core.read_node("server-0")
+        assert after.status.node_info.boot_id != before.status.node_info.boot_id
+        assert after.status.node_info.kubelet_version == "v1.34.1+k3s1"
+        assert kairos_labels(after) == ("active", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
 
-            # The upgrade: Complete once written, then the node comes back on the new slot.
-            started = time.monotonic()
-            done = run_job(batch, "server-0", f"{REGISTRY}:k3sv1.34.1-k3s1", explain)
-            assert done == ("Complete", "upgrade written, node rebooting")
-            after = rebooted(core, before, explain)
-            upgrade_seconds = time.monotonic() - started
-            assert after.status.node_info.kubelet_version == "v1.34.1+k3s1"
-            assert kairos_labels(after) == ("active", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
+        # A broken image: written and booted once, it does not come up; boot assessment
+        # boots passive, which holds what ran before it: v1.34.1.
+        image = f"{REGISTRY}:broken-k3sv1.33.6-k3s1"
+        progress = upgraded(client, image, "v1.33.6+k3s1", explain)
+        assert progress.failed
+        assert progress.message == (
+            f"node server-0 fell back to the previous image (boot-state passive): {image} did not boot"
+        )
+        fallen = core.read_node("server-0")
+        assert fallen.status.node_info.boot_id != after.status.node_info.boot_id
+        assert fallen.status.node_info.kubelet_version == "v1.34.1+k3s1"
+        assert kairos_labels(fallen) == ("passive", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
+        console = (libvirtd.qemu_log_dir / f"{domain}-serial.log").read_text(errors="replace")
+        assert "C3OS-STANDIN BROKEN IMAGE" in console and "upgrade_failure" in console
 
-            # A broken image: written and booted once, it does not come up; boot assessment
-            # boots passive, which holds what ran before it: v1.34.1.
-            done = run_job(batch, "server-0", f"{REGISTRY}:broken-k3sv1.33.6-k3s1", explain)
-            assert done == ("Complete", "upgrade written, node rebooting")
-            fallen = rebooted(core, after, explain)
-            assert fallen.status.node_info.kubelet_version == "v1.34.1+k3s1"
-            assert kairos_labels(fallen) == ("passive", "v1.34.1-k3s1", "v3.5.3-c3os-standin")
-            console = (libvirtd.qemu_log_dir / f"{domain}-serial.log").read_text(errors="replace")
-            assert "C3OS-STANDIN BROKEN IMAGE" in console and "upgrade_failure" in console
+        # An image the registry does not have: the Job fails, the node is left alone.
+        image = f"{REGISTRY}:k3sv9.9.9-k3s1"
+        progress = upgraded(client, image, "v9.9.9+k3s1", explain)
+        assert progress.failed and f'Failed to pull image "{image}": not found' in progress.message
+        assert core.read_node("server-0").status.node_info.boot_id == fallen.status.node_info.boot_id
 
-            # An image the registry does not have: the Job fails, the node is left alone.
-            kind, message = run_job(batch, "server-0", f"{REGISTRY}:k3sv9.9.9-k3s1", explain)
-            assert kind == "Failed" and "not found" in message and "k3sv9.9.9-k3s1" in message
-            assert core.read_node("server-0").status.node_info.boot_id == fallen.status.node_info.boot_id
+        assert not batch.read_namespaced_job(stray["metadata"]["name"], "kube-system").status.start_time
+        client.close()
 
-            status = batch.read_namespaced_job(stray["metadata"]["name"], "kube-system").status
-            assert not (status.active or status.succeeded or status.failed)
-
-        # The same VM throughout: same domain, same disk volume.
-        assert vm_identity(libvirtd, domain) == identity
-        print(f"\nupgrade Job created -> node Ready on the new slot: {upgrade_seconds:.1f}s")
+        assert vm_identity(libvirtd, domain) == identity  # the same VM and disk throughout
+        print(f"\nupgrade started -> node Ready on the new slot (judged done): {upgrade_seconds:.1f}s")
     finally:
         k3s.stop()
         backend.deprovision(intent.identity, intent.site, intent.credentials)
