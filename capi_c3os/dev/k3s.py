@@ -362,6 +362,14 @@ class MachineSource(Protocol):
     def booted(self, name: str) -> Booted | None:
         """The machine's files after Kairos's boot stages, None until it booted."""
 
+    def boot(self, name: str) -> Boot | None:
+        """The machine's current boot (id, command line, the release of the slot it
+        booted, up or not), None until it booted."""
+
+    def upgrade(self, name: str, rootfs: Path) -> tuple[bool, str]:
+        """Run the upgrade Job's `kairos-agent upgrade --source dir:<rootfs>` and the reboot
+        on the machine: (written and rebooting, message)."""
+
 
 class K3sStandIn:
     """Plays k3s on the VMs of one private libvirtd (see the module docstring)."""
@@ -479,7 +487,7 @@ class K3sStandIn:
                 domains.update(found)
             for name, joined in self._joined.items():
                 running = domains.get(name, False)
-                if running and name not in self._owners:
+                if running:
                     self._follow_boots(name, joined)
                 up = running and not joined.booting
                 if up != joined.ready:
@@ -529,6 +537,7 @@ class K3sStandIn:
 
     def _try_join(self, domain: str) -> None:
         source = self._owners.get(domain)
+        boot: Boot | None = None
         if source is not None:
             booted = source.booted(domain)
             if booted is None:
@@ -568,7 +577,9 @@ class K3sStandIn:
         if server:
             cluster.workload.mark_serving()
         joined = self._joined[domain] = _Joined(cluster, data.hostname, server)
-        if source is None and boot is not None:
+        if source is not None:
+            boot = source.boot(domain)
+        if boot is not None:
             self._report_boot(domain, joined, boot)
         self._refused.pop(domain, None)
         self._event(
@@ -579,9 +590,14 @@ class K3sStandIn:
     # -------------------------------------------------------------- boots and upgrades
 
     def _follow_boots(self, domain: str, joined: _Joined) -> None:
-        """A joined VM's latest boot: a new one not up yet takes the kubelet away; once up,
-        the Node reports it."""
-        found = nodeupgrade.boots(serial_log(self.daemon, domain))
+        """A joined machine's latest boot: a new one not up yet takes the kubelet away; once
+        up, the Node reports it."""
+        source = self._owners.get(domain)
+        if source is not None:
+            current = source.boot(domain)
+            found = [current] if current is not None else []
+        else:
+            found = nodeupgrade.boots(serial_log(self.daemon, domain))
         if not found or found[-1].boot_id == joined.boot_id:
             joined.booting = False
             return
@@ -605,9 +621,9 @@ class K3sStandIn:
         )
 
     def _start_jobs(self, cluster: _Cluster) -> None:
-        """Jobs pinned to a Node this stand-in runs in `cluster` (VMs only), not yet
-        started: each runs in its own thread (an upgrade takes a while)."""
-        nodes = {j.node: d for d, j in self._joined.items() if j.cluster is cluster and d not in self._owners}
+        """Jobs pinned to a Node this stand-in runs in `cluster`, not yet started: each runs
+        in its own thread (an upgrade takes a while)."""
+        nodes = {j.node: d for d, j in self._joined.items() if j.cluster is cluster}
         with api_client(cluster.workload.kubeconfig) as client:
             jobs = kc.BatchV1Api(client).list_job_for_all_namespaces().items
         for job in jobs:
@@ -664,6 +680,9 @@ class K3sStandIn:
         rootfs = self.registry.resolve(container.image) if self.registry else None
         if rootfs is None:
             return False, f'Failed to pull image "{container.image}": not found (ErrImagePull)'
+        source = self._owners.get(domain)
+        if source is not None:
+            return source.upgrade(domain, rootfs)
         before = nodeupgrade.boots(serial_log(self.daemon, domain))
         boot_before = before[-1].boot_id if before else ""
         conn = self.daemon.connect()
