@@ -376,7 +376,7 @@ class K3sStandIn:
 
     def __init__(
         self,
-        daemon: PrivateLibvirtd,
+        daemon: PrivateLibvirtd | None,
         workdir: Path,
         endpoints: Iterable[tuple[str, int]] = (),
         interval: float = 1.0,
@@ -472,7 +472,10 @@ class K3sStandIn:
             out.write(line + "\n")
 
     def _domains(self) -> dict[str, bool]:
-        """name -> running, for every domain of the daemon."""
+        """name -> running, for every domain of the daemon (none without one: machines of
+        `sources` only)."""
+        if self.daemon is None:
+            return {}
         if self._conn is None:
             self._conn = self.daemon.connect()
         return {dom.name(): bool(dom.isActive()) for dom in self._conn.listAllDomains(0)}
@@ -543,6 +546,7 @@ class K3sStandIn:
             if booted is None:
                 return
         else:
+            assert self.daemon is not None  # a domain: it came from the daemon
             console = serial_log(self.daemon, domain)
             current = nodeupgrade.boots(console)
             boot = current[-1] if current else None
@@ -597,6 +601,7 @@ class K3sStandIn:
             current = source.boot(domain)
             found = [current] if current is not None else []
         else:
+            assert self.daemon is not None
             found = nodeupgrade.boots(serial_log(self.daemon, domain))
         if not found or found[-1].boot_id == joined.boot_id:
             joined.booting = False
@@ -683,6 +688,7 @@ class K3sStandIn:
         source = self._owners.get(domain)
         if source is not None:
             return source.upgrade(domain, rootfs)
+        assert self.daemon is not None
         before = nodeupgrade.boots(serial_log(self.daemon, domain))
         boot_before = before[-1].boot_id if before else ""
         conn = self.daemon.connect()
