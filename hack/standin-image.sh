@@ -449,8 +449,16 @@ interfaces() {
   printf ']'
 }
 state=${C3OS_AGENT_STATE:-/run/c3os-agent}
-str() { echo "$1" | sed -n "s/.*\"$2\" *: *\"\([^\"\\\\]*\)\".*/\\1/p"; }
-num() { echo "$1" | sed -n "s/.*\"$2\" *: *\([0-9][0-9]*\).*/\\1/p"; }
+# JSON fields by one linear pass (a sed `.*"key"` backtracks over a guest-file-write's
+# 100 KB line for seconds): split at '"', the value follows the key and a ':'.
+str() {
+  echo "$1" | awk -F'"' -v k="$2" '{ for (i = 2; i + 2 <= NF; i++) if ($i == k && $(i + 1) ~ /^ *: *$/) {
+    v = $(i + 2); if (substr(v, length(v)) != "\\") print v; exit } }'  # a value with escapes: none
+}
+num() {
+  echo "$1" | awk -F'"' -v k="$2" '{ for (i = 2; i < NF; i++) if ($i == k) { v = $(i + 1); sub(/^ *: */, "", v)
+    if (match(v, /^-?[0-9]+/)) print substr(v, 1, RLENGTH); exit } }'
+}
 failed() { printf '{"error": {"class": "GenericError", "desc": "%s"}}\n' "$1"; }
 next_handle() {
   mkdir -p "$state"
@@ -498,14 +506,14 @@ file_open() {
 file_write() {
   h=$(num "$1" handle)
   [ -n "$h" ] && [ -f "$state/file-$h" ] || { failed "guest-file-write: no such handle"; return; }
-  data=$(echo "$1" | sed -n 's/.*"buf-b64" *: *"\([A-Za-z0-9+\/=]*\)".*/\1/p')
-  before=$(wc -c < "$(cat "$state/file-$h")")
-  echo "$data" | base64 -d >> "$(cat "$state/file-$h")" || { failed "guest-file-write: write failed"; return; }
-  printf '{"return": {"count": %d, "eof": false}}\n' $(( $(wc -c < "$(cat "$state/file-$h")") - before ))
+  path=$(cat "$state/file-$h")
+  before=$(wc -c < "$path")
+  str "$1" buf-b64 | base64 -d >> "$path" || { failed "guest-file-write: write failed"; return; }
+  printf '{"return": {"count": %d, "eof": false}}\n' $(( $(wc -c < "$path") - before ))
 }
 answer() {
-  cmd=$(echo "$1" | sed -n 's/.*"execute" *: *"\([a-z-]*\)".*/\1/p')
-  id=$(echo "$1" | sed -n 's/.*"arguments" *: *{[^}]*"id" *: *\([0-9-]*\).*/\1/p')
+  cmd=$(str "$1" execute)
+  id=$(num "$1" id)
   case "$cmd" in
     guest-sync-delimited) printf '\377{"return": %s}\n' "${id:-0}" ;;
     guest-sync) printf '{"return": %s}\n' "${id:-0}" ;;
@@ -523,15 +531,15 @@ answer() {
     *) printf '{"error": {"class": "CommandNotFound", "desc": "The command %s has not been found"}}\n' "$cmd" ;;
   esac
 }
-# The port opens once (a second open is EBUSY); read gives EOF while no host side is
-# connected: wait and read again. ash reads a pipe/char device byte by byte, so no
-# command is lost between reads.
+# The port opens once (a second open is EBUSY); a read gives EOF while no host side is
+# connected: wait and read again. One command line at a time with head, which reads in
+# blocks (ash's read takes a byte per system call: minutes for a file written through
+# guest-file-write): it cannot take more than the line, as libvirt sends nothing more
+# before it has the answer (guest-sync-delimited, then the command, each answered).
 exec 3<>"$port"
 while true; do
-  while IFS= read -r line <&3; do
-    [ -n "$line" ] && answer "$line" >&3
-  done
-  sleep 1
+  line=$(head -n 1 <&3)
+  if [ -n "$line" ]; then answer "$line" >&3; else sleep 1; fi
 done
 AGENT
 chmod +x initramfs/bin/c3os-agent

@@ -704,12 +704,15 @@ class K3sStandIn:
                 console = nodeupgrade.boots(serial_log(self.daemon, domain))
                 if console and console[-1].boot_id != boot_before:
                     # Rebooted by the script's last line: the container never reports back.
-                    wrote = nodeupgrade.UPGRADE_DONE in (before[-1].text if before else "") or any(
-                        nodeupgrade.UPGRADE_DONE in b.text for b in console if b.boot_id == boot_before
-                    )
-                    if wrote:
+                    # What kairos-agent printed on the console before says how it went (the
+                    # script has no `set -e`: a failed upgrade still reboots).
+                    text = "".join(b.text for b in console if b.boot_id == boot_before)
+                    if nodeupgrade.UPGRADE_DONE in text:
                         return True, "upgrade written, node rebooting"
-                    return False, "the node rebooted before kairos-agent upgrade completed"
+                    errors = [line.split(" ERROR ", 1)[1].strip() for line in text.splitlines()
+                              if line.startswith(nodeupgrade.AGENT_ERROR)]  # fmt: skip
+                    detail = f": {errors[-1]}" if errors else ""
+                    return False, f"the node rebooted before kairos-agent upgrade completed{detail}"
                 try:
                     status = agent.command("guest-exec-status", pid=pid)
                 except AgentError:

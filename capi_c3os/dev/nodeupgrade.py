@@ -43,6 +43,7 @@ READY_MARK = "C3OS-STANDIN READY"
 CMDLINE_MARK = "C3OS-STANDIN CMDLINE "
 RELEASE = re.compile(r"----- BEGIN KAIROS-RELEASE -----\r?\n(.*?)----- END KAIROS-RELEASE -----", re.S)
 UPGRADE_DONE = "C3OS-STANDIN KAIROS-AGENT Upgrade completed"
+AGENT_ERROR = "C3OS-STANDIN KAIROS-AGENT ERROR "
 
 
 class Registry:
@@ -170,7 +171,7 @@ class AgentError(RuntimeError):
 class GuestAgent:
     """qemu-ga commands to one domain through libvirt."""
 
-    def __init__(self, dom: libvirt.virDomain, timeout: int = 60) -> None:
+    def __init__(self, dom: libvirt.virDomain, timeout: int = 120) -> None:
         self.dom = dom
         self.timeout = timeout
 
@@ -185,7 +186,7 @@ class GuestAgent:
             raise AgentError(f"{execute}: {answer['error'].get('desc')}")
         return answer.get("return")
 
-    def write_file(self, path: str, data: bytes, chunk: int = 32768) -> None:
+    def write_file(self, path: str, data: bytes, chunk: int = 98304) -> None:
         handle = self.command("guest-file-open", path=path, mode="w")
         try:
             for start in range(0, len(data), chunk):
