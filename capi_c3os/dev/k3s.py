@@ -37,7 +37,8 @@ token, and k3s never starts:
   runs in that cluster are run on that Node's VM, and only there, as kubelet + containerd
   would (`capi_c3os/dev/nodeupgrade.py`); Job status is written as kubelet and the Job
   controller would (this workload apiserver runs no controller manager). A Job for a node
-  of another cluster, an unknown node or a machine of another source is never run;
+  of another cluster or an unknown node is never run; on machines of `sources` (bare metal)
+  the source upgrades its file-level slots (`k3s_ironic`);
 - every boot of a VM (a reboot appends to its console) is followed: while the new boot is
   not up the Node is NotReady; once up, it reports the boot's id, the k3s version of the
   slot it booted and the Kairos node labels (boot-state from its /proc/cmdline).
