@@ -49,6 +49,48 @@
 #   the initrd would triple and every TCG boot slow down; yip is what runs the stages.
 #   The root is the initramfs (RAM): what yip writes does not survive a reboot.
 #
+# - Two slots and in-place upgrades, as Kairos has them (COS_ACTIVE / COS_PASSIVE). The boot
+#   disk holds active/ and passive/, each a whole OS: vmlinuz, initrd.img and release.img (a
+#   small cpio with that OS's /etc/kairos-release, loaded after initrd.img: later files win).
+#   syslinux boots `active` with root=LABEL=COS_ACTIVE on the kernel command line, `passive`
+#   with root=LABEL=COS_PASSIVE (kairos-agent v2.31.4 pkg/constants: ActiveLabel, PassiveLabel;
+#   the node labeler reads boot-state from /proc/cmdline, which /init prints at every boot
+#   with the boot id). Both carry panic=5, as Kairos's cmdline does (kairos-docs
+#   Upgrade/boot_assessment.md): a kernel that panics reboots.
+#   `kairos-agent upgrade --source dir:<root>` (the image's /usr/bin/kairos-agent, a stand-in
+#   of kairos-agent v2.31.4 pkg/action/upgrade.go UpgradeAction.Run) copies the new OS from
+#   <root>/boot into a transition dir, moves active to passive unless booted from passive
+#   (then active alone is replaced, passive kept), moves the transition to active, and arms
+#   boot assessment.
+#   Boot assessment, Kairos (kairos-init pkg/bundled/cloudconfigs/08_grub.yaml "Add boot
+#   assessment grub configuration", kairos-docs Upgrade/boot_assessment.md): after an upgrade
+#   grubenv has enable_boot_assessment=yes and next_entry=cos (one-shot, upgrade.go
+#   SelectBootEntry); grub, on a boot with the sentinel and no tentative flag, saves
+#   boot_assessment_tentative=yes and boots active; a system that comes up clears both
+#   (boot.before); back at grub with tentative still set means that boot failed: grub boots
+#   `fallback` (passive) with `upgrade_failure` on the command line.
+#   Here, with syslinux (no grubenv, but its ADV: a 2-sector block in ldlinux.sys that
+#   ldlinux rewrites itself, syslinux 6.04 com32/elflink/ldlinux/ldlinux.c): the upgrade
+#   writes syslinux.cfg with DEFAULT passive (+ upgrade_failure) and a boot-once entry
+#   `active` into the ADV. The next boot consumes the once entry (ldlinux clears it on disk
+#   before loading the kernel: grub's save_env of tentative) and boots active. An active
+#   that comes up (before READY) rewrites syslinux.cfg to DEFAULT active: the sentinels are
+#   cleared. One that does not (panic -> panic=5 -> reboot) meets DEFAULT passive: the
+#   fallback. Differences: one attempt, no counter; nothing but a reboot after a hang (no
+#   watchdog); passive stays the default after a fallback until the next upgrade (as in
+#   Kairos, whose fallback sets no new default either).
+#   The ADV sector is found at build time (the syslinux installer here cannot set boot-once
+#   itself) and written on the disk as /c3os-adv-sector; the ADV block is computed here in
+#   syslinux's format (libinstaller/setadv.c: magic, checksum, tag ADV_BOOTONCE, magic).
+#
+# - Upgrade images (a stand-in OCI registry): oci/<tag>/ holds the container root the k3s
+#   stand-in's registry serves for registry.c3os.test/c3os-standin:<tag> (capi_c3os/dev/
+#   nodeupgrade.py): /boot/{vmlinuz,initrd.img,release.img}, /etc/kairos-release,
+#   /usr/bin/kairos-agent, /usr/lib/c3os/* and /bin/busybox, as a Kairos image is the OS
+#   root that `kairos-agent upgrade --source dir:/` copies. Tags: one per shipped k3s version
+#   (k3sv1.33.4-k3s1, ...), and broken-<tag> for each: the same with a release.img whose /init
+#   prints the boot marker and exits (kernel panic), so boot assessment falls back.
+#
 # A real c3os/Kairos image is used instead by pointing C3osMachine.spec.image at its
 # qcow2 (format: qcow2) or live ISO (format: iso) and leaving out directKernelBoot.
 set -euo pipefail
@@ -95,7 +137,7 @@ depmod -b kroot "$version"
 
 mkdir -p initramfs/{bin,sbin,dev,proc,sys,mnt/cfg,tmp,etc,lib/modules,usr/share/udhcpc}
 kairos_release() {
-  printf 'KAIROS_NAME="c3os-standin"\nKAIROS_VARIANT="standard"\nKAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="%s"\n' "$1"
+  printf 'KAIROS_NAME="c3os-standin"\nKAIROS_VARIANT="standard"\nKAIROS_VERSION="v3.5.3-c3os-standin"\nKAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="%s"\n' "$1"
 }
 kairos_release "$DEFAULT_K3S" > initramfs/etc/kairos-release
 cp "$busybox" initramfs/bin/busybox
@@ -140,7 +182,7 @@ BLKID
 chmod +x initramfs/bin/blkid
 modules="scsi_common scsi_mod libata libahci ahci ata_piix cdrom sr_mod isofs virtio_ring virtio
 virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk
-virtio_console floppy sd_mod usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci
+virtio_console floppy sd_mod fat vfat nls_cp437 nls_ascii usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci
 usb-storage"
 # Built into some kernels: only these may be missing as modules.
 builtin_ok=" usb-common usbcore ehci-hcd ehci-pci uhci-hcd xhci-hcd xhci-pci "
@@ -245,9 +287,141 @@ END {
 NETCFG
 chmod +x initramfs/bin/c3os-netcfg
 
+# The boot disk's syslinux.cfg (see the header): `c3os-bootcfg active` normally,
+# `c3os-bootcfg passive upgrade_failure` while boot assessment is armed.
+cat > initramfs/bin/c3os-bootcfg <<'BOOTCFG'
+#!/bin/sh
+case "$1" in active|passive) ;; *) echo "usage: c3os-bootcfg active|passive [upgrade_failure]" >&2; exit 2 ;; esac
+printf 'SERIAL 0 115200\nDEFAULT %s\nPROMPT 0\nTIMEOUT 0\n' "$1"
+for slot in active passive; do
+  label=COS_$(echo "$slot" | tr a-z A-Z)
+  extra=""
+  [ "$slot" = passive ] && [ -n "${2:-}" ] && extra=" $2"
+  printf 'LABEL %s\n  LINUX /%s/vmlinuz\n  INITRD /%s/initrd.img,/%s/release.img\n' "$slot" "$slot" "$slot" "$slot"
+  printf '  APPEND console=ttyS0 quiet panic=5 root=LABEL=%s%s\n' "$label" "$extra"
+done
+BOOTCFG
+chmod +x initramfs/bin/c3os-bootcfg
+
+# kairos-agent, stood in: `upgrade --source dir:<root>` only (see the header).
+mkdir -p initramfs/usr/bin initramfs/usr/lib/c3os
+cat > initramfs/usr/bin/kairos-agent <<'AGENTBIN'
+#!/bin/sh
+# Follows kairos-agent v2.31.4 pkg/action/upgrade.go (UpgradeAction.Run): new OS into a
+# transition image, active -> passive unless booted from passive, transition -> active,
+# next boot: active once (SelectBootEntry), boot assessment armed.
+# (C3OS_* variables: the unit tests' stand-ins for the disk, console and /proc.)
+state=${C3OS_STATE_DIR:-/run/c3os-state}
+console=${C3OS_CONSOLE:-/dev/console}
+cmdline=${C3OS_CMDLINE:-/proc/cmdline}
+adv=${C3OS_ADV:-/usr/lib/c3os/adv-once-active}
+say() { echo "kairos-agent: $*"; echo "C3OS-STANDIN KAIROS-AGENT $*" > "$console" 2>/dev/null || true; }
+fail() { say "ERROR $*"; exit 1; }
+[ "${1:-}" = upgrade ] || fail "this stand-in does only: upgrade --source dir:<root>"
+shift
+source=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --source) source=${2:-}; shift 2 ;;
+    --source=*) source=${1#--source=}; shift ;;
+    *) fail "unknown argument $1" ;;
+  esac
+done
+case "$source" in dir:*) root=${source#dir:} ;; *) fail "source '$source': the stand-in takes dir:<root> only" ;; esac
+for f in vmlinuz initrd.img release.img; do
+  [ -s "$root/boot/$f" ] || fail "$root/boot/$f missing: not a c3os stand-in OS"
+done
+dev=${C3OS_STATE_DEVICE:-$(findfs LABEL=C3OSBOOT 2>/dev/null)} || fail "no boot disk (LABEL=C3OSBOOT)"
+mkdir -p "$state"
+if [ -z "${C3OS_STATE_DEVICE:-}" ]; then
+  mount -t vfat "$dev" "$state" || fail "cannot mount $dev"
+  trap 'umount "$state" 2>/dev/null' EXIT
+fi
+sector=$(cat "$state/c3os-adv-sector" 2>/dev/null) || fail "no c3os-adv-sector on the boot disk"
+rm -rf "$state/transition"
+mkdir "$state/transition"
+cp "$root/boot/vmlinuz" "$root/boot/initrd.img" "$root/boot/release.img" "$state/transition/" \
+  || fail "cannot write the transition image (disk full?)"
+if grep -q COS_PASSIVE "$cmdline"; then
+  # upgrade.go: booted from passive, active may be the broken one: keep passive.
+  say "booted from passive: replacing active, passive kept"
+  rm -rf "$state/active"
+else
+  say "backing up active into passive"
+  rm -rf "$state/passive"
+  mv "$state/active" "$state/passive" || fail "cannot move active to passive"
+fi
+mv "$state/transition" "$state/active" || fail "cannot move the transition image to active"
+c3os-bootcfg passive upgrade_failure > "$state/syslinux.cfg.new" && mv "$state/syslinux.cfg.new" "$state/syslinux.cfg" \
+  || fail "cannot arm boot assessment"
+sync
+if [ -z "${C3OS_STATE_DEVICE:-}" ]; then umount "$state"; trap - EXIT; fi
+# Next boot: active, once (syslinux's ADV, written after the file system is unmounted).
+dd if="$adv" of="$dev" bs=512 seek="$sector" count=2 conv=notrunc,fsync 2>/dev/null \
+  || fail "cannot write the boot-once entry"
+say "Upgrade completed: active is $(sed -n 's/^KAIROS_SOFTWARE_VERSION="\(.*\)"/\1/p' "$root/etc/kairos-release")"
+AGENTBIN
+chmod +x initramfs/usr/bin/kairos-agent
+
+# What containerd does for the upgrade Job's pod, reduced to what that pod uses: the
+# image's root (pulled by c3os-image-pull), hostPath / at /host, hostPID (same PID
+# namespace), privileged (the script mounts /host/dev), /proc and /sys, containerd's PATH.
+cat > initramfs/bin/c3os-run-container <<'RUNC'
+#!/bin/sh
+root=$1; script=$2
+[ -x "$root/bin/busybox" ] || { echo "no /bin/busybox in the image" >&2; exit 127; }
+for a in $("$root/bin/busybox" --list); do [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"; done
+mkdir -p "$root/host" "$root/dev" "$root/run" "$root/proc" "$root/sys" "$root/tmp"
+exec unshare -m /bin/sh -c '
+  mount --rbind / "$1/host" || exit 126
+  mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" || exit 126
+  exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot "$1" /bin/sh -c "$(cat "$2")"
+' sh "$root" "$script"
+RUNC
+chmod +x initramfs/bin/c3os-run-container
+
+# The node's image store, reduced: `c3os-image-pull DIR` reads DIR/manifest ("<sha256>
+# <octal mode> <path>" lines), puts into DIR/rootfs each file whose bytes the node already
+# holds (its /bin/busybox, the files of its two slots: image layers it has), and prints
+# "MISSING <path>" for the rest, which the k3s stand-in then writes through the guest agent;
+# `c3os-image-pull --check DIR` verifies every file and sets its mode.
+cat > initramfs/bin/c3os-image-pull <<'PULL'
+#!/bin/sh
+check=""
+[ "$1" = --check ] && { check=1; shift; }
+dir=$1
+[ -f "$dir/manifest" ] || { echo "no $dir/manifest" >&2; exit 2; }
+if [ -n "$check" ]; then
+  bad=0
+  while read -r sum mode path; do
+    got=$(sha256sum "$dir/rootfs/$path" 2>/dev/null | cut -d' ' -f1)
+    [ "$got" = "$sum" ] || { echo "BAD $path"; bad=1; continue; }
+    chmod "$mode" "$dir/rootfs/$path"
+  done < "$dir/manifest"
+  exit $bad
+fi
+cache=/run/c3os-image-cache
+have=$dir/have
+: > "$have"
+boot=$(findfs LABEL=C3OSBOOT 2>/dev/null) && mkdir -p "$cache" && mount -t vfat -o ro "$boot" "$cache" && mounted=1
+sha256sum /bin/busybox "$cache"/active/* "$cache"/passive/* 2>/dev/null > "$have"
+while read -r sum mode path; do
+  mkdir -p "$(dirname "$dir/rootfs/$path")"
+  src=$(awk -v s="$sum" '$1 == s {print $2; exit}' "$have")
+  if [ -n "$src" ]; then cp "$src" "$dir/rootfs/$path"; else echo "MISSING $path"; fi
+done < "$dir/manifest"
+[ -n "${mounted:-}" ] && umount "$cache"
+exit 0
+PULL
+chmod +x initramfs/bin/c3os-image-pull
+
 # A minimal QEMU guest agent: newline-terminated JSON commands in, one JSON line out
 # (the qemu-ga protocol libvirt speaks); guest-sync-delimited answers after the 0xFF
-# sentinel byte. Just what address discovery needs; anything else is CommandNotFound.
+# sentinel byte. What address discovery needs, and what the k3s stand-in needs to run an
+# upgrade Job on the node (qemu-ga's guest-file-open/-write/-close and guest-exec /
+# guest-exec-status, same arguments and answers; string arguments with JSON escapes are
+# refused, and guest-exec's "pid" is a handle, not a process id); anything else is
+# CommandNotFound.
 cat > initramfs/bin/c3os-agent <<'AGENT'
 #!/bin/sh
 port=""
@@ -274,29 +448,98 @@ interfaces() {
   done
   printf ']'
 }
+state=${C3OS_AGENT_STATE:-/run/c3os-agent}
+# JSON fields by one linear pass (a sed `.*"key"` backtracks over a guest-file-write's
+# 100 KB line for seconds): split at '"', the value follows the key and a ':'.
+str() {
+  echo "$1" | awk -F'"' -v k="$2" '{ for (i = 2; i + 2 <= NF; i++) if ($i == k && $(i + 1) ~ /^ *: *$/) {
+    v = $(i + 2); if (substr(v, length(v)) != "\\") print v; exit } }'  # a value with escapes: none
+}
+num() {
+  echo "$1" | awk -F'"' -v k="$2" '{ for (i = 2; i < NF; i++) if ($i == k) { v = $(i + 1); sub(/^ *: */, "", v)
+    if (match(v, /^-?[0-9]+/)) print substr(v, 1, RLENGTH); exit } }'
+}
+failed() { printf '{"error": {"class": "GenericError", "desc": "%s"}}\n' "$1"; }
+next_handle() {
+  mkdir -p "$state"
+  n=$(( $(cat "$state/counter" 2>/dev/null || echo 1000) + 1 ))
+  echo "$n" > "$state/counter"
+  echo "$n"
+}
+exec_start() {
+  path=$(str "$1" path)
+  [ -n "$path" ] || { failed "guest-exec: no path (or one with JSON escapes)"; return; }
+  list=$(echo "$1" | sed -n 's/.*"arg" *: *\[\([^]]*\)\].*/\1/p')
+  case "$list" in *\\*) failed "guest-exec: arguments with JSON escapes are not supported"; return ;; esac
+  set --
+  while IFS= read -r a; do [ -n "$a" ] && set -- "$@" "$a"; done <<EOF
+$(echo "$list" | sed 's/^ *"//; s/" *$//; s/" *, *"/\n/g')
+EOF
+  h=$(next_handle)
+  d="$state/exec/$h"
+  mkdir -p "$d"
+  ( "$path" "$@" > "$d/out" 2> "$d/err" < /dev/null; echo $? > "$d/rc" ) 3>&- > /dev/null 2>&1 &
+  printf '{"return": {"pid": %s}}\n' "$h"
+}
+exec_status() {
+  d="$state/exec/$(num "$1" pid)"
+  [ -d "$d" ] || { failed "guest-exec-status: no such pid"; return; }
+  if [ -f "$d/rc" ]; then
+    printf '{"return": {"exited": true, "exitcode": %d, "out-data": "%s", "err-data": "%s"}}\n' \
+      "$(cat "$d/rc")" "$(base64 "$d/out" | tr -d '\n')" "$(base64 "$d/err" | tr -d '\n')"
+  else
+    printf '{"return": {"exited": false}}\n'
+  fi
+}
+file_open() {
+  path=$(str "$1" path); mode=$(str "$1" mode)
+  [ -n "$path" ] || { failed "guest-file-open: no path (or one with JSON escapes)"; return; }
+  case "${mode:-r}" in
+    w*) : > "$path" ;;
+    a*) : >> "$path" ;;
+    *) [ -r "$path" ] ;;
+  esac 2>/dev/null || { failed "guest-file-open: cannot open $path"; return; }
+  h=$(next_handle)
+  echo "$path" > "$state/file-$h"
+  printf '{"return": %s}\n' "$h"
+}
+file_write() {
+  h=$(num "$1" handle)
+  [ -n "$h" ] && [ -f "$state/file-$h" ] || { failed "guest-file-write: no such handle"; return; }
+  path=$(cat "$state/file-$h")
+  before=$(wc -c < "$path")
+  str "$1" buf-b64 | base64 -d >> "$path" || { failed "guest-file-write: write failed"; return; }
+  printf '{"return": {"count": %d, "eof": false}}\n' $(( $(wc -c < "$path") - before ))
+}
 answer() {
-  cmd=$(echo "$1" | sed -n 's/.*"execute" *: *"\([a-z-]*\)".*/\1/p')
-  id=$(echo "$1" | sed -n 's/.*"arguments" *: *{[^}]*"id" *: *\([0-9-]*\).*/\1/p')
+  cmd=$(str "$1" execute)
+  id=$(num "$1" id)
   case "$cmd" in
     guest-sync-delimited) printf '\377{"return": %s}\n' "${id:-0}" ;;
     guest-sync) printf '{"return": %s}\n' "${id:-0}" ;;
     guest-ping) printf '{"return": {}}\n' ;;
     guest-info) printf '{"return": {"version": "c3os-standin", "supported_commands": [%s]}}\n' \
-      "$(for c in guest-sync-delimited guest-sync guest-ping guest-info guest-network-get-interfaces; do
+      "$(for c in guest-sync-delimited guest-sync guest-ping guest-info guest-network-get-interfaces \
+                 guest-file-open guest-file-write guest-file-close guest-exec guest-exec-status; do
            printf '{"name":"%s","enabled":true,"success-response":true},' "$c"; done | sed 's/,$//')" ;;
     guest-network-get-interfaces) printf '{"return": %s}\n' "$(interfaces)" ;;
+    guest-file-open) file_open "$1" ;;
+    guest-file-write) file_write "$1" ;;
+    guest-file-close) h=$(num "$1" handle); rm -f "$state/file-$h"; printf '{"return": {}}\n' ;;
+    guest-exec) exec_start "$1" ;;
+    guest-exec-status) exec_status "$1" ;;
     *) printf '{"error": {"class": "CommandNotFound", "desc": "The command %s has not been found"}}\n' "$cmd" ;;
   esac
 }
-# The port opens once (a second open is EBUSY); read gives EOF while no host side is
-# connected: wait and read again. ash reads a pipe/char device byte by byte, so no
-# command is lost between reads.
+# The port opens once (a second open is EBUSY); a read gives EOF while no host side is
+# connected: wait and read again. One command line at a time with head, which reads in
+# blocks (ash's read takes a byte per system call: minutes for a file written through
+# guest-file-write): it cannot take more than the line, as libvirt sends nothing more
+# before it has the answer (guest-sync-delimited, then the command, each answered).
 exec 3<>"$port"
 while true; do
-  while IFS= read -r line <&3; do
-    [ -n "$line" ] && answer "$line" >&3
-  done
-  sleep 1
+  line=$(head -n 1 <&3)
+  if [ -n "$line" ]; then answer "$line" >&3; else sleep 1; fi
 done
 AGENT
 chmod +x initramfs/bin/c3os-agent
@@ -315,6 +558,13 @@ for m in $(cat /lib/modules/order); do
   esac
 done
 echo "C3OS-STANDIN BOOTED"
+# Every boot: its id (a kubelet reports it as nodeInfo.bootID) and the command line (the
+# node labeler's boot-state), read by the k3s stand-in from the last boot's console.
+echo "C3OS-STANDIN BOOT $(cat /proc/sys/kernel/random/boot_id)"
+echo "C3OS-STANDIN CMDLINE $(cat /proc/cmdline)"
+# busybox reboot/poweroff signal PID 1 (this shell): shut down as an init would.
+trap 'echo "C3OS-STANDIN REBOOTING"; sync; reboot -f' TERM
+trap 'echo "C3OS-STANDIN POWEROFF"; sync; poweroff -f' USR2
 echo "----- BEGIN KAIROS-RELEASE -----"; cat /etc/kairos-release; echo "----- END KAIROS-RELEASE -----"
 dev=""
 for i in $(seq 1 50); do
@@ -418,11 +668,36 @@ for nic in $dhcp; do
   ip link set "$nic" up
   udhcpc -i "$nic" -t 20 -T 1 -n -q -s /usr/share/udhcpc/default.script || echo "C3OS-STANDIN NO DHCP $nic"
 done
+# Boot assessment (see the header): an active slot that came this far is good; clear the
+# sentinel (DEFAULT passive while armed) as Kairos's boot.before step does.
+if grep -q COS_ACTIVE /proc/cmdline && boot=$(findfs LABEL=C3OSBOOT 2>/dev/null); then
+  mkdir -p /run/c3os-state
+  if mount -t vfat "$boot" /run/c3os-state; then
+    if grep -q '^DEFAULT passive' /run/c3os-state/syslinux.cfg; then
+      c3os-bootcfg active > /run/c3os-state/syslinux.cfg.new && mv /run/c3os-state/syslinux.cfg.new /run/c3os-state/syslinux.cfg
+      echo "C3OS-STANDIN BOOT-ASSESSMENT PASSED"
+    fi
+    umount /run/c3os-state
+  fi
+fi
+grep -q upgrade_failure /proc/cmdline && echo "C3OS-STANDIN UPGRADE-FAILURE: booted the fallback"
 echo "C3OS-STANDIN READY"
-while true; do sleep 3600; done
+# `wait` (not a foreground sleep) lets the TERM trap run at once.
+while true; do sleep 3600 & wait $!; done
 INIT
 chmod +x initramfs/init
 mkdir -p "$out.tmp"
+# syslinux's ADV with the boot-once command `active` (libinstaller/setadv.c): two equal
+# 512-byte copies of MAGIC1, a checksum making the words after it sum to MAGIC2, the
+# records (tag ADV_BOOTONCE=1, length, bytes), zeros, MAGIC3 last.
+"$py" - initramfs/usr/lib/c3os/adv-once-active <<'ADV'
+import struct, sys
+data = bytes([1, len(b"active")]) + b"active"
+body = data.ljust(512 - 12, b"\0")
+csum = (0xA3041767 - sum(struct.unpack("<125I", body))) & 0xFFFFFFFF
+block = struct.pack("<II", 0x5A2D2FA5, csum) + body + struct.pack("<I", 0xDD28BF64)
+open(sys.argv[1], "wb").write(block * 2)
+ADV
 (cd initramfs && find . | cpio -o -H newc --quiet | gzip -9) > "$out.tmp/initrd.img"
 cp "kroot/boot/vmlinuz-$version" "$out.tmp/vmlinuz"
 printf 'C3OS-STANDIN-BASE-0001' > base.raw
@@ -431,41 +706,68 @@ qemu-img convert -q -f raw -O qcow2 base.raw "$out.tmp/base.qcow2"
 
 # The self-booting disk. syslinux writes its boot sector into the FAT volume's first
 # sector, which on a superfloppy is the disk's first sector: what the BIOS loads.
-cat > syslinux.cfg <<'CFG'
-SERIAL 0 115200
-DEFAULT c3os
-PROMPT 0
-TIMEOUT 0
-LABEL c3os
-  LINUX /vmlinuz
-  INITRD /initrd.img
-  APPEND console=ttyS0 quiet
-CFG
-boot_disk() {  # initrd, output qcow2
+# Its slots hold an OS of oci/<tag> (both slots the same, as after an install).
+sh initramfs/bin/c3os-bootcfg active > syslinux.cfg
+boot_disk() {  # oci tag, output qcow2
   rm -f boot.raw
-  truncate -s 32M boot.raw
+  truncate -s 64M boot.raw
   mformat -i boot.raw -v C3OSBOOT -h 64 -s 32 -t 32 ::
-  mcopy -i boot.raw "$out.tmp/vmlinuz" ::/vmlinuz
-  mcopy -i boot.raw "$1" ::/initrd.img
+  syslinux --install boot.raw  # first: ldlinux.sys (and its ADV) near the start
+  mmd -i boot.raw ::/active ::/passive
+  for slot in active passive; do
+    mcopy -i boot.raw "$out.tmp/oci/$1/boot/vmlinuz" "$out.tmp/oci/$1/boot/initrd.img" \
+      "$out.tmp/oci/$1/boot/release.img" "::/$slot/"
+  done
   mcopy -i boot.raw syslinux.cfg ::/syslinux.cfg
-  syslinux --install boot.raw
+  # Where ldlinux.sys keeps its ADV (two sectors starting with ADV_MAGIC1), for the upgrade.
+  sector=$(od -A d -t x4 -w512 -v -N 8388608 boot.raw | awk '$2 == "5a2d2fa5" && !n {print $1 / 512; n = 1}')
+  [ -n "$sector" ] || { echo "no syslinux ADV found on the boot disk" >&2; exit 1; }
+  echo "$sector" > adv-sector
+  mcopy -i boot.raw adv-sector ::/c3os-adv-sector
   qemu-img convert -q -f raw -O qcow2 boot.raw "$2"
 }
-boot_disk "$out.tmp/initrd.img" "$out.tmp/boot.qcow2"
+# An OCI image's root (see the header): the OS in /boot plus what its kairos-agent needs.
+oci_image() {  # tag, k3s version, broken?
+  r="$out.tmp/oci/$1"
+  mkdir -p "$r/boot" "$r/etc" "$r/bin" "$r/usr/bin" "$r/usr/lib/c3os"
+  # Every tag shares these bytes (as image layers): hard links, not copies.
+  ln "$out.tmp/vmlinuz" "$out.tmp/initrd.img" "$r/boot/"
+  [ -f "$out.tmp/oci/busybox" ] || cp "$busybox" "$out.tmp/oci/busybox"
+  ln "$out.tmp/oci/busybox" "$r/bin/busybox"
+  cp initramfs/usr/bin/kairos-agent "$r/usr/bin/"
+  cp initramfs/bin/c3os-bootcfg "$r/bin/"
+  cp initramfs/usr/lib/c3os/* "$r/usr/lib/c3os/"
+  rm -rf release && mkdir -p release/etc
+  kairos_release "$2" > release/etc/kairos-release
+  cp release/etc/kairos-release "$r/etc/kairos-release"
+  if [ -n "${3:-}" ]; then
+    # Does not come up: prints the boot marker, then PID 1 exits (kernel panic, panic=5).
+    printf '%s\n' '#!/bin/sh' 'mount -t proc proc /proc' \
+      'echo "C3OS-STANDIN BOOT $(cat /proc/sys/kernel/random/boot_id)"' \
+      'echo "C3OS-STANDIN CMDLINE $(cat /proc/cmdline)"' \
+      'echo "C3OS-STANDIN BROKEN IMAGE: init exits"' 'exit 1' > release/init
+    chmod +x release/init
+  fi
+  (cd release && find . | cpio -o -H newc --quiet | gzip -9) > "$r/boot/release.img"
+}
+for v in $DEFAULT_K3S $VARIANT_K3S; do
+  tag="k3s$(echo "$v" | tr + -)"
+  oci_image "$tag" "$v"
+  oci_image "broken-$tag" "$v" broken
+done
+default_tag="k3s$(echo "$DEFAULT_K3S" | tr + -)"
+boot_disk "$default_tag" "$out.tmp/boot.qcow2"
 for v in $VARIANT_K3S; do
   tag="k3s$(echo "$v" | tr + -)"
-  rm -rf variant && mkdir -p variant/etc
-  kairos_release "$v" > variant/etc/kairos-release
-  cp "$out.tmp/initrd.img" "initrd-$tag.img"
-  (cd variant && find . | cpio -o -H newc --quiet | gzip -9) >> "initrd-$tag.img"
-  boot_disk "initrd-$tag.img" "$out.tmp/boot-$tag.qcow2"
+  boot_disk "$tag" "$out.tmp/boot-$tag.qcow2"
 done
 
 # The live ISO: isolinux loads the same kernel and initrd with c3os.live.
 mkdir -p iso/isolinux
 cp "$isolinux" "$ldlinux" iso/isolinux/
 cp "$out.tmp/vmlinuz" "$out.tmp/initrd.img" iso/
-sed -e 's/APPEND console=ttyS0 quiet/APPEND console=ttyS0 quiet c3os.live/' syslinux.cfg > iso/isolinux/isolinux.cfg
+printf '%s\n' 'SERIAL 0 115200' 'DEFAULT c3os' 'PROMPT 0' 'TIMEOUT 0' 'LABEL c3os' '  LINUX /vmlinuz' \
+  '  INITRD /initrd.img' '  APPEND console=ttyS0 quiet c3os.live' > iso/isolinux/isolinux.cfg
 xorriso -as mkisofs -quiet -V C3OS_LIVE -o "$out.tmp/live.iso" \
   -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table \
   -isohybrid-mbr "$isohybrid" iso

@@ -32,6 +32,17 @@ token, and k3s never starts:
 - machines of other `sources` (bare metal: `k3s_ironic`) join the same way from the
   files yip left when their source ran it over the drive they received (`yipnode`).
 
+- in-place upgrades (`images`: the built stand-in image, whose `oci/` is the stand-in
+  registry): each cluster's batch/v1 Jobs pinned (`nodeName`) to a Node this stand-in
+  runs in that cluster are run on that Node's VM, and only there, as kubelet + containerd
+  would (`capi_c3os/dev/nodeupgrade.py`); Job status is written as kubelet and the Job
+  controller would (this workload apiserver runs no controller manager). A Job for a node
+  of another cluster or an unknown node is never run; on machines of `sources` (bare metal)
+  the source upgrades its file-level slots (`k3s_ironic`);
+- every boot of a VM (a reboot appends to its console) is followed: while the new boot is
+  not up the Node is NotReady; once up, it reports the boot's id, the k3s version of the
+  slot it booted and the Kairos node labels (boot-state from its /proc/cmdline).
+
 Not reproduced: the VM's root is RAM, so a rebooted VM runs every step again (a step's
 `if:` sees a fresh root); the stand-in keeps each machine's files across boots.
 
@@ -59,18 +70,23 @@ import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no type hints
 import yaml
+from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap import tokens
 from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.bootstrap.cloudconfig import K3S_DIR, TLS_DIR, Role
+from capi_c3os.dev import nodeupgrade
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from capi_c3os.dev.mgmt import api_client
+from capi_c3os.dev.nodeupgrade import AgentError, Boot, GuestAgent, Registry
 from capi_c3os.dev.workload import WorkloadStandIn
 
 log = logging.getLogger(__name__)
@@ -323,6 +339,10 @@ class _Joined:
     node: str
     server: bool
     ready: bool = True
+    boot_id: str = ""
+    """The boot the Node last reported ("" for machines without boot markers)."""
+    booting: bool = False
+    """A new boot started and is not up yet: the kubelet is gone meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -343,18 +363,33 @@ class MachineSource(Protocol):
     def booted(self, name: str) -> Booted | None:
         """The machine's files after Kairos's boot stages, None until it booted."""
 
+    def boot(self, name: str) -> Boot | None:
+        """The machine's current boot (id, command line, the release of the slot it
+        booted, up or not), None until it booted."""
+
+    def upgrade(self, name: str, rootfs: Path) -> tuple[bool, str]:
+        """Run the upgrade Job's `kairos-agent upgrade --source dir:<rootfs>` and the reboot
+        on the machine: (written and rebooting, message)."""
+
 
 class K3sStandIn:
     """Plays k3s on the VMs of one private libvirtd (see the module docstring)."""
 
     def __init__(
         self,
-        daemon: PrivateLibvirtd,
+        daemon: PrivateLibvirtd | None,
         workdir: Path,
         endpoints: Iterable[tuple[str, int]] = (),
         interval: float = 1.0,
+        images: Path | None = None,
     ) -> None:
         self.daemon = daemon
+        self.registry = Registry(images) if images is not None else None
+        """The stand-in registry upgrade Jobs pull from (None: every image is not found)."""
+        self.jobs: dict[str, str] = {}
+        """`<namespace>/<job name>` -> its outcome so far (running, Complete, Failed: ...)."""
+        self._job_threads: list[threading.Thread] = []
+        self._jobs_taken: set[str] = set()  # Job uids this stand-in started
         self.workdir = workdir
         self.interval = interval
         self.events: list[str] = []
@@ -407,6 +442,8 @@ class K3sStandIn:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        for thread in self._job_threads:
+            thread.join(timeout=60)
         with self._lock:
             for cluster in self._clusters.values():
                 cluster.workload.stop()
@@ -436,7 +473,10 @@ class K3sStandIn:
             out.write(line + "\n")
 
     def _domains(self) -> dict[str, bool]:
-        """name -> running, for every domain of the daemon."""
+        """name -> running, for every domain of the daemon (none without one: machines of
+        `sources` only)."""
+        if self.daemon is None:
+            return {}
         if self._conn is None:
             self._conn = self.daemon.connect()
         return {dom.name(): bool(dom.isActive()) for dom in self._conn.listAllDomains(0)}
@@ -451,14 +491,18 @@ class K3sStandIn:
                 domains.update(found)
             for name, joined in self._joined.items():
                 running = domains.get(name, False)
-                if running != joined.ready:
-                    self._set_ready(name, joined, running)
+                if running:
+                    self._follow_boots(name, joined)
+                up = running and not joined.booting
+                if up != joined.ready:
+                    self._set_ready(name, joined, up)
             for name, running in sorted(domains.items()):
                 if running:
                     self._started.setdefault(name, time.monotonic())
                 if running and name not in self._joined:
                     self._try_join(name)
             for cluster in list(self._clusters.values()):
+                self._start_jobs(cluster)
                 for node in cluster.workload.answer_etcd_removals():
                     self._event(f"etcd member {node} removed (k3s etcd controller), node annotated")
                 self._forget_if_gone(cluster, domains)
@@ -482,7 +526,12 @@ class K3sStandIn:
             if exc.status != 404:  # CAPI deleted the Node with its Machine: nothing to report
                 raise
         joined.ready = ready
-        state = "running again: Ready" if ready else "stopped or gone: kubelet silent, Ready=False"
+        if ready:
+            state = "running again: Ready"
+        elif joined.booting:
+            state = "rebooting: kubelet silent, Ready=False"
+        else:
+            state = "stopped or gone: kubelet silent, Ready=False"
         self._event(f"{domain}: {state} (node {joined.node})")
 
     def _refuse(self, domain: str, reason: str) -> None:
@@ -492,12 +541,18 @@ class K3sStandIn:
 
     def _try_join(self, domain: str) -> None:
         source = self._owners.get(domain)
+        boot: Boot | None = None
         if source is not None:
             booted = source.booted(domain)
             if booted is None:
                 return
         else:
+            assert self.daemon is not None  # a domain: it came from the daemon
             console = serial_log(self.daemon, domain)
+            current = nodeupgrade.boots(console)
+            boot = current[-1] if current else None
+            if boot is not None:
+                console = boot.text  # only this boot's console: a reboot starts over
             if BOOTED not in console:
                 return
             if YIP_DONE not in console:
@@ -526,12 +581,157 @@ class K3sStandIn:
         )
         if server:
             cluster.workload.mark_serving()
-        self._joined[domain] = _Joined(cluster, data.hostname, server)
+        joined = self._joined[domain] = _Joined(cluster, data.hostname, server)
+        if source is not None:
+            boot = source.boot(domain)
+        if boot is not None:
+            self._report_boot(domain, joined, boot)
         self._refused.pop(domain, None)
         self._event(
             f"{domain}: k3s {'server' if server else 'agent'} joined https://{cluster.host}:{cluster.port}"
             f" as node {data.hostname} ({data.provider_id}), k3s {version or 'version unknown'}"
         )
+
+    # -------------------------------------------------------------- boots and upgrades
+
+    def _follow_boots(self, domain: str, joined: _Joined) -> None:
+        """A joined machine's latest boot: a new one not up yet takes the kubelet away; once
+        up, the Node reports it."""
+        source = self._owners.get(domain)
+        if source is not None:
+            current = source.boot(domain)
+            found = [current] if current is not None else []
+        else:
+            assert self.daemon is not None
+            found = nodeupgrade.boots(serial_log(self.daemon, domain))
+        if not found or found[-1].boot_id == joined.boot_id:
+            joined.booting = False
+            return
+        boot = found[-1]
+        if not boot.up:
+            if not joined.booting:
+                self._event(f"{domain}: rebooting (boot {boot.boot_id}, {boot.cmdline or 'no cmdline yet'})")
+            joined.booting = True
+            return
+        joined.booting = False
+        self._report_boot(domain, joined, boot)
+
+    def _report_boot(self, domain: str, joined: _Joined, boot: Boot) -> None:
+        labels, annotations = nodeupgrade.node_report(boot)
+        version = shipped_k3s_version("\n".join(f"{k}={v}" for k, v in boot.release.items()))
+        joined.cluster.workload.report_boot(joined.node, boot.boot_id, version, labels, annotations)
+        joined.boot_id = boot.boot_id
+        self._event(
+            f"{domain}: node {joined.node} up, boot {boot.boot_id}, "
+            f"boot-state {labels['kairos.io/boot-state']}, k3s {version or 'version unknown'}"
+        )
+
+    def _start_jobs(self, cluster: _Cluster) -> None:
+        """Jobs pinned to a Node this stand-in runs in `cluster`, not yet started: each runs
+        in its own thread (an upgrade takes a while)."""
+        nodes = {j.node: d for d, j in self._joined.items() if j.cluster is cluster}
+        with api_client(cluster.workload.kubeconfig) as client:
+            jobs = kc.BatchV1Api(client).list_job_for_all_namespaces().items
+        for job in jobs:
+            uid = job.metadata.uid
+            domain = nodes.get(job.spec.template.spec.node_name or "")
+            if domain is None or uid in self._jobs_taken:
+                continue  # not ours to run: no such node here (another cluster's, unknown)
+            status = job.status
+            if status is not None and (status.active or status.succeeded or status.failed):
+                continue  # started before this stand-in (a restart): not run twice
+            self._jobs_taken.add(uid)
+            key = f"{job.metadata.namespace}/{job.metadata.name}"
+            self.jobs[key] = "running"
+            self._event(f"{domain}: running Job {key} on node {job.spec.template.spec.node_name}")
+            thread = threading.Thread(target=self._run_job, args=(cluster, domain, job), daemon=True)
+            self._job_threads.append(thread)
+            thread.start()
+
+    def _run_job(self, cluster: _Cluster, domain: str, job: kc.V1Job) -> None:
+        key = f"{job.metadata.namespace}/{job.metadata.name}"
+        started = datetime.now(UTC)
+        try:
+            self._job_status(cluster, job, {"active": 1, "startTime": _stamp(started)})
+            ok, message = self._upgrade(domain, job)
+        except Exception as exc:  # the stand-in's own failure: the Job fails, readable
+            ok, message = False, f"stand-in kubelet: {exc.__class__.__name__}: {exc}"
+        outcome = "Complete" if ok else f"Failed: {message}"
+        self.jobs[key] = outcome
+        self._event(f"{domain}: Job {key} {outcome}")
+        now = _stamp(datetime.now(UTC))
+        if ok:
+            conditions = [_condition("SuccessCriteriaMet", "CompletionsReached", message, now),
+                          _condition("Complete", "CompletionsReached", message, now)]  # fmt: skip
+            status = {"active": 0, "ready": 0, "succeeded": 1, "completionTime": now}
+        else:
+            conditions = [_condition("FailureTarget", "BackoffLimitExceeded", message, now),
+                          _condition("Failed", "BackoffLimitExceeded", message, now)]  # fmt: skip
+            status = {"active": 0, "ready": 0, "failed": 1}
+        with suppress(Exception):  # the cluster went away meanwhile
+            self._job_status(cluster, job, {**status, "startTime": _stamp(started), "conditions": conditions})
+
+    def _job_status(self, cluster: _Cluster, job: kc.V1Job, status: dict[str, Any]) -> None:
+        with api_client(cluster.workload.kubeconfig) as client:
+            kc.BatchV1Api(client).patch_namespaced_job_status(
+                job.metadata.name, job.metadata.namespace, {"status": status}
+            )
+
+    def _upgrade(self, domain: str, job: kc.V1Job) -> tuple[bool, str]:
+        """The Job's pod on `domain`'s VM: (succeeded, message)."""
+        problem = nodeupgrade.job_problem(job)
+        if problem:
+            return False, f"not run by the stand-in kubelet: {problem}"
+        container = job.spec.template.spec.containers[0]
+        rootfs = self.registry.resolve(container.image) if self.registry else None
+        if rootfs is None:
+            return False, f'Failed to pull image "{container.image}": not found (ErrImagePull)'
+        source = self._owners.get(domain)
+        if source is not None:
+            return source.upgrade(domain, rootfs)
+        assert self.daemon is not None
+        before = nodeupgrade.boots(serial_log(self.daemon, domain))
+        boot_before = before[-1].boot_id if before else ""
+        conn = self.daemon.connect()
+        try:
+            agent = GuestAgent(conn.lookupByName(domain))
+            workdir = f"/run/c3os-pods/{job.metadata.uid}"
+            sent = nodeupgrade.pull(agent, rootfs, workdir)
+            self._event(f"{domain}: pulled {container.image} ({sent} bytes through the guest agent)")
+            agent.write_file(f"{workdir}/script", container.command[2].encode())
+            pid = agent.start("/bin/c3os-run-container", f"{workdir}/rootfs", f"{workdir}/script")
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and not self._stop.is_set():
+                console = nodeupgrade.boots(serial_log(self.daemon, domain))
+                if console and console[-1].boot_id != boot_before:
+                    # Rebooted by the script's last line: the container never reports back.
+                    # What kairos-agent printed on the console before says how it went (the
+                    # script has no `set -e`: a failed upgrade still reboots).
+                    text = "".join(b.text for b in console if b.boot_id == boot_before)
+                    if nodeupgrade.UPGRADE_DONE in text:
+                        return True, "upgrade written, node rebooting"
+                    errors = [line.split(" ERROR ", 1)[1].strip() for line in text.splitlines()
+                              if line.startswith(nodeupgrade.AGENT_ERROR)]  # fmt: skip
+                    detail = f": {errors[-1]}" if errors else ""
+                    return False, f"the node rebooted before kairos-agent upgrade completed{detail}"
+                try:
+                    status = agent.command("guest-exec-status", pid=pid)
+                except AgentError:
+                    time.sleep(0.5)  # the guest is going down: the console tells
+                    continue
+                if status.get("exited"):
+                    code = int(status.get("exitcode", -1))
+                    err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+                    out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+                    if code != 0:
+                        last = (err.strip() or out.strip()).splitlines()[-1:] or [""]
+                        return False, f"upgrade container exited with code {code}: {last[0]}"
+                    # Exited 0: reboot requested; the console shows the new boot soon.
+                time.sleep(0.5)
+            return False, "the upgrade did not finish within 600s"
+        finally:
+            with suppress(libvirt.libvirtError):
+                conn.close()
 
     def _init_cluster(self, domain: str, data: BootData) -> _Cluster | None:
         assert data.server_ca is not None and data.client_ca is not None
@@ -573,6 +773,15 @@ class K3sStandIn:
             self._refuse(domain, f"token rejected by {data.server_url} (wrong secret)")
             return None
         return cluster
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(kind: str, reason: str, message: str, now: str) -> dict[str, str]:
+    return {"type": kind, "status": "True", "reason": reason, "message": message,
+            "lastProbeTime": now, "lastTransitionTime": now}  # fmt: skip
 
 
 __all__ = [

@@ -11,22 +11,71 @@ carries Kairos style (`...-k3sv1.34.1-k3s1...`), else the stand-in's default, ha
 k3s as the image's `/etc/kairos-release`. What k3s starts from is what yip leaves when it
 runs Kairos's boot stages over that drive (`yipnode.apply`, once per instance).
 
+In-place upgrades, at file level (no OS boots here): each machine has two slots, each
+holding the kairos-release of an OS and whether that OS comes up, both the image's at
+first (as after an install). `upgrade` does what the stand-in image's `kairos-agent
+upgrade` and boot assessment do on a VM (hack/standin-image.sh; kairos-agent v2.31.4
+pkg/action/upgrade.go): the new OS (the upgrade image's /etc/kairos-release; it does not
+come up when its /boot/release.img replaces /init, as the `broken-` images do) goes into
+active, active into passive unless the machine booted passive; then the reboot: a new boot
+id, from active (`COS_ACTIVE` on the command line) if the new OS comes up, else a failed
+boot and the fallback to passive (`COS_PASSIVE upgrade_failure`). The Ironic node, its
+instance and allocation are untouched: only the machine's slots change.
+
 Use: `k3s.sources.append(IronicMachines(server))`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from capi_c3os.capi.versions import version_from_image_name
 from capi_c3os.dev import yipnode
 from capi_c3os.dev.ironic import IronicServer, read_configdrive
 from capi_c3os.dev.k3s import Booted, shipped_k3s_version
+from capi_c3os.dev.nodeupgrade import Boot, parse_release
 from capi_c3os.dev.workload import STANDIN_K3S_VERSION as DEFAULT_K3S
 
 PREFIX = "ironic/"
+
+
+@dataclass(frozen=True)
+class OS:
+    """What a slot holds: an OS's kairos-release and whether it comes up."""
+
+    release: dict[str, str]
+    comes_up: bool = True
+
+
+@dataclass
+class Slots:
+    active: OS
+    passive: OS
+    boot: Boot
+
+
+def _boot(slot: str, os: OS, extra: str = "") -> Boot:
+    cmdline = f"console=ttyS0 panic=5 root=LABEL=COS_{slot.upper()}{extra}"
+    return Boot(str(uuid.uuid4()), cmdline, os.release, True, "")
+
+
+def replaces_init(release_img: bytes) -> bool:
+    """Whether a gzipped newc cpio (an upgrade image's /boot/release.img) holds /init."""
+    data, names = gzip.decompress(release_img), []
+    offset = 0
+    while offset + 110 <= len(data) and data[offset : offset + 6] == b"070701":
+        size, name_size = int(data[offset + 54 : offset + 62], 16), int(data[offset + 94 : offset + 102], 16)
+        name = data[offset + 110 : offset + 110 + name_size - 1].decode(errors="replace")
+        names.append(name.removeprefix("./"))
+        offset = (offset + 110 + name_size + 3) & ~3
+        offset = (offset + size + 3) & ~3
+    return "init" in names
 
 
 class IronicMachines:
@@ -38,6 +87,7 @@ class IronicMachines:
         # What an instance received never changes: master each drive once (a subprocess).
         self._received: dict[str, dict[str, bytes]] = {}
         self._booted: dict[str, Booted] = {}
+        self._slots: dict[str, Slots] = {}
         self._lock = threading.Lock()
 
     def running(self) -> dict[str, bool]:
@@ -94,10 +144,49 @@ class IronicMachines:
             self._booted[name] = booted
         return booted
 
+    def boot(self, name: str) -> Boot | None:
+        with self._lock:
+            if name in self._slots:
+                return self._slots[name].boot
+        received = self.received(name)
+        if received is None:
+            return None
+        installed = OS(parse_release(received["KAIROS-RELEASE"].decode()))
+        with self._lock:
+            slots = self._slots.setdefault(name, Slots(installed, installed, _boot("active", installed)))
+            return slots.boot
+
+    def slots(self, name: str) -> Slots | None:
+        with self._lock:
+            return self._slots.get(name)
+
+    def upgrade(self, name: str, rootfs: Path) -> tuple[bool, str]:
+        if self.boot(name) is None:
+            return False, "the machine is not up"
+        try:
+            release = parse_release((rootfs / "etc" / "kairos-release").read_text())
+            new = OS(release, not replaces_init((rootfs / "boot" / "release.img").read_bytes()))
+        except (OSError, ValueError) as exc:
+            return False, f"kairos-agent upgrade: not a c3os stand-in OS ({exc.__class__.__name__})"
+        with self._lock:
+            slots = self._slots[name]
+            if "COS_PASSIVE" not in slots.boot.cmdline:
+                slots.passive = slots.active  # upgrade.go: active backed up into passive
+            slots.active = new
+            # The reboot and boot assessment: active once; if it does not come up, passive.
+            if new.comes_up:
+                slots.boot = _boot("active", new)
+            else:
+                slots.boot = _boot("passive", slots.passive, " upgrade_failure")
+        return True, "upgrade written, node rebooting"
+
     def _release(self, node: str) -> bytes:
         info = self.server.request("GET", f"/v1/nodes/{node}?fields=instance_info").get("instance_info") or {}
         version = version_from_image_name(str(info.get("image_source") or "")) or DEFAULT_K3S
-        return f'KAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="{version}"\n'.encode()
+        return (
+            'KAIROS_NAME="c3os-standin"\nKAIROS_VERSION="v3.5.3-c3os-standin"\n'
+            f'KAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="{version}"\n'
+        ).encode()
 
 
-__all__ = ["IronicMachines"]
+__all__ = ["OS", "IronicMachines", "Slots", "replaces_init"]

@@ -143,6 +143,25 @@ class WorkloadStandIn:
                 core.patch_node_status(name, {"status": {"nodeInfo": info}})
         self.set_node_ready(name, ready)
 
+    def report_boot(
+        self,
+        name: str,
+        boot_id: str,
+        kubelet_version: str | None,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> None:
+        """What a node reports after a boot: the kubelet its nodeInfo (bootID from
+        /proc/sys/kernel/random/boot_id, the version of the k3s it runs), the Kairos node
+        labeler its labels and annotations (capi_c3os/dev/nodeupgrade.py node_report)."""
+        info: dict[str, str] = {"bootID": boot_id}
+        if kubelet_version:
+            info |= {"kubeletVersion": kubelet_version, "kubeProxyVersion": kubelet_version}
+        with api_client(self.kubeconfig) as client:
+            core = self._core(client)
+            core.patch_node(name, {"metadata": {"labels": labels, "annotations": annotations}})
+            core.patch_node_status(name, {"status": {"nodeInfo": info}})
+
     def join_etcd(self, name: str, address: str = "127.0.0.1") -> str:
         """A server's etcd joins: k3s's metadata controller labels its Node and puts the
         new member on it (k3s pkg/etcd/etcd.go setName: ServerNodeName + "-" + uuid[:8]).

@@ -124,7 +124,7 @@ def test_static_address_is_applied_and_reported_by_the_guest_agent(
             v4 = {"ip-address-type": "ipv4", "ip-address": ADDRESS, "prefix": 24}
             assert v4 in by_name[name]["ip-addresses"]
             with pytest.raises(libvirt.libvirtError, match="has not been found"):
-                libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-exec"}', 30, 0)
+                libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-shutdown"}', 30, 0)
 
             # No lease exists for the MAC (the network has no DHCP): the backend's address
             # discovery found it through the agent.
