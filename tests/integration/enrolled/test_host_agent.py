@@ -1,0 +1,200 @@
+"""Issue 17, phase 2: the real host agent (hack/c3os-agent, the built static binary)
+against our manager's real enrollment endpoint, the real API server and CAPI core. Its
+/proc and /sys are a fake tree (agent.host_tree); its installer and reset commands are
+scripts that record what they were given.
+
+A host registers its facts, is claimed by a machine's selector, installs, "reboots"
+(the agent exits; started again it is the installed system), boots, and the machine is
+Provisioned; deleting the machine resets the host and it is idle again. A revoked token
+and an endpoint not signed by the pinned CA get nothing."""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capi_c3os.bootstrap.certificates import new_ca
+from capi_c3os.dev import binaries
+from capi_c3os.dev.processes import ManagedProcess
+from tests.integration.enrolled.agent import host_tree
+from tests.integration.enrolled.conftest import (
+    POOL,
+    Endpoint,
+    StartEndpoint,
+    host_of,
+    host_phase,
+    machine_spec,
+    make_site,
+)
+from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+UUID = "4C4C4544-0031-4A10-8044-B4C04F4A3100"
+HOST = "host-" + UUID.lower()
+USER_DATA = b"#cloud-config\nhostname: worker\nk3s:\n  args: []\n"
+
+# What the installer and reset command were given, recorded as the test reads them.
+RECORDER = """#!/bin/sh
+set -e
+out="{out}"
+mkdir -p "$out"
+printf '%s\\n' "$@" > "$out/args"
+env | grep '^C3OS_' | sort > "$out/env"
+[ -z "$C3OS_CLOUD_CONFIG" ] || cp "$C3OS_CLOUD_CONFIG" "$out/cloud-config"
+[ -z "$C3OS_META_DATA" ] || cp "$C3OS_META_DATA" "$out/meta-data"
+stat -c %a "${{C3OS_CLOUD_CONFIG:-/}}" > "$out/mode" 2>/dev/null || true
+"""
+
+
+@dataclass
+class Host:
+    """One host's world: its fake /proc and /sys, the agent's state directory, the
+    registration token and CA files, and the recording installer and reset."""
+
+    root: Path
+    token: str
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def record(self, what: str) -> Path:
+        return self.root / "recorded" / what
+
+    def agent(
+        self, endpoint: Endpoint, namespace: str, ca_pem: bytes | None = None, n: int = 0
+    ) -> ManagedProcess:
+        """The agent, started; `ca_pem` replaces the endpoint's CA."""
+        (self.root / "token").write_text(self.token + "\n")
+        (self.root / "ca.crt").write_bytes(ca_pem or endpoint.ca_pem)
+        for what in ("install", "reset"):
+            script = self.root / f"{what}.sh"
+            script.write_text(RECORDER.format(out=self.record(what)))
+            script.chmod(0o755)
+        proc = ManagedProcess(
+            f"c3os-agent-{n}",
+            [
+                str(binaries.locate("c3os-agent")), f"--url={endpoint.url}", f"--namespace={namespace}",
+                f"--pool={POOL}", f"--token-file={self.root / 'token'}", f"--ca-file={self.root / 'ca.crt'}",
+                f"--state-dir={self.state}", f"--root={self.root / 'tree'}", "--poll-seconds=1",
+                f"--install-command={self.root / 'install.sh'} --device {{disk}} {{config}}",
+                f"--reset-command={self.root / 'reset.sh'} {{id}}", "--reboot-command=",
+            ],
+            self.root / f"agent-{n}.log",
+        )  # fmt: skip
+        proc.start()
+        return proc
+
+    def log(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.root.glob("agent-*.log")))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    host_tree(tmp_path / "tree", UUID)
+    return Host(tmp_path, "")
+
+
+def exited(proc: ManagedProcess) -> int | None:
+    eventually(lambda: not proc.alive(), f"{proc.name} to exit", 60, explain=proc.tail)
+    return proc.stop()
+
+
+def test_the_agent_registers_its_facts_installs_boots_and_resets_its_host_when_released(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host
+) -> None:
+    host.token = make_site(capi)
+    endpoint = start_endpoint()
+    live = host.agent(endpoint, capi.namespace)
+    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=live.tail)
+    registered = host_of(capi, HOST) or {}
+    hardware = registered["status"]["hardware"]
+    assert hardware["system"]["uuid"] == UUID.lower()
+    assert [(d["name"], d.get("removable")) for d in hardware["disks"]] == [
+        ("/dev/nvme0n1", False), ("/dev/sda", True),
+    ]  # fmt: skip
+    assert [n["name"] for n in hardware["nics"]] == ["eno1"]
+    labels = registered["metadata"]["labels"]
+    assert (labels["host.c3os.io/memory-gib"], labels["host.c3os.io/tpm"]) == ("16", "true")
+
+    selector = {"matchLabels": {"host.c3os.io/memory-gib": "16", "host.c3os.io/tpm": "true"}}
+    capi.create_machine("c", "m1", machine_spec(hostSelector=selector), USER_DATA)
+    # Installed: the agent reported it and, with no reboot command, exited ("rebooted").
+    assert exited(live) == 0
+    assert host_phase(capi, HOST) == "Installed"
+    claim = (host_of(capi, HOST) or {})["status"]["claim"]["id"]
+    assert host.record("install/args").read_text().split("\n")[:2] == ["--device", "/dev/nvme0n1"]
+    assert host.record("install/cloud-config").read_bytes() == USER_DATA
+    assert host.record("install/mode").read_text().strip() == "600"
+    meta = json.loads(host.record("install/meta-data").read_text())
+    assert meta["provider-id"] == f"c3os://{capi.namespace}/{HOST}/m1"
+    env = host.record("install/env").read_text()
+    assert f"C3OS_CLAIM_ID={claim}\n" in env and "C3OS_IMAGE_URL=https://images.example/c3os.iso\n" in env
+    # The bootstrap data was only on the host while the installer ran.
+    assert not list(host.state.glob("install-*"))
+
+    # The credential is kept for the installed system: 0600 in a 0700 directory.
+    state_file = host.state / "state.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(host.state.stat().st_mode) == 0o700
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    credential = state["credential"]
+    assert state["installed"] == claim and host.token not in state_file.read_text()
+
+    booted = host.agent(endpoint, capi.namespace, n=1)  # the installed system's first boot
+    provisioned = eventually(
+        lambda: capi.provisioned("m1"), "the machine provisioned", 60, explain=booted.tail
+    )
+    assert provisioned["spec"]["providerID"] == f"c3os://{capi.namespace}/{HOST}/m1"
+    assert capi.ready("m1")["reason"] == "HostBooted"
+    assert host_phase(capi, HOST) == "Provisioned"
+    assert (host_of(capi, HOST) or {})["status"]["registrations"] == 1  # no second registration
+
+    capi.delete(CAPI, "machines", "m1")
+    eventually(
+        lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "the machine gone", 60, explain=booted.tail
+    )
+    assert host.record("reset/args").read_text() == f"{claim}\n"
+    assert "C3OS_CLOUD_CONFIG" not in host.record("reset/env").read_text()
+    eventually(lambda: host_phase(capi, HOST) == "Available", "the host idle again", 30)
+    eventually(lambda: "assignment: wait Idle" in booted.tail(3), "the agent waiting for the next claim", 30)
+    assert booted.alive()
+    assert json.loads(state_file.read_text()).get("installed") is None
+    assert booted.stop() == 0  # SIGTERM: a clean exit
+
+    log = host.log()
+    assert host.token not in log and credential not in log and "hostname: worker" not in log
+
+
+def test_a_revoked_token_registers_nothing(capi: Capi, start_endpoint: StartEndpoint, host: Host) -> None:
+    make_site(capi)  # the Secret holds only the new token: the host's old one is revoked
+    host.token = "the-old-token-rotated-out-0123456789"
+    endpoint = start_endpoint()
+    agent = host.agent(endpoint, capi.namespace)
+    agent.wait_until(lambda: "refused" in agent.tail(), "the registration refused", 60)
+    assert "the token is not valid there" in agent.tail()
+    assert capi.custom.list_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts")["items"] == []
+    assert not (host.state / "state.json").exists()  # no credential
+    assert agent.alive()  # it keeps asking: a token may be valid again (rotated back)
+    agent.stop()
+    assert host.token not in host.log()
+
+
+def test_an_endpoint_not_signed_by_the_pinned_ca_gets_no_token(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host
+) -> None:
+    host.token = make_site(capi)
+    endpoint = start_endpoint()
+    # Pinning: another CA, as if someone else answered at the manager's address.
+    agent = host.agent(endpoint, capi.namespace, ca_pem=new_ca("someone else").cert_pem)
+    agent.wait_until(lambda: "certificate signed by unknown authority" in agent.tail(), "the TLS refusal", 60)
+    assert capi.custom.list_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts")["items"] == []
+    agent.stop()
+    assert host.token not in host.log()
