@@ -31,6 +31,7 @@ from tests.integration.enrolled.conftest import (
     machine_spec,
     make_site,
 )
+from tests.integration.enrolled.test_enrolled_machines import wait_reason
 from tests.integration.libvirt.conftest import CAPI, INFRA, Capi
 from tests.support import eventually
 
@@ -198,3 +199,61 @@ def test_an_endpoint_not_signed_by_the_pinned_ca_gets_no_token(
     assert capi.custom.list_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts")["items"] == []
     agent.stop()
     assert host.token not in host.log()
+
+
+FAILING_INSTALLER = """#!/bin/sh
+echo "partitioning $C3OS_INSTALL_DISK" >&2
+echo "k3s token K10secretvalue rejected" >&2
+exit 3
+"""
+
+
+def test_a_missing_disk_and_a_failed_installer_reach_the_machine_without_secrets(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host
+) -> None:
+    host.token = make_site(capi)
+    endpoint = start_endpoint()
+    agent = host.agent(endpoint, capi.namespace)
+    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=agent.tail)
+    nvme = host.root / "tree/sys/block/nvme0n1"
+    target = nvme.readlink()
+    nvme.unlink()  # gone since it registered (the endpoint still knows it)
+    capi.create_machine("c", "m1", machine_spec(), USER_DATA)
+    wait_reason(capi, "m1", "NoMatchingDisk")
+    assert "install disk /dev/nvme0n1 not found on this host" in capi.ready_message("m1")
+    assert not host.record("install").exists()
+
+    capi.delete(CAPI, "machines", "m1")
+    eventually(lambda: capi.get(INFRA, "c3osmachines", "m1") is None, "m1 released", 60, explain=agent.tail)
+    nvme.symlink_to(target)
+    (host.root / "install.sh").write_text(FAILING_INSTALLER)
+    capi.create_machine("c", "m2", machine_spec(), USER_DATA)
+    wait_reason(capi, "m2", "InstallFailed")
+    message = capi.ready_message("m2")
+    assert "install.sh: exit status 3" in message
+    assert "K10secretvalue" not in json.dumps(host_of(capi, HOST)) and "K10secretvalue" not in message
+    # The host waits (no second try unasked) until its machine is deleted.
+    agent.wait_until(lambda: "assignment: wait InstallFailed" in agent.tail(), "the host waiting", 30)
+
+
+def test_a_host_whose_object_was_deleted_registers_again_with_its_token(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host
+) -> None:
+    host.token = make_site(capi)
+    endpoint = start_endpoint()
+    agent = host.agent(endpoint, capi.namespace)
+    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=agent.tail)
+    first = json.loads((host.state / "state.json").read_text())["credential"]
+    uid = (host_of(capi, HOST) or {})["metadata"]["uid"]
+    capi.delete(INFRA, "c3oshosts", HOST)
+    eventually(
+        lambda: (
+            (host_of(capi, HOST) or {}).get("metadata", {}).get("uid") not in (None, uid)
+            and host_phase(capi, HOST) == "Available"
+        ),
+        "the host registered again",
+        60,
+        explain=agent.tail,
+    )
+    assert "was refused; registering again" in agent.tail()
+    assert json.loads((host.state / "state.json").read_text())["credential"] != first
