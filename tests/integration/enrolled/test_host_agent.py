@@ -103,6 +103,17 @@ def host(tmp_path: Path) -> Host:
     return Host(tmp_path, "")
 
 
+def registered_agent(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host
+) -> tuple[Endpoint, ManagedProcess]:
+    """A site, the manager's endpoint, and the host's agent once it registered."""
+    host.token = make_site(capi)
+    endpoint = start_endpoint()
+    agent = host.agent(endpoint, capi.namespace)
+    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=agent.tail)
+    return endpoint, agent
+
+
 def exited(proc: ManagedProcess) -> int | None:
     eventually(lambda: not proc.alive(), f"{proc.name} to exit", 60, explain=proc.tail)
     return proc.stop()
@@ -111,10 +122,7 @@ def exited(proc: ManagedProcess) -> int | None:
 def test_the_agent_registers_its_facts_installs_boots_and_resets_its_host_when_released(
     capi: Capi, start_endpoint: StartEndpoint, host: Host
 ) -> None:
-    host.token = make_site(capi)
-    endpoint = start_endpoint()
-    live = host.agent(endpoint, capi.namespace)
-    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=live.tail)
+    endpoint, live = registered_agent(capi, start_endpoint, host)
     registered = host_of(capi, HOST) or {}
     hardware = registered["status"]["hardware"]
     assert hardware["system"]["uuid"] == UUID.lower()
@@ -211,10 +219,7 @@ exit 3
 def test_a_missing_disk_and_a_failed_installer_reach_the_machine_without_secrets(
     capi: Capi, start_endpoint: StartEndpoint, host: Host
 ) -> None:
-    host.token = make_site(capi)
-    endpoint = start_endpoint()
-    agent = host.agent(endpoint, capi.namespace)
-    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=agent.tail)
+    _, agent = registered_agent(capi, start_endpoint, host)
     nvme = host.root / "tree/sys/block/nvme0n1"
     target = nvme.readlink()
     nvme.unlink()  # gone since it registered (the endpoint still knows it)
@@ -239,10 +244,7 @@ def test_a_missing_disk_and_a_failed_installer_reach_the_machine_without_secrets
 def test_a_host_whose_object_was_deleted_registers_again_with_its_token(
     capi: Capi, start_endpoint: StartEndpoint, host: Host
 ) -> None:
-    host.token = make_site(capi)
-    endpoint = start_endpoint()
-    agent = host.agent(endpoint, capi.namespace)
-    eventually(lambda: host_phase(capi, HOST) == "Available", "the host registered", 60, explain=agent.tail)
+    _, agent = registered_agent(capi, start_endpoint, host)
     first = json.loads((host.state / "state.json").read_text())["credential"]
     uid = (host_of(capi, HOST) or {})["metadata"]["uid"]
     capi.delete(INFRA, "c3oshosts", HOST)
