@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import pytest
 
 from capi_c3os.bootstrap.certificates import new_ca
 from capi_c3os.dev import binaries
-from capi_c3os.dev.processes import ManagedProcess
+from capi_c3os.dev.processes import ManagedProcess, free_port
+from capi_c3os.dev.relay import Relay
 from tests.integration.enrolled.agent import host_tree
 from tests.integration.enrolled.conftest import (
     POOL,
@@ -70,9 +72,16 @@ class Host:
         return self.root / "recorded" / what
 
     def agent(
-        self, endpoint: Endpoint, namespace: str, ca_pem: bytes | None = None, n: int = 0
+        self,
+        endpoint: Endpoint,
+        namespace: str,
+        ca_pem: bytes | None = None,
+        n: int = 0,
+        url: str | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> ManagedProcess:
-        """The agent, started; `ca_pem` replaces the endpoint's CA."""
+        """The agent, started (after `prefix`); `ca_pem` replaces the endpoint's CA, `url`
+        its address."""
         (self.root / "token").write_text(self.token + "\n")
         (self.root / "ca.crt").write_bytes(ca_pem or endpoint.ca_pem)
         for what in ("install", "reset"):
@@ -82,7 +91,8 @@ class Host:
         proc = ManagedProcess(
             f"c3os-agent-{n}",
             [
-                str(binaries.locate("c3os-agent")), f"--url={endpoint.url}", f"--namespace={namespace}",
+                *prefix, str(binaries.locate("c3os-agent")), f"--url={url or endpoint.url}",
+                f"--namespace={namespace}",
                 f"--pool={POOL}", f"--token-file={self.root / 'token'}", f"--ca-file={self.root / 'ca.crt'}",
                 f"--state-dir={self.state}", f"--root={self.root / 'tree'}", "--poll-seconds=1",
                 f"--install-command={self.root / 'install.sh'} --device {{disk}} {{config}}",
@@ -259,3 +269,48 @@ def test_a_host_whose_object_was_deleted_registers_again_with_its_token(
     )
     assert "was refused; registering again" in agent.tail()
     assert json.loads((host.state / "state.json").read_text())["credential"] != first
+
+
+BRIDGE = "192.168.150.1"
+"""The private libvirtd network's bridge address (capi_c3os/dev/libvirtd.py NETWORK_XML)."""
+
+
+@pytest.fixture
+def netns(tmp_path: Path) -> Iterator[ManagedProcess]:
+    """A network namespace of the test's own with a bridge at BRIDGE, as the private
+    libvirtd's VMs see it (its loopback is not the host's)."""
+    ready = tmp_path / "netns-ready"
+    script = (
+        f"ip link set lo up && ip link add c3os0 type bridge && ip addr add {BRIDGE}/24 dev c3os0 "
+        f"&& ip link set c3os0 up && touch {ready} && exec sleep 3600"
+    )
+    keeper = ManagedProcess("netns", ["unshare", "--net", "sh", "-c", script], tmp_path / "netns.log")
+    keeper.start()
+    keeper.wait_until(ready.exists, "the namespace's bridge up", 30)
+    yield keeper
+    keeper.stop()
+
+
+def test_an_agent_inside_a_network_namespace_registers_through_a_relay_at_its_bridge(
+    capi: Capi, start_endpoint: StartEndpoint, host: Host, netns: ManagedProcess
+) -> None:
+    host.token = make_site(capi)
+    endpoint = start_endpoint(f"--enrollment-name={BRIDGE}")
+    port = int(endpoint.url.rsplit(":", 1)[1])
+    relay_port = free_port()
+    enter = ("nsenter", f"--net=/proc/{netns.pid}/ns/net")
+    agent = host.agent(endpoint, capi.namespace, url=f"https://{BRIDGE}:{relay_port}", prefix=enter)
+    # Inside the namespace nothing listens there yet: the host's endpoint is out of reach.
+    agent.wait_until(lambda: "connection refused" in agent.tail(), "the agent refused a connection", 30)
+    assert host_of(capi, HOST) is None
+    relay = Relay(Path(f"/proc/{netns.pid}/ns/net"), (BRIDGE, relay_port), ("127.0.0.1", port)).start()
+    try:
+        eventually(
+            lambda: host_phase(capi, HOST) == "Available",
+            "registered through the relay",
+            60,
+            explain=agent.tail,
+        )
+    finally:
+        agent.stop()
+        relay.stop()
