@@ -157,8 +157,10 @@ func (a *agent) pause(ctx context.Context, err error) error {
 
 func (a *agent) run(ctx context.Context) error {
 	if a.st.Installed != "" {
-		// Started on the installed system (or again after the installer succeeded).
-		if err := a.reportBooted(ctx); err != nil {
+		if liveBoot(a.opts.root) {
+			// Not the installed system: the firmware booted the registration image again.
+			log.Printf("claim %s is installed, but this is the registration image again: make the host boot its install disk first", a.st.Installed)
+		} else if err := a.reportBooted(ctx); err != nil {
 			return err
 		}
 	}
@@ -185,6 +187,9 @@ func (a *agent) run(ctx context.Context) error {
 		a.logChange(next)
 		switch next.Action {
 		case "install":
+			if next.ID == a.st.Installed {
+				break // installed already (see above): never a second install of one claim unasked
+			}
 			done, err := a.install(ctx, next)
 			if err != nil {
 				return err
@@ -455,4 +460,17 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 		t.Next(over)
 	}
 	return len(p), nil
+}
+
+// liveBoot: running from a live image (the registration ISO/USB), not an installed
+// system, by the kernel command line as kairos-sdk v0.25.3 tells them apart
+// (state/state.go getNonUKIBootState: live:LABEL, live:CDLABEL, netboot).
+func liveBoot(root string) bool {
+	cmdline := readText(root, "proc/cmdline")
+	for _, mark := range []string{"live:LABEL", "live:CDLABEL", "netboot"} {
+		if strings.Contains(cmdline, mark) {
+			return true
+		}
+	}
+	return false
 }

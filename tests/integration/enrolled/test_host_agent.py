@@ -49,6 +49,7 @@ set -e
 out="{out}"
 mkdir -p "$out"
 printf '%s\\n' "$@" > "$out/args"
+echo run >> "$out/runs"
 env | grep '^C3OS_' | sort > "$out/env"
 [ -z "$C3OS_CLOUD_CONFIG" ] || cp "$C3OS_CLOUD_CONFIG" "$out/cloud-config"
 [ -z "$C3OS_META_DATA" ] || cp "$C3OS_META_DATA" "$out/meta-data"
@@ -124,6 +125,17 @@ def registered_agent(
     return endpoint, agent
 
 
+def kept_credential(host: Host, claim: str) -> str:
+    """The credential the agent kept for the installed system: 0600 in a 0700 directory,
+    with the installed claim and without the token."""
+    state_file = host.state / "state.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(host.state.stat().st_mode) == 0o700
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    assert state["installed"] == claim and host.token not in state_file.read_text()
+    return str(state["credential"])
+
+
 def exited(proc: ManagedProcess) -> int | None:
     eventually(lambda: not proc.alive(), f"{proc.name} to exit", 60, explain=proc.tail)
     return proc.stop()
@@ -159,15 +171,20 @@ def test_the_agent_registers_its_facts_installs_boots_and_resets_its_host_when_r
     # The bootstrap data was only on the host while the installer ran.
     assert not list(host.state.glob("install-*"))
 
-    # The credential is kept for the installed system: 0600 in a 0700 directory.
-    state_file = host.state / "state.json"
-    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE(host.state.stat().st_mode) == 0o700
-    state: dict[str, Any] = json.loads(state_file.read_text())
-    credential = state["credential"]
-    assert state["installed"] == claim and host.token not in state_file.read_text()
+    credential = kept_credential(host, claim)
 
-    booted = host.agent(endpoint, capi.namespace, n=1)  # the installed system's first boot
+    # The firmware boots the registration image again (USB first): no booted report, no
+    # second install of the claim.
+    cmdline = host.root / "tree/proc/cmdline"
+    cmdline.write_text("BOOT_IMAGE=/boot/kernel root=live:CDLABEL=COS_LIVE rd.live.dir=/ console=tty1\n")
+    again = host.agent(endpoint, capi.namespace, n=1)
+    again.wait_until(lambda: f"assignment: install {claim}" in again.tail(), "the live agent polling", 30)
+    assert "this is the registration image again" in again.tail()
+    assert again.stop() == 0
+    assert host_phase(capi, HOST) == "Installed" and host.record("install/runs").read_text() == "run\n"
+
+    cmdline.write_text("BOOT_IMAGE=/boot/vmlinuz console=tty1 root=LABEL=COS_ACTIVE panic=5\n")
+    booted = host.agent(endpoint, capi.namespace, n=2)  # the installed system's first boot
     provisioned = eventually(
         lambda: capi.provisioned("m1"), "the machine provisioned", 60, explain=booted.tail
     )
@@ -185,7 +202,7 @@ def test_the_agent_registers_its_facts_installs_boots_and_resets_its_host_when_r
     eventually(lambda: host_phase(capi, HOST) == "Available", "the host idle again", 30)
     eventually(lambda: "assignment: wait Idle" in booted.tail(3), "the agent waiting for the next claim", 30)
     assert booted.alive()
-    assert json.loads(state_file.read_text()).get("installed") is None
+    assert json.loads((host.state / "state.json").read_text()).get("installed") is None
     assert booted.stop() == 0  # SIGTERM: a clean exit
 
     log = host.log()
