@@ -78,7 +78,7 @@ release: venv ## VERSION=vX.Y.Z: dist/VERSION/ holds what a release publishes (c
 	@test -n "$(VERSION)" || { echo "usage: make release VERSION=vX.Y.Z" >&2; exit 2; }
 	$(PY) -m capi_c3os.dev.release $(VERSION)
 
-binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl, kairos-agent, yip, kairos-check
+binaries: ## build (once, cached in ~/.cache/capi-c3os) etcd, kube-apiserver, CAPI core, clusterctl, kairos-agent, yip, kairos-check, c3os-agent
 	$(PYTHON) -m capi_c3os.dev.binaries
 
 demo: system-deps venv binaries ## management plane, our manager, a private libvirtd and a 1+1 edge cluster, left running

@@ -34,6 +34,8 @@ YIP_REPLACES = (("github.com/tredoe/osutil", "github.com/kairos-io/osutil v1.5.0
 
 KAIROS_CHECK_SOURCE = Path(__file__).resolve().parents[2] / "hack" / "kairos-check"
 """Our strict cloud-config checker (Go, against kairos-sdk/yip types), built from the repo."""
+C3OS_AGENT_SOURCE = KAIROS_CHECK_SOURCE.parent / "c3os-agent"
+"""The enrolled hosts' agent (Go, standard library only, static), built from the repo."""
 
 CACHE = Path(os.environ.get("CAPI_C3OS_CACHE", Path.home() / ".cache" / "capi-c3os")) / "bin"
 
@@ -85,7 +87,12 @@ def _capi_version_ldflags(version: str) -> tuple[str, ...]:
 
 def _source_version(source: Path) -> str:
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
+    # go.mod, go.sum, then the Go files by name (a one-file module hashes as it always did).
+    for name in (
+        "go.mod",
+        "go.sum",
+        *sorted(p.name for p in source.glob("*.go") if not p.name.endswith("_test.go")),
+    ):
         digest.update((source / name).read_bytes() if (source / name).exists() else b"")
     return "src-" + digest.hexdigest()[:12]
 
@@ -143,6 +150,13 @@ BINARIES: dict[str, GoBinary] = {
             _source_version(KAIROS_CHECK_SOURCE),
             ".",
             source=KAIROS_CHECK_SOURCE,
+        ),
+        GoBinary(
+            "c3os-agent",
+            "capi-c3os.local/c3os-agent",
+            _source_version(C3OS_AGENT_SOURCE),
+            ".",
+            source=C3OS_AGENT_SOURCE,
         ),
     )
 }

@@ -9,6 +9,7 @@ import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
@@ -94,3 +95,50 @@ class Agent:
     def report(self, event: str, claim_id: str, message: str = "") -> Answer:
         path = f"/enrollment/v1/namespaces/{self.namespace}/hosts/{self.name}/reports"
         return self.call("POST", path, self.credential, {"event": event, "id": claim_id, "message": message})
+
+
+def host_tree(root: Path, system_uuid: str) -> Path:
+    """A fake /proc and /sys under `root` holding what `hardware(system_uuid.lower())` says, as
+    Linux lays it out, plus what the agent must leave out: a bridge and loopback (no
+    device), a loop device, an empty CD drive. The USB stick says removable=0, as many
+    do: the agent tells it by its USB path."""
+
+    def write(path: str, text: str) -> None:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text + "\n")
+
+    facts = hardware(system_uuid.lower())  # as the agent reports it (Linux prints lower case)
+    cpuinfo = "".join(
+        f"processor\t: {i}\nmodel name\t: {facts['cpu']['model']}\nphysical id\t: 0\ncore id\t\t: {i % 4}\n\n"
+        for i in range(8)
+    )
+    write("proc/cpuinfo", cpuinfo)
+    write("proc/meminfo", f"MemTotal:       {facts['memoryMiB'] * 1024} kB\nMemFree:         1024 kB")
+    dmi = "sys/class/dmi/id/"
+    write(dmi + "product_uuid", system_uuid)
+    write(dmi + "product_serial", facts["system"]["serial"])
+    write(dmi + "sys_vendor", facts["system"]["manufacturer"] + "  ")
+    write(dmi + "product_name", facts["system"]["product"])
+    devices = "sys/devices/pci0000:00/"
+    nvme = devices + "0000:00:1d.0/nvme/nvme0/nvme0n1"
+    write(nvme + "/size", str(256 * GIB // 512))
+    write(nvme + "/removable", "0")
+    write(nvme + "/queue/rotational", "0")
+    write(nvme + "/device/model", "Samsung 970                             ")
+    write(nvme + "/device/serial", "S4E")
+    stick = devices + "0000:00:14.0/usb2/2-1/2-1:1.0/host0/target0:0:0/0:0:0:0/block/sda"
+    write(stick + "/size", str(16 * GIB // 512))
+    write(stick + "/removable", "0")
+    write(stick + "/device/model", "USB stick")
+    (root / "sys/block").mkdir(parents=True)
+    for name, target in (("nvme0n1", nvme), ("sda", stick)):
+        (root / "sys/block" / name).symlink_to(Path("..", *Path(target).parts[1:]))
+    write("sys/block/loop0/size", "2048")  # a loop device: never a disk
+    write("sys/block/sr0/size", "0")  # a CD drive without a disc
+    nic = facts["nics"][0]
+    write(f"sys/class/net/{nic['name']}/address", nic["mac"].upper())
+    (root / f"sys/class/net/{nic['name']}/device").mkdir()
+    write("sys/class/net/br0/address", "52:54:00:ff:ff:ff")  # a bridge: no device
+    write("sys/class/net/lo/address", "00:00:00:00:00:00")
+    write("sys/class/tpm/tpm0/tpm_version_major", "2")
+    return root

@@ -1,0 +1,3 @@
+module capi-c3os.local/c3os-agent
+
+go 1.26
