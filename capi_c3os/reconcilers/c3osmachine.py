@@ -221,12 +221,23 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
     try:
         ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     except ConflictError:
+        # Only we write this status, one reconcile of a machine at a time: a status that
+        # changed meanwhile is an earlier reconcile's (typically the one whose write woke
+        # kopf with the body this one started from). What this one saw is newer; it is
+        # merged into the fresh status, as long as what the backend was told from the
+        # status (provisioned, the placement) is still what the status says.
         fresh = _changed_beside_us(ctx)
-        if fresh is None or fresh.get("status") != ctx.obj.get("status"):
+        if fresh is None or _status_inputs(fresh) != _status_inputs(ctx.obj):
             raise
-        patch["metadata"] = {"resourceVersion": fresh["metadata"]["resourceVersion"]}
-        ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
+        patch = status_patch(fresh, conditions, observed_generation=generation, fields=ctx.report.fields)
+        if patch is not None:
+            ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     return outcome
+
+
+def _status_inputs(obj: dict[str, Any]) -> tuple[bool, Any]:
+    """What a reconcile takes from the status and not only reports there."""
+    return _was_provisioned(obj), (obj.get("status") or {}).get("failureDomain")
 
 
 def _changed_beside_us(ctx: MachineContext) -> dict[str, Any] | None:

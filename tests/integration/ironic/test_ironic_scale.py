@@ -46,11 +46,18 @@ pytestmark = pytest.mark.integration
 
 MACHINES = Resource(INFRA[0], INFRA[1], "c3osmachines", "C3osMachine")
 RECORD_KEY = bytes(32)  # stands in for the manager's key
+PAUSED = "cluster.x-k8s.io/paused"
 
 
 def _no_backend() -> Any:
     # The C3osCluster's orphan sweep must not touch the machine under test.
     raise BackendError("NoBackendInThisTest", "no backend for the C3osCluster here", retry_after=None)
+
+
+def _condition(capi: Capi, kind: str) -> dict[str, Any]:
+    obj = capi.must_get(INFRA, "c3osmachines", "m-race")
+    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind]
+    return found[0] if found else {}
 
 
 def _touch(capi: Capi, patch: dict[str, Any]) -> None:
@@ -104,7 +111,19 @@ def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(
         assert outcome.reason == "Deploying", outcome
         assert capi.ready("m-race").get("reason") == "Deploying", capi.ready_message("m-race")
 
-        # 3. A spec change meanwhile is not ours to write over: the conflict stands.
+        # 3. The status write meets the status an earlier reconcile wrote after this one's
+        # body was read (kopf hands over the body of the event our own claim caused):
+        # here the Paused condition of a pause and unpause in between.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"annotations": {PAUSED: "true"}}})
+        assert reconcile(capi.must_get(INFRA, "c3osmachines", "m-race")).reason == "Paused"
+        assert _condition(capi, "Paused").get("status") == "True"
+        _touch(capi, {"metadata": {"annotations": {PAUSED: None}}})
+        outcome = reconcile(stale)
+        assert _condition(capi, "Paused").get("status") == "False", outcome
+        assert capi.ready("m-race").get("reason") == outcome.reason
+
+        # 4. A spec change meanwhile is not ours to write over: the conflict stands.
         stale = capi.must_get(INFRA, "c3osmachines", "m-race")
         _touch(capi, {"spec": {"diskGiB": 30}})
         with pytest.raises(ConflictError):
