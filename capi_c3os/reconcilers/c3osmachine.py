@@ -227,7 +227,7 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
         # merged into the fresh status, as long as what the backend was told from the
         # status (provisioned, the placement) is still what the status says.
         fresh = _changed_beside_us(ctx)
-        if fresh is None or _status_inputs(fresh) != _status_inputs(ctx.obj):
+        if fresh is None or _status_inputs(fresh, ctx.deleting) != _status_inputs(ctx.obj, ctx.deleting):
             raise
         patch = status_patch(fresh, conditions, observed_generation=generation, fields=ctx.report.fields)
         if patch is not None:
@@ -235,9 +235,12 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _status_inputs(obj: dict[str, Any]) -> tuple[bool, Any]:
-    """What a reconcile takes from the status and not only reports there."""
-    return _was_provisioned(obj), (obj.get("status") or {}).get("failureDomain")
+def _status_inputs(obj: dict[str, Any], deleting: bool) -> tuple[Any, ...]:
+    """What a reconcile takes from the status and not only reports there: provisioned
+    (the backend never deploys a machine that ran anew), and for a deletion the placement
+    (status.failureDomain, where no signed site record says)."""
+    status = obj.get("status") or {}
+    return (_was_provisioned(obj), status.get("failureDomain") if deleting else None)
 
 
 def _changed_beside_us(ctx: MachineContext) -> dict[str, Any] | None:
