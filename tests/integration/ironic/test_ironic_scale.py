@@ -124,8 +124,10 @@ def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(
         assert capi.ready("m-race").get("reason") == outcome.reason
 
         # 4. A spec change meanwhile is not ours to write over: the conflict stands.
+        # (A body from a pause no reconcile saw yet, so that it has a status to write.)
+        _touch(capi, {"metadata": {"annotations": {PAUSED: "true"}}})
         stale = capi.must_get(INFRA, "c3osmachines", "m-race")
-        _touch(capi, {"spec": {"diskGiB": 30}})
+        _touch(capi, {"metadata": {"annotations": {PAUSED: None}}, "spec": {"diskGiB": 30}})
         with pytest.raises(ConflictError):
             reconcile(stale)
     finally:
