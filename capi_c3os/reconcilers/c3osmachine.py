@@ -174,7 +174,20 @@ def reconcile(
         fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
             return Outcome.ready()  # gone meanwhile: nothing left to do or report
-        return _reconcile(kube, resource, fresh, backends, now, record_key, view)
+        try:
+            return _reconcile(kube, resource, fresh, backends, now, record_key, view)
+        except _NothingDoneYetError:
+            # The body predates a change of the spec (typically our own claim: kopf hands
+            # over the body of an event queued before it). Only reads happened: once more
+            # on the object as it is now, instead of a conflict and a requeue.
+            again = kube.get(resource, meta["namespace"], meta["name"])
+            if again is None:
+                return Outcome.ready()
+            return _reconcile(kube, resource, again, backends, now, record_key, view)
+
+
+class _NothingDoneYetError(ConflictError):
+    """The claim met a conflict: nothing was written nor asked of the backend yet."""
 
 
 def _reconcile(
@@ -341,7 +354,10 @@ def _provision(ctx: MachineContext) -> Outcome:
     # replaced by the current site; one that does stays (the machine stays there).
     identity = ctx.identity
     provider_id = identity.provider_id
-    claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    try:
+        claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    except ConflictError as exc:
+        raise _NothingDoneYetError(str(exc)) from None
     if claimed is not None:
         ctx.obj = {**claimed, "status": ctx.obj.get("status")}
 
