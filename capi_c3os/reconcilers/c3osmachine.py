@@ -193,7 +193,20 @@ def reconcile(
         fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
             return Outcome.ready()  # gone meanwhile: nothing left to do or report
-        return _reconcile(kube, resource, fresh, backends, now, record_key, view)
+        try:
+            return _reconcile(kube, resource, fresh, backends, now, record_key, view)
+        except _NothingDoneYetError:
+            # The body predates a change of the spec (typically our own claim: kopf hands
+            # over the body of an event queued before it). Only reads happened: once more
+            # on the object as it is now, instead of a conflict and a requeue.
+            again = kube.get(resource, meta["namespace"], meta["name"])
+            if again is None:
+                return Outcome.ready()
+            return _reconcile(kube, resource, again, backends, now, record_key, view)
+
+
+class _NothingDoneYetError(ConflictError):
+    """The claim met a conflict: nothing was written nor asked of the backend yet."""
 
 
 def _reconcile(
@@ -240,12 +253,26 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
     try:
         ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     except ConflictError:
+        # Only we write this status, one reconcile of a machine at a time: a status that
+        # changed meanwhile is an earlier reconcile's (typically the one whose write woke
+        # kopf with the body this one started from). What this one saw is newer; it is
+        # merged into the fresh status, as long as what the backend was told from the
+        # status (provisioned, the placement) is still what the status says.
         fresh = _changed_beside_us(ctx)
-        if fresh is None or fresh.get("status") != ctx.obj.get("status"):
+        if fresh is None or _status_inputs(fresh, ctx.deleting) != _status_inputs(ctx.obj, ctx.deleting):
             raise
-        patch["metadata"] = {"resourceVersion": fresh["metadata"]["resourceVersion"]}
-        ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
+        patch = status_patch(fresh, conditions, observed_generation=generation, fields=ctx.report.fields)
+        if patch is not None:
+            ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     return outcome
+
+
+def _status_inputs(obj: dict[str, Any], deleting: bool) -> tuple[Any, ...]:
+    """What a reconcile takes from the status and not only reports there: provisioned
+    (the backend never deploys a machine that ran anew), and for a deletion the placement
+    (status.failureDomain, where no signed site record says)."""
+    status = obj.get("status") or {}
+    return (_was_provisioned(obj), status.get("failureDomain") if deleting else None)
 
 
 def _changed_beside_us(ctx: MachineContext) -> dict[str, Any] | None:
@@ -350,7 +377,10 @@ def _provision(ctx: MachineContext) -> Outcome:
     # replaced by the current site; one that does stays (the machine stays there).
     identity = ctx.identity
     provider_id = identity.provider_id
-    claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    try:
+        claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    except ConflictError as exc:
+        raise _NothingDoneYetError(str(exc)) from None
     if claimed is not None:
         ctx.obj = {**claimed, "status": ctx.obj.get("status")}
 
