@@ -12,13 +12,17 @@
    CPU seconds and peak RSS, Ironic requests per machine; then one health pass over the
    running machines (requests per machine) and the deletion of all of them.
 
-3. Manager level (--machines, 0 to skip): as many fake nodes -> C3osMachines reconciled by
-   our real `capi-c3os run --providers infrastructure` process against a real management
-   plane (etcd, kube-apiserver with a metadata-only audit log, the real CAPI core manager),
-   each with its Machine and bootstrap Secret, to provisioned: wall time, the manager's CPU
-   seconds and peak RSS, Kubernetes API writes per machine (the audit log, by the manager's
-   own user) and Ironic requests per machine (Ironic's access log); then --idle seconds
-   with nothing to do: requests per machine and CPU.
+3. Manager level (--machines, 0 to skip): as many fake nodes, first taken to `active` by a
+   raw ironicclient script (allocation, instance_info, deploy with configdrive, wait for
+   active; --pool threads, each machine polled every --poll s) and back to `available`,
+   then the same nodes as C3osMachines reconciled by our real `capi-c3os run --providers
+   infrastructure` process (--max-concurrent-reconciles=--pool) against a real management
+   plane (etcd, kube-apiserver with a metadata-only audit log), each with its Machine and
+   bootstrap Secret, to provisioned: wall time of both and manager/raw, the manager's CPU
+   seconds and RSS, reconciles per machine (its metrics), Kubernetes API writes per
+   machine (the audit log, by the manager's own user) and Ironic requests per machine by
+   method and path (Ironic's log) for both sides; then --idle seconds with nothing to do:
+   requests per machine (per resync with --sync-period) and CPU.
 
 Everything runs on loopback; Ironic and the management plane are started and stopped by
 the script.
@@ -62,6 +66,7 @@ from capi_c3os.backends.base import (
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.ironic.instance import allocation_request, configdrive, instance_info
+from capi_c3os.capi.metadata import CLUSTER_SECRET_TYPE
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.manager import Manager, start_manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
@@ -302,7 +307,8 @@ INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 CLUSTER_NAME = "cluster.x-k8s.io/cluster-name"
 WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-IRONIC_REQUEST = re.compile(r" ironic\.api \[.*\] \S+ - (GET|PUT|POST|PATCH|DELETE) /v1")
+IRONIC_REQUEST = re.compile(r" ironic\.api \[.*\] \S+ - (GET|PUT|POST|PATCH|DELETE) (/v1\S*)")
+ID = re.compile(r"/(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?:raw|m)-\d{4}[^/?]*)")
 
 
 def kube_requests(audit_log: Path, kinds: Counter[str] | None = None) -> tuple[int, int]:
@@ -323,22 +329,99 @@ def kube_requests(audit_log: Path, kinds: Counter[str] | None = None) -> tuple[i
     return total, writes
 
 
-def ironic_requests(server: IronicServer) -> int:
+def ironic_requests(server: IronicServer, templates: Counter[str] | None = None) -> int:
+    """Requests Ironic logged; each counted by method and path template (ids replaced by
+    {id}, the query by its parameter names) in `templates` when given."""
+    total = 0
     with server.log_path.open(errors="replace") as log:
-        return sum(1 for line in log if IRONIC_REQUEST.search(line))
+        for line in log:
+            found = IRONIC_REQUEST.search(line)
+            if found is None:
+                continue
+            total += 1
+            if templates is not None:
+                path, _, query = found[2].partition("?")
+                keys = sorted({part.split("=", 1)[0] for part in query.split("&") if part})
+                template = ID.sub("/{id}", path) + (f"?{','.join(keys)}" if keys else "")
+                templates[f"{found[1]} {template}"] += 1
+    return total
+
+
+def per_machine(counts: Counter[str], machines: int, top: int = 12) -> str:
+    return ", ".join(f"{k} {n / machines:.2f}" for k, n in counts.most_common(top))
 
 
 def process_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak RSS MiB) of a running process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, process_memory(pid, "VmHWM")
+
+
+def process_memory(pid: int, field: str = "VmRSS") -> float:
+    """A /proc/<pid>/status memory figure (VmRSS: now, VmHWM: peak) in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    return cpu, peak / 1024
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")) / 1024
+
+
+def reconciles(manager: Manager) -> Counter[str]:
+    """C3osMachine reconciles the manager ran, by result."""
+    counts: Counter[str] = Counter()
+    for (name, labels), value in manager.metrics().items():
+        found = dict(labels)
+        if name == "capi_c3os_reconcile_total" and found.get("kind") == "C3osMachine":
+            counts[found["result"]] += int(value)
+    return counts
+
+
+def api_requests(manager: Manager) -> Counter[str]:
+    """The manager's own count of its API requests by verb and resource (reconcilers and
+    lease; kopf's watches and patches are not in it)."""
+    counts: Counter[str] = Counter()
+    for (name, labels), value in manager.metrics().items():
+        if name == "capi_c3os_api_requests_total":
+            found = dict(labels)
+            counts[f"{found['verb']} {found['resource']}"] += int(value)
+    return counts
+
+
+def raw_side(server: IronicServer, rc: str, machines: int, pool: int, poll: float) -> float:
+    """The raw ironicclient script on `machines` available nodes of class `rc`, `pool` at a
+    time: deploy all (timed, Ironic requests by kind), then undeploy all back to
+    available (so the manager gets the same nodes). Returns the deploy wall time."""
+    site = Site(name="bench", ironic=IronicSite(endpoint=server.url))
+    api = connect(site.ironic, SiteCredentials())  # type: ignore[arg-type]
+    intents = [intent_for(site, rc, f"raw-{i:04d}") for i in range(machines)]
+    before: Counter[str] = Counter()
+    ironic_requests(server, before)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(pool) as workers:
+        list(workers.map(lambda intent: direct_deploy(api, intent, poll), intents))
+    wall = time.perf_counter() - started
+    after: Counter[str] = Counter()
+    ironic_requests(server, after)
+    made = after - before
+    print(
+        f"raw ironicclient: {machines} nodes to active, {pool} at a time (poll {poll}s): {wall:.1f}s wall, "
+        f"{machines / wall:.2f} nodes/s, {sum(made.values()) / machines:.1f} Ironic requests per machine"
+    )
+    print(f"  raw Ironic requests per machine: {per_machine(made, machines)}")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(pool) as workers:
+        list(workers.map(lambda intent: direct_undeploy(api, intent, poll), intents))
+    print(f"raw ironicclient: {machines} nodes back to available in {time.perf_counter() - started:.1f}s")
+    return wall
 
 
 def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
-    server: IronicServer, root: Path, machines: int, idle: float, workers: int, sync_period: float | None
+    server: IronicServer,
+    root: Path,
+    machines: int,
+    idle: float,
+    workers: int,
+    sync_period: float | None,
+    pool: int,
+    poll: float,
 ) -> None:
     site = IronicSite(endpoint=server.url)
     admin = connect(site, SiteCredentials())
@@ -346,6 +429,7 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
     started = time.perf_counter()
     enroll(admin._client, machines, rc, workers)
     print(f"enrolled {machines} fake-hardware nodes to available in {time.perf_counter() - started:.1f}s")
+    raw_wall = raw_side(server, rc, machines, pool, poll)
 
     plane = ManagementPlane(root / "mgmt", audit=True).start()
     manager: Manager | None = None
@@ -355,8 +439,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
         wait_for_crds_established(plane.kubeconfig, crds)
         kubeconfig = plane.write_kubeconfig(root / "manager.kubeconfig", MANAGER_USER, ("system:masters",))
         manager = start_manager(
-            kubeconfig, root / "manager.log", *([f"--sync-period={sync_period}"] if sync_period else []),
-            providers="infrastructure",
+            kubeconfig, root / "manager.log", f"--max-concurrent-reconciles={pool}",
+            *([f"--sync-period={sync_period}"] if sync_period else []), providers="infrastructure",
         )  # fmt: skip
         manager.wait_ready()
         assert manager.pid is not None
@@ -375,13 +459,16 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             })  # fmt: skip
             cpu0, _ = process_usage(manager.pid)
             kinds0: Counter[str] = Counter()
-            kube0, ironic0 = kube_requests(plane.audit_log, kinds0), ironic_requests(server)
+            paths0: Counter[str] = Counter()
+            kube0, ironic0 = kube_requests(plane.audit_log, kinds0), ironic_requests(server, paths0)
+            runs0, requests0 = reconciles(manager), api_requests(manager)
             started = time.perf_counter()
 
             def create(i: int) -> None:
                 name = f"m-{i:04d}"
-                core.create_namespaced_secret(ns, kc.V1Secret(
-                    metadata=kc.V1ObjectMeta(name=f"{name}-bootstrap"),
+                core.create_namespaced_secret(ns, kc.V1Secret(  # as CAPI's bootstrap providers make it
+                    metadata=kc.V1ObjectMeta(name=f"{name}-bootstrap", labels={CLUSTER_NAME: "metal"}),
+                    type=CLUSTER_SECRET_TYPE,
                     data={"value": base64.b64encode(USER_DATA).decode(),
                           "format": base64.b64encode(b"cloud-config").decode()},
                 ))  # fmt: skip
@@ -399,8 +486,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                                                    "name": name}},
                 })  # fmt: skip
 
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(create, range(machines)))
+            with ThreadPoolExecutor(workers) as creators:
+                list(creators.map(create, range(machines)))
             created = time.perf_counter() - started
 
             def provisioned() -> int:
@@ -421,31 +508,44 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             wall = time.perf_counter() - started
             cpu, peak = process_usage(manager.pid)
             kinds: Counter[str] = Counter()
-            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server)
+            paths: Counter[str] = Counter()
+            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server, paths)
+            runs = reconciles(manager) - runs0
             print(
                 f"manager: {machines} C3osMachines to provisioned: {wall:.1f}s wall "
-                f"(objects created in {created:.1f}s), manager {cpu - cpu0:.1f} CPU s, "
-                f"peak RSS {peak:.0f} MiB, "
+                f"(objects created in {created:.1f}s), manager/raw {wall / raw_wall:.2f}, "
+                f"manager {cpu - cpu0:.1f} CPU s, RSS {process_memory(manager.pid):.0f} MiB "
+                f"(peak {peak:.0f} MiB), "
+                f"{sum(runs.values()) / machines:.2f} reconciles per machine "
+                f"({per_machine(runs, machines) or 'none'}), "
                 f"{(writes - kube0[1]) / machines:.1f} Kubernetes API writes and "
                 f"{(kube - kube0[0]) / machines:.1f} requests per machine, "
                 f"{(ironic - ironic0) / machines:.1f} Ironic requests per machine"
             )
-            print(
-                "  writes per machine: "
-                + ", ".join(f"{k} {n / machines:.1f}" for k, n in (kinds - kinds0).most_common(8))
-            )
+            print(f"  writes per machine: {per_machine(kinds - kinds0, machines, 8)}")
+            made = api_requests(manager) - requests0
+            print(f"  the reconcilers' API requests per machine: {per_machine(made, machines)}")
+            print(f"  Ironic requests per machine: {per_machine(paths - paths0, machines)}")
             cpu0, (kube0_all, kube0_writes), ironic0, kinds0 = cpu, (kube, writes), ironic, kinds
+            paths0, runs0 = paths, reconciles(manager)
             time.sleep(idle)
             cpu, peak = process_usage(manager.pid)
-            kinds = Counter()
-            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server)
+            kinds, paths = Counter(), Counter()
+            (kube, writes), ironic = kube_requests(plane.audit_log, kinds), ironic_requests(server, paths)
+            resyncs = idle / sync_period if sync_period else 1.0
             print(
-                f"manager idle for {idle:.0f}s with {machines} provisioned machines: "
-                f"{cpu - cpu0:.1f} CPU s, peak RSS {peak:.0f} MiB, "
-                f"{(ironic - ironic0) / machines:.2f} Ironic requests, "
-                f"{(kube - kube0_all) / machines:.2f} Kubernetes requests "
-                f"({(writes - kube0_writes) / machines:.2f} writes) per machine"
+                f"manager idle for {idle:.0f}s with {machines} provisioned machines"
+                + (f" ({resyncs:.1f} resync periods)" if sync_period else "")
+                + f": {cpu - cpu0:.1f} CPU s, RSS {process_memory(manager.pid):.0f} MiB "
+                f"(peak {peak:.0f} MiB), "
+                f"{(ironic - ironic0) / machines / resyncs:.2f} Ironic requests, "
+                f"{(kube - kube0_all) / machines / resyncs:.2f} Kubernetes requests "
+                f"({(writes - kube0_writes) / machines / resyncs:.2f} writes) per machine"
+                + (" per resync" if sync_period else "")
+                + f", {sum((reconciles(manager) - runs0).values()) / machines / resyncs:.2f} reconciles"
             )
+            if paths - paths0:
+                print(f"  idle Ironic requests per machine: {per_machine(paths - paths0, machines)}")
             if kinds - kinds0:
                 print(
                     "  idle writes per machine: "
@@ -463,6 +563,9 @@ def main() -> int:
     )
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--pool", type=int, default=4, help="manager level: reconcile pool and raw script threads (default 4)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--poll", type=float, default=0.2, help="cap on the wait between calls, seconds")
     parser.add_argument("--machines", type=int, default=10, help="manager-level scale; 0 skips it")
@@ -481,7 +584,10 @@ def main() -> int:
             if args.nodes:
                 many_machines(server, args.nodes, args.workers, args.poll)
             if args.machines:
-                manager_scale(server, Path(root), args.machines, args.idle, args.workers, args.sync_period)
+                manager_scale(
+                    server, Path(root), args.machines, args.idle, args.workers, args.sync_period,
+                    args.pool, args.poll,
+                )  # fmt: skip
         finally:
             server.stop()
     return 0

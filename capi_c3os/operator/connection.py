@@ -6,13 +6,41 @@ the blocking `kubernetes` client (reconcilers, lease) and kopf's own aiohttp cli
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from capi_c3os.operator import metrics
 from capi_c3os.scratch import KUBE_FILES_PREFIX, process_dir
+
+_API_PATH = re.compile(
+    r"^/(?:api|apis/[^/]+)/[^/]+/(?:namespaces/[^/]+/(?=[^/]+))?(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?"
+)
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def request_labels(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request to the API server, as the metric counts it."""
+    found = _API_PATH.match(urlsplit(url).path)
+    if found is None:
+        return method.lower(), "other"
+    verb = ("get" if found["name"] else "list") if method == "GET" else _VERBS.get(method, method.lower())
+    return verb, found["plural"] + (f"/{found['sub']}" if found["sub"] else "")
+
+
+class CountingApiClient(k8s.ApiClient):  # type: ignore[misc]
+    """The blocking client, counting each request (`capi_c3os_api_requests`): what a
+    reconcile costs the API server, readable from outside the process."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(*request_labels(method, url)).inc()
+        return super().call_api(method, url, *args, **kwargs)
 
 
 def load_configuration(kubeconfig: str | None) -> k8s.Configuration:

@@ -27,8 +27,9 @@ from kubernetes import client as k8s
 
 from capi_c3os.backends import images
 from capi_c3os.backends.images import ImageLimits
+from capi_c3os.backends.ironic import client as ironic_client
 from capi_c3os.operator import metrics
-from capi_c3os.operator.connection import connection_info, load_configuration
+from capi_c3os.operator.connection import CountingApiClient, connection_info, load_configuration
 from capi_c3os.operator.diffbase import MemoryDiffBase
 from capi_c3os.operator.endpoints import serve_metrics, serve_probes, stop_servers
 from capi_c3os.operator.engine import KopfEngine
@@ -64,9 +65,9 @@ class Options:
     """How long in-flight reconciles may take to finish on shutdown."""
     identity: str = ""
     watch_cache: bool = True
-    """Bootstrap and control-plane reconcilers read cluster Secrets, control-plane
-    Machines and Clusters from the watches (reconcilers/view.py) instead of the API
-    server; off: every read is a request (for comparison and debugging)."""
+    """Reconcilers read cluster Secrets (bootstrap data too), Machines, Clusters and
+    C3osClusters from the watches (reconcilers/view.py) instead of the API server; off:
+    every read is a request (for comparison and debugging)."""
     record_key_namespace: str = "default"
     """The manager's own namespace: where the site record key Secret lives."""
     record_key_secret: str = RECORD_KEY_SECRET
@@ -93,6 +94,7 @@ def _exit_now(code: int) -> None:
 
 async def run_manager(options: Options) -> int:
     images.configure(options.image_limits)
+    ironic_client.configure(options.max_concurrent_reconciles)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,8 +131,12 @@ async def run_manager(options: Options) -> int:
     configuration = await asyncio.to_thread(load_configuration, options.kubeconfig)
     probes = await serve_probes(options.health_addr, live, ready)
     metrics_server = await serve_metrics(options.metrics_addr)
-    api = k8s.ApiClient(configuration)
-    lease_api = k8s.ApiClient(configuration)  # its own connection pool: never queues behind reconciles
+    # A connection kept per reconcile that may run at once (the default is 5 per CPU).
+    configuration.connection_pool_maxsize = max(
+        configuration.connection_pool_maxsize, options.max_concurrent_reconciles
+    )
+    api = CountingApiClient(configuration)
+    lease_api = CountingApiClient(configuration)  # its own connection pool: never queues behind reconciles
     executor = ThreadPoolExecutor(
         max_workers=options.max_concurrent_reconciles, thread_name_prefix="reconcile"
     )

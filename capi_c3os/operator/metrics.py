@@ -23,6 +23,13 @@ RECONCILE_SECONDS = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+API_REQUESTS = Counter(
+    "capi_c3os_api_requests",
+    "Requests the reconcilers (and the lease) made to the Kubernetes API server, by verb "
+    "(get, list, create, update, patch, delete) and resource (with /status for the "
+    "subresource); kopf's own watches and patches are not included.",
+    ["verb", "resource"],
+)
 LEADER = Gauge(
     "capi_c3os_leader",
     "1 while this replica holds the leader lease (always 1 when leader election is off).",

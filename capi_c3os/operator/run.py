@@ -136,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="watch_cache",
         action="store_false",
         help="read every object from the API server in each reconcile instead of from the "
-        "watches (bootstrap and control plane; for comparison and debugging)",
+        "watches (for comparison and debugging)",
     )
     parser.add_argument(
         "--record-key-secret",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,7 @@ from capi_c3os.reconcilers.generic import fetch_owner_cluster
 from capi_c3os.reconcilers.keyed_lock import KeyedLocks
 from capi_c3os.reconcilers.kube import CLUSTERS, MACHINES, SECRETS, ConflictError, Kube, Resource
 from capi_c3os.reconcilers.site_record import SITE_ANNOTATION, signed_annotations, verified_site
+from capi_c3os.reconcilers.view import ClusterView, Reader, reader
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,13 @@ class MachineContext:
     cluster: dict[str, Any] | None = None
     machine: dict[str, Any] | None = None
     report: Report = field(default_factory=Report)
+    reads: Reader | None = None
+    """Where the Cluster, Machine, C3osCluster and Secrets are read while provisioning:
+    the manager's watch-fed view (reconcilers/view.py) or, without one, the API server."""
+
+    @property
+    def reader(self) -> Reader:
+        return self.reads or self.kube
 
     @property
     def namespace(self) -> str:
@@ -154,6 +163,7 @@ def reconcile(
     now: datetime | None = None,
     *,
     record_key: bytes,
+    view: ClusterView | None = None,
 ) -> Outcome:
     """One at a time per machine: kopf's handler and the backend's event thread (a domain
     stopped, often by our own deprovision) may both start one, and two deprovisions at
@@ -164,7 +174,7 @@ def reconcile(
         fresh = kube.get(resource, meta["namespace"], meta["name"]) if waited else obj
         if fresh is None:
             return Outcome.ready()  # gone meanwhile: nothing left to do or report
-        return _reconcile(kube, resource, fresh, backends, now, record_key)
+        return _reconcile(kube, resource, fresh, backends, now, record_key, view)
 
 
 def _reconcile(
@@ -174,9 +184,11 @@ def _reconcile(
     backends: Backends | None,
     now: datetime | None,
     record_key: bytes,
+    view: ClusterView | None,
 ) -> Outcome:
     ctx = MachineContext(kube, resource, obj, backends or BACKENDS, now or datetime.now(UTC), record_key)
-    ctx.cluster = fetch_owner_cluster(kube, obj)
+    ctx.reads = reader(kube, view)
+    ctx.cluster = fetch_owner_cluster(ctx.reader, obj)
     if is_paused(obj, ctx.cluster):
         return _write(ctx, paused=True, outcome=paused_outcome(ctx.deleting))
     outcome = _delete(ctx) if ctx.deleting else _provision(ctx)
@@ -204,10 +216,89 @@ def _write(ctx: MachineContext, paused: bool, outcome: Outcome) -> Outcome:
         conditions.append(ctx.report.version)
     generation = None if paused else ctx.generation
     patch = status_patch(ctx.obj, conditions, observed_generation=generation, fields=ctx.report.fields)
-    if patch is not None:
-        meta = ctx.obj["metadata"]
-        ctx.kube.patch_status(ctx.resource, meta["namespace"], meta["name"], patch)
+    if patch is None:
+        return outcome
+    try:
+        ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
+    except ConflictError:
+        # Only we write this status, one reconcile of a machine at a time: a status that
+        # changed meanwhile is an earlier reconcile's (typically the one whose write woke
+        # kopf with the body this one started from). What this one saw is newer; it is
+        # merged into the fresh status, as long as what the backend was told from the
+        # status (provisioned, the placement) is still what the status says.
+        fresh = _changed_beside_us(ctx)
+        if fresh is None or _status_inputs(fresh, ctx.deleting) != _status_inputs(ctx.obj, ctx.deleting):
+            raise
+        patch = status_patch(fresh, conditions, observed_generation=generation, fields=ctx.report.fields)
+        if patch is not None:
+            ctx.kube.patch_status(ctx.resource, ctx.namespace, ctx.name, patch)
     return outcome
+
+
+def _status_inputs(obj: dict[str, Any], deleting: bool) -> tuple[Any, ...]:
+    """What a reconcile takes from the status and not only reports there: provisioned
+    (the backend never deploys a machine that ran anew), and for a deletion the placement
+    (status.failureDomain, where no signed site record says)."""
+    status = obj.get("status") or {}
+    return (_was_provisioned(obj), status.get("failureDomain") if deleting else None)
+
+
+def _changed_beside_us(ctx: MachineContext) -> dict[str, Any] | None:
+    """After a 409: the object as it is now when only its metadata changed since it was
+    read (CAPI's Machine controller sets owner references and labels as it goes, often
+    right between our read and our write). Its spec (generation) and deletion are
+    unchanged, so what this reconcile decided still holds: the write is retried once on
+    the fresh object instead of throwing the whole reconcile (and its backend calls)
+    away. Whatever the metadata change means is seen by the reconcile its own event
+    starts. None when more than that changed: the caller raises the conflict."""
+    fresh = ctx.kube.get(ctx.resource, ctx.namespace, ctx.name)
+    if fresh is None:
+        return None
+    meta, before = fresh["metadata"], ctx.obj["metadata"]
+    if meta.get("generation") != before.get("generation") or meta.get("uid") != before.get("uid"):
+        return None
+    if meta.get("deletionTimestamp") != before.get("deletionTimestamp"):
+        return None
+    return fresh
+
+
+def _replace_unless_changed(
+    ctx: MachineContext, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """Replace the object with `change(obj)` (None: nothing to write); after a 409 on a
+    metadata-only change (`_changed_beside_us`), once more with `change(fresh)`."""
+    body = change(ctx.obj)
+    if body is None:
+        return None
+    try:
+        return ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
+    except ConflictError:
+        fresh = _changed_beside_us(ctx)
+        if fresh is None:
+            raise
+        body = change(fresh)
+        if body is None:
+            return fresh
+        return ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
+
+
+def _claim(ctx: MachineContext, obj: dict[str, Any], site: Site) -> dict[str, Any] | None:
+    """`obj` with our finalizer, the providerID and a signed site record, or None when it
+    has them all."""
+    signed = verified_site(obj, ctx.record_key) is not None
+    finalizers = _finalizers(obj)
+    if FINALIZER in finalizers and (obj.get("spec") or {}).get("providerID") and signed:
+        return None
+    body = _copy(obj)
+    body["metadata"]["finalizers"] = [*finalizers, *([] if FINALIZER in finalizers else [FINALIZER])]
+    body["spec"]["providerID"] = ctx.identity.provider_id
+    if not signed:
+        body["metadata"]["annotations"] = {
+            **(obj["metadata"].get("annotations") or {}),
+            **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
+        }
+    body.pop("status", None)
+    return body
 
 
 # ---------------------------------------------------------------- provisioning
@@ -250,24 +341,9 @@ def _provision(ctx: MachineContext) -> Outcome:
     # replaced by the current site; one that does stays (the machine stays there).
     identity = ctx.identity
     provider_id = identity.provider_id
-    signed = verified_site(ctx.obj, ctx.record_key) is not None
-    if FINALIZER not in _finalizers(ctx.obj) or spec.provider_id is None or not signed:
-        body = _copy(ctx.obj)
-        body["metadata"]["finalizers"] = [
-            *_finalizers(ctx.obj),
-            *([] if FINALIZER in _finalizers(ctx.obj) else [FINALIZER]),
-        ]
-        body["spec"]["providerID"] = provider_id
-        if not signed:
-            body["metadata"]["annotations"] = {
-                **(ctx.obj["metadata"].get("annotations") or {}),
-                **signed_annotations(ctx.record_key, ctx.namespace, ctx.name, site),
-            }
-        body.pop("status", None)
-        ctx.obj = {
-            **ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body),
-            "status": ctx.obj.get("status"),
-        }
+    claimed = _replace_unless_changed(ctx, lambda obj: _claim(ctx, obj, site))
+    if claimed is not None:
+        ctx.obj = {**claimed, "status": ctx.obj.get("status")}
 
     hostname = hostname_for(ctx.name)
     intent = MachineIntent(
@@ -306,13 +382,13 @@ def _await_machine(ctx: MachineContext) -> Outcome | None:
     name = owner_machine_name(ctx.obj)
     if not name:
         return Outcome.wait("WaitingForMachine", "waiting for a Machine to own this C3osMachine", WAIT)
-    ctx.machine = ctx.kube.get(MACHINES, ctx.namespace, name)
+    ctx.machine = ctx.reader.get(MACHINES, ctx.namespace, name)
     if ctx.machine is None:
         return Outcome.wait("WaitingForMachine", f"owner Machine {name} not found", WAIT)
     if ctx.cluster is None:
         cluster_name = (ctx.machine.get("spec") or {}).get("clusterName")
         if cluster_name:
-            ctx.cluster = ctx.kube.get(CLUSTERS, ctx.namespace, cluster_name)
+            ctx.cluster = ctx.reader.get(CLUSTERS, ctx.namespace, cluster_name)
     if ctx.cluster is None:
         return Outcome.wait("WaitingForCluster", "waiting for the owner Cluster", WAIT)
     return None
@@ -342,7 +418,7 @@ def _await_bootstrap_data(ctx: MachineContext) -> Outcome | None:
     )
 
 
-def _c3os_cluster_spec(kube: Kube, namespace: str, cluster: dict[str, Any]) -> C3osClusterSpec | Outcome:
+def _c3os_cluster_spec(kube: Reader, namespace: str, cluster: dict[str, Any]) -> C3osClusterSpec | Outcome:
     ref = (cluster.get("spec") or {}).get("infrastructureRef") or {}
     name = ref.get("name")
     if not name or ref.get("kind") != "C3osCluster":
@@ -363,7 +439,7 @@ def _c3os_cluster_spec(kube: Kube, namespace: str, cluster: dict[str, Any]) -> C
 
 def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
     assert ctx.machine is not None and ctx.cluster is not None
-    cluster_spec = _c3os_cluster_spec(ctx.kube, ctx.namespace, ctx.cluster)
+    cluster_spec = _c3os_cluster_spec(ctx.reader, ctx.namespace, ctx.cluster)
     if isinstance(cluster_spec, Outcome):
         return cluster_spec
     wanted = (ctx.machine.get("spec") or {}).get("failureDomain") or None
@@ -396,7 +472,7 @@ def _resolve_site(ctx: MachineContext, spec: C3osMachineSpec) -> Site | Outcome:
     return site
 
 
-def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | None:
+def secret_data(kube: Reader, namespace: str, name: str) -> dict[str, bytes] | None:
     secret = kube.get(SECRETS, namespace, name)
     if secret is None:
         return None
@@ -404,10 +480,10 @@ def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes] | Non
 
 
 def _site_credentials(ctx: MachineContext, site: Site) -> SiteCredentials | Outcome:
-    return site_credentials(ctx.kube, ctx.namespace, site)
+    return site_credentials(ctx.reader, ctx.namespace, site)
 
 
-def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials | Outcome:
+def site_credentials(kube: Reader, namespace: str, site: Site) -> SiteCredentials | Outcome:
     """The site's Secret material (never logged: SiteCredentials hides it in repr)."""
     place = site.libvirt or site.ironic
     data: dict[str, bytes] = {}
@@ -438,7 +514,7 @@ def site_credentials(kube: Kube, namespace: str, site: Site) -> SiteCredentials 
 def _bootstrap_data(ctx: MachineContext) -> bytes | Outcome:
     assert ctx.machine is not None
     name = ctx.machine["spec"]["bootstrap"]["dataSecretName"]
-    data = secret_data(ctx.kube, ctx.namespace, name)
+    data = secret_data(ctx.reader, ctx.namespace, name)
     if data is None:
         return Outcome.wait("WaitingForBootstrapData", f"bootstrap data Secret {name} not found", WAIT)
     if "value" not in data:
@@ -535,15 +611,19 @@ def _delete(ctx: MachineContext) -> Outcome:
             return Outcome.wait(
                 progress.reason or "Deleting", progress.message, progress.requeue_after or PROVISION_POLL
             )
-    body = _copy(ctx.obj)
-    body["metadata"]["finalizers"] = [f for f in _finalizers(ctx.obj) if f != FINALIZER]
-    body.pop("status", None)
-    try:
-        ctx.kube.replace(ctx.resource, ctx.namespace, ctx.name, body)
-    except ConflictError:
-        raise
+    _replace_unless_changed(ctx, _release)
     log.info("released %s/%s: its backend resources are gone", ctx.namespace, ctx.name)
     return Outcome.ready()
+
+
+def _release(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """`obj` without our finalizer, or None when it has none."""
+    if FINALIZER not in _finalizers(obj):
+        return None
+    body = _copy(obj)
+    body["metadata"]["finalizers"] = [f for f in _finalizers(obj) if f != FINALIZER]
+    body.pop("status", None)
+    return body
 
 
 def _site_for_deletion(ctx: MachineContext) -> Site | Outcome:

@@ -17,11 +17,12 @@ from capi_c3os.capi.owners import owner_cluster_name
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers.kube import CLUSTERS, Kube, Resource
+from capi_c3os.reconcilers.view import Reader
 
 log = logging.getLogger(__name__)
 
 
-def fetch_owner_cluster(kube: Kube, obj: dict[str, Any]) -> dict[str, Any] | None:
+def fetch_owner_cluster(kube: Reader, obj: dict[str, Any]) -> dict[str, Any] | None:
     """The Cluster the object belongs to, or None when it has none yet or it is gone
     (then only the object's own pause annotation counts)."""
     name = owner_cluster_name(obj)

@@ -30,11 +30,32 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from capi_c3os.reconcilers.kube import Kube, Resource
 
 Predicate = Callable[[dict[str, Any]], bool]
+
+
+class Reader(Protocol):
+    """What code that only reads needs: `Kube` itself, or the view in front of it."""
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+class ViewReader:
+    """`get` through the view (a GET only for what it does not hold)."""
+
+    def __init__(self, view: ClusterView, kube: Kube) -> None:
+        self._view = view
+        self._kube = kube
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._view.get(self._kube, resource, namespace, name)
+
+
+def reader(kube: Kube, view: ClusterView | None) -> Reader:
+    return ViewReader(view, kube) if view is not None else kube
 
 
 def matches(selector: str | None, labels: dict[str, str]) -> bool:

@@ -65,18 +65,34 @@ BUSY_DELAY = 3.0
 WORK_DELAY = 10.0
 WAIT_FOR_NODE_DELAY = 30.0
 SLOT_COUNT_TTL = 2.0
+SLOT_RECOUNT = 30.0
 ALLOCATION_TIMEOUT = 60.0
 STALLED_TEARDOWN_AFTER = 600.0
 HEALTH_INTERVAL = 300.0
 """Seconds between looks at a running machine's node (plus 0-25 % jitter): how soon a node
 undeployed or taken outside the cluster is reported `NodeMissing`. 500 machines make about
-two light GETs a second, which even a single-process Ironic serves."""
+two light GETs a second, which even a single-process Ironic serves. A reconcile woken by
+anything else in between (the periodic resync, a Machine change) reports what the last
+look saw, without a request."""
+
+
+@dataclass(frozen=True)
+class _Running:
+    """What the last look at a running machine's node saw, and when (monotonic)."""
+
+    endpoint: str
+    message: str
+    details: dict[str, str]
+    at: float
 
 
 @dataclass
 class _Slots:
-    """The site's count of busy nodes, read from Ironic at most every SLOT_COUNT_TTL and
-    counted up by the starts made here in between."""
+    """The site's count of busy nodes: read from Ironic (one query per busy state, so the
+    work is the busy nodes', not the site's) and counted up by the starts made here in
+    between. Read again at most every SLOT_COUNT_TTL while the count says the site is
+    full (slots free up only in Ironic), else every SLOT_RECOUNT (others' starts, e.g.
+    another manager or an operator, count too). Memory only: a new process reads first."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     busy: int = 0
@@ -96,6 +112,7 @@ class IronicBackend:
         work_delay: float = WORK_DELAY,
         wait_for_node_delay: float = WAIT_FOR_NODE_DELAY,
         slot_count_ttl: float = SLOT_COUNT_TTL,
+        slot_recount: float = SLOT_RECOUNT,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
         stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
         health_interval: float = HEALTH_INTERVAL,
@@ -108,6 +125,7 @@ class IronicBackend:
         self.work_delay = work_delay
         self.wait_for_node_delay = wait_for_node_delay
         self.slot_count_ttl = slot_count_ttl
+        self.slot_recount = max(slot_recount, slot_count_ttl)
         self.allocation_timeout = allocation_timeout
         self.stalled_teardown_after = stalled_teardown_after
         self.health_interval = health_interval
@@ -120,6 +138,8 @@ class IronicBackend:
         """identity.uuid -> when this process first saw its allocation `allocating`."""
         self._releasing: dict[str, str] = {}
         """identity.uuid -> node UUID while the node is cleaning (a cache of the marker)."""
+        self._running: dict[str, _Running] = {}
+        """identity.uuid -> the last look at its node, while that said `active`."""
 
     # --- the protocol ----------------------------------------------------------------------
 
@@ -129,8 +149,13 @@ class IronicBackend:
         # Validate the whole request before anything is created in Ironic.
         info = instance_info(intent)
         drive = configdrive(intent)
+        seen = self._seen_running(site, intent)
+        if seen is not None:
+            return seen
         api = self.api(site, intent.credentials)
         identity = intent.identity
+        with self._lock:
+            self._running.pop(identity.uuid, None)  # looked at anew below
         try:
             node = api.node_by_instance_uuid(identity.uuid)
             if node is not None:
@@ -151,6 +176,8 @@ class IronicBackend:
 
     def deprovision(self, identity: MachineIdentity, site: Site, credentials: SiteCredentials) -> Progress:
         ironic = _ironic_site(site)
+        with self._lock:
+            self._running.pop(identity.uuid, None)
         api = self.api(ironic, credentials)
         try:
             node = api.node_by_instance_uuid(identity.uuid)
@@ -219,6 +246,25 @@ class IronicBackend:
             return api
 
     # --- provisioning steps --------------------------------------------------------------------
+
+    def _seen_running(self, site: IronicSite, intent: MachineIntent) -> Progress | None:
+        """RUNNING as the last look saw it, while that look is younger than the health
+        interval (memory only: a new process looks first)."""
+        with self._lock:
+            seen = self._running.get(intent.identity.uuid)
+        if seen is None or seen.endpoint != site.endpoint or not intent.provisioned:
+            return None
+        left = self.health_interval - (time.monotonic() - seen.at)
+        if left <= 0:
+            return None
+        return Progress(
+            Phase.RUNNING,
+            "Deployed",
+            seen.message,
+            addresses=addresses(intent),
+            requeue_after=self._jitter(left),
+            details=dict(seen.details),
+        )
 
     def _missing(self, api: IronicApi, intent: MachineIntent) -> Progress | None:
         """A machine that was running has no node any more: report it, never deploy anew."""
@@ -346,10 +392,15 @@ class IronicBackend:
         state = node.provision_state
         if state == states.ACTIVE:
             # Looked at again: Ironic tells nobody when a node is undeployed behind our back.
+            message = f"node {node.label} is active"
+            with self._lock:
+                self._running[intent.identity.uuid] = _Running(
+                    site.endpoint, message, dict(details), time.monotonic()
+                )
             return Progress(
                 Phase.RUNNING,
                 "Deployed",
-                f"node {node.label} is active",
+                message,
                 addresses=addresses(intent),
                 requeue_after=self._jitter(self.health_interval),
                 details=details,
@@ -684,6 +735,7 @@ class IronicBackend:
 
     def _forget(self, identity: MachineIdentity) -> None:
         with self._lock:
+            self._running.pop(identity.uuid, None)
             self._releasing.pop(identity.uuid, None)
             self._allocating_since.pop(identity.uuid, None)
 
@@ -723,9 +775,10 @@ class IronicBackend:
             slots = self._slots.setdefault(site.endpoint, _Slots())
         with slots.lock:
             now = time.monotonic()
-            if now - slots.read_at > self.slot_count_ttl:
-                nodes = api.list_nodes(["provision_state"])
-                slots.busy = sum(1 for n in nodes if n.provision_state in states.BUSY)
+            age = now - slots.read_at
+            full = slots.busy >= site.max_concurrent_provisioning
+            if age > self.slot_recount or (full and age > self.slot_count_ttl):
+                slots.busy = sum(len(api.list_nodes([], provision_state=s)) for s in sorted(states.BUSY))
                 slots.read_at = now
             if slots.busy >= site.max_concurrent_provisioning:
                 return self._later(

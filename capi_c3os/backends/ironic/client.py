@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from ironicclient import client as ironic_client
 from ironicclient import exc as ironic_exc
 from keystoneauth1 import exceptions as ks_exc
@@ -48,6 +49,16 @@ logging.getLogger("keystoneauth").setLevel(logging.INFO)
 logging.getLogger("ironicclient.common.http").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
+
+_pool_size = requests.adapters.DEFAULT_POOLSIZE
+
+
+def configure(pool_size: int) -> None:
+    """Keep up to `pool_size` connections per Ironic: one per reconcile that may run at
+    once (the manager's --max-concurrent-reconciles); with fewer, every request beyond
+    them opens a new connection and drops it afterwards."""
+    global _pool_size  # noqa: PLW0603
+    _pool_size = max(1, pool_size)
 
 
 class IronicBusyError(Exception):
@@ -149,6 +160,8 @@ class IronicApi:
         sites: a failure there is Keystone's, not Ironic's, and says so."""
         self.calls = 0
         """Requests made; read by the benchmark."""
+        self.nodes_listed = 0
+        """Node records node listings returned; read by the benchmark and the tests."""
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         self.calls += 1
@@ -249,6 +262,7 @@ class IronicApi:
             "list nodes",
             lambda: self._client.node.list(fields=wanted, limit=0, provision_state=provision_state),
         )
+        self.nodes_listed += len(found)
         return [Node.from_api(n.to_dict()) for n in found]
 
     def patch_node(self, uuid: str, patch: list[dict[str, Any]]) -> None:
@@ -432,7 +446,11 @@ def verify_setting(site: IronicSite, credentials: SiteCredentials) -> bool | str
 
 
 def connect(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+    http = requests.Session()
+    for prefix in ("https://", "http://"):
+        http.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_pool_size))
     sess = session.Session(
+        session=http,
         auth=build_auth(site, credentials),
         verify=verify_setting(site, credentials),
         timeout=REQUEST_TIMEOUT,

@@ -20,7 +20,7 @@ PROVIDERS: dict[str, ModuleType] = {
 }
 
 
-VIEW_READERS = ("bootstrap", "control-plane")
+VIEW_READERS = ("bootstrap", "control-plane", "infrastructure")
 """Providers whose reconcilers read the watch-fed view (see handlers/view.py)."""
 
 
@@ -47,7 +47,7 @@ def build_registry(
 
     # First: the view must hold an event's object before other handlers of it run.
     if runtime.view is not None:
-        view.register(registry, runtime.view)
+        view.register(registry, runtime.view, providers=set(providers))
     for provider in providers:
         PROVIDERS[provider].register(registry, runtime)
     pause_watch.register(registry)

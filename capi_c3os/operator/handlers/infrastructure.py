@@ -29,7 +29,7 @@ C3OS_MACHINE_TEMPLATE = Resource(
 
 KINDS = (
     Kind(C3OS_CLUSTER, c3oscluster.reconcile),
-    Kind(C3OS_MACHINE, c3osmachine.reconcile, signs_records=True),
+    Kind(C3OS_MACHINE, c3osmachine.reconcile, reads_view=True, signs_records=True),
     Kind(C3OS_MACHINE_TEMPLATE, c3osmachinetemplate.reconcile),
 )
 _WITH_CLEANUP = {C3OS_CLUSTER, C3OS_MACHINE}

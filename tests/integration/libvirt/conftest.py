@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
+from capi_c3os.capi.metadata import CLUSTER_SECRET_TYPE
 from capi_c3os.dev.k3s import console_blocks, serial_log
 from capi_c3os.dev.libvirtd import PrivateLibvirtd
 from capi_c3os.dev.manager import Manager
@@ -129,12 +130,16 @@ class Capi:
         found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
         return found[0] if found else {}
 
-    def create_secret(self, name: str, data: dict[str, bytes]) -> None:
+    def create_secret(
+        self, name: str, data: dict[str, bytes], cluster: str | None = None, type: str | None = None
+    ) -> None:
+        """With `cluster`, labelled as that Cluster's (cluster-name label)."""
         self.core.create_namespaced_secret(
             self.namespace,
             kc.V1Secret(
-                metadata=kc.V1ObjectMeta(name=name),
+                metadata=kc.V1ObjectMeta(name=name, labels={CLUSTER_NAME: cluster} if cluster else None),
                 data={k: base64.b64encode(v).decode() for k, v in data.items()},
+                type=type,
             ),
         )
 
@@ -151,9 +156,14 @@ class Capi:
         })  # fmt: skip
 
     def create_machine(self, cluster: str, name: str, spec: dict[str, Any], user_data: bytes) -> None:
-        """A worker Machine whose bootstrap data is given directly (a Secret), and its
-        C3osMachine."""
-        self.create_secret(f"{name}-bootstrap", {"value": user_data, "format": b"cloud-config"})
+        """A worker Machine whose bootstrap data is given directly (a Secret, typed and
+        labelled as CAPI's bootstrap providers make it), and its C3osMachine."""
+        self.create_secret(
+            f"{name}-bootstrap",
+            {"value": user_data, "format": b"cloud-config"},
+            cluster=cluster,
+            type=CLUSTER_SECRET_TYPE,
+        )
         self.create(INFRA, "c3osmachines", {
             "apiVersion": "/".join(INFRA), "kind": "C3osMachine",
             "metadata": {"name": name, "labels": {CLUSTER_NAME: cluster}}, "spec": spec,

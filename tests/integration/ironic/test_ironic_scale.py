@@ -1,0 +1,254 @@
+"""Issue 21: what a reconcile of a bare-metal machine costs, counted on the real servers.
+
+- A write that meets a 409 only because CAPI changed the object's metadata meanwhile
+  (its Machine controller sets owner references and labels while we reconcile) is made
+  again on the fresh object, not thrown away with the whole reconcile; a spec change
+  meanwhile still ends the reconcile with the conflict.
+- A C3osMachine reconcile in the manager reads its Machine, Cluster, C3osCluster and
+  bootstrap Secret from the manager's watches, not with a GET each time (counted by the
+  manager's own request metric).
+- A running machine's node is looked at in Ironic once per health interval, whatever
+  else wakes its reconcile (the periodic resync, every few minutes for every machine).
+- The Ironic client keeps a connection per reconcile that may run at once: none is
+  opened and dropped per request when the pool is larger than requests' default 10.
+- The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
+  node of the site: its cost does not grow with the site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from capi_c3os.api.infrastructure import IronicMachine, IronicSite
+from capi_c3os.backends.base import BackendError, Phase, SiteCredentials
+from capi_c3os.backends.ironic import IronicBackend
+from capi_c3os.backends.ironic import client as ironic_client
+from capi_c3os.backends.ironic.client import IronicApi, connect
+from capi_c3os.backends.registry import Backends
+from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.manager import Manager
+from capi_c3os.reconcilers import c3oscluster, c3osmachine
+from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, FINALIZER
+from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
+from tests.integration.ironic.lab import USER_DATA, IronicLab, drive, new_resource_class
+from tests.integration.ironic.test_ironic_machine import machine_spec
+from tests.integration.libvirt.conftest import INFRA, Capi
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+MACHINES = Resource(INFRA[0], INFRA[1], "c3osmachines", "C3osMachine")
+RECORD_KEY = bytes(32)  # stands in for the manager's key
+PAUSED = "cluster.x-k8s.io/paused"
+
+
+def _no_backend() -> Any:
+    # The C3osCluster's orphan sweep must not touch the machine under test.
+    raise BackendError("NoBackendInThisTest", "no backend for the C3osCluster here", retry_after=None)
+
+
+def _condition(capi: Capi, kind: str) -> dict[str, Any]:
+    obj = capi.must_get(INFRA, "c3osmachines", "m-race")
+    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind]
+    return found[0] if found else {}
+
+
+def _touch(capi: Capi, patch: dict[str, Any]) -> None:
+    """Another writer's merge patch (CAPI's controllers write without preconditions)."""
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osmachines", "m-race", patch)
+
+
+def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(
+    capi: Capi, k8s: Any, ironic_server: IronicServer
+) -> None:
+    kube = Kube(k8s)
+    lab = IronicLab(ironic_server)
+    rc = new_resource_class()
+    [node_uuid] = lab.enroll(1, rc)
+    backend = IronicBackend(allocation_timeout=15)
+    backends = Backends({"ironic": lambda: backend})
+    never = Backends({"ironic": _no_backend})
+    capi.create_cluster("race", {"ironic": {"endpoint": ironic_server.url}})
+    capi.create_machine("race", "m-race", machine_spec(rc), USER_DATA)
+
+    def cluster_up() -> Any:
+        c3oscluster.reconcile(
+            kube, C3OS_CLUSTERS, capi.must_get(INFRA, "c3osclusters", "race"), backends=never
+        )
+        cluster = capi.must_get(("cluster.x-k8s.io", "v1beta2"), "clusters", "race")
+        return ((cluster.get("status") or {}).get("initialization") or {}).get("infrastructureProvisioned")
+
+    def reconcile(obj: dict[str, Any]) -> Any:
+        return c3osmachine.reconcile(kube, MACHINES, obj, backends=backends, record_key=RECORD_KEY)
+
+    try:
+        eventually(cluster_up, "Cluster infrastructure provisioned", 60)
+        eventually(lambda: owner_machine_name(capi.must_get(INFRA, "c3osmachines", "m-race")), "owner", 60)
+
+        # 1. The claim (finalizer, providerID, site record) meets a label CAPI just wrote.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"labels": {"example.test/one": "x"}}})
+        outcome = reconcile(stale)
+        claimed = capi.must_get(INFRA, "c3osmachines", "m-race")
+        assert FINALIZER in claimed["metadata"]["finalizers"], outcome
+        assert claimed["spec"]["providerID"] == f"c3os://{capi.namespace}/m-race"
+        assert claimed["metadata"]["labels"]["example.test/one"] == "x", "the other write is kept"
+        assert capi.ready("m-race").get("reason") == outcome.reason, "and the status written"
+
+        # 2. The status write (Deploying, once Ironic has allocated the node) meets an
+        # owner-reference/label change.
+        eventually(lambda: lab.node(node_uuid)["instance_uuid"], "Ironic's allocation", 30)
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"labels": {"example.test/two": "y"}}})
+        outcome = reconcile(stale)
+        assert outcome.reason == "Deploying", outcome
+        assert capi.ready("m-race").get("reason") == "Deploying", capi.ready_message("m-race")
+
+        # 3. The status write meets the status an earlier reconcile wrote after this one's
+        # body was read (kopf hands over the body of the event our own claim caused):
+        # here the Paused condition of a pause and unpause in between.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"metadata": {"annotations": {PAUSED: "true"}}})
+        assert reconcile(capi.must_get(INFRA, "c3osmachines", "m-race")).reason == "Paused"
+        assert _condition(capi, "Paused").get("status") == "True"
+        _touch(capi, {"metadata": {"annotations": {PAUSED: None}}})
+        outcome = reconcile(stale)
+        assert _condition(capi, "Paused").get("status") == "False", outcome
+        assert capi.ready("m-race").get("reason") == outcome.reason
+
+        # 4. A spec change meanwhile is not ours to write over: the conflict stands.
+        stale = capi.must_get(INFRA, "c3osmachines", "m-race")
+        _touch(capi, {"spec": {"diskGiB": 30}})
+        with pytest.raises(ConflictError):
+            reconcile(stale)
+    finally:
+        capi.delete(INFRA, "c3osmachines", "m-race")
+
+        def released() -> bool:
+            obj = capi.get(INFRA, "c3osmachines", "m-race")
+            return obj is None or (reconcile(obj).done and capi.get(INFRA, "c3osmachines", "m-race") is None)
+
+        eventually(released, "m-race released", 120, every=1.0)
+
+
+IDLE_NODES = 20
+
+
+def test_the_slot_count_reads_the_busy_nodes_not_every_node_of_the_site(lab: IronicLab) -> None:
+    rc = new_resource_class()
+    lab.enroll(IDLE_NODES + 1, rc)
+    apis: list[IronicApi] = []
+
+    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        apis.append(connect(site, credentials))
+        return apis[-1]
+
+    backend = IronicBackend(connector=connector)
+    intent = lab.intent("slot-count", IronicMachine(resource_class=rc))
+    try:
+        drive(lambda: backend.provision(intent), {Phase.RUNNING})
+        # The deploy took a slot: the count read what was deploying or cleaning then (at
+        # most a few nodes other tests left cleaning), never the idle nodes enrolled here.
+        listed = sum(api.nodes_listed for api in apis)
+        assert listed < IDLE_NODES, f"{listed} node records read to count the busy ones"
+    finally:
+        drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
+
+
+VIEW_MACHINES = 2
+
+
+def test_a_machine_reconcile_reads_machine_and_secrets_from_the_watches(
+    capi: Capi, ironic_server: IronicServer, start_manager: Any
+) -> None:
+    lab = IronicLab(ironic_server)
+    rc = new_resource_class()
+    lab.enroll(VIEW_MACHINES, rc)
+    manager: Manager = start_manager().wait_ready()
+
+    def gets(resource: str) -> float:
+        return manager.metric_sum("capi_c3os_api_requests_total", verb="get", resource=resource)
+
+    before = {r: gets(r) for r in ("machines", "secrets", "clusters")}  # start-up: the record key
+    capi.create_cluster("views", {"ironic": {"endpoint": ironic_server.url}})
+    names = [f"v-{i}" for i in range(VIEW_MACHINES)]
+    for name in names:
+        capi.create_machine("views", name, machine_spec(rc), USER_DATA)
+    eventually(
+        lambda: all(capi.provisioned(n) for n in names),
+        "machines provisioned",
+        180,
+        explain=lambda: "; ".join(capi.ready_message(n) for n in names),
+    )
+
+    machine_reconciles = manager.metric_sum("capi_c3os_reconcile_total", kind="C3osMachine")
+    cluster_reconciles = manager.metric_sum("capi_c3os_reconcile_total", kind="C3osCluster")
+    assert machine_reconciles >= 2 * VIEW_MACHINES, "each machine was reconciled past its Machine"
+    # Nothing else reads Machines or Secrets here (the site has no credentials Secret).
+    read = {r: gets(r) - n for r, n in before.items()}
+    assert read["machines"] == 0, f"{read} GETs in {machine_reconciles} machine reconciles"
+    assert read["secrets"] == 0, f"{read} GETs in {machine_reconciles} machine reconciles"
+    # The C3osCluster's own reconciles still read the Cluster (not this change's).
+    assert read["clusters"] <= cluster_reconciles, (read, cluster_reconciles)
+    for name in names:
+        capi.delete(INFRA, "c3osmachines", name)
+    eventually(lambda: all(capi.get(INFRA, "c3osmachines", n) is None for n in names), "released", 120)
+
+
+def test_a_running_machine_is_looked_at_in_ironic_once_per_health_interval(lab: IronicLab) -> None:
+    rc = new_resource_class()
+    lab.enroll(1, rc)
+    apis: list[IronicApi] = []
+
+    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        apis.append(connect(site, credentials))
+        return apis[-1]
+
+    backend = IronicBackend(connector=connector, health_interval=300)
+    intent = lab.intent("health", IronicMachine(resource_class=rc))
+    running = drive(lambda: backend.provision(intent), {Phase.RUNNING})
+    provisioned = dataclasses.replace(intent, provisioned=True)  # what the reconciler says next
+    before = sum(api.calls for api in apis)
+    again = [backend.provision(provisioned) for _ in range(5)]  # five resyncs, say
+    assert sum(api.calls for api in apis) == before, "no request until the health interval is over"
+    assert all(p.phase is Phase.RUNNING and p.details == running.details for p in again), again
+    assert all(p.requeue_after is not None and 0 < p.requeue_after <= 300 * 1.25 for p in again)
+
+    # A deletion looks again: what was seen running is forgotten.
+    drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
+    after = backend.provision(provisioned)
+    assert after.phase is Phase.MISSING, after
+
+
+POOL = 12
+"""Reconciles at once: above requests' default pool (10), below what Ironic's API server
+takes at once (10 threads and a listen backlog of 5)."""
+
+
+def test_the_ironic_client_keeps_a_connection_per_reconcile_that_may_run_at_once(lab: IronicLab) -> None:
+    [node_uuid] = lab.enroll(1, new_resource_class())
+    ironic_client.configure(POOL)  # what the manager does with --max-concurrent-reconciles
+    try:
+        api = connect(lab.site().ironic, SiteCredentials())  # type: ignore[arg-type]
+    finally:
+        ironic_client.configure(requests.adapters.DEFAULT_POOLSIZE)
+    together = threading.Barrier(POOL)
+
+    def reconcile(_: int) -> None:
+        together.wait()
+        assert api.get_node(node_uuid) is not None
+
+    for _ in range(3):
+        with ThreadPoolExecutor(POOL) as threads:
+            list(threads.map(reconcile, range(POOL)))
+    pools = api._client.http_client.session.session.get_adapter(lab.server.url).poolmanager.pools
+    # urllib3's pool container refuses plain iteration; keys() is its way.
+    opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
+    assert opened <= POOL, f"{opened} connections opened for {POOL} requests at a time, three times"
