@@ -143,6 +143,8 @@ class MariaDB:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=30)
+        if not self.socket.is_relative_to(self.root):
+            shutil.rmtree(self.socket.parent, ignore_errors=True)  # the short directory
 
     def tail(self, lines: int = 30) -> str:
         return self.process.tail(lines) if self.process else "(not started)"
