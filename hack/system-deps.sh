@@ -3,8 +3,12 @@
 set -euo pipefail
 # podman + runc (see capi_c3os/dev/image.py) and mmdebstrap: the manager image, built and
 # run from Debian packages only (hack/manager-image.sh).
+# mariadb-server-core + mariadb-client-core: mariadbd and mariadb-install-db (with its
+# my_print_defaults) for the production-shaped test Ironic's private MariaDB
+# (capi_c3os/dev/mariadb.py); the mariadb-server package would also install and start the
+# system's MariaDB service, which nothing here uses.
 packages=(ca-certificates openssh-server libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base iptables libvirt-dev pkg-config busybox-static cpio kmod ovmf mtools syslinux syslinux-common isolinux xorriso binutils
-  podman runc mmdebstrap)
+  podman runc mmdebstrap mariadb-server-core mariadb-client-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
 """`python -m capi_c3os.dev.prepare`: everything the tests need that is built or installed
-once per machine (Go binaries, the stand-in image, the manager image, the pinned Ironic,
+once per machine (Go binaries, the stand-in image, the manager image, the pinned Ironic (with
+gunicorn and PyMySQL for its production shape),
 Keystone and sushy-tools virtualenvs), made concurrently — Go builds use the CPUs while the installs
 wait on the network — with a line per step as it finishes, so a cold run shows progress.
 Cached work returns at once; parallel test workers then find everything ready."""

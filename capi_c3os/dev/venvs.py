@@ -36,23 +36,30 @@ class PinnedVenv:
     def ensure(self, python: str = sys.executable) -> Path:
         """The virtualenv, installed on first use. A stamp written last marks a complete
         install, so an interrupted one is redone; a lock keeps concurrent callers from
-        racing."""
+        racing. The stamp names the requirements: when they changed (a package added
+        beside the pinned main one), the same virtualenv is brought up to them in place."""
         venv = self.path
         stamp = venv / ".capi-c3os-installed"
-        if stamp.exists():
+        wanted = f"{' '.join(self.requirements)}\n"
+        if _read(stamp) == wanted:
             return venv
         venv.parent.mkdir(parents=True, exist_ok=True)
         with (venv.parent / f".{venv.name}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if stamp.exists():
+            installed = _read(stamp)
+            if installed == wanted:
                 return venv
-            shutil.rmtree(venv, ignore_errors=True)
             started = time.monotonic()
-            print(f"installing {' '.join(self.requirements)} into {venv} (once)", file=sys.stderr)
-            _run([python, "-m", "venv", str(venv)])
+            if installed is None:
+                shutil.rmtree(venv, ignore_errors=True)
+                print(f"installing {' '.join(self.requirements)} into {venv} (once)", file=sys.stderr)
+                _run([python, "-m", "venv", str(venv)])
+            else:
+                # The old stamp stays until the update is complete: an interrupted one is redone.
+                print(f"updating {venv} to {' '.join(self.requirements)}", file=sys.stderr)
             pip = str(venv / "bin" / "pip")
             _run([pip, "install", "--quiet", "--disable-pip-version-check", *self.requirements])
-            stamp.write_text(f"{' '.join(self.requirements)}\n")
+            stamp.write_text(wanted)
             print(f"installed {self.title} in {time.monotonic() - started:.0f}s", file=sys.stderr)
         return venv
 
@@ -62,6 +69,13 @@ class PinnedVenv:
         venv = self.ensure()
         print(f"{name}={venv} ({time.monotonic() - started:.1f}s)")
         return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def bcrypt_hash(venv: Path, password: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from capi_c3os.backends.ironic import IronicBackend
-from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.ironic import FAST_FAILURES, IronicServer
 from tests.integration.ironic.lab import IronicLab
 
 # The manager fixtures (our manager as a process under the infrastructure provider's
@@ -24,8 +24,11 @@ from tests.support import serving
 
 @pytest.fixture(scope="session")
 def ironic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
-    with serving(IronicServer(tmp_path_factory.mktemp("ironic")), "ironic") as server:
-        yield server
+    # The shape CAPI_C3OS_IRONIC_SHAPE names (single by default); the failure tests need
+    # agents that never call back to fail in seconds in any shape.
+    server = IronicServer(tmp_path_factory.mktemp("ironic"), conductor=FAST_FAILURES)
+    with serving(server, "ironic") as started:
+        yield started
 
 
 @pytest.fixture

@@ -19,15 +19,17 @@ import pytest
 from capi_c3os.api.infrastructure import IronicMachine
 from capi_c3os.backends.base import Phase, Progress
 from capi_c3os.backends.ironic import IronicBackend
-from capi_c3os.dev.ironic import IronicServer
+from capi_c3os.dev.ironic import IronicServer, Shape
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def own_ironic(tmp_path: Path) -> Iterator[IronicServer]:
-    server = IronicServer(tmp_path / "ironic").start()
+    # The stranded state is written into the SQLite file: the single shape whatever the run's.
+    server = IronicServer(tmp_path / "ironic", shape=Shape.SINGLE).start()
     try:
         yield server
     finally:
@@ -35,16 +37,21 @@ def own_ironic(tmp_path: Path) -> Iterator[IronicServer]:
 
 
 def strand_teardown(server: IronicServer, node_uuid: str) -> None:
-    """The node as the dead worker left it (Ironic reads its SQLite file anew each time)."""
-    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
-    with sqlite3.connect(server.root / "ironic.sqlite", timeout=30) as db:
-        changed = db.execute(
-            "UPDATE nodes SET provision_state = 'deleting', target_provision_state = 'available', "
-            "instance_uuid = NULL, instance_info = '{}', provision_updated_at = ? "
-            "WHERE uuid = ? AND provision_state = 'active' AND reservation IS NULL",
-            (now, node_uuid),
-        ).rowcount
-    assert changed == 1
+    """The node as the dead worker left it (Ironic reads its SQLite file anew each time),
+    once the conductor has let go of it (it may hold its lock a moment after `active`)."""
+
+    def strand() -> bool:
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+        with sqlite3.connect(server.root / "ironic.sqlite", timeout=30) as db:
+            changed: int = db.execute(
+                "UPDATE nodes SET provision_state = 'deleting', target_provision_state = 'available', "
+                "instance_uuid = NULL, instance_info = '{}', provision_updated_at = ? "
+                "WHERE uuid = ? AND provision_state = 'active' AND reservation IS NULL",
+                (now, node_uuid),
+            ).rowcount
+        return changed == 1
+
+    eventually(strand, "the deployed node unlocked by the conductor", 30)
 
 
 def test_a_stalled_teardown_is_reported_and_finished_after_a_conductor_restart(
