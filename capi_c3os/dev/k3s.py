@@ -705,8 +705,8 @@ class K3sStandIn:
                 console = nodeupgrade.boots(serial_log(self.daemon, domain))
                 if console and console[-1].boot_id != boot_before:
                     # Rebooted by the script's last line: the container never reports back.
-                    # What kairos-agent printed on the console before says how it went (the
-                    # script has no `set -e`: a failed upgrade still reboots).
+                    # What kairos-agent printed on the console before says how it went (with
+                    # the script's `set -e` a failed upgrade exits instead: handled below).
                     text = "".join(b.text for b in console if b.boot_id == boot_before)
                     if nodeupgrade.UPGRADE_DONE in text:
                         return True, "upgrade written, node rebooting"

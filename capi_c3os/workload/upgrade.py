@@ -35,7 +35,10 @@ BOOT_ID_BEFORE_ANNOTATION = "c3os.cluster.x-k8s.io/boot-id-before"
 BOOT_STATE_LABEL = "kairos.io/boot-state"
 HOST_MOUNT = "/host"
 
+# `set -e` as kairos-operator's script has it: a failed `kairos-agent upgrade` ends the
+# Job Failed instead of rebooting the node into the slot it did not finish writing.
 UPGRADE_SCRIPT = (
+    "set -e\n"
     f"mount --rbind {HOST_MOUNT}/dev /dev\n"
     f"mount --rbind {HOST_MOUNT}/run /run\n"
     "kairos-agent upgrade --source dir:/\n"

@@ -77,6 +77,7 @@ def test_the_job_runs_the_target_image_privileged_on_its_node_once() -> None:
     assert container["command"] == ["/bin/sh", "-c", UPGRADE_SCRIPT]
     # kairos-operator v0.1.3's active-only script, then the reboot into the new slot.
     assert UPGRADE_SCRIPT.splitlines() == [
+        "set -e",
         "mount --rbind /host/dev /dev",
         "mount --rbind /host/run /run",
         "kairos-agent upgrade --source dir:/",
