@@ -122,8 +122,23 @@ class Cluster:
         return [m for m in self.machines() if CONTROL_PLANE_LABEL not in m["metadata"].get("labels", {})]
 
     def patch_topology(self, patch: dict[str, Any]) -> None:
+        if "version" in patch:
+            # With CAPI's RuntimeSDK gate on (our in-place extension), a finished upgrade
+            # keeps the version locked until CAPI has called AfterClusterUpgrade and
+            # dropped it from the pending hooks; its webhook refuses a new version until then.
+            eventually(
+                lambda: "AfterClusterUpgrade" not in self._pending_hooks(),
+                "AfterClusterUpgrade done",
+                timeout=300,
+            )
         self.api.patch_namespaced_custom_object(
             *CAPI, self.namespace, "clusters", NAME, {"spec": {"topology": patch}}
+        )
+
+    def _pending_hooks(self) -> str:
+        obj = self.get(CAPI, "clusters", NAME) or {}
+        return str(
+            (obj["metadata"].get("annotations") or {}).get("runtime.cluster.x-k8s.io/pending-hooks", "")
         )
 
     def settled(self, servers: int, workers: int, version: str | None = None) -> bool:

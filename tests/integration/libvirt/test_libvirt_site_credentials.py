@@ -52,6 +52,9 @@ def put_secret(capi: Capi, name: str, data: dict[str, bytes]) -> None:
         metadata=kc.V1ObjectMeta(name=name), data={k: base64.b64encode(v).decode() for k, v in data.items()}
     )
     try:
+        # A Secret's type is immutable: keep the one it was made with (a bootstrap Secret
+        # is CAPI's cluster.x-k8s.io/secret).
+        body.type = capi.core.read_namespaced_secret(name, capi.namespace).type
         capi.core.replace_namespaced_secret(name, capi.namespace, body)
     except kc.exceptions.ApiException as exc:
         if exc.status != 404:
