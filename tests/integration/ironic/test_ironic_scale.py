@@ -117,8 +117,10 @@ def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(  #
         stale = capi.must_get(INFRA, "c3osmachines", "m-race")
         _touch(capi, {"metadata": {"labels": {"example.test/two": "y"}}})
         outcome = reconcile(stale)
-        assert outcome.reason == "Deploying", outcome
-        assert capi.ready("m-race").get("reason") == "Deploying", capi.ready_message("m-race")
+        # Fake hardware may finish the deploy before this reconcile looks: either way the
+        # status this reconcile saw is written despite the racing label write.
+        assert outcome.reason in ("Deploying", "Deployed"), outcome
+        assert capi.ready("m-race").get("reason") == outcome.reason, capi.ready_message("m-race")
 
         # 3. The status write meets the status an earlier reconcile wrote after this one's
         # body was read (kopf hands over the body of the event our own claim caused):
