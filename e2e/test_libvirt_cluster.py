@@ -376,7 +376,12 @@ def test_clusterctl_describe_shows_our_objects_and_their_conditions(cluster: Clu
         # --echo and no grouping: every Machine with its C3osMachine and C3osConfig, Ready or not.
         rows = describe_rows(describe(cluster, tmp_path, "after-create", "--echo", "--grouping=false"))
         available = rows.get(control_plane, {}).get("Available")
-        return rows if available and available.message == "3 of 3 servers Ready" else None
+        # CAPI mirrors it onto the Cluster a moment later.
+        mirrored = rows.get(f"Cluster/{NAME}", {}).get("ControlPlaneAvailable")
+        settled = all(
+            row is not None and row.message == "3 of 3 servers Ready" for row in (available, mirrored)
+        )
+        return rows if settled else None
 
     rows = eventually(settled_rows, f"{control_plane} Available with 3 of 3 servers", 120, 2.0,
                       explain=cluster.summary)  # fmt: skip
