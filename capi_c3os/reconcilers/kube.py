@@ -12,7 +12,8 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -56,6 +57,17 @@ CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 
 class ConflictError(Exception):
     """The object changed (or appeared) since it was read: re-read and try again."""
+
+
+@contextmanager
+def _changed_meanwhile(resource: Resource, namespace: str, name: str) -> Iterator[None]:
+    """A 409 on a write with a resourceVersion precondition: the object changed since read."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status == 409:
+            raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
+        raise
 
 
 class Kube:
@@ -142,7 +154,7 @@ class Kube:
 
     def replace(self, resource: Resource, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace (PUT) with the body's resourceVersion as precondition; ConflictError on 409."""
-        try:
+        with _changed_meanwhile(resource, namespace, name):
             if resource.core:
                 return self._core("PUT", resource, namespace, name, body=body)
             obj = self._api.replace_namespaced_custom_object(
@@ -154,10 +166,6 @@ class Kube:
                 body,
                 _request_timeout=self._timeout,
             )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
-            raise
         return cast(dict[str, Any], obj)
 
     def patch_status(
@@ -165,7 +173,7 @@ class Kube:
     ) -> dict[str, Any]:
         """JSON merge patch of the status subresource; ConflictError on 409 (a resourceVersion
         in the patch is a precondition)."""
-        try:
+        with _changed_meanwhile(resource, namespace, name):
             obj = self._api.patch_namespaced_custom_object_status(
                 resource.group,
                 resource.version,
@@ -176,10 +184,6 @@ class Kube:
                 _content_type=MERGE_PATCH,
                 _request_timeout=self._timeout,
             )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
-            raise
         return cast(dict[str, Any], obj)
 
     def replace_status(
@@ -187,7 +191,7 @@ class Kube:
     ) -> dict[str, Any]:
         """Replace (PUT) the status subresource with the body's resourceVersion as
         precondition; ConflictError on 409 (the object changed since it was read)."""
-        try:
+        with _changed_meanwhile(resource, namespace, name):
             obj = self._api.replace_namespaced_custom_object_status(
                 resource.group,
                 resource.version,
@@ -197,10 +201,6 @@ class Kube:
                 body,
                 _request_timeout=self._timeout,
             )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise ConflictError(f"{resource.kind} {namespace}/{name} changed meanwhile") from exc
-            raise
         return cast(dict[str, Any], obj)
 
     def delete(
