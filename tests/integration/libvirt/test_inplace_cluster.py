@@ -4,7 +4,7 @@ serving the Runtime SDK extension) and the k3s stand-in running each upgrade Job
 its Node runs on (`kairos-agent upgrade` into the other slot, reboot, boot assessment).
 
 - a C3osControlPlane with `rollout.strategy.type: InPlace` moves to a template whose
-  image carries `oci` of the next stand-in release: its server ends on the new version
+  image carries `oci` of the next stand-in release: every server ends on the new version
   on the same libvirt domain and volume, no Machine made or deleted, status.versions new;
 - a MachineDeployment worker is upgraded in place through CAPI's CanUpdateMachineSet /
   UpdateMachine: same domain, the Node's kubeletVersion new, the Machine UpToDate;
@@ -12,9 +12,9 @@ its Node runs on (`kairos-agent upgrade` into the other slot, reboot, boot asses
   passive, the version before), the Machine says InPlaceUpdateFailed, with an Event;
 - deleting the cluster leaves no domain and no volume of its own.
 
-One server, not three: each VM boot under TCG on the shared 2-core machine takes tens of
-seconds and every upgrade reboots the VM; the one-at-a-time ordering of three servers is
-checked against played nodes in tests/integration/controlplane/test_inplace.py."""
+Three servers, as issue 18 asks: measured on the shared 2-core machine (TCG), the module
+takes about 350 s with three (create 120 s, the servers in place 78 s: one at a time, never
+two seen at once) against 200 s with one; every upgrade is a real reboot of the VM."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from capi_c3os.dev.mgmt import ManagementPlane, api_client
 from capi_c3os.dev.nodeupgrade import REGISTRY
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn
+from capi_c3os.reconcilers.controlplane_context import IN_PLACE_ANNOTATION
 from tests.conftest import RunManager
 from tests.integration.libvirt.conftest import (
     BOOT_VOLUME,
@@ -54,7 +55,7 @@ BOOT = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
 CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
 RUNTIME = ("runtime.cluster.x-k8s.io", "v1beta2", "extensionconfigs")
 NAME = "shop"
-SERVERS = 1
+SERVERS = 3
 WORKER_NEXT = "v1.33.6+k3s1"  # the worker's own upgrade: another release than the server's
 WORKER_NEXT_VOLUME = f"standin-boot-{image_tag(WORKER_NEXT)}.qcow2"
 BROKEN_OCI = f"{REGISTRY}:broken-{image_tag(NEXT_K3S)}"
@@ -283,13 +284,20 @@ def upgrade_servers(shop: Shop) -> None:
     spec = {"version": NEXT_K3S, "machineTemplate": {"spec": {"infrastructureRef": {"name": "cp-next"}}}}
     capi.custom.patch_namespaced_custom_object(*CP, capi.namespace, "c3oscontrolplanes", NAME, {"spec": spec})
 
+    upgrading: list[int] = []
+
     def servers_upgraded() -> bool:
+        machines = shop.machines()
+        upgrading.append(
+            sum(IN_PLACE_ANNOTATION in (m["metadata"].get("annotations") or {}) for m in machines)
+        )
         status = shop.control_plane().get("status") or {}
         return status.get("versions") == [{"version": NEXT_K3S, "replicas": SERVERS}] and (
             status.get("upToDateReplicas") == SERVERS and status.get("readyReplicas") == SERVERS
         )
 
     eventually(servers_upgraded, "every server upgraded in place", TIMEOUT, explain=shop.summary)
+    assert max(upgrading) == 1, "more than one server upgraded at once (or none seen)"
     servers = [m for m in shop.machines() if "pool" not in m["metadata"]["labels"]]
     assert len(servers) == SERVERS
     for machine in servers:
