@@ -25,6 +25,7 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ from tests.integration.libvirt.conftest import (
     NEXT_BOOT_VOLUME,
     NEXT_K3S,
     STANDIN_K3S,
-    UPLOADED_VOLUMES,
     Capi,
 )
 from tests.support import eventually
@@ -263,10 +263,13 @@ def test_a_cluster_is_upgraded_in_place_on_its_vms_and_a_broken_release_falls_ba
         eventually(lambda: capi.get(CAPI, "clusters", NAME) is None, "the Cluster gone", 300)
         assert shop.own_vms() == {}
         assert pool_volumes(libvirtd) == volumes_before
-        assert volumes_before <= UPLOADED_VOLUMES
         marks.append(("delete", time.monotonic()))
         print("\n" + ", ".join(f"{what} {t - marks[i][1]:.0f}s" for i, (what, t) in enumerate(marks[1:])))
     finally:
+        if capi.get(CAPI, "clusters", NAME) is not None:  # a failed run: no VMs left to later tests
+            with suppress(Exception):
+                capi.delete(CAPI, "clusters", NAME)
+                eventually(lambda: not shop.machines(), "the cluster deleted after a failure", 300)
         k3s.stop()
 
 
