@@ -4,6 +4,7 @@ and our CRDs accept every object CAPI writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.integration
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq2 edge@example"
 IMAGE_SHA256 = "0" * 63 + "1"
 VERSION = "v1.33.4+k3s1"
+INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
+CONTROL_PLANE = ("controlplane.cluster.x-k8s.io", "v1alpha1")
 
 
 def render(
@@ -179,3 +182,116 @@ def test_an_images_key_that_is_no_version_is_refused(
     with pytest.raises(ApiException) as refused:
         apply(mgmt.kubeconfig, [cluster])
     assert "keys must be Kubernetes versions such as v1.33.4+k3s1" in str(refused.value.body)
+
+
+SHOP_FLOOR = {
+    "name": "shop-floor",
+    "controlPlane": False,
+    "enrolled": {
+        "pool": "shop-floor",
+        "registrationTokenSecretRef": {"name": "shop-token"},
+        "acceptance": "Token",
+    },
+}
+ENROLLED_HOSTS = {
+    "hostSelector": {
+        "matchLabels": {"host.c3os.io/arch": "amd64"},
+        "matchExpressions": [
+            {"key": "host.c3os.io/memory-gib", "operator": "In", "values": ["16", "32"]},
+            {"key": "host.c3os.io/tpm", "operator": "Exists"},
+        ],
+    },
+    "installDisk": {"minSizeGiB": 100, "rotational": False},
+}
+
+
+def with_enrolled_workers(rendered: list[dict[str, Any]], hosts: Any) -> dict[str, Any]:
+    """The topology flavor's Cluster with an enrolled site and an enrolled-worker
+    MachineDeployment placed on it, its hosts chosen by the enrolledHosts variable."""
+    (cluster,) = [d for d in rendered if d["kind"] == "Cluster"]
+    topology = cluster["spec"]["topology"]
+    topology["controlPlane"]["replicas"] = 1
+    topology["workers"]["machineDeployments"] = [
+        {"class": "enrolled-worker", "name": "md-shop", "replicas": 2, "failureDomain": "shop-floor"}
+    ]
+    for variable in topology["variables"]:
+        if variable["name"] == "sites":
+            variable["value"].append(SHOP_FLOOR)
+    topology["variables"].append({"name": "enrolledHosts", "value": hosts})
+    return cluster
+
+
+def test_enrolled_worker_machines_get_the_host_selector_and_disk_hints(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> None:
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    api = kc.CustomObjectsApi(k8s)
+    await_class_accepted(api, namespace, "c3os-libvirt")
+    apply(mgmt.kubeconfig, [with_enrolled_workers(rendered, ENROLLED_HOSTS)])
+
+    def one(group: str, version: str, plural: str, **labels: str) -> dict[str, Any] | None:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = api.list_namespaced_custom_object(group, version, namespace, plural, label_selector=selector)
+        return items["items"][0] if len(items["items"]) == 1 else None
+
+    infra = eventually(lambda: one(*INFRA, "c3osclusters"), "C3osCluster cloned")
+    assert infra["spec"]["sites"][1] == SHOP_FLOOR  # the enrolled site, as the variable gave it
+    control_plane = eventually(
+        lambda: one(*CONTROL_PLANE, "c3oscontrolplanes"), "C3osControlPlane cloned",
+        explain=lambda: topology_state(api, namespace),
+    )  # fmt: skip
+    # CAPI creates workers once the control plane is stable: play a provisioned one
+    # (nothing else writes its status here, no control-plane provider runs).
+    api.patch_namespaced_custom_object_status(
+        *CONTROL_PLANE, namespace, "c3oscontrolplanes", control_plane["metadata"]["name"],
+        {"status": {"versions": [{"version": VERSION, "replicas": 1}],
+                    "initialization": {"controlPlaneInitialized": True}}},
+    )  # fmt: skip
+    deployment = eventually(
+        lambda: one("cluster.x-k8s.io", "v1beta2", "machinedeployments",
+                    **{"topology.cluster.x-k8s.io/deployment-name": "md-shop"}),
+        "the enrolled-worker MachineDeployment", explain=lambda: topology_state(api, namespace),
+    )  # fmt: skip
+    assert deployment["spec"]["template"]["spec"]["failureDomain"] == "shop-floor"
+    ref = deployment["spec"]["template"]["spec"]["infrastructureRef"]
+    assert ref["kind"] == "C3osMachineTemplate"
+    template = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachinetemplates", ref["name"])
+    spec = template["spec"]["template"]["spec"]
+    assert spec["backend"] == {"enrolled": ENROLLED_HOSTS}
+    assert spec["image"]["url"] == "https://images.example/c3os-v3.2.qcow2"  # the host downloads it
+
+
+def _expressions(*requirements: dict[str, Any]) -> dict[str, Any]:
+    return {"hostSelector": {"matchExpressions": list(requirements)}}
+
+
+FIELD = "spec.topology.variables[enrolledHosts]"
+BAD_ENROLLED_HOSTS = [  # value, the field CAPI names, what it says there
+    (_expressions({"key": "host.c3os.io/tpm", "operator": "In"}), ".value.hostSelector.matchExpressions[0]",
+     "In and NotIn need values; Exists and DoesNotExist take none"),
+    (_expressions({"key": "host.c3os.io/cpus", "operator": "Gt", "values": ["4"]}),
+     ".value.hostSelector.matchExpressions[0].operator",
+     'supported values: "In", "NotIn", "Exists", "DoesNotExist"'),
+    (_expressions({"key": "no spaces/allowed", "operator": "Exists"}),
+     ".value.hostSelector.matchExpressions[0].key", "should match"),
+    ({"hostSelector": {"matchLabels": {"host.c3os.io/product": "NUC 11"}}},
+     ".value.hostSelector.matchLabels.host.c3os.io/product", "should match"),
+    ({"hostSelector": {"labels": {"host.c3os.io/arch": "amd64"}}}, "",
+     '"hostSelector.labels" field(s) are not specified in the variable schema'),
+    ({"installDisk": {"deviceName": "sda"}}, ".value.installDisk.deviceName", "at least 6"),
+    ({"installDisk": {"minSizeGiB": 0}}, ".value.installDisk.minSizeGiB", "greater than or equal to 1"),
+]  # fmt: skip
+
+
+def test_a_bad_enrolled_hosts_variable_is_refused_on_the_cluster(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> None:
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    await_class_accepted(kc.CustomObjectsApi(k8s), namespace, "c3os-libvirt")
+    for hosts, field, said in BAD_ENROLLED_HOSTS:
+        with pytest.raises(ApiException) as refused:
+            apply(mgmt.kubeconfig, [with_enrolled_workers(yaml.safe_load(yaml.safe_dump(rendered)), hosts)])
+        causes = json.loads(refused.value.body)["details"]["causes"]
+        assert [(c["field"], said in c["message"]) for c in causes] == [(FIELD + field, True)], causes
