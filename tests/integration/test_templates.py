@@ -80,6 +80,18 @@ def topology_state(api: kc.CustomObjectsApi, namespace: str) -> str:
     )
 
 
+@pytest.fixture
+def accepted_topology(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> list[dict[str, Any]]:
+    """The topology flavor rendered, everything but its Cluster applied, and the
+    ClusterClass accepted by CAPI: the Cluster is the test's to apply."""
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    await_class_accepted(kc.CustomObjectsApi(k8s), namespace, "c3os-libvirt")
+    return rendered
+
+
 def test_clusterclass_topology_clones_our_templates_with_the_variables(
     mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
 ) -> None:
@@ -170,12 +182,9 @@ def test_ironic_clusterclass_is_accepted(mgmt: ManagementPlane, k8s: Any, namesp
 
 
 def test_an_images_key_that_is_no_version_is_refused(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+    mgmt: ManagementPlane, accepted_topology: list[dict[str, Any]]
 ) -> None:
-    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
-    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
-    await_class_accepted(kc.CustomObjectsApi(k8s), namespace, "c3os-libvirt")
-    (cluster,) = [d for d in rendered if d["kind"] == "Cluster"]
+    (cluster,) = [d for d in accepted_topology if d["kind"] == "Cluster"]
     (images,) = [v for v in cluster["spec"]["topology"]["variables"] if v["name"] == "images"]
     assert list(images["value"]) == [VERSION]
     images["value"]["latest"] = images["value"][VERSION]  # a tag, not the version it ships
@@ -222,13 +231,10 @@ def with_enrolled_workers(rendered: list[dict[str, Any]], hosts: Any) -> dict[st
 
 
 def test_enrolled_worker_machines_get_the_host_selector_and_disk_hints(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+    mgmt: ManagementPlane, k8s: Any, namespace: str, accepted_topology: list[dict[str, Any]]
 ) -> None:
-    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
-    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
     api = kc.CustomObjectsApi(k8s)
-    await_class_accepted(api, namespace, "c3os-libvirt")
-    apply(mgmt.kubeconfig, [with_enrolled_workers(rendered, ENROLLED_HOSTS)])
+    apply(mgmt.kubeconfig, [with_enrolled_workers(accepted_topology, ENROLLED_HOSTS)])
 
     def one(group: str, version: str, plural: str, **labels: str) -> dict[str, Any] | None:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
@@ -285,13 +291,11 @@ BAD_ENROLLED_HOSTS = [  # value, the field CAPI names, what it says there
 
 
 def test_a_bad_enrolled_hosts_variable_is_refused_on_the_cluster(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+    mgmt: ManagementPlane, accepted_topology: list[dict[str, Any]]
 ) -> None:
-    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
-    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
-    await_class_accepted(kc.CustomObjectsApi(k8s), namespace, "c3os-libvirt")
     for hosts, field, said in BAD_ENROLLED_HOSTS:
+        rendered = yaml.safe_load(yaml.safe_dump(accepted_topology))  # a fresh copy each time
         with pytest.raises(ApiException) as refused:
-            apply(mgmt.kubeconfig, [with_enrolled_workers(yaml.safe_load(yaml.safe_dump(rendered)), hosts)])
+            apply(mgmt.kubeconfig, [with_enrolled_workers(rendered, hosts)])
         causes = json.loads(refused.value.body)["details"]["causes"]
         assert [(c["field"], said in c["message"]) for c in causes] == [(FIELD + field, True)], causes
