@@ -207,7 +207,7 @@ ENROLLED_HOSTS = {
         "matchLabels": {"host.c3os.io/arch": "amd64"},
         "matchExpressions": [
             {"key": "host.c3os.io/memory-gib", "operator": "In", "values": ["16", "32"]},
-            {"key": "host.c3os.io/tpm", "operator": "Exists"},
+            {"key": "example.com/rack", "operator": "Exists"},  # a label of the user's own
         ],
     },
     "installDisk": {"minSizeGiB": 100, "rotational": False},
@@ -299,3 +299,30 @@ def test_a_bad_enrolled_hosts_variable_is_refused_on_the_cluster(
             apply(mgmt.kubeconfig, [with_enrolled_workers(rendered, hosts)])
         causes = json.loads(refused.value.body)["details"]["causes"]
         assert [(c["field"], said in c["message"]) for c in causes] == [(FIELD + field, True)], causes
+
+
+def test_a_bad_enrolled_site_stops_the_topology_with_the_api_servers_words(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, accepted_topology: list[dict[str, Any]]
+) -> None:
+    """The `sites` variable passes sites through as they are; our C3osCluster CRD judges
+    them when CAPI creates the C3osCluster, and CAPI says so on the Cluster."""
+    cluster = with_enrolled_workers(accepted_topology, {})
+    for variable in cluster["spec"]["topology"]["variables"]:
+        if variable["name"] == "sites":
+            variable["value"][1]["enrolled"]["acceptance"] = "Sometimes"
+    apply(mgmt.kubeconfig, [cluster])
+    api = kc.CustomObjectsApi(k8s)
+
+    def refused() -> str | None:
+        found = api.get_namespaced_custom_object(
+            "cluster.x-k8s.io", "v1beta2", namespace, "clusters", "shop-17"
+        )
+        reconciled = cond.get_condition(found, "TopologyReconciled") or {}
+        message = str(reconciled.get("message", ""))
+        return message if reconciled.get("status") == "False" and "acceptance" in message else None
+
+    message = eventually(
+        refused, "the topology to stop at the C3osCluster", explain=lambda: topology_state(api, namespace)
+    )
+    assert 'supported values: "Token", "Approval"' in message, message
+    assert api.list_namespaced_custom_object(*INFRA, namespace, "c3osclusters")["items"] == []
