@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -61,11 +63,40 @@ def wait_reason(objects: Capi, machine: str, reason: str, timeout: float = 60) -
     )
 
 
-def enrolled_host(endpoint: Endpoint, objects: Capi, token: str, system_uuid: str, **facts: Any) -> Agent:
-    agent = endpoint.agent()
-    answer = agent.register(objects.namespace, POOL, token, hardware(system_uuid, **facts))
-    assert answer.status == 200, answer.body
-    return agent
+@dataclass
+class Pool:
+    """The test's enrolled site (Cluster `c`, site `lab`, its token Secret) and the
+    manager serving enrollment for it."""
+
+    objects: Capi
+    endpoint: Endpoint
+    token: str
+
+    def host(self, system_uuid: str, **facts: Any) -> Agent:
+        """A host registered into the pool with the site's token."""
+        agent = self.endpoint.agent()
+        answer = agent.register(self.objects.namespace, POOL, self.token, hardware(system_uuid, **facts))
+        assert answer.status == 200, answer.body
+        return agent
+
+
+OpenPool = Callable[..., Pool]
+
+
+@pytest.fixture
+def open_pool(capi: Capi, start_endpoint: StartEndpoint) -> OpenPool:
+    """The site, then the manager (started with `flags`)."""
+
+    def open_(*flags: str) -> Pool:
+        token = make_site(capi)
+        return Pool(capi, start_endpoint(*flags), token)
+
+    return open_
+
+
+@pytest.fixture
+def pool(open_pool: OpenPool) -> Pool:
+    return open_pool()
 
 
 def claimed(objects: Capi, machine: str, agent: Agent) -> str:
@@ -77,13 +108,9 @@ def claimed(objects: Capi, machine: str, agent: Agent) -> str:
     return str(claim_of(objects, agent.name)["id"])
 
 
-def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(
-    capi: Capi, start_endpoint: StartEndpoint
-) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
-    other = enrolled_host(endpoint, capi, token, UUIDS[1], memory_mib=8192)
+def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(capi: Capi, pool: Pool) -> None:
+    host = pool.host(UUIDS[0])
+    other = pool.host(UUIDS[1], memory_mib=8192)
     only_16 = machine_spec(hostSelector={"matchLabels": {"host.c3os.io/memory-gib": "16"}})
     capi.create_machine("c", "m1", only_16, USER_DATA)
     claim = claimed(capi, "m1", host)
@@ -121,12 +148,8 @@ def test_a_claimed_host_installs_boots_and_its_machine_is_provisioned(
     assert host.assignment().body["action"] == "run"
 
 
-def test_a_failed_install_reaches_the_machine_with_the_hosts_words(
-    capi: Capi, start_endpoint: StartEndpoint
-) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+def test_a_failed_install_reaches_the_machine_with_the_hosts_words(capi: Capi, pool: Pool) -> None:
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     claim = claimed(capi, "m1", host)
     assert host.report("no-matching-disk", claim, "/dev/nvme0n1 not found").status == 204
@@ -137,11 +160,9 @@ def test_a_failed_install_reaches_the_machine_with_the_hosts_words(
 
 
 def test_a_released_host_resets_returns_to_the_pool_and_serves_the_next_machine(
-    capi: Capi, start_endpoint: StartEndpoint
+    capi: Capi, pool: Pool
 ) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     first = claimed(capi, "m1", host)
     assert host.report("installing", first).status == 204
@@ -167,11 +188,10 @@ def test_a_released_host_resets_returns_to_the_pool_and_serves_the_next_machine(
 
 
 def test_a_host_that_does_not_report_its_reset_is_lost_and_must_reset_before_reuse(
-    capi: Capi, start_endpoint: StartEndpoint
+    capi: Capi, open_pool: OpenPool
 ) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint("--host-reset-timeout=3")
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    pool = open_pool("--host-reset-timeout=3")
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     claim = claimed(capi, "m1", host)
     capi.delete(CAPI, "machines", "m1")
@@ -180,7 +200,7 @@ def test_a_host_that_does_not_report_its_reset_is_lost_and_must_reset_before_reu
     assert host_of(capi, host.name)["status"]["reason"] == "ResetTimeout"  # type: ignore[index]
 
     # It comes back (rebooted into the registration image): it must wipe first.
-    again = enrolled_host(endpoint, capi, token, UUIDS[0])
+    again = pool.host(UUIDS[0])
     assert host_phase(capi, host.name) == "Resetting"
     assert again.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
     assert again.report("reset-done", claim).status == 204
@@ -188,11 +208,10 @@ def test_a_host_that_does_not_report_its_reset_is_lost_and_must_reset_before_reu
 
 
 def test_two_machines_racing_for_one_host_through_the_manager_one_wins(
-    capi: Capi, start_endpoint: StartEndpoint
+    capi: Capi, open_pool: OpenPool
 ) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint("--max-concurrent-reconciles=4")
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    pool = open_pool("--max-concurrent-reconciles=4")
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     capi.create_machine("c", "m2", machine_spec(), USER_DATA)
     winner = eventually(lambda: claim_of(capi, host.name).get("machine"), "one machine to claim the host", 60)
@@ -202,17 +221,15 @@ def test_two_machines_racing_for_one_host_through_the_manager_one_wins(
 
 
 def test_a_machine_finds_the_host_it_claimed_before_its_manager_died(
-    capi: Capi, start_endpoint: StartEndpoint, k8s: Any
+    capi: Capi, pool: Pool, start_endpoint: StartEndpoint
 ) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    hosts = [enrolled_host(endpoint, capi, token, u) for u in UUIDS[:3]]
+    hosts = [pool.host(u) for u in UUIDS[:3]]
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     mine = eventually(
         lambda: next((h for h in hosts if claim_of(capi, h.name).get("machine") == "m1"), None), "a claim", 60
     )
     first_claim = claim_of(capi, mine.name)
-    endpoint.manager.stop(sig=9)  # a crash: no clean shutdown
+    pool.endpoint.manager.stop(sig=9)  # a crash: no clean shutdown
     # The claim is all a dead manager left (the machine's status may say nothing yet).
     capi.custom.patch_namespaced_custom_object_status(*INFRA, capi.namespace, "c3osmachines", "m1",
                                                       {"status": {"backend": None}})  # fmt: skip
@@ -283,16 +300,14 @@ def race(objects: Capi, kube: Kube, machines: list[str]) -> dict[str, Any]:
 
 
 def test_of_two_racing_claims_on_the_real_api_server_exactly_one_wins(
-    capi: Capi, k8s: Any, start_endpoint: StartEndpoint
+    capi: Capi, k8s: Any, pool: Pool
 ) -> None:
     """Two backends (as two managers would be) read the same host at the same version and
     both try to claim it, round after round; the API server's optimistic concurrency lets
     exactly one through each time."""
-    token = make_site(capi)
-    endpoint = start_endpoint()
     kube = Kube(k8s)
     for round_ in range(8):
-        host = enrolled_host(endpoint, capi, token, UUIDS[round_])
+        host = pool.host(UUIDS[round_])
         results = race(capi, kube, [f"r{round_}a", f"r{round_}b"])
         won = [m for m, progress in results.items() if progress.reason == "WaitingForHostAgent"]
         lost = [m for m, progress in results.items() if progress.reason == "ClaimConflict"]
@@ -304,12 +319,10 @@ def test_of_two_racing_claims_on_the_real_api_server_exactly_one_wins(
 
 
 def test_a_backend_that_died_right_after_its_claim_claims_nothing_more(
-    capi: Capi, k8s: Any, start_endpoint: StartEndpoint
+    capi: Capi, k8s: Any, pool: Pool
 ) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
     for u in UUIDS[:3]:
-        enrolled_host(endpoint, capi, token, u)
+        pool.host(u)
     kube = Kube(k8s)
     with pytest.raises(KeyboardInterrupt):
         EnrolledBackend(CrashAfterClaim(kube)).provision(intent(capi, "m1"))
@@ -319,21 +332,15 @@ def test_a_backend_that_died_right_after_its_claim_claims_nothing_more(
     assert held == [progress.details["systemUUID"]]
 
 
-def test_an_image_volume_is_refused_on_an_enrolled_site(capi: Capi, start_endpoint: StartEndpoint) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+def test_an_image_volume_is_refused_on_an_enrolled_site(capi: Capi, pool: Pool) -> None:
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", {**machine_spec(), "image": {"volume": "base"}}, USER_DATA)
     wait_reason(capi, "m1", "UnsupportedImage")
     assert claim_of(capi, host.name) == {}
 
 
-def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(
-    capi: Capi, start_endpoint: StartEndpoint
-) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(capi: Capi, pool: Pool) -> None:
+    host = pool.host(UUIDS[0])
     capi.create_machine("c", "m1", machine_spec(), USER_DATA)
     claim = claimed(capi, "m1", host)
     assert claim_of(capi, host.name)["cluster"] == "c"
@@ -349,13 +356,9 @@ def test_the_cluster_releases_the_host_of_a_machine_deleted_behind_its_back(
     assert host.assignment().body == {"action": "reset", "id": claim, "pollSeconds": 15}
 
 
-def test_a_providerid_naming_a_host_is_the_providers_to_write(
-    capi: Capi, start_endpoint: StartEndpoint
-) -> None:
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
-    other = enrolled_host(endpoint, capi, token, UUIDS[1])
+def test_a_providerid_naming_a_host_is_the_providers_to_write(capi: Capi, pool: Pool) -> None:
+    host = pool.host(UUIDS[0])
+    other = pool.host(UUIDS[1])
     capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3oshosts", other.name,
                                                {"spec": {"accepted": False}})  # fmt: skip
     # Written by hand at creation (the server takes the form): refused, nothing claimed.
