@@ -78,6 +78,9 @@ _WATCHED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
 }
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+OWN_START_EVENT_WAIT = 60.0
+"""Seconds within which a domain's STARTED event is taken for the start this backend made
+(and wakes no reconcile); a start later than that, by anyone, is a change to report."""
 DOWNLOAD_GRACE = 2.0
 """Seconds the reconcile that starts a base image download waits for it (a small image
 is then ready in one reconcile); longer ones report progress and requeue."""
@@ -113,6 +116,9 @@ class LibvirtBackend:
         self._event_worker: threading.Thread | None = None
         self._known: dict[str, dx.Tag] = {}
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
+        self._own_starts: dict[str, float] = {}
+        """domain name -> when this backend started it, until its STARTED event arrives: the
+        reconcile that started it reports it running, so that event wakes no other one."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._downloads: dict[tuple[str, str, str], images.Download] = {}
         """(site URI, pool, base volume) -> its download in a background thread: one per
@@ -189,14 +195,16 @@ class LibvirtBackend:
         def on_lifecycle(_conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
             # Runs on libvirt's event thread: no remote calls here, only a hand-off.
             if event in _WATCHED_EVENTS:
-                self._events.put(dom)
+                self._events.put((dom, event))
 
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
 
     def _dispatch(self) -> None:
         while True:
-            dom = self._events.get()
+            dom, event = self._events.get()
             name = dom.name()
+            if event == libvirt.VIR_DOMAIN_EVENT_STARTED and self._our_start(name):
+                continue
             tag = self._known.get(name)
             if tag is None:
                 tag = dx.parse_tag(_safe_tag_source(dom))
@@ -208,6 +216,19 @@ class LibvirtBackend:
                     listener(tag.namespace, tag.name)
                 except Exception:
                     log.exception("domain event listener failed for %s/%s", tag.namespace, tag.name)
+
+    def _starting(self, name: str) -> None:
+        now = time.monotonic()
+        with self._locks_lock:  # forgetting starts whose event never came (no events there)
+            self._own_starts = {n: t for n, t in self._own_starts.items() if now - t < OWN_START_EVENT_WAIT}
+            self._own_starts[name] = now
+
+    def _our_start(self, name: str) -> bool:
+        """Whether a STARTED event of domain `name` is the start this backend made (told
+        once: a later start is someone else's)."""
+        with self._locks_lock:
+            when = self._own_starts.pop(name, None)
+        return when is not None and time.monotonic() - when < OWN_START_EVENT_WAIT
 
     # ------------------------------------------------------------------ extras
 
@@ -354,7 +375,12 @@ class LibvirtBackend:
         details.update(self._domain_type_details(dom, _libvirt_site(intent.site)))
         started = _started(dom)
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
-            dom.create()
+            self._starting(dom.name())
+            try:
+                dom.create()
+            except BaseException:
+                self._our_start(dom.name())
+                raise
             _mark_started(dom)
             state, reason = dom.state(0)
         elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:

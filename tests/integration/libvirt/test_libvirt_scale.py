@@ -1,0 +1,82 @@
+"""Issue 21: what the libvirt backend costs per machine, counted on a real libvirtd (which
+logs every call it serves), so that N machines cost N times one.
+
+- A domain start the backend makes itself wakes no reconcile of the machine: the
+  reconcile that started it already reports it running (a lifecycle event per start
+  was one more reconcile per machine, often meeting a conflict with the first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from capi_c3os.api.infrastructure import LibvirtSite, MachineImage, Site
+from capi_c3os.backends.base import MachineIntent, Phase
+from capi_c3os.backends.libvirt import LibvirtBackend
+from capi_c3os.backends.libvirt import domain as dx
+from capi_c3os.dev.libvirtd import PrivateLibvirtd
+from tests.integration.libvirt.conftest import BASE_VOLUME
+from tests.integration.libvirt.test_libvirt_backend_daemon import intent as daemon_intent
+from tests.unit.test_libvirt_backend import settled
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd logging the calls it serves (guests get no NIC: no network)."""
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("counted-libvirtd"), log_calls=True).start()
+    try:
+        daemon.upload_file(standin_image / "base.qcow2", BASE_VOLUME)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def served(daemon: PrivateLibvirtd) -> list[str]:
+    """The calls libvirtd has served so far, by name, in order."""
+    marker = ": debug : remoteDispatch"
+    with daemon.log_path.open(errors="replace") as log:
+        return [line.split(marker, 1)[1].split("Helper:", 1)[0] for line in log if marker in line]
+
+
+IMAGE = MachineImage(volume=BASE_VOLUME, format="qcow2")
+
+
+def intent(daemon: PrivateLibvirtd, standin: Path, name: str) -> MachineIntent:
+    """The stand-in booted directly, as emulated domain (no boot check first)."""
+    site = Site(name="lab", libvirt=LibvirtSite(uri=daemon.uri, domain_type="qemu"))
+    return dataclasses.replace(daemon_intent(daemon, standin, name, IMAGE), site=site)
+
+
+def test_a_start_the_backend_makes_wakes_no_reconcile(counted: PrivateLibvirtd, standin_image: Path) -> None:
+    backend = LibvirtBackend()
+    woken: queue.SimpleQueue[str] = queue.SimpleQueue()
+    backend.watch(lambda _namespace, name: woken.put(name))
+    ours = intent(counted, standin_image, "self-started")
+    # Started by another manager (another backend): a start this backend did not make,
+    # whose wake comes after any wake of ours (one connection's events arrive in order).
+    other = LibvirtBackend()
+    theirs = intent(counted, standin_image, "started-elsewhere")
+    try:
+        assert settled(backend, ours) is Phase.RUNNING
+        assert settled(other, theirs) is Phase.RUNNING
+        seen = [woken.get(timeout=60)]
+        while seen[-1] != "started-elsewhere":
+            seen.append(woken.get(timeout=60))
+        assert seen == ["started-elsewhere"], f"wakes before the other start: {seen[:-1]}"
+        # What happens to our domain afterwards is still reported at once.
+        with closing(counted.connect()) as conn:
+            conn.lookupByName(dx.domain_name(ours.identity)).destroy()
+        assert woken.get(timeout=60) == "self-started"
+    finally:
+        for machine, owner in ((ours, backend), (theirs, other)):
+            owner.deprovision(machine.identity, machine.site, machine.credentials)
+        other.connections.close()
+        backend.connections.close()
