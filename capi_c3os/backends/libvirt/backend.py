@@ -135,9 +135,9 @@ class LibvirtBackend:
         site = _libvirt_site(intent.site)
         with self._errors(site, intent.credentials):
             conn = self.connections.get(site, intent.credentials)
-            dom = _own_domain(conn, intent.identity)
-            if dom is not None:
-                return self._advance(conn, dom, intent)
+            found = _own_domain(conn, intent.identity)
+            if found is not None:
+                return self._advance(conn, *found, intent)
             if intent.provisioned:
                 return Progress(
                     Phase.MISSING,
@@ -150,7 +150,7 @@ class LibvirtBackend:
             dom = _lookup_domain(conn, dx.domain_name(intent.identity))
             if dom is None:  # pragma: no cover - defined a moment ago
                 raise BackendError("DomainMissing", "domain disappeared right after it was defined")
-            return self._advance(conn, dom, intent)
+            return self._advance(conn, dom, _Look.of(dom), intent)
 
     def deprovision(self, identity: MachineIdentity, site: Site, credentials: SiteCredentials) -> Progress:
         lsite = _libvirt_site(site)
@@ -365,28 +365,29 @@ class LibvirtBackend:
         conn.defineXML(dx.domain_xml(spec))
         return None
 
-    def _advance(self, conn: libvirt.virConnect, dom: libvirt.virDomain, intent: MachineIntent) -> Progress:
+    def _advance(
+        self, conn: libvirt.virConnect, dom: libvirt.virDomain, look: _Look, intent: MachineIntent
+    ) -> Progress:
         identity = intent.identity
         self._known[dom.name()] = dx.Tag(
             identity.namespace, identity.name, identity.provider_id, intent.cluster
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
-        details.update(self._domain_type_details(dom, _libvirt_site(intent.site)))
-        started = _started(dom)
-        if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
+        details.update(self._domain_type_details(look, _libvirt_site(intent.site)))
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and not look.started:
             self._starting(dom.name())
             try:
                 dom.create()
             except BaseException:
                 self._our_start(dom.name())
                 raise
-            _mark_started(dom)
+            look.started_at = _mark_started(dom, look.tag)
             state, reason = dom.state(0)
-        elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:
-            _mark_started(dom)  # a crash between create() and the mark
+        elif not look.started and state != libvirt.VIR_DOMAIN_SHUTOFF:
+            look.started_at = _mark_started(dom, look.tag)  # a crash between create() and the mark
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            per_nic = _addresses(dom, _static_addresses(intent, _macs(dom)))
+            per_nic = _addresses(dom, _static_addresses(intent, look.macs), look.macs)
             addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
             for found in (a for nic in per_nic.values() for a in nic):
                 if found not in addresses:
@@ -399,7 +400,7 @@ class LibvirtBackend:
                     addresses=tuple(addresses),
                     details=details,
                 )
-            return self._without_address(dom, addresses, details, none=not any(per_nic.values()))
+            return self._without_address(dom, look, addresses, details, none=not any(per_nic.values()))
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
@@ -409,17 +410,20 @@ class LibvirtBackend:
 
     @staticmethod
     def _without_address(
-        dom: libvirt.virDomain, addresses: list[MachineAddress], details: dict[str, str], none: bool
+        dom: libvirt.virDomain,
+        look: _Look,
+        addresses: list[MachineAddress],
+        details: dict[str, str],
+        none: bool,
     ) -> Progress:
         """Running, but a NIC has no address yet (`none`: no NIC has one). Still
         provisioned: the guest boots and joins the cluster by its providerID whatever its
         address (addresses are for people and tools); we keep looking, ever less often,
         and say so after a while when no NIC has an address. A NIC without one next to
         NICs with one (maybe on purpose) leaves Ready's message alone: CAPI copies it."""
-        started_at = _started_at(dom)
+        started_at = look.started_at
         if started_at is None:  # started by an older version: the clock starts now
-            _mark_started(dom)
-            started_at = time.time()
+            started_at = _mark_started(dom, look.tag)
         waited = max(0.0, time.time() - started_at)
         delay = address_retry(waited)
         if not none:
@@ -571,11 +575,10 @@ class LibvirtBackend:
                 )
             return verdict.domain_type, f"domainType auto: {verdict.reason}"
 
-    def _domain_type_details(self, dom: libvirt.virDomain, site: LibvirtSite) -> dict[str, str]:
+    def _domain_type_details(self, look: _Look, site: LibvirtSite) -> dict[str, str]:
         """For status.backend.libvirt: the domain's type and why it has it."""
-        kind = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") or ""
-        tag = _domain_tag(dom)
-        why = tag.domain_type_reason if tag else ""
+        kind = look.domain_type
+        why = look.tag.domain_type_reason if look.tag else ""
         verdict = self._verdicts.get(site.uri)
         if not why and site.domain_type == "auto" and verdict and verdict.domain_type == kind:
             why = f"domainType auto: {verdict.reason}"  # defined by a version that kept no reason
@@ -673,17 +676,56 @@ def _domain_tag(dom: libvirt.virDomain) -> dx.Tag | None:
     return dx.parse_tag(xml)
 
 
-def _own_domain(conn: libvirt.virConnect, identity: MachineIdentity) -> libvirt.virDomain | None:
-    """The machine's domain: by its name (DomainNameTaken when another's holds it), else
-    one a release before the 96-bit names defined under the old name (only when its tag
-    names this machine: another's domain of that name is none of our business)."""
+@dataclass
+class _Look:
+    """What a reconcile needs to know of a domain, from one read of its (inactive) XML:
+    a look at a running machine costs the same few calls however many there are."""
+
+    tag: dx.Tag | None
+    started: bool
+    """We started it once (so a domain stopped later is reported, not restarted)."""
+    started_at: float | None
+    """Unix time of that first start (address polling backs off from it)."""
+    domain_type: str
+    macs: list[str]
+    """Its NICs' MACs, in its order (the order of spec.network's interfaces)."""
+
+    @classmethod
+    def of(cls, dom: libvirt.virDomain) -> _Look:
+        xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        mark = xml.find(f"metadata/{{{dx.METADATA_NS}}}machine")
+        started = mark.find(f"{{{dx.METADATA_NS}}}{_STARTED}") if mark is not None else None
+        started_at = mark.find(f"{{{dx.METADATA_NS}}}{_STARTED_AT}") if mark is not None else None
+        try:
+            at = float(started_at.text or "") if started_at is not None else None
+        except ValueError:
+            at = None
+        return cls(
+            tag=dx.parse_tag(ET.tostring(mark, encoding="unicode")) if mark is not None else None,
+            started=started is not None and started.text == "true",
+            started_at=at,
+            domain_type=xml.get("type") or "",
+            macs=_macs_of(xml),
+        )
+
+
+def _own_domain(
+    conn: libvirt.virConnect, identity: MachineIdentity
+) -> tuple[libvirt.virDomain, _Look] | None:
+    """The machine's domain and a look at it: by its name (DomainNameTaken when another's
+    holds it), else one a release before the 96-bit names defined under the old name (only
+    when its tag names this machine: another's domain of that name is none of our business)."""
     dom = _lookup_domain(conn, dx.domain_name(identity))
     if dom is not None:
-        _check_owner(dom, identity)
-        return dom
+        look = _Look.of(dom)
+        _check_tag(dom, look.tag, identity)
+        return dom, look
     legacy = dx.legacy_stem(identity)
     old = _lookup_domain(conn, legacy) if legacy else None
-    return old if old is not None and _owned(old, identity) else None
+    if old is None:
+        return None
+    look = _Look.of(old)
+    return (old, look) if look.tag is not None and look.tag.provider_id == identity.provider_id else None
 
 
 def _owned(dom: libvirt.virDomain, identity: MachineIdentity) -> bool:
@@ -699,7 +741,10 @@ def _delete_volumes(pool: libvirt.virStoragePool, stem: str) -> None:
 
 
 def _check_owner(dom: libvirt.virDomain, identity: MachineIdentity) -> None:
-    tag = _domain_tag(dom)
+    _check_tag(dom, _domain_tag(dom), identity)
+
+
+def _check_tag(dom: libvirt.virDomain, tag: dx.Tag | None, identity: MachineIdentity) -> None:
     if tag is None or tag.provider_id != identity.provider_id:
         owner = tag.provider_id if tag else "nobody of ours"
         raise BackendError(
@@ -729,30 +774,14 @@ def _safe_tag_source(dom: libvirt.virDomain) -> str:
         return ""
 
 
-def _started(dom: libvirt.virDomain) -> bool:
-    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED}"):
-        return element.text == "true"
-    return False
-
-
-def _started_at(dom: libvirt.virDomain) -> float | None:
-    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED_AT}"):
-        try:
-            return float(element.text or "")
-        except ValueError:
-            return None
-    return None
-
-
-def _mark_started(dom: libvirt.virDomain) -> None:
-    tag = _domain_tag(dom)
+def _mark_started(dom: libvirt.virDomain, tag: dx.Tag | None) -> float:
+    """Mark the domain started now (in its tag, `tag`); the time of the mark."""
+    now = float(int(time.time()))
     if tag is None:  # pragma: no cover - checked by the caller
-        return
+        return now
     root = ET.fromstring(dx.tag_xml(tag))
     ET.SubElement(root, _STARTED).text = "true"
-    ET.SubElement(root, _STARTED_AT).text = str(int(time.time()))
+    ET.SubElement(root, _STARTED_AT).text = str(int(now))
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     if dom.isActive():
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -763,6 +792,7 @@ def _mark_started(dom: libvirt.virDomain) -> None:
         dx.METADATA_NS,
         flags,
     )
+    return now
 
 
 def _destroy(dom: libvirt.virDomain) -> None:
@@ -787,8 +817,12 @@ def _undefine(dom: libvirt.virDomain) -> None:
 
 def _macs(dom: libvirt.virDomain) -> list[str]:
     """The MACs of the domain's NICs, in its order (the order of spec.network's interfaces)."""
+    return _macs_of(ET.fromstring(dom.XMLDesc(0)))
+
+
+def _macs_of(xml: ET.Element) -> list[str]:
     found = []
-    for nic in ET.fromstring(dom.XMLDesc(0)).iter("interface"):
+    for nic in xml.iter("interface"):
         mac = nic.find("mac")
         if mac is not None and mac.get("address"):
             found.append(str(mac.get("address")).lower())
@@ -796,14 +830,17 @@ def _macs(dom: libvirt.virDomain) -> list[str]:
 
 
 def _addresses(
-    dom: libvirt.virDomain, static: Mapping[str, list[MachineAddress]] | None = None
+    dom: libvirt.virDomain,
+    static: Mapping[str, list[MachineAddress]] | None = None,
+    macs: list[str] | None = None,
 ) -> dict[str, list[MachineAddress]]:
-    """Every NIC's addresses by MAC, in the domain's order (see `merge_addresses`); the
-    guest agent is asked only when a NIC is left without one by its static addresses and
-    the network's DHCP leases (one call each: a guest without an agent answers fast)."""
-    macs = _macs(dom)
+    """Every NIC's addresses by MAC, in the domain's order (see `merge_addresses`; `macs`
+    when known); the guest agent is asked only when a NIC is left without one by its
+    static addresses and the network's DHCP leases (one call each: a guest without an
+    agent answers fast). A domain without NICs has no address to ask for."""
+    macs = _macs(dom) if macs is None else macs
     static = static or {}
-    leases = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+    leases = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE) if macs else {}
     agent: dict[str, Any] = {}
     if any(not static.get(mac) and not _usable(leases, mac) for mac in macs):
         agent = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT)

@@ -4,6 +4,8 @@ logs every call it serves), so that N machines cost N times one.
 - A domain start the backend makes itself wakes no reconcile of the machine: the
   reconcile that started it already reports it running (a lifecycle event per start
   was one more reconcile per machine, often meeting a conflict with the first).
+- A look at a running machine (every resync, every requeue) reads its domain once:
+  tag, start mark, type and NICs from one XML description, not one call each.
 """
 
 from __future__ import annotations
@@ -79,4 +81,23 @@ def test_a_start_the_backend_makes_wakes_no_reconcile(counted: PrivateLibvirtd, 
         for machine, owner in ((ours, backend), (theirs, other)):
             owner.deprovision(machine.identity, machine.site, machine.credentials)
         other.connections.close()
+        backend.connections.close()
+
+
+def test_a_look_at_a_running_machine_reads_its_domain_once(
+    counted: PrivateLibvirtd, standin_image: Path
+) -> None:
+    backend = LibvirtBackend()
+    machine = intent(counted, standin_image, "looked-at")
+    try:
+        assert settled(backend, machine) is Phase.RUNNING
+        before = len(served(counted))
+        progress = backend.provision(machine)
+        calls = served(counted)[before:]
+        assert progress.phase is Phase.RUNNING, progress
+        # Find it by name, read its XML (tag, start mark, type, NICs), ask its state:
+        # without a NIC there is no address to look for.
+        assert calls == ["DomainLookupByName", "DomainGetXMLDesc", "DomainGetState"], calls
+    finally:
+        backend.deprovision(machine.identity, machine.site, machine.credentials)
         backend.connections.close()
