@@ -116,6 +116,8 @@ class LibvirtBackend:
         self._event_worker: threading.Thread | None = None
         self._known: dict[str, dx.Tag] = {}
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
+        self._site_tags: dict[str, dict[str, dx.Tag]] = {}
+        """site URI -> domain name -> our tag, as last listed (see `_tags_of`)."""
         self._own_starts: dict[str, float] = {}
         """domain name -> when this backend started it, until its STARTED event arrives: the
         reconcile that started it reports it running, so that event wakes no other one."""
@@ -161,6 +163,7 @@ class LibvirtBackend:
                 _check_owner(dom, identity)
                 _destroy(dom)
                 _undefine(dom)
+                self._forget_tag(lsite.uri, dom.name())
             pool = _lookup_pool(conn, lsite.pool)
             if pool is not None:
                 _delete_volumes(pool, dx.resource_stem(identity))
@@ -242,20 +245,20 @@ class LibvirtBackend:
         so their names are decoded). The caller removes those whose C3osMachine is gone;
         it lists machines after this returns, so a machine that is creating its volumes
         right now is already listed."""
-        found = {tag.identity() for tag in self.tagged_machines(site, credentials, cluster)}
         namespace = cluster.split("/", 1)[0]
         lsite = _libvirt_site(site)
         with self._errors(lsite, credentials):
             conn = self.connections.get(lsite, credentials)
+            tags = self._tags_of(lsite.uri, conn)
+            found = {tag.identity() for tag in tags.values() if tag and tag.cluster == cluster}
             pool = _lookup_pool(conn, lsite.pool)
             if pool is not None and pool.isActive():
-                domains = {dom.name() for dom in conn.listAllDomains(0)}
-                for name in pool.listVolumes():
+                for name in (vol.name() for vol in pool.listAllVolumes(0)):  # one call
                     identity = dx.identity_of_volume(name)
                     if (
                         identity is not None
                         and identity.namespace == namespace
-                        and dx.domain_name(identity) not in domains
+                        and dx.domain_name(identity) not in tags
                     ):
                         found.add(identity)
         return sorted(found, key=lambda i: (i.namespace, i.name))
@@ -265,12 +268,26 @@ class LibvirtBackend:
         lsite = _libvirt_site(site)
         with self._errors(lsite, credentials):
             conn = self.connections.get(lsite, credentials)
-            found = []
-            for dom in conn.listAllDomains(0):
-                tag = _domain_tag(dom)
-                if tag is not None and tag.cluster == cluster:
-                    found.append(tag)
-            return found
+            return [t for t in self._tags_of(lsite.uri, conn).values() if t and t.cluster == cluster]
+
+    def _forget_tag(self, uri: str, name: str) -> None:
+        with self._locks_lock:
+            self._site_tags.get(uri, {}).pop(name, None)
+
+    def _tags_of(self, uri: str, conn: libvirt.virConnect) -> dict[str, dx.Tag | None]:
+        """Every domain of the host by name, with our tag (None: not one of ours). A tag
+        is read once per domain: it never changes (the name is derived from the machine),
+        so a sweep of a host with N domains costs one listing, not N+1 calls."""
+        domains = conn.listAllDomains(0)
+        with self._locks_lock:
+            known = self._site_tags.get(uri, {})
+        tags = {}
+        for dom in domains:
+            name = dom.name()
+            tags[name] = known[name] if name in known else _domain_tag(dom)
+        with self._locks_lock:  # only domains that still exist: no growth with churn
+            self._site_tags[uri] = {name: tag for name, tag in tags.items() if tag is not None}
+        return tags
 
     # ------------------------------------------------------------------ steps
 
@@ -362,6 +379,7 @@ class LibvirtBackend:
             macs=macs,
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
+        self._forget_tag(site.uri, dx.domain_name(identity))  # what a domain of this name was before
         conn.defineXML(dx.domain_xml(spec))
         return None
 

@@ -6,6 +6,9 @@ logs every call it serves), so that N machines cost N times one.
   was one more reconcile per machine, often meeting a conflict with the first).
 - A look at a running machine (every resync, every requeue) reads its domain once:
   tag, start mark, type and NICs from one XML description, not one call each.
+- The C3osCluster's orphan sweep (every resync of every cluster) reads the tag of each
+  domain on the host once, not at every sweep: a sweep costs two listings, not a call per
+  domain of the host (every cluster's, so it grew with the clusters sharing a host).
 """
 
 from __future__ import annotations
@@ -100,4 +103,37 @@ def test_a_look_at_a_running_machine_reads_its_domain_once(
         assert calls == ["DomainLookupByName", "DomainGetXMLDesc", "DomainGetState"], calls
     finally:
         backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+
+
+def test_an_orphan_sweep_reads_each_domains_tag_once(counted: PrivateLibvirtd, standin_image: Path) -> None:
+    backend = LibvirtBackend()
+    machines = [
+        dataclasses.replace(intent(counted, standin_image, f"swept-{i}"), cluster="daemon/c1")
+        for i in range(3)
+    ]
+    site, credentials = machines[0].site, machines[0].credentials
+    try:
+        for machine in machines:
+            assert settled(backend, machine) is Phase.RUNNING
+        wanted = [m.identity for m in machines]  # names in order, as returned
+        assert backend.tagged_identities(site, credentials, "daemon/c1") == wanted
+        before = len(served(counted))
+        assert backend.tagged_identities(site, credentials, "daemon/c1") == wanted
+        calls = served(counted)[before:]
+        # One listing of the domains and one of the volumes, however many domains there are.
+        assert calls == [
+            "ConnectListAllDomains",
+            "StoragePoolLookupByName",
+            "StoragePoolIsActive",
+            "StoragePoolListAllVolumes",
+        ], calls
+        # Removed behind this backend's back (another manager): not reported any more.
+        other = LibvirtBackend()
+        other.deprovision(machines[0].identity, site, credentials)
+        other.connections.close()
+        assert backend.tagged_identities(site, credentials, "daemon/c1") == wanted[1:]
+    finally:
+        for machine in machines:
+            backend.deprovision(machine.identity, machine.site, machine.credentials)
         backend.connections.close()
