@@ -362,6 +362,7 @@ def scale(
         manager = start_manager(
             kubeconfig, root / "manager.log", f"--max-concurrent-reconciles={pool}",
             *([f"--sync-period={sync_period}"] if sync_period else []), providers="infrastructure",
+            log_level="debug" if os.environ.get("BENCH_KEEP_LOGS") else None,
         )  # fmt: skip
         manager.wait_ready()
         for n in sizes:

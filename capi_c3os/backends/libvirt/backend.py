@@ -78,9 +78,10 @@ _WATCHED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
 }
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
-OWN_START_EVENT_WAIT = 60.0
-"""Seconds within which a domain's STARTED event is taken for the start this backend made
-(and wakes no reconcile); a start later than that, by anyone, is a change to report."""
+OWN_EVENT_WAIT = 60.0
+"""Seconds within which a domain's STARTED, STOPPED or UNDEFINED event is taken for the
+start, destroy or undefine this backend made (and wakes no reconcile); one later than
+that, by anyone, is a change to report."""
 DOWNLOAD_GRACE = 2.0
 """Seconds the reconcile that starts a base image download waits for it (a small image
 is then ready in one reconcile); longer ones report progress and requeue."""
@@ -118,9 +119,10 @@ class LibvirtBackend:
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
         self._site_tags: dict[str, dict[str, dx.Tag]] = {}
         """site URI -> domain name -> our tag, as last listed (see `_tags_of`)."""
-        self._own_starts: dict[str, float] = {}
-        """domain name -> when this backend started it, until its STARTED event arrives: the
-        reconcile that started it reports it running, so that event wakes no other one."""
+        self._own_changes: dict[tuple[str, int], float] = {}
+        """(domain name, lifecycle event) -> when this backend made that change, until its
+        event arrives: the reconcile that started (or removed) the domain reports it, so the
+        event wakes no other one."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._downloads: dict[tuple[str, str, str], images.Download] = {}
         """(site URI, pool, base volume) -> its download in a background thread: one per
@@ -161,6 +163,14 @@ class LibvirtBackend:
             dom = _lookup_domain(conn, dx.domain_name(identity))
             if dom is not None:
                 _check_owner(dom, identity)
+                # destroy() sends SHUTDOWN and STOPPED (a stopped domain neither: their marks
+                # expire unused), undefine() UNDEFINED.
+                self._making(
+                    dom.name(),
+                    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
+                    libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                    libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
+                )
                 _destroy(dom)
                 _undefine(dom)
                 self._forget_tag(lsite.uri, dom.name())
@@ -206,7 +216,7 @@ class LibvirtBackend:
         while True:
             dom, event = self._events.get()
             name = dom.name()
-            if event == libvirt.VIR_DOMAIN_EVENT_STARTED and self._our_start(name):
+            if self._ours(name, event):
                 continue
             tag = self._known.get(name)
             if tag is None:
@@ -220,18 +230,20 @@ class LibvirtBackend:
                 except Exception:
                     log.exception("domain event listener failed for %s/%s", tag.namespace, tag.name)
 
-    def _starting(self, name: str) -> None:
+    def _making(self, name: str, *events: int) -> None:
+        """This backend is about to cause `events` of domain `name`."""
         now = time.monotonic()
-        with self._locks_lock:  # forgetting starts whose event never came (no events there)
-            self._own_starts = {n: t for n, t in self._own_starts.items() if now - t < OWN_START_EVENT_WAIT}
-            self._own_starts[name] = now
+        with self._locks_lock:  # forgetting changes whose event never came (no events there)
+            self._own_changes = {k: t for k, t in self._own_changes.items() if now - t < OWN_EVENT_WAIT}
+            for event in events:
+                self._own_changes[(name, event)] = now
 
-    def _our_start(self, name: str) -> bool:
-        """Whether a STARTED event of domain `name` is the start this backend made (told
-        once: a later start is someone else's)."""
+    def _ours(self, name: str, event: int) -> bool:
+        """Whether `event` of domain `name` is a change this backend made (told once: a
+        later one is someone else's); also forgets a change that did not happen."""
         with self._locks_lock:
-            when = self._own_starts.pop(name, None)
-        return when is not None and time.monotonic() - when < OWN_START_EVENT_WAIT
+            when = self._own_changes.pop((name, event), None)
+        return when is not None and time.monotonic() - when < OWN_EVENT_WAIT
 
     # ------------------------------------------------------------------ extras
 
@@ -394,11 +406,11 @@ class LibvirtBackend:
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
         details.update(self._domain_type_details(look, _libvirt_site(intent.site)))
         if state == libvirt.VIR_DOMAIN_SHUTOFF and not look.started:
-            self._starting(dom.name())
+            self._making(dom.name(), libvirt.VIR_DOMAIN_EVENT_STARTED)
             try:
                 dom.create()
             except BaseException:
-                self._our_start(dom.name())
+                self._ours(dom.name(), libvirt.VIR_DOMAIN_EVENT_STARTED)
                 raise
             look.started_at = _mark_started(dom, look.tag)
             state, reason = dom.state(0)

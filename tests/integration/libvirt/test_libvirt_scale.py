@@ -1,9 +1,10 @@
 """Issue 21: what the libvirt backend costs per machine, counted on a real libvirtd (which
 logs every call it serves), so that N machines cost N times one.
 
-- A domain start the backend makes itself wakes no reconcile of the machine: the
-  reconcile that started it already reports it running (a lifecycle event per start
-  was one more reconcile per machine, often meeting a conflict with the first).
+- A domain start (or removal) the backend makes itself wakes no reconcile of the
+  machine: the reconcile that started it already reports it running (a lifecycle event
+  per start was one more reconcile per machine, often meeting a conflict with the first;
+  a removal's two events two more per deleted machine).
 - A look at a running machine (every resync, every requeue) reads its domain once:
   tag, start mark, type and NICs from one XML description, not one call each.
 - The C3osCluster's orphan sweep (every resync of every cluster) reads the tag of each
@@ -60,28 +61,42 @@ def intent(daemon: PrivateLibvirtd, standin: Path, name: str) -> MachineIntent:
     return dataclasses.replace(daemon_intent(daemon, standin, name, IMAGE), site=site)
 
 
-def test_a_start_the_backend_makes_wakes_no_reconcile(counted: PrivateLibvirtd, standin_image: Path) -> None:
+def test_a_start_or_removal_the_backend_makes_wakes_no_reconcile(
+    counted: PrivateLibvirtd, standin_image: Path
+) -> None:
     backend = LibvirtBackend()
     woken: queue.SimpleQueue[str] = queue.SimpleQueue()
     backend.watch(lambda _namespace, name: woken.put(name))
     ours = intent(counted, standin_image, "self-started")
-    # Started by another manager (another backend): a start this backend did not make,
-    # whose wake comes after any wake of ours (one connection's events arrive in order).
+    removed = intent(counted, standin_image, "self-removed")
+    # Started and removed by another manager (another backend): changes this backend did
+    # not make, whose wakes come after any wake of ours (one connection's events arrive
+    # in order).
     other = LibvirtBackend()
-    theirs = intent(counted, standin_image, "started-elsewhere")
+    theirs = intent(counted, standin_image, "changed-elsewhere")
+
+    def wakes_until_theirs() -> list[str]:
+        seen = [woken.get(timeout=60)]
+        while seen[-1] != "changed-elsewhere":
+            seen.append(woken.get(timeout=60))
+        return seen
+
     try:
         assert settled(backend, ours) is Phase.RUNNING
+        assert settled(backend, removed) is Phase.RUNNING
         assert settled(other, theirs) is Phase.RUNNING
-        seen = [woken.get(timeout=60)]
-        while seen[-1] != "started-elsewhere":
-            seen.append(woken.get(timeout=60))
-        assert seen == ["started-elsewhere"], f"wakes before the other start: {seen[:-1]}"
-        # What happens to our domain afterwards is still reported at once.
+        assert wakes_until_theirs() == ["changed-elsewhere"]
+        # What happens to our domain behind our back is still reported at once.
         with closing(counted.connect()) as conn:
             conn.lookupByName(dx.domain_name(ours.identity)).destroy()
         assert woken.get(timeout=60) == "self-started"
+        # Our own removal of a running machine (destroy, undefine) wakes nothing either
+        # (the destroy behind our back sent SHUTDOWN and STOPPED: a second wake of ours).
+        assert backend.deprovision(removed.identity, removed.site, removed.credentials).phase is Phase.DELETED
+        assert other.deprovision(theirs.identity, theirs.site, theirs.credentials).phase is Phase.DELETED
+        assert set(wakes_until_theirs()) <= {"self-started", "changed-elsewhere"}
     finally:
-        for machine, owner in ((ours, backend), (theirs, other)):
+        for machine, owner in ((ours, backend), (removed, backend), (theirs, other)):
             owner.deprovision(machine.identity, machine.site, machine.credentials)
         other.connections.close()
         backend.connections.close()
