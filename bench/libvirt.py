@@ -56,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import libvirt  # type: ignore[import-untyped]  # noqa: E402
 import yaml  # noqa: E402
 from kubernetes import client as kc  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from bench.ironic import (  # noqa: E402
     CAPI,
@@ -275,7 +276,11 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
         created = time.perf_counter() - started
 
         def provisioned() -> int:
-            items = api.list_namespaced_custom_object(*INFRA, ns, "c3osmachines")["items"]
+            try:
+                items = api.list_namespaced_custom_object(*INFRA, ns, "c3osmachines")["items"]
+            except ApiException as exc:  # an API server swamped by the host's load answers 504
+                print(f"  (listing the machines failed: {exc.status} {exc.reason}; looking again)")
+                return -1
             return sum(
                 1 for m in items if ((m.get("status") or {}).get("initialization") or {}).get("provisioned")
             )
