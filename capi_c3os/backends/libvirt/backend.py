@@ -148,13 +148,10 @@ class LibvirtBackend:
                     "DomainMissing",
                     f"domain {dx.domain_name(intent.identity)} vanished from {site.uri}",
                 )
-            waiting = self._create(conn, site, intent)
-            if waiting is not None:
-                return waiting
-            dom = _lookup_domain(conn, dx.domain_name(intent.identity))
-            if dom is None:  # pragma: no cover - defined a moment ago
-                raise BackendError("DomainMissing", "domain disappeared right after it was defined")
-            return self._advance(conn, dom, _Look.of(dom), intent)
+            made = self._create(conn, site, intent)
+            if isinstance(made, Progress):
+                return made
+            return self._advance(conn, made, _Look.of(made), intent)
 
     def deprovision(self, identity: MachineIdentity, site: Site, credentials: SiteCredentials) -> Progress:
         lsite = _libvirt_site(site)
@@ -303,8 +300,11 @@ class LibvirtBackend:
 
     # ------------------------------------------------------------------ steps
 
-    def _create(self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent) -> Progress | None:
-        """Define the domain; a Progress instead while its base image is downloading."""
+    def _create(
+        self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent
+    ) -> Progress | libvirt.virDomain:
+        """Define the domain (and return it); a Progress instead while its base image is
+        downloading."""
         identity = intent.identity
         machine = intent.libvirt
         pool = _lookup_pool(conn, site.pool)
@@ -392,8 +392,7 @@ class LibvirtBackend:
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
         self._forget_tag(site.uri, dx.domain_name(identity))  # what a domain of this name was before
-        conn.defineXML(dx.domain_xml(spec))
-        return None
+        return conn.defineXML(dx.domain_xml(spec))
 
     def _advance(
         self, conn: libvirt.virConnect, dom: libvirt.virDomain, look: _Look, intent: MachineIntent
@@ -412,10 +411,11 @@ class LibvirtBackend:
             except BaseException:
                 self._ours(dom.name(), libvirt.VIR_DOMAIN_EVENT_STARTED)
                 raise
-            look.started_at = _mark_started(dom, look.tag)
+            look.started_at = _mark_started(dom, look.tag, live=True)
             state, reason = dom.state(0)
         elif not look.started and state != libvirt.VIR_DOMAIN_SHUTOFF:
-            look.started_at = _mark_started(dom, look.tag)  # a crash between create() and the mark
+            # a crash between create() and the mark
+            look.started_at = _mark_started(dom, look.tag, live=state != libvirt.VIR_DOMAIN_CRASHED)
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
             per_nic = _addresses(dom, _static_addresses(intent, look.macs), look.macs)
             addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
@@ -453,7 +453,7 @@ class LibvirtBackend:
         NICs with one (maybe on purpose) leaves Ready's message alone: CAPI copies it."""
         started_at = look.started_at
         if started_at is None:  # started by an older version: the clock starts now
-            started_at = _mark_started(dom, look.tag)
+            started_at = _mark_started(dom, look.tag, live=True)  # it runs
         waited = max(0.0, time.time() - started_at)
         delay = address_retry(waited)
         if not none:
@@ -804,8 +804,9 @@ def _safe_tag_source(dom: libvirt.virDomain) -> str:
         return ""
 
 
-def _mark_started(dom: libvirt.virDomain, tag: dx.Tag | None) -> float:
-    """Mark the domain started now (in its tag, `tag`); the time of the mark."""
+def _mark_started(dom: libvirt.virDomain, tag: dx.Tag | None, live: bool) -> float:
+    """Mark the domain started now (in its tag, `tag`; `live`: in the running domain's
+    too, which the caller knows from its state); the time of the mark."""
     now = float(int(time.time()))
     if tag is None:  # pragma: no cover - checked by the caller
         return now
@@ -813,7 +814,7 @@ def _mark_started(dom: libvirt.virDomain, tag: dx.Tag | None) -> float:
     ET.SubElement(root, _STARTED).text = "true"
     ET.SubElement(root, _STARTED_AT).text = str(int(now))
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    if dom.isActive():
+    if live:
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
     dom.setMetadata(
         libvirt.VIR_DOMAIN_METADATA_ELEMENT,

@@ -10,6 +10,9 @@ logs every call it serves), so that N machines cost N times one.
 - The C3osCluster's orphan sweep (every resync of every cluster) reads the tag of each
   domain on the host once, not at every sweep: a sweep costs two listings, not a call per
   domain of the host (every cluster's, so it grew with the clusters sharing a host).
+- A new machine is made with the raw sequence's calls plus its checks (find before
+  create, sizes), not looking up the domain it just defined nor asking whether the domain
+  it just started is active.
 """
 
 from __future__ import annotations
@@ -45,11 +48,23 @@ def counted(tmp_path_factory: pytest.TempPathFactory, standin_image: Path) -> It
         daemon.stop()
 
 
-def served(daemon: PrivateLibvirtd) -> list[str]:
-    """The calls libvirtd has served so far, by name, in order."""
+def served(daemon: PrivateLibvirtd) -> list[tuple[str, str]]:
+    """The calls libvirtd has served so far, in order: (name, the client's address)."""
     marker = ": debug : remoteDispatch"
+    found = []
     with daemon.log_path.open(errors="replace") as log:
-        return [line.split(marker, 1)[1].split("Helper:", 1)[0] for line in log if marker in line]
+        for line in log:
+            if marker in line and "Helper:" in line:
+                name = line.split(marker, 1)[1].split("Helper:", 1)[0]
+                found.append((name, line.split(" client=", 1)[1].split(" ", 1)[0]))
+    return found
+
+
+def calls_since(daemon: PrivateLibvirtd, before: int) -> list[str]:
+    """The calls served since the first `before`, of the client that made the first of
+    them (events of earlier tests may still make another client look at a domain)."""
+    made = served(daemon)[before:]
+    return [name for name, client in made if client == made[0][1]] if made else []
 
 
 IMAGE = MachineImage(volume=BASE_VOLUME, format="qcow2")
@@ -111,7 +126,7 @@ def test_a_look_at_a_running_machine_reads_its_domain_once(
         assert settled(backend, machine) is Phase.RUNNING
         before = len(served(counted))
         progress = backend.provision(machine)
-        calls = served(counted)[before:]
+        calls = calls_since(counted, before)
         assert progress.phase is Phase.RUNNING, progress
         # Find it by name, read its XML (tag, start mark, type, NICs), ask its state:
         # without a NIC there is no address to look for.
@@ -135,7 +150,7 @@ def test_an_orphan_sweep_reads_each_domains_tag_once(counted: PrivateLibvirtd, s
         assert backend.tagged_identities(site, credentials, "daemon/c1") == wanted
         before = len(served(counted))
         assert backend.tagged_identities(site, credentials, "daemon/c1") == wanted
-        calls = served(counted)[before:]
+        calls = calls_since(counted, before)
         # One listing of the domains and one of the volumes, however many domains there are.
         assert calls == [
             "ConnectListAllDomains",
@@ -151,4 +166,31 @@ def test_an_orphan_sweep_reads_each_domains_tag_once(counted: PrivateLibvirtd, s
     finally:
         for machine in machines:
             backend.deprovision(machine.identity, machine.site, machine.credentials)
+        backend.connections.close()
+
+
+def test_a_new_machine_is_made_with_no_call_it_could_do_without(
+    counted: PrivateLibvirtd, standin_image: Path
+) -> None:
+    backend = LibvirtBackend()
+    warm = intent(counted, standin_image, "warm")  # the connection and its subscription
+    machine = intent(counted, standin_image, "fresh")
+    try:
+        assert settled(backend, warm) is Phase.RUNNING
+        before = len(served(counted))
+        assert backend.provision(machine).phase is Phase.RUNNING
+        calls = calls_since(counted, before)
+        assert calls == [
+            "DomainLookupByName",  # not there yet
+            *("StoragePoolLookupByName", "StoragePoolIsActive"),
+            *("StorageVolLookupByName", "StorageVolGetPath", "StorageVolGetInfo"),  # the base and its size
+            *("StorageVolLookupByName", "StorageVolCreateXML", "StorageVolGetInfo"),  # the disk, its size
+            *("StorageVolLookupByName", "StorageVolCreateXML", "StorageVolUpload"),  # the config drive
+            *("StorageVolGetPath", "StorageVolGetPath", "DomainDefineXML"),
+            *("DomainGetXMLDesc", "DomainGetState", "DomainCreate", "DomainLookupByUUID"),
+            *("DomainSetMetadata", "DomainGetState"),  # marked started; running
+        ], calls
+    finally:
+        for m in (warm, machine):
+            backend.deprovision(m.identity, m.site, m.credentials)
         backend.connections.close()
