@@ -121,8 +121,15 @@ POOL_XML = """\
 
 class PrivateLibvirtd:
     def __init__(
-        self, root: Path, network: bool = False, pool: str = "default", tls: TlsFiles | None = None
+        self,
+        root: Path,
+        network: bool = False,
+        pool: str = "default",
+        tls: TlsFiles | None = None,
+        log_calls: bool = False,
     ) -> None:
+        """`log_calls`: libvirtd logs every API call it serves (`remoteDispatch<Call>Helper`
+        lines in `log_path`, with the client's address), for benchmarks to count them."""
         if network and tls is not None:
             raise ValueError("a TLS listener on loopback needs the host network namespace (network=False)")
         self.root = root
@@ -130,6 +137,7 @@ class PrivateLibvirtd:
         self.pool_name = pool
         self.tls = tls
         self.tls_port = free_port() if tls is not None else 0
+        self.log_calls = log_calls
         self.process: ManagedProcess | None = None
         self.keeper: ManagedProcess | None = None
         self._restarts = 0
@@ -141,6 +149,10 @@ class PrivateLibvirtd:
     @property
     def uri(self) -> str:
         return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "libvirtd.log"
 
     @property
     def pool_path(self) -> Path:
@@ -164,6 +176,10 @@ class PrivateLibvirtd:
         if self.tls is not None:
             conf = conf.replace("listen_tls = 0\n", "") + TLS_CONF.format(
                 port=self.tls_port, ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key
+            )
+        if self.log_calls:
+            conf = conf.replace(
+                'log_outputs = "3:stderr"', 'log_filters = "1:daemon.remote"\nlog_outputs = "1:stderr"'
             )
         (self.root / "etc" / "libvirtd.conf").write_text(conf)
         (self.root / "etc" / "virtlogd.conf").write_text('log_outputs = "3:stderr"\n')
@@ -193,7 +209,7 @@ class PrivateLibvirtd:
         self.keeper.wait_until(
             lambda: ready.exists() and self._init_pid() is not None, "namespaces set up", timeout
         )
-        self._start_libvirtd(self.root / "libvirtd.log", "libvirtd answering on its socket", timeout)
+        self._start_libvirtd(self.log_path, "libvirtd answering on its socket", timeout)
         with closing(self.connect()) as conn:
             self._ensure_pool(conn)
             if self.network:

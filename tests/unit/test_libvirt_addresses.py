@@ -12,7 +12,7 @@ from capi_c3os.api.common import MachineAddress
 from capi_c3os.api.infrastructure import LibvirtMachine, LibvirtNetworkInterface
 from capi_c3os.backends.base import Phase
 from capi_c3os.backends.libvirt import LibvirtBackend
-from capi_c3os.backends.libvirt.backend import ADDRESS_RETRY, merge_addresses
+from capi_c3os.backends.libvirt.backend import ADDRESS_RETRY, _Look, merge_addresses
 from tests.unit.test_libvirt_backend import domains_named, intent
 
 LEASED, BRIDGED, SILENT = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
@@ -80,11 +80,11 @@ def test_a_nic_still_without_address_next_to_one_with_is_looked_for_quietly(
         running = backend.provision(wanted)
         assert running.phase is Phase.RUNNING and running.requeue_after is None  # the driver leases both
         (dom,) = domains_named(conn, wanted.identity)
-        some = LibvirtBackend._without_address(dom, [ip("10.0.0.1")], {}, none=False)
+        some = LibvirtBackend._without_address(dom, _Look.of(dom), [ip("10.0.0.1")], {}, none=False)
         assert (some.phase, some.reason) == (Phase.RUNNING, "DomainRunning")
         assert some.message == f"domain {dom.name()} is running"
         assert some.requeue_after == ADDRESS_RETRY
-        nothing = LibvirtBackend._without_address(dom, [], {}, none=True)
+        nothing = LibvirtBackend._without_address(dom, _Look.of(dom), [], {}, none=True)
         assert nothing.reason == "DomainRunning" and "waiting for its address" in nothing.message
     finally:
         backend.deprovision(wanted.identity, wanted.site, wanted.credentials)

@@ -338,7 +338,7 @@ def test_a_restart_after_a_crash_at_any_step_finishes_with_one_domain_and_no_orp
         elif boundary == "after-config-drive":
             patch.setattr(dx, "domain_xml", _crash)
         elif boundary == "after-define":
-            patch.setattr(module, "_started", _crash)
+            patch.setattr(module._Look, "of", _crash)  # the look at the new domain
         else:
             patch.setattr(module, "_mark_started", _crash)
         with pytest.raises(CrashError):

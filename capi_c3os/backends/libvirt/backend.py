@@ -78,6 +78,10 @@ _WATCHED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
 }
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+OWN_EVENT_WAIT = 60.0
+"""Seconds within which a domain's STARTED, STOPPED or UNDEFINED event is taken for the
+start, destroy or undefine this backend made (and wakes no reconcile); one later than
+that, by anyone, is a change to report."""
 DOWNLOAD_GRACE = 2.0
 """Seconds the reconcile that starts a base image download waits for it (a small image
 is then ready in one reconcile); longer ones report progress and requeue."""
@@ -113,6 +117,12 @@ class LibvirtBackend:
         self._event_worker: threading.Thread | None = None
         self._known: dict[str, dx.Tag] = {}
         """domain name -> tag, so an event for an undefined domain still finds its machine."""
+        self._site_tags: dict[str, dict[str, dx.Tag]] = {}
+        """site URI -> domain name -> our tag, as last listed (see `_tags_of`)."""
+        self._own_changes: dict[tuple[str, int], float] = {}
+        """(domain name, lifecycle event) -> when this backend made that change, until its
+        event arrives: the reconcile that started (or removed) the domain reports it, so the
+        event wakes no other one."""
         self._base_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._downloads: dict[tuple[str, str, str], images.Download] = {}
         """(site URI, pool, base volume) -> its download in a background thread: one per
@@ -129,22 +139,19 @@ class LibvirtBackend:
         site = _libvirt_site(intent.site)
         with self._errors(site, intent.credentials):
             conn = self.connections.get(site, intent.credentials)
-            dom = _own_domain(conn, intent.identity)
-            if dom is not None:
-                return self._advance(conn, dom, intent)
+            found = _own_domain(conn, intent.identity)
+            if found is not None:
+                return self._advance(conn, *found, intent)
             if intent.provisioned:
                 return Progress(
                     Phase.MISSING,
                     "DomainMissing",
                     f"domain {dx.domain_name(intent.identity)} vanished from {site.uri}",
                 )
-            waiting = self._create(conn, site, intent)
-            if waiting is not None:
-                return waiting
-            dom = _lookup_domain(conn, dx.domain_name(intent.identity))
-            if dom is None:  # pragma: no cover - defined a moment ago
-                raise BackendError("DomainMissing", "domain disappeared right after it was defined")
-            return self._advance(conn, dom, intent)
+            made = self._create(conn, site, intent)
+            if isinstance(made, Progress):
+                return made
+            return self._advance(conn, made, _Look.of(made), intent)
 
     def deprovision(self, identity: MachineIdentity, site: Site, credentials: SiteCredentials) -> Progress:
         lsite = _libvirt_site(site)
@@ -153,8 +160,17 @@ class LibvirtBackend:
             dom = _lookup_domain(conn, dx.domain_name(identity))
             if dom is not None:
                 _check_owner(dom, identity)
+                # destroy() sends SHUTDOWN and STOPPED (a stopped domain neither: their marks
+                # expire unused), undefine() UNDEFINED.
+                self._making(
+                    dom.name(),
+                    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
+                    libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                    libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
+                )
                 _destroy(dom)
                 _undefine(dom)
+                self._forget_tag(lsite.uri, dom.name())
             pool = _lookup_pool(conn, lsite.pool)
             if pool is not None:
                 _delete_volumes(pool, dx.resource_stem(identity))
@@ -189,14 +205,16 @@ class LibvirtBackend:
         def on_lifecycle(_conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
             # Runs on libvirt's event thread: no remote calls here, only a hand-off.
             if event in _WATCHED_EVENTS:
-                self._events.put(dom)
+                self._events.put((dom, event))
 
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
 
     def _dispatch(self) -> None:
         while True:
-            dom = self._events.get()
+            dom, event = self._events.get()
             name = dom.name()
+            if self._ours(name, event):
+                continue
             tag = self._known.get(name)
             if tag is None:
                 tag = dx.parse_tag(_safe_tag_source(dom))
@@ -208,6 +226,21 @@ class LibvirtBackend:
                     listener(tag.namespace, tag.name)
                 except Exception:
                     log.exception("domain event listener failed for %s/%s", tag.namespace, tag.name)
+
+    def _making(self, name: str, *events: int) -> None:
+        """This backend is about to cause `events` of domain `name`."""
+        now = time.monotonic()
+        with self._locks_lock:  # forgetting changes whose event never came (no events there)
+            self._own_changes = {k: t for k, t in self._own_changes.items() if now - t < OWN_EVENT_WAIT}
+            for event in events:
+                self._own_changes[(name, event)] = now
+
+    def _ours(self, name: str, event: int) -> bool:
+        """Whether `event` of domain `name` is a change this backend made (told once: a
+        later one is someone else's); also forgets a change that did not happen."""
+        with self._locks_lock:
+            when = self._own_changes.pop((name, event), None)
+        return when is not None and time.monotonic() - when < OWN_EVENT_WAIT
 
     # ------------------------------------------------------------------ extras
 
@@ -221,20 +254,20 @@ class LibvirtBackend:
         so their names are decoded). The caller removes those whose C3osMachine is gone;
         it lists machines after this returns, so a machine that is creating its volumes
         right now is already listed."""
-        found = {tag.identity() for tag in self.tagged_machines(site, credentials, cluster)}
         namespace = cluster.split("/", 1)[0]
         lsite = _libvirt_site(site)
         with self._errors(lsite, credentials):
             conn = self.connections.get(lsite, credentials)
+            tags = self._tags_of(lsite.uri, conn)
+            found = {tag.identity() for tag in tags.values() if tag and tag.cluster == cluster}
             pool = _lookup_pool(conn, lsite.pool)
             if pool is not None and pool.isActive():
-                domains = {dom.name() for dom in conn.listAllDomains(0)}
-                for name in pool.listVolumes():
+                for name in (vol.name() for vol in pool.listAllVolumes(0)):  # one call
                     identity = dx.identity_of_volume(name)
                     if (
                         identity is not None
                         and identity.namespace == namespace
-                        and dx.domain_name(identity) not in domains
+                        and dx.domain_name(identity) not in tags
                     ):
                         found.add(identity)
         return sorted(found, key=lambda i: (i.namespace, i.name))
@@ -244,17 +277,34 @@ class LibvirtBackend:
         lsite = _libvirt_site(site)
         with self._errors(lsite, credentials):
             conn = self.connections.get(lsite, credentials)
-            found = []
-            for dom in conn.listAllDomains(0):
-                tag = _domain_tag(dom)
-                if tag is not None and tag.cluster == cluster:
-                    found.append(tag)
-            return found
+            return [t for t in self._tags_of(lsite.uri, conn).values() if t and t.cluster == cluster]
+
+    def _forget_tag(self, uri: str, name: str) -> None:
+        with self._locks_lock:
+            self._site_tags.get(uri, {}).pop(name, None)
+
+    def _tags_of(self, uri: str, conn: libvirt.virConnect) -> dict[str, dx.Tag | None]:
+        """Every domain of the host by name, with our tag (None: not one of ours). A tag
+        is read once per domain: it never changes (the name is derived from the machine),
+        so a sweep of a host with N domains costs one listing, not N+1 calls."""
+        domains = conn.listAllDomains(0)
+        with self._locks_lock:
+            known = self._site_tags.get(uri, {})
+        tags = {}
+        for dom in domains:
+            name = dom.name()
+            tags[name] = known[name] if name in known else _domain_tag(dom)
+        with self._locks_lock:  # only domains that still exist: no growth with churn
+            self._site_tags[uri] = {name: tag for name, tag in tags.items() if tag is not None}
+        return tags
 
     # ------------------------------------------------------------------ steps
 
-    def _create(self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent) -> Progress | None:
-        """Define the domain; a Progress instead while its base image is downloading."""
+    def _create(
+        self, conn: libvirt.virConnect, site: LibvirtSite, intent: MachineIntent
+    ) -> Progress | libvirt.virDomain:
+        """Define the domain (and return it); a Progress instead while its base image is
+        downloading."""
         identity = intent.identity
         machine = intent.libvirt
         pool = _lookup_pool(conn, site.pool)
@@ -341,26 +391,33 @@ class LibvirtBackend:
             macs=macs,
             serial_log=os.path.join(self.serial_log_dir, f"{dx.domain_name(identity)}-serial.log"),
         )
-        conn.defineXML(dx.domain_xml(spec))
-        return None
+        self._forget_tag(site.uri, dx.domain_name(identity))  # what a domain of this name was before
+        return conn.defineXML(dx.domain_xml(spec))
 
-    def _advance(self, conn: libvirt.virConnect, dom: libvirt.virDomain, intent: MachineIntent) -> Progress:
+    def _advance(
+        self, conn: libvirt.virConnect, dom: libvirt.virDomain, look: _Look, intent: MachineIntent
+    ) -> Progress:
         identity = intent.identity
         self._known[dom.name()] = dx.Tag(
             identity.namespace, identity.name, identity.provider_id, intent.cluster
         )
         state, reason = dom.state(0)
         details = {"domainName": dom.name(), "domainUUID": dom.UUIDString()}
-        details.update(self._domain_type_details(dom, _libvirt_site(intent.site)))
-        started = _started(dom)
-        if state == libvirt.VIR_DOMAIN_SHUTOFF and not started:
-            dom.create()
-            _mark_started(dom)
+        details.update(self._domain_type_details(look, _libvirt_site(intent.site)))
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and not look.started:
+            self._making(dom.name(), libvirt.VIR_DOMAIN_EVENT_STARTED)
+            try:
+                dom.create()
+            except BaseException:
+                self._ours(dom.name(), libvirt.VIR_DOMAIN_EVENT_STARTED)
+                raise
+            look.started_at = _mark_started(dom, look.tag, live=True)
             state, reason = dom.state(0)
-        elif not started and state != libvirt.VIR_DOMAIN_SHUTOFF:
-            _mark_started(dom)  # a crash between create() and the mark
+        elif not look.started and state != libvirt.VIR_DOMAIN_SHUTOFF:
+            # a crash between create() and the mark
+            look.started_at = _mark_started(dom, look.tag, live=state != libvirt.VIR_DOMAIN_CRASHED)
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            per_nic = _addresses(dom, _static_addresses(intent, _macs(dom)))
+            per_nic = _addresses(dom, _static_addresses(intent, look.macs), look.macs)
             addresses = [MachineAddress(type="Hostname", address=intent.hostname)]
             for found in (a for nic in per_nic.values() for a in nic):
                 if found not in addresses:
@@ -373,7 +430,7 @@ class LibvirtBackend:
                     addresses=tuple(addresses),
                     details=details,
                 )
-            return self._without_address(dom, addresses, details, none=not any(per_nic.values()))
+            return self._without_address(dom, look, addresses, details, none=not any(per_nic.values()))
         return Progress(
             Phase.STOPPED,
             "DomainStopped",
@@ -383,17 +440,20 @@ class LibvirtBackend:
 
     @staticmethod
     def _without_address(
-        dom: libvirt.virDomain, addresses: list[MachineAddress], details: dict[str, str], none: bool
+        dom: libvirt.virDomain,
+        look: _Look,
+        addresses: list[MachineAddress],
+        details: dict[str, str],
+        none: bool,
     ) -> Progress:
         """Running, but a NIC has no address yet (`none`: no NIC has one). Still
         provisioned: the guest boots and joins the cluster by its providerID whatever its
         address (addresses are for people and tools); we keep looking, ever less often,
         and say so after a while when no NIC has an address. A NIC without one next to
         NICs with one (maybe on purpose) leaves Ready's message alone: CAPI copies it."""
-        started_at = _started_at(dom)
+        started_at = look.started_at
         if started_at is None:  # started by an older version: the clock starts now
-            _mark_started(dom)
-            started_at = time.time()
+            started_at = _mark_started(dom, look.tag, live=True)  # it runs
         waited = max(0.0, time.time() - started_at)
         delay = address_retry(waited)
         if not none:
@@ -545,11 +605,10 @@ class LibvirtBackend:
                 )
             return verdict.domain_type, f"domainType auto: {verdict.reason}"
 
-    def _domain_type_details(self, dom: libvirt.virDomain, site: LibvirtSite) -> dict[str, str]:
+    def _domain_type_details(self, look: _Look, site: LibvirtSite) -> dict[str, str]:
         """For status.backend.libvirt: the domain's type and why it has it."""
-        kind = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).get("type") or ""
-        tag = _domain_tag(dom)
-        why = tag.domain_type_reason if tag else ""
+        kind = look.domain_type
+        why = look.tag.domain_type_reason if look.tag else ""
         verdict = self._verdicts.get(site.uri)
         if not why and site.domain_type == "auto" and verdict and verdict.domain_type == kind:
             why = f"domainType auto: {verdict.reason}"  # defined by a version that kept no reason
@@ -647,17 +706,56 @@ def _domain_tag(dom: libvirt.virDomain) -> dx.Tag | None:
     return dx.parse_tag(xml)
 
 
-def _own_domain(conn: libvirt.virConnect, identity: MachineIdentity) -> libvirt.virDomain | None:
-    """The machine's domain: by its name (DomainNameTaken when another's holds it), else
-    one a release before the 96-bit names defined under the old name (only when its tag
-    names this machine: another's domain of that name is none of our business)."""
+@dataclass
+class _Look:
+    """What a reconcile needs to know of a domain, from one read of its (inactive) XML:
+    a look at a running machine costs the same few calls however many there are."""
+
+    tag: dx.Tag | None
+    started: bool
+    """We started it once (so a domain stopped later is reported, not restarted)."""
+    started_at: float | None
+    """Unix time of that first start (address polling backs off from it)."""
+    domain_type: str
+    macs: list[str]
+    """Its NICs' MACs, in its order (the order of spec.network's interfaces)."""
+
+    @classmethod
+    def of(cls, dom: libvirt.virDomain) -> _Look:
+        xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        mark = xml.find(f"metadata/{{{dx.METADATA_NS}}}machine")
+        started = mark.find(f"{{{dx.METADATA_NS}}}{_STARTED}") if mark is not None else None
+        started_at = mark.find(f"{{{dx.METADATA_NS}}}{_STARTED_AT}") if mark is not None else None
+        try:
+            at = float(started_at.text or "") if started_at is not None else None
+        except ValueError:
+            at = None
+        return cls(
+            tag=dx.parse_tag(ET.tostring(mark, encoding="unicode")) if mark is not None else None,
+            started=started is not None and started.text == "true",
+            started_at=at,
+            domain_type=xml.get("type") or "",
+            macs=_macs_of(xml),
+        )
+
+
+def _own_domain(
+    conn: libvirt.virConnect, identity: MachineIdentity
+) -> tuple[libvirt.virDomain, _Look] | None:
+    """The machine's domain and a look at it: by its name (DomainNameTaken when another's
+    holds it), else one a release before the 96-bit names defined under the old name (only
+    when its tag names this machine: another's domain of that name is none of our business)."""
     dom = _lookup_domain(conn, dx.domain_name(identity))
     if dom is not None:
-        _check_owner(dom, identity)
-        return dom
+        look = _Look.of(dom)
+        _check_tag(dom, look.tag, identity)
+        return dom, look
     legacy = dx.legacy_stem(identity)
     old = _lookup_domain(conn, legacy) if legacy else None
-    return old if old is not None and _owned(old, identity) else None
+    if old is None:
+        return None
+    look = _Look.of(old)
+    return (old, look) if look.tag is not None and look.tag.provider_id == identity.provider_id else None
 
 
 def _owned(dom: libvirt.virDomain, identity: MachineIdentity) -> bool:
@@ -673,7 +771,10 @@ def _delete_volumes(pool: libvirt.virStoragePool, stem: str) -> None:
 
 
 def _check_owner(dom: libvirt.virDomain, identity: MachineIdentity) -> None:
-    tag = _domain_tag(dom)
+    _check_tag(dom, _domain_tag(dom), identity)
+
+
+def _check_tag(dom: libvirt.virDomain, tag: dx.Tag | None, identity: MachineIdentity) -> None:
     if tag is None or tag.provider_id != identity.provider_id:
         owner = tag.provider_id if tag else "nobody of ours"
         raise BackendError(
@@ -703,32 +804,17 @@ def _safe_tag_source(dom: libvirt.virDomain) -> str:
         return ""
 
 
-def _started(dom: libvirt.virDomain) -> bool:
-    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED}"):
-        return element.text == "true"
-    return False
-
-
-def _started_at(dom: libvirt.virDomain) -> float | None:
-    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    for element in xml.iter(f"{{{dx.METADATA_NS}}}{_STARTED_AT}"):
-        try:
-            return float(element.text or "")
-        except ValueError:
-            return None
-    return None
-
-
-def _mark_started(dom: libvirt.virDomain) -> None:
-    tag = _domain_tag(dom)
+def _mark_started(dom: libvirt.virDomain, tag: dx.Tag | None, live: bool) -> float:
+    """Mark the domain started now (in its tag, `tag`; `live`: in the running domain's
+    too, which the caller knows from its state); the time of the mark."""
+    now = float(int(time.time()))
     if tag is None:  # pragma: no cover - checked by the caller
-        return
+        return now
     root = ET.fromstring(dx.tag_xml(tag))
     ET.SubElement(root, _STARTED).text = "true"
-    ET.SubElement(root, _STARTED_AT).text = str(int(time.time()))
+    ET.SubElement(root, _STARTED_AT).text = str(int(now))
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    if dom.isActive():
+    if live:
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
     dom.setMetadata(
         libvirt.VIR_DOMAIN_METADATA_ELEMENT,
@@ -737,6 +823,7 @@ def _mark_started(dom: libvirt.virDomain) -> None:
         dx.METADATA_NS,
         flags,
     )
+    return now
 
 
 def _destroy(dom: libvirt.virDomain) -> None:
@@ -761,8 +848,12 @@ def _undefine(dom: libvirt.virDomain) -> None:
 
 def _macs(dom: libvirt.virDomain) -> list[str]:
     """The MACs of the domain's NICs, in its order (the order of spec.network's interfaces)."""
+    return _macs_of(ET.fromstring(dom.XMLDesc(0)))
+
+
+def _macs_of(xml: ET.Element) -> list[str]:
     found = []
-    for nic in ET.fromstring(dom.XMLDesc(0)).iter("interface"):
+    for nic in xml.iter("interface"):
         mac = nic.find("mac")
         if mac is not None and mac.get("address"):
             found.append(str(mac.get("address")).lower())
@@ -770,14 +861,17 @@ def _macs(dom: libvirt.virDomain) -> list[str]:
 
 
 def _addresses(
-    dom: libvirt.virDomain, static: Mapping[str, list[MachineAddress]] | None = None
+    dom: libvirt.virDomain,
+    static: Mapping[str, list[MachineAddress]] | None = None,
+    macs: list[str] | None = None,
 ) -> dict[str, list[MachineAddress]]:
-    """Every NIC's addresses by MAC, in the domain's order (see `merge_addresses`); the
-    guest agent is asked only when a NIC is left without one by its static addresses and
-    the network's DHCP leases (one call each: a guest without an agent answers fast)."""
-    macs = _macs(dom)
+    """Every NIC's addresses by MAC, in the domain's order (see `merge_addresses`; `macs`
+    when known); the guest agent is asked only when a NIC is left without one by its
+    static addresses and the network's DHCP leases (one call each: a guest without an
+    agent answers fast). A domain without NICs has no address to ask for."""
+    macs = _macs(dom) if macs is None else macs
     static = static or {}
-    leases = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+    leases = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE) if macs else {}
     agent: dict[str, Any] = {}
     if any(not static.get(mac) and not _usable(leases, mac) for mac in macs):
         agent = _source(dom, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT)
