@@ -26,6 +26,23 @@
 #   user-data it booted with, and prints "C3OS-STANDIN INSTALLED <disk>". (Only that: the
 #   disk is not made bootable.) Built with xorriso, no loop device, no mount.
 #
+# - register.iso is the registration image of enrolled hosts (README "Enrolled hosts"): the
+#   same kernel and initrd plus enroll.img (a cpio loaded after the initrd holding the host
+#   agent, hack/c3os-agent, static Go, at /bin/c3os-agent; the QEMU guest agent stand-in is
+#   /bin/c3os-guest-agent), `c3os.register root=live:CDLABEL=C3OS_REGISTER` on the command
+#   line (Kairos's live ISO names its medium so; the agent tells a live boot by it), and
+#   c3os/disk.img.gz, the disk layout its installer writes. Booted so, /init (after DHCP)
+#   runs c3os-enroll: it reads url, namespace, pool, token, ca.crt and poll-seconds from the
+#   ISO labelled C3OS-ENROLL (capi_c3os/dev/enroll_hosts.py builds it) and runs the agent
+#   with --install-command c3os-standin-install (kairos-agent manual-install stood in: the
+#   disk gets MBR + syslinux, a C3OSBOOT partition with both slots, the agent and its state,
+#   and a `cidata` partition with the user-data and meta-data; the agent's state directory
+#   moves onto the disk), --reset-command c3os-standin-reset (zeroes the installed disk) and
+#   --reboot-command c3os-standin-reboot. The firmware boots the disk before the CD: the
+#   installed system boots like a VM with a config drive (yip, provider-id), and its
+#   c3os-enroll runs the agent from the disk with the carried state, which reports `booted`;
+#   after a reset the wiped disk is not bootable and the host boots registration again.
+#
 # The config drive is found by label wherever it is attached: a second CD-ROM (libvirt
 # backend), a floppy or USB stick (Redfish virtual media: sushy-tools' libvirt driver
 # attaches Ironic's config-2 image as a floppy), or a disk partition.
@@ -103,7 +120,10 @@ py=${PYTHON:-$here/../.venv/bin/python}
 [ -x "$py" ] || py=python3
 yip=$(cd "$here/.." && "$py" -m capi_c3os.dev.binaries yip | sed -n 's/^yip=\(.*\) (.*/\1/p')
 [ -x "$yip" ] || { echo "no yip binary (python3 -m capi_c3os.dev.binaries yip)" >&2; exit 1; }
-hash=$(cat "$here/standin-image.sh" "$yip" | sha256sum | cut -c1-12)
+# The host agent of enrolled hosts (hack/c3os-agent, static Go): only in register.iso.
+enroll_agent=$(cd "$here/.." && "$py" -m capi_c3os.dev.binaries c3os-agent | sed -n 's/^c3os-agent=\(.*\) (.*/\1/p')
+[ -x "$enroll_agent" ] || { echo "no c3os-agent binary (python3 -m capi_c3os.dev.binaries c3os-agent)" >&2; exit 1; }
+hash=$(cat "$here/standin-image.sh" "$yip" "$enroll_agent" | sha256sum | cut -c1-12)
 cache=${CAPI_C3OS_IMAGE_DIR:-$HOME/.cache/capi-c3os/images}
 out="$cache/standin-$hash"
 if [ -f "$out/done" ]; then echo "$out"; exit 0; fi
@@ -122,7 +142,7 @@ for f in "$isolinux" "$ldlinux" "$isohybrid"; do
   [ -f "$f" ] || { echo "missing $f (isolinux, syslinux-common: run hack/system-deps.sh)" >&2; exit 1; }
 done
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --list | grep -qx findfs || { echo "busybox-static is required" >&2; exit 1; }
+[ -x "$busybox" ] && "$busybox" --list | grep -x findfs >/dev/null || { echo "busybox-static is required" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -415,6 +435,129 @@ exit 0
 PULL
 chmod +x initramfs/bin/c3os-image-pull
 
+# Enrolled hosts (README "Enrolled hosts"; see the header): the boot hook that runs the
+# host agent, and the installer, reset and reboot commands it is given.
+cat > initramfs/bin/c3os-enroll <<'ENROLL'
+#!/bin/sh
+# Runs the host agent (hack/c3os-agent) with the settings of the C3OS-ENROLL drive: on the
+# registration image (c3os.register) from its initrd, with its state in RAM; on a system
+# installed from it (root=LABEL=COS_*) from the persistent partition, with the state the
+# installer carried there, so the installed system reports `booted`.
+settings=/run/c3os-enroll
+state=/usr/local/.c3os-agent  # the agent's default --state-dir (Kairos: /usr/local persists)
+agent=/bin/c3os-agent
+dev=""
+for i in $(seq 1 50); do dev=$(findfs LABEL=C3OS-ENROLL 2>/dev/null) && break; sleep 0.2; done
+[ -n "$dev" ] || { echo "C3OS-STANDIN ENROLL: no C3OS-ENROLL settings drive"; exit 0; }
+mkdir -p "$settings"
+mount -t iso9660 -o ro "$dev" "$settings" || { echo "C3OS-STANDIN ENROLL: cannot mount $dev"; exit 1; }
+if grep -q 'root=LABEL=COS_' /proc/cmdline; then
+  boot=$(findfs LABEL=C3OSBOOT 2>/dev/null) || { echo "C3OS-STANDIN ENROLL: no boot disk"; exit 1; }
+  mkdir -p /run/c3os-persist "$state"
+  mount -t vfat -o quiet,umask=077 "$boot" /run/c3os-persist || exit 1
+  [ -f /run/c3os-persist/c3os/c3os-agent ] || { echo "C3OS-STANDIN ENROLL: not installed by the agent"; umount /run/c3os-persist; exit 0; }
+  # Run from RAM: a reset wipes the disk under it.
+  cp /run/c3os-persist/c3os/c3os-agent /run/c3os-agent && chmod 0755 /run/c3os-agent && agent=/run/c3os-agent
+  mount --bind /run/c3os-persist/c3os/agent-state "$state" || exit 1
+fi
+# A live image keeps asking DHCP until it has an address (Kairos: NetworkManager), /init
+# asked once: a busy DHCP server may not have answered.
+while ! ip route | grep -q '^default'; do
+  for nic in /sys/class/net/*; do
+    [ "${nic##*/}" = lo ] && continue
+    ip link set "${nic##*/}" up
+    udhcpc -i "${nic##*/}" -t 10 -T 2 -n -q -s /usr/share/udhcpc/default.script >/dev/null 2>&1 && break
+  done
+done
+echo "C3OS-STANDIN ENROLL $(cat "$settings/url") $(cat "$settings/namespace")/$(cat "$settings/pool")"
+exec "$agent" --url "$(cat "$settings/url")" --namespace "$(cat "$settings/namespace")" \
+  --pool "$(cat "$settings/pool")" --token-file "$settings/token" --ca-file "$settings/ca.crt" \
+  --state-dir "$state" --poll-seconds "$(cat "$settings/poll-seconds" 2>/dev/null || echo 0)" \
+  --install-command "c3os-standin-install {disk} {config} {metadata}" \
+  --reset-command c3os-standin-reset --reboot-command c3os-standin-reboot
+ENROLL
+chmod +x initramfs/bin/c3os-enroll
+
+# The installer: kairos-agent v2.31.4 `manual-install --device <disk> <config>` stood in
+# (internal/agent/install.go ManualInstall -> pkg/action/install.go InstallAction.Run:
+# partition the disk, copy the running live system into the active and passive slots,
+# the cloud-config into the OEM partition, install the bootloader). Here: the disk layout of register.iso's
+# c3os/disk.img.gz (MBR + syslinux, a FAT C3OSBOOT partition with both slots, the agent and
+# its state as Kairos's persistent /usr/local, and a FAT `cidata` partition holding the
+# user-data and the meta-data, so the installed system boots like one with a config drive:
+# yip's datasource and our provider-id script find it by label).
+cat > initramfs/bin/c3os-standin-install <<'INSTALL'
+#!/bin/sh
+disk=$1; config=$2; metadata=$3
+state=/usr/local/.c3os-agent
+fail() { echo "c3os-standin-install: $*" >&2; exit 1; }
+part() { case "$disk" in *[0-9]) echo "${disk}p$1" ;; *) echo "$disk$1" ;; esac; }
+[ -b "$disk" ] || fail "no block device $disk"
+[ -s "$config" ] || fail "no cloud-config"
+live=$(findfs LABEL=C3OS_REGISTER 2>/dev/null) || fail "the registration medium (C3OS_REGISTER) is gone"
+mkdir -p /run/c3os-media /run/c3os-target /run/c3os-oem
+mountpoint -q /run/c3os-media || mount -t iso9660 -o ro "$live" /run/c3os-media || fail "cannot mount $live"
+gunzip -c /run/c3os-media/c3os/disk.img.gz | dd of="$disk" bs=1M conv=fsync 2>/dev/null || fail "cannot write $disk"
+blockdev --rereadpt "$disk" || fail "cannot re-read the partitions of $disk"
+for i in $(seq 1 50); do [ -b "$(part 1)" ] && [ -b "$(part 2)" ] && break; sleep 0.1; done
+mount -t vfat -o quiet,umask=077 "$(part 1)" /run/c3os-target || fail "cannot mount $(part 1)"
+for slot in active passive; do
+  mkdir -p "/run/c3os-target/$slot"
+  cp /run/c3os-media/vmlinuz /run/c3os-media/initrd.img /run/c3os-media/release.img "/run/c3os-target/$slot/" \
+    || fail "cannot copy the system into $slot (disk full?)"
+done
+mkdir -p /run/c3os-target/c3os/agent-state
+cp /bin/c3os-agent /run/c3os-target/c3os/c3os-agent || fail "cannot copy the agent"
+mount -t vfat "$(part 2)" /run/c3os-oem || fail "cannot mount $(part 2)"
+cp "$config" /run/c3os-oem/user-data || fail "cannot write the user-data"
+# The agent's meta-data is flat JSON of strings (no commas in them): NoCloud's YAML lines.
+tr -d '{}' < "$metadata" | tr ',' '\n' | sed -n 's/^"\([^"]*\)":"\([^"]*\)"$/\1: \2/p' > /run/c3os-oem/meta-data
+umount /run/c3os-oem
+# The agent's state (credential only: no install-* directory) into the persistent
+# partition, then that directory where the agent keeps it: its next save lands on the disk.
+[ -f "$state/state.json" ] && cp "$state/state.json" /run/c3os-target/c3os/agent-state/
+sync
+mount --bind /run/c3os-target/c3os/agent-state "$state" || fail "cannot carry the agent state"
+echo "c3os-standin-install: installed onto $disk"
+INSTALL
+chmod +x initramfs/bin/c3os-standin-install
+
+# The reset: kairos-agent v2.31.4 `reset --unattended --reset-oem` (internal/agent/reset.go,
+# pkg/action/reset.go ResetAction.Run) formats COS_PERSISTENT and COS_OEM and reinstalls
+# active from recovery. The stand-in has no recovery system: it zeroes the whole disk it
+# installed (so nothing of the old cluster is left, not even in free clusters) and the
+# firmware boots the registration medium again.
+cat > initramfs/bin/c3os-standin-reset <<'RESET'
+#!/bin/sh
+state=/usr/local/.c3os-agent
+# Off the disk first: the agent's next state save goes to RAM.
+umount "$state" 2>/dev/null
+for m in /run/c3os-persist /run/c3os-target /run/c3os-oem; do umount "$m" 2>/dev/null; done
+disks=""
+for label in C3OSBOOT cidata CIDATA; do
+  p=$(findfs "LABEL=$label" 2>/dev/null) || continue
+  d=$(basename "$(dirname "$(readlink -f "/sys/class/block/${p#/dev/}")")")
+  [ -f "/sys/block/$d/size" ] && [ "$(cat "/sys/block/$d/removable")" = 0 ] || continue
+  case " $disks " in *" $d "*) ;; *) disks="$disks $d" ;; esac
+done
+[ -n "$disks" ] || { echo "c3os-standin-reset: nothing installed"; exit 0; }
+for d in $disks; do
+  mib=$(( $(cat "/sys/block/$d/size") / 2048 ))
+  dd if=/dev/zero of="/dev/$d" bs=1M count="$mib" conv=fsync 2>/dev/null || { echo "c3os-standin-reset: cannot wipe $d" >&2; exit 1; }
+  blockdev --flushbufs "/dev/$d"
+  echo "c3os-standin-reset: wiped $d"
+done
+RESET
+chmod +x initramfs/bin/c3os-standin-reset
+
+cat > initramfs/bin/c3os-standin-reboot <<'REBOOT'
+#!/bin/sh
+sync
+umount /usr/local/.c3os-agent /run/c3os-target /run/c3os-persist /run/c3os-media 2>/dev/null
+reboot
+REBOOT
+chmod +x initramfs/bin/c3os-standin-reboot
+
 # A minimal QEMU guest agent: newline-terminated JSON commands in, one JSON line out
 # (the qemu-ga protocol libvirt speaks); guest-sync-delimited answers after the 0xFF
 # sentinel byte. What address discovery needs, and what the k3s stand-in needs to run an
@@ -422,7 +565,7 @@ chmod +x initramfs/bin/c3os-image-pull
 # guest-exec-status, same arguments and answers; string arguments with JSON escapes are
 # refused, and guest-exec's "pid" is a handle, not a process id); anything else is
 # CommandNotFound.
-cat > initramfs/bin/c3os-agent <<'AGENT'
+cat > initramfs/bin/c3os-guest-agent <<'AGENT'
 #!/bin/sh
 port=""
 while [ -z "$port" ]; do
@@ -542,7 +685,7 @@ while true; do
   if [ -n "$line" ]; then answer "$line" >&3; else sleep 1; fi
 done
 AGENT
-chmod +x initramfs/bin/c3os-agent
+chmod +x initramfs/bin/c3os-guest-agent
 
 cat > initramfs/init <<'INIT'
 #!/bin/sh
@@ -568,7 +711,8 @@ trap 'echo "C3OS-STANDIN POWEROFF"; sync; poweroff -f' USR2
 echo "----- BEGIN KAIROS-RELEASE -----"; cat /etc/kairos-release; echo "----- END KAIROS-RELEASE -----"
 dev=""
 for i in $(seq 1 50); do
-  dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=config-2 2>/dev/null || true)
+  # (CIDATA: a FAT drive's label, as on a disk register.iso's installer made.)
+  dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null || findfs LABEL=config-2 2>/dev/null || true)
   # Floppies are not in /proc/partitions, where findfs looks: read their ISO 9660
   # volume identifier (sector 16, offset 40) directly.
   for fd in /dev/fd[0-9]; do
@@ -580,7 +724,7 @@ for i in $(seq 1 50); do
   sleep 0.2
 done
 # A floppy holding the drive shows up with its own fixed geometry: blkid still finds it.
-if [ -n "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt/cfg; then
+if [ -n "$dev" ] && { mount -t iso9660 -o ro "$dev" /mnt/cfg 2>/dev/null || mount -t vfat -o ro "$dev" /mnt/cfg; }; then
   if [ -f /mnt/cfg/user-data ]; then ud=/mnt/cfg/user-data; md=/mnt/cfg/meta-data; layout=nocloud
   else ud=/mnt/cfg/openstack/latest/user_data; md=/mnt/cfg/openstack/latest/meta_data.json; layout=config-2; fi
   echo "C3OS-STANDIN CONFIG-DRIVE $dev $layout"
@@ -644,7 +788,7 @@ if grep -qw c3os.live /proc/cmdline; then
   fi
 fi
 ip link set lo up
-c3os-agent &
+c3os-guest-agent &
 # NICs by MAC; with network settings on the drive they decide (static and/or DHCP),
 # without them eth0 asks DHCP as before.
 dhcp=""
@@ -681,6 +825,10 @@ if grep -q COS_ACTIVE /proc/cmdline && boot=$(findfs LABEL=C3OSBOOT 2>/dev/null)
   fi
 fi
 grep -q upgrade_failure /proc/cmdline && echo "C3OS-STANDIN UPGRADE-FAILURE: booted the fallback"
+# Enrolled hosts: the registration image runs the host agent; so does a system it installed.
+if grep -qw c3os.register /proc/cmdline || { grep -q 'root=LABEL=COS_' /proc/cmdline && findfs LABEL=C3OS-ENROLL >/dev/null 2>&1; }; then
+  c3os-enroll &
+fi
 echo "C3OS-STANDIN READY"
 # `wait` (not a foreground sleep) lets the TERM trap run at once.
 while true; do sleep 3600 & wait $!; done
@@ -771,6 +919,50 @@ printf '%s\n' 'SERIAL 0 115200' 'DEFAULT c3os' 'PROMPT 0' 'TIMEOUT 0' 'LABEL c3o
 xorriso -as mkisofs -quiet -V C3OS_LIVE -o "$out.tmp/live.iso" \
   -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table \
   -isohybrid-mbr "$isohybrid" iso
+
+# The registration image (see the header): register.iso, and the disk layout its installer
+# writes (c3os/disk.img.gz): MBR (syslinux's mbr.bin) with two partitions, `cidata` (FAT,
+# 4 MiB at 1 MiB) and the bootable C3OSBOOT (FAT, 64 MiB at 5 MiB; syslinux, syslinux.cfg,
+# the ADV sector relative to the partition). Only the bytes up to the last non-zero one are
+# kept (the rest of a fresh or reset disk is zeros).
+mbr=/usr/lib/syslinux/mbr/mbr.bin
+[ -f "$mbr" ] || { echo "missing $mbr (syslinux-common)" >&2; exit 1; }
+rm -f disk.raw
+truncate -s 69M disk.raw
+dd if="$mbr" of=disk.raw conv=notrunc 2>/dev/null
+"$py" - disk.raw <<'MBR'
+import struct, sys
+def entry(active, kind, start, sectors):  # CHS fields: "use LBA"
+    return struct.pack("<B3sB3sII", 0x80 if active else 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff", start, sectors)
+table = entry(True, 0x0E, 10240, 131072) + entry(False, 0x06, 2048, 8192) + bytes(32) + b"\x55\xaa"
+with open(sys.argv[1], "r+b") as f:
+    f.seek(446)
+    f.write(table)
+MBR
+mformat -i disk.raw@@5M -v C3OSBOOT -H 10240 -T 131072 -h 64 -s 32 ::
+syslinux --install --offset $((5 * 1048576)) disk.raw
+mcopy -i disk.raw@@5M syslinux.cfg ::/syslinux.cfg
+sector=$(od -A d -t x4 -w512 -v -j $((5 * 1048576)) -N 8388608 disk.raw | awk '$2 == "5a2d2fa5" && !n {print $1 / 512 - 10240; n = 1}')
+[ -n "$sector" ] || { echo "no syslinux ADV found on the install layout" >&2; exit 1; }
+echo "$sector" > adv-sector
+mcopy -i disk.raw@@5M adv-sector ::/c3os-adv-sector
+mformat -i disk.raw@@1M -v cidata -H 2048 -T 8192 -h 64 -s 32 ::
+used=$("$py" -c 'import sys; d = open(sys.argv[1], "rb").read(); print(-(-len(d.rstrip(b"\0")) // 1048576))' disk.raw)
+mkdir -p riso/isolinux riso/c3os
+head -c "$((used * 1048576))" disk.raw | gzip -9 > riso/c3os/disk.img.gz
+mkdir -p enroll/bin
+cp "$enroll_agent" enroll/bin/c3os-agent
+(cd enroll && find . | cpio -o -H newc --quiet | gzip -9) > riso/enroll.img
+cp "$isolinux" "$ldlinux" riso/isolinux/
+ln "$out.tmp/vmlinuz" "$out.tmp/initrd.img" "$out.tmp/oci/$default_tag/boot/release.img" riso/
+# root=live:CDLABEL=...: how Kairos's live ISO names its medium (and how kairos-sdk and the
+# agent tell a live boot); the stand-in's /init does not read it.
+printf '%s\n' 'SERIAL 0 115200' 'DEFAULT c3os' 'PROMPT 0' 'TIMEOUT 0' 'LABEL c3os' '  LINUX /vmlinuz' \
+  '  INITRD /initrd.img,/enroll.img' '  APPEND console=ttyS0 quiet c3os.register root=live:CDLABEL=C3OS_REGISTER' \
+  > riso/isolinux/isolinux.cfg
+xorriso -as mkisofs -quiet -V C3OS_REGISTER -o "$out.tmp/register.iso" \
+  -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table \
+  -isohybrid-mbr "$isohybrid" riso
 echo "$pkg" > "$out.tmp/kernel-package"
 touch "$out.tmp/done"
 rm -rf "$out"; mv "$out.tmp" "$out"

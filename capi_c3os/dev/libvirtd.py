@@ -237,6 +237,15 @@ class PrivateLibvirtd:
             return None
         return int(children[0]) if children else None
 
+    @property
+    def netns(self) -> Path:
+        """The daemon's network namespace (its guests' network: bridge 192.168.150.1), for
+        a `relay.Relay` to listen in; only with `network=True`."""
+        init = self._init_pid()
+        if not self.network or init is None:
+            raise ProcessError("no network namespace of its own (network=True, start() first)")
+        return Path(f"/proc/{init}/ns/net")
+
     def namespace_processes(self, program: str | None = None) -> list[int]:
         """Host PIDs of the live processes in this daemon's PID namespace (of `program`
         only, by its command name, when given)."""

@@ -88,7 +88,7 @@ def test_network_settings_parser_reads_what_we_render(applets: Path, tmp_path: P
 
 def answer(applets: Path, line: bytes, env: dict[str, str] | None = None) -> bytes:
     """One command through the agent's own answer function (its port loop left out)."""
-    agent = heredoc("c3os-agent", "AGENT")
+    agent = heredoc("c3os-guest-agent", "AGENT")
     functions = agent[agent.index("interfaces() {") : agent.index("# The port opens once")]
     return subprocess.run(
         [str(BUSYBOX), "sh", "-c", functions + 'answer "$1"', "sh", line],
