@@ -41,6 +41,9 @@ The contract doc calls it a label; CAPI's code (util/annotations) checks the ann
 CLONED_FROM_NAME_ANNOTATION = "cluster.x-k8s.io/cloned-from-name"
 CLONED_FROM_GROUPKIND_ANNOTATION = "cluster.x-k8s.io/cloned-from-groupkind"
 DELETE_MACHINE_ANNOTATION = "cluster.x-k8s.io/delete-machine"
+IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress"
+"""machine_types.go UpdateInProgressAnnotation: on the Machine, its infrastructure machine
+and bootstrap config while CAPI updates them in place (gate InPlaceUpdates)."""
 SKIP_REMEDIATION_ANNOTATION = "cluster.x-k8s.io/skip-remediation"
 REMEDIATE_MACHINE_ANNOTATION = "cluster.x-k8s.io/remediate-machine"
 PRE_DRAIN_HOOK_PREFIX = "pre-drain.delete.hook.machine.cluster.x-k8s.io"

@@ -22,13 +22,16 @@ id, from active (`COS_ACTIVE` on the command line) if the new OS comes up, else 
 boot and the fallback to passive (`COS_PASSIVE upgrade_failure`). The Ironic node, its
 instance and allocation are untouched: only the machine's slots change.
 
-Use: `k3s.sources.append(IronicMachines(server))`.
+Use: `k3s.sources.append(IronicMachines(server))`; `upgrade_image` lays out an upgrade
+image of the stand-in registry (`<images>/oci/<tag>`, `nodeupgrade.Registry`) with only
+what these machines read of it, so tests need not build the stand-in image.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
@@ -76,6 +79,28 @@ def replaces_init(release_img: bytes) -> bool:
         offset = (offset + 110 + name_size + 3) & ~3
         offset = (offset + size + 3) & ~3
     return "init" in names
+
+
+def upgrade_image(root: Path, version: str, broken: bool = False) -> Path:
+    """An upgrade image's root at `root`, as hack/standin-image.sh lays it out, reduced to
+    what `IronicMachines.upgrade` reads: /etc/kairos-release shipping k3s `version`, and
+    /boot/release.img (a gzipped newc cpio of that release; `broken`: also an /init, the
+    boot that never comes up)."""
+    release = f'KAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="{version}"\n'
+    cpio_root = root / "cpio"
+    (cpio_root / "etc").mkdir(parents=True)
+    (cpio_root / "etc" / "kairos-release").write_text(release)
+    if broken:
+        (cpio_root / "init").write_text("#!/bin/sh\nexit 1\n")
+    (root / "etc").mkdir()
+    (root / "boot").mkdir()
+    (root / "etc" / "kairos-release").write_text(release)
+    names = subprocess.run(["find", "."], cwd=cpio_root, capture_output=True, check=True).stdout
+    packed = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=cpio_root, input=names,
+                            capture_output=True, check=True).stdout  # fmt: skip
+    zipped = subprocess.run(["gzip", "-9"], input=packed, capture_output=True, check=True).stdout
+    (root / "boot" / "release.img").write_bytes(zipped)
+    return root
 
 
 class IronicMachines:
@@ -189,4 +214,4 @@ class IronicMachines:
         ).encode()
 
 
-__all__ = ["OS", "IronicMachines", "Slots", "replaces_init"]
+__all__ = ["OS", "IronicMachines", "Slots", "replaces_init", "upgrade_image"]

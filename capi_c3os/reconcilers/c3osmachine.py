@@ -55,7 +55,11 @@ from capi_c3os.backends.base import (
 )
 from capi_c3os.backends.registry import BACKENDS, Backends, site_kind
 from capi_c3os.capi import conditions as cond
-from capi_c3os.capi.metadata import INFRASTRUCTURE_GROUP, is_control_plane_machine
+from capi_c3os.capi.metadata import (
+    IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION,
+    INFRASTRUCTURE_GROUP,
+    is_control_plane_machine,
+)
 from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.capi.pause import is_paused, paused_condition
@@ -79,7 +83,8 @@ HEALTH_POLL = 60.0
 """Seconds between looks at a machine that is not running (it may come back)."""
 PROVISION_POLL = 10.0
 NODE_VERSION_POLL = 30.0
-"""Seconds between looks at a running machine's Machine until its Node reported a version."""
+"""Seconds between looks at a running machine's Machine until its Node reported a version,
+and while it is updated in place."""
 PAUSED_DELETION_POLL = 30.0
 
 C3OS_CLUSTERS = Resource(INFRASTRUCTURE_GROUP, "v1alpha1", "c3osclusters", "C3osCluster")
@@ -638,12 +643,18 @@ def _report_progress(ctx: MachineContext, site: Site, progress: Progress) -> Out
 def _report_node_version(ctx: MachineContext) -> bool:
     """Compare the version the Machine wants with the kubelet version its Node reports
     (k3s comes with the image: a new Machine on the old image still runs the old one).
-    True while there is no Node version to compare yet."""
+    True while either may change soon: no Node version to compare yet, or CAPI is
+    updating the machine in place (it changes the Machine's version after our spec, and
+    the Node reboots into the new version minutes later)."""
     assert ctx.machine is not None
     running = node_version.reported_version(ctx.machine)
     image = node_version.describe_image(ctx.obj.get("spec"))
     ctx.report.version = node_version.condition(ctx.machine, running, image, ctx.generation, ctx.now)
-    return running is None and node_version.wanted_version(ctx.machine) is not None
+    updating = any(
+        IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION in ((obj.get("metadata") or {}).get("annotations") or {})
+        for obj in (ctx.obj, ctx.machine)
+    )
+    return updating or (running is None and node_version.wanted_version(ctx.machine) is not None)
 
 
 # ---------------------------------------------------------------- deletion

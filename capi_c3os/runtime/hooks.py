@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.capi.metadata import INFRASTRUCTURE_GROUP
+from capi_c3os.capi.metadata import IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION, INFRASTRUCTURE_GROUP
 from capi_c3os.capi.versions import matches, version_from_image_name
 from capi_c3os.workload.client import WorkloadClient, WorkloadUnreachableError
 from capi_c3os.workload.upgrade import UpgradeState, advance_upgrade
@@ -42,7 +42,7 @@ HOOKS_API_VERSION = f"{HOOKS_GROUP}/{HOOKS_VERSION}"
 SUCCESS = "Success"
 FAILURE = "Failure"
 
-UPDATE_IN_PROGRESS_ANNOTATION = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress"
+UPDATE_IN_PROGRESS_ANNOTATION = IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION
 """CAPI api/core/v1beta2 machine_types.go UpdateInProgressAnnotation."""
 PENDING_HOOKS_ANNOTATION = "runtime.cluster.x-k8s.io/pending-hooks"
 """CAPI api/runtime/v1beta2 PendingHooksAnnotation: a comma list of hook names."""

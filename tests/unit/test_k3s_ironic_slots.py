@@ -5,34 +5,14 @@ active, or back into passive when the new OS does not come up."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from capi_c3os.dev.k3s_ironic import IronicMachines, replaces_init
+from capi_c3os.dev.k3s_ironic import IronicMachines, replaces_init, upgrade_image
 from capi_c3os.dev.nodeupgrade import boot_state
 
 NAME = "ironic/node-1/instance-1"
-
-
-def image(root: Path, version: str, broken: bool = False) -> Path:
-    """An upgrade image's root as hack/standin-image.sh lays it out (the parts used)."""
-    release = f'KAIROS_SOFTWARE_VERSION_PREFIX="k3s"\nKAIROS_SOFTWARE_VERSION="{version}"\n'
-    cpio_root = root / "cpio"
-    (cpio_root / "etc").mkdir(parents=True)
-    (cpio_root / "etc" / "kairos-release").write_text(release)
-    if broken:
-        (cpio_root / "init").write_text("#!/bin/sh\nexit 1\n")
-    (root / "etc").mkdir()
-    (root / "boot").mkdir()
-    (root / "etc" / "kairos-release").write_text(release)
-    names = subprocess.run(["find", "."], cwd=cpio_root, capture_output=True, check=True).stdout
-    packed = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=cpio_root, input=names,
-                            capture_output=True, check=True).stdout  # fmt: skip
-    zipped = subprocess.run(["gzip", "-9"], input=packed, capture_output=True, check=True).stdout
-    (root / "boot" / "release.img").write_bytes(zipped)
-    return root
 
 
 @pytest.fixture
@@ -50,8 +30,9 @@ def version(source: IronicMachines) -> tuple[str, str]:
 
 
 def test_broken_images_replace_init_and_good_ones_do_not(tmp_path: Path) -> None:
-    assert replaces_init((image(tmp_path / "b", "v1", broken=True) / "boot" / "release.img").read_bytes())
-    assert not replaces_init((image(tmp_path / "g", "v1") / "boot" / "release.img").read_bytes())
+    broken = upgrade_image(tmp_path / "b", "v1", broken=True)
+    assert replaces_init((broken / "boot" / "release.img").read_bytes())
+    assert not replaces_init((upgrade_image(tmp_path / "g", "v1") / "boot" / "release.img").read_bytes())
 
 
 def test_upgrade_boots_the_new_os_from_active_and_a_broken_one_falls_back_to_passive(
@@ -60,7 +41,7 @@ def test_upgrade_boots_the_new_os_from_active_and_a_broken_one_falls_back_to_pas
     first = machines.boot(NAME)
     assert first is not None and version(machines) == ("active", "v1.33.4+k3s1")
 
-    assert machines.upgrade(NAME, image(tmp_path / "a", "v1.34.1+k3s1")) == (
+    assert machines.upgrade(NAME, upgrade_image(tmp_path / "a", "v1.34.1+k3s1")) == (
         True,
         "upgrade written, node rebooting",
     )
@@ -68,17 +49,17 @@ def test_upgrade_boots_the_new_os_from_active_and_a_broken_one_falls_back_to_pas
     assert second is not None and second.boot_id != first.boot_id
     assert version(machines) == ("active", "v1.34.1+k3s1")
 
-    assert machines.upgrade(NAME, image(tmp_path / "b", "v1.34.2+k3s1", broken=True))[0]
+    assert machines.upgrade(NAME, upgrade_image(tmp_path / "b", "v1.34.2+k3s1", broken=True))[0]
     third = machines.boot(NAME)
     assert third is not None and third.boot_id != second.boot_id and "upgrade_failure" in third.cmdline
     assert version(machines) == ("passive", "v1.34.1+k3s1")
 
     # Upgraded again from passive: active is replaced, the good passive kept.
-    assert machines.upgrade(NAME, image(tmp_path / "c", "v1.34.3+k3s1", broken=True))[0]
+    assert machines.upgrade(NAME, upgrade_image(tmp_path / "c", "v1.34.3+k3s1", broken=True))[0]
     assert version(machines) == ("passive", "v1.34.1+k3s1")
     slots = machines.slots(NAME)
     assert slots is not None and slots.passive.release["KAIROS_SOFTWARE_VERSION"] == "v1.34.1+k3s1"
-    assert machines.upgrade(NAME, image(tmp_path / "d", "v1.35.0+k3s1"))[0]
+    assert machines.upgrade(NAME, upgrade_image(tmp_path / "d", "v1.35.0+k3s1"))[0]
     assert version(machines) == ("active", "v1.35.0+k3s1")
 
 

@@ -3,6 +3,7 @@ backend registry, and what a template offers the autoscaler."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,9 +18,19 @@ from capi_c3os.backends.base import (
     SiteCredentials,
 )
 from capi_c3os.backends.registry import Backends, site_kind
+from capi_c3os.capi.metadata import IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION
+from capi_c3os.capi.outcome import Outcome
 from capi_c3os.reconcilers.c3oscluster import valid_host
-from capi_c3os.reconcilers.c3osmachine import hostname_for, paused_outcome, provider_id_for
+from capi_c3os.reconcilers.c3osmachine import (
+    NODE_VERSION_POLL,
+    MachineContext,
+    hostname_for,
+    paused_outcome,
+    provider_id_for,
+)
+from capi_c3os.reconcilers.c3osmachine import _report_progress as report_progress
 from capi_c3os.reconcilers.c3osmachinetemplate import offered
+from capi_c3os.reconcilers.kube import MACHINES
 
 
 def test_provider_id_names_the_object_not_its_uid() -> None:
@@ -99,3 +110,30 @@ def test_template_offers_cpu_and_memory_of_a_vm_but_not_of_bare_metal() -> None:
     }
     metal = C3osMachineSpec.model_validate({"backend": {"ironic": {}}, "image": {"volume": "b"}})
     assert offered(metal) == {"nodeInfo": {"operatingSystem": "linux"}}
+
+
+def _running(annotations: dict[str, str]) -> Outcome:
+    """A running machine's reconcile as the backend reports it (look again in 300 s), its
+    Machine wanting another version than its Node runs."""
+    obj = {"metadata": {"namespace": "edge", "name": "md-0", "generation": 3, "annotations": annotations},
+           "spec": {"image": {"url": "http://images.example/c3os-k3sv1.34.2-k3s1.qcow2"}}}  # fmt: skip
+    machine = {
+        "spec": {"version": "v1.34.2+k3s1"},
+        "status": {"nodeInfo": {"kubeletVersion": "v1.34.1+k3s1"}},
+    }
+    ctx = MachineContext(kube=None, resource=MACHINES, obj=obj, backends=Backends({}),  # type: ignore[arg-type]
+                         now=datetime.now(UTC), record_key=b"", machine=machine)  # fmt: skip
+    site = Site(name="rack-1", ironic=IronicSite(endpoint="http://ironic.example:6385"))
+    return report_progress(
+        ctx, site, Progress(Phase.RUNNING, "Deployed", "node n-1 is active", requeue_after=300)
+    )
+
+
+def test_a_machine_updated_in_place_looks_at_its_node_version_again_before_the_health_interval() -> None:
+    """CAPI changes the Machine's version after the C3osMachine's image, and the Node's
+    after that: nothing of ours is woken by either, so while the update is in progress the
+    VersionMismatch condition would stay what it was at the image change until the
+    backend's next health look (Ironic: 5 minutes)."""
+    updating = _running({IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION: ""})
+    assert updating.after is not None and updating.after <= NODE_VERSION_POLL
+    assert _running({}).after == 300, "otherwise the backend's health interval"

@@ -19,7 +19,7 @@ from capi_c3os.bootstrap import tokens
 from capi_c3os.bootstrap.certificates import new_ca
 from capi_c3os.bootstrap.cloudconfig import ClusterCAs, RenderInput, Role, render_cloud_config
 from capi_c3os.dev.k3s import OEM_USERDATA, K3sStandIn, shipped_k3s_version
-from capi_c3os.dev.k3s_ironic import IronicMachines
+from capi_c3os.dev.k3s_ironic import IronicMachines, upgrade_image
 from capi_c3os.dev.nodeupgrade import REGISTRY
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import STANDIN_K3S_VERSION
@@ -27,7 +27,6 @@ from capi_c3os.workload.client import WorkloadClient
 from capi_c3os.workload.upgrade import UpgradeProgress, advance_upgrade
 from tests.integration.ironic.lab import IronicLab, drive, new_resource_class
 from tests.support import eventually
-from tests.unit.test_k3s_ironic_slots import image
 
 pytestmark = [
     pytest.mark.integration,
@@ -83,8 +82,8 @@ def test_an_upgrade_job_on_a_bare_metal_node_changes_its_slots_and_nothing_in_ir
     (node_uuid,) = lab.enroll(1, rc)
     intent = replace(lab.intent("metal-1", IronicMachine(resource_class=rc)), user_data=rendered.encode())
     images = tmp_path / "images" / "oci"
-    image(images / "k3sv1.34.1-k3s1", "v1.34.1+k3s1")
-    image(images / "broken-k3sv1.34.2-k3s1", "v1.34.2+k3s1", broken=True)
+    upgrade_image(images / "k3sv1.34.1-k3s1", "v1.34.1+k3s1")
+    upgrade_image(images / "broken-k3sv1.34.2-k3s1", "v1.34.2+k3s1", broken=True)
     k3s = K3sStandIn(None, tmp_path / "k3s", endpoints=[("127.0.0.1", port)], images=tmp_path / "images")
     k3s.sources.append(IronicMachines(lab.server))
     k3s.start()

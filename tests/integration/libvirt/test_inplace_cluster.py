@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,21 @@ from kubernetes import client as kc
 from capi_c3os.capi.versions import image_tag
 from capi_c3os.dev.k3s import K3sStandIn
 from capi_c3os.dev.libvirtd import NETWORK_NAME, PrivateLibvirtd
-from capi_c3os.dev.mgmt import ManagementPlane, api_client
+from capi_c3os.dev.mgmt import api_client
 from capi_c3os.dev.nodeupgrade import REGISTRY
 from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn
 from capi_c3os.reconcilers.controlplane_context import IN_PLACE_ANNOTATION
-from tests.conftest import RunManager
+from tests.integration.inplace import (
+    CP,
+    IN_PROGRESS,
+    Machines,
+    condition,
+    control_plane_spec,
+    in_place_update_failures,
+    roll_worker,
+)
+from tests.integration.inplace import create_cluster as create_inplace_cluster
 from tests.integration.libvirt.conftest import (
     BOOT_VOLUME,
     NEXT_BOOT_VOLUME,
@@ -54,16 +62,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 CAPI = ("cluster.x-k8s.io", "v1beta2")
 INFRA = ("infrastructure.cluster.x-k8s.io", "v1alpha1")
-BOOT = ("bootstrap.cluster.x-k8s.io", "v1alpha1")
-CP = ("controlplane.cluster.x-k8s.io", "v1alpha1")
-RUNTIME = ("runtime.cluster.x-k8s.io", "v1beta2", "extensionconfigs")
 NAME = "shop"
 SERVERS = 3
 WORKER_NEXT = "v1.33.6+k3s1"  # the worker's own upgrade: another release than the server's
 WORKER_NEXT_VOLUME = f"standin-boot-{image_tag(WORKER_NEXT)}.qcow2"
 BROKEN_OCI = f"{REGISTRY}:broken-{image_tag(NEXT_K3S)}"
 TIMEOUT = 900  # TCG on a loaded 2-core machine, VM boots and reboots: a safety net only
-IN_PROGRESS = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress"
 
 
 def oci(version: str) -> str:
@@ -83,45 +87,10 @@ def template(capi: Capi, name: str, volume: str, oci_ref: str) -> None:
 def create_cluster(capi: Capi, libvirtd: PrivateLibvirtd, port: int) -> None:
     template(capi, "cp-old", BOOT_VOLUME, oci(STANDIN_K3S))
     template(capi, "md-old", BOOT_VOLUME, oci(STANDIN_K3S))
-    capi.create(INFRA, "c3osclusters", {
-        "apiVersion": "/".join(INFRA), "kind": "C3osCluster", "metadata": {"name": NAME},
-        "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": port},
-                 "sites": [{"name": "lab", "libvirt": {"uri": libvirtd.uri, "network": NETWORK_NAME}}]},
-    })  # fmt: skip
-    capi.create(CP, "c3oscontrolplanes", {
-        "apiVersion": "/".join(CP), "kind": "C3osControlPlane", "metadata": {"name": NAME},
-        "spec": {"version": STANDIN_K3S, "replicas": SERVERS,
-                 "rollout": {"strategy": {"type": "InPlace"}},
-                 "machineTemplate": {"spec": {"infrastructureRef": {
-                     "apiGroup": INFRA[0], "kind": "C3osMachineTemplate", "name": "cp-old"}}}},
-    })  # fmt: skip
-    capi.create(CAPI, "clusters", {
-        "apiVersion": "/".join(CAPI), "kind": "Cluster", "metadata": {"name": NAME},
-        "spec": {"infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osCluster", "name": NAME},
-                 "controlPlaneRef": {"apiGroup": CP[0], "kind": "C3osControlPlane", "name": NAME}},
-    })  # fmt: skip
-    capi.create(BOOT, "c3osconfigtemplates", {
-        "apiVersion": "/".join(BOOT), "kind": "C3osConfigTemplate", "metadata": {"name": "md"},
-        "spec": {"template": {"spec": {}}},
-    })  # fmt: skip
-    capi.create(CAPI, "machinedeployments", {
-        "apiVersion": "/".join(CAPI), "kind": "MachineDeployment", "metadata": {"name": "md"},
-        "spec": {"clusterName": NAME, "replicas": 1, "selector": {"matchLabels": {"pool": "md"}},
-                 # A Machine being updated counts as unavailable (CAPI): allow one, or CAPI adds one first.
-                 "rollout": {"strategy": {"type": "RollingUpdate",
-                                          "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},
-                 "template": {"metadata": {"labels": {"pool": "md"}}, "spec": {
-                     "clusterName": NAME, "version": STANDIN_K3S,
-                     "bootstrap": {"configRef": {"apiGroup": BOOT[0], "kind": "C3osConfigTemplate",
-                                                 "name": "md"}},
-                     "infrastructureRef": {"apiGroup": INFRA[0], "kind": "C3osMachineTemplate",
-                                           "name": "md-old"}}}},
-    })  # fmt: skip
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in found if c["type"] == type_), {})
+    site = {"name": "lab", "libvirt": {"uri": libvirtd.uri, "network": NETWORK_NAME}}
+    in_place = {"rollout": {"strategy": {"type": "InPlace"}}}
+    control_plane = control_plane_spec(STANDIN_K3S, SERVERS, "cp-old", **in_place)
+    create_inplace_cluster(capi, NAME, port, site, control_plane, STANDIN_K3S)
 
 
 def vms(libvirtd: PrivateLibvirtd) -> dict[str, tuple[str, str]]:
@@ -140,21 +109,18 @@ def pool_volumes(libvirtd: PrivateLibvirtd) -> set[str]:
         return set(conn.storagePoolLookupByName("default").listVolumes())
 
 
-class Shop:
+class Shop(Machines):
     """The cluster's objects in the management plane, its Nodes in the stand-in, its VMs."""
 
     def __init__(self, capi: Capi, k3s: K3sStandIn, port: int, libvirtd: PrivateLibvirtd) -> None:
-        self.capi, self.k3s, self.port, self.libvirtd = capi, k3s, port, libvirtd
+        super().__init__(capi)
+        self.k3s, self.port, self.libvirtd = k3s, port, libvirtd
         self.others = set(vms(libvirtd))
         """Domains of another test, if any: not this cluster's."""
         self.first_vms: dict[str, tuple[str, str]] = {}
-        self.first_machines: dict[str, str] = {}
 
     def own_vms(self) -> dict[str, tuple[str, str]]:
         return {k: v for k, v in vms(self.libvirtd).items() if k not in self.others}
-
-    def machine_uids(self) -> dict[str, str]:
-        return {m["metadata"]["name"]: m["metadata"]["uid"] for m in self.machines()}
 
     def remember(self) -> None:
         """The Machines and VMs as first made: every upgrade keeps exactly these."""
@@ -164,15 +130,6 @@ class Shop:
     def assert_same_machines_and_vms(self) -> None:
         assert self.machine_uids() == self.first_machines, "a Machine was made or deleted"
         assert self.own_vms() == self.first_vms, "a domain or its volume was made or replaced"
-
-    def machines(self) -> list[dict[str, Any]]:
-        return list(
-            self.capi.custom.list_namespaced_custom_object(*CAPI, self.capi.namespace, "machines")["items"]
-        )
-
-    def worker(self) -> dict[str, Any]:
-        (found,) = [m for m in self.machines() if "pool" in (m["metadata"].get("labels") or {})]
-        return found
 
     def control_plane(self) -> dict[str, Any]:
         return self.capi.must_get(CP, "c3oscontrolplanes", NAME)
@@ -187,12 +144,7 @@ class Shop:
             return kc.CoreV1Api(client).read_node(name)
 
     def summary(self) -> str:
-        machines = {
-            m["metadata"]["name"]: [(c["type"], c["status"], c.get("reason"), c.get("message", "")[:200])
-                                    for c in (m.get("status") or {}).get("conditions") or []
-                                    if c["type"] in ("Ready", "UpToDate", "Updating")]
-            for m in self.machines()
-        }  # fmt: skip
+        machines = self.update_conditions()
         cp = self.capi.get(CP, "c3oscontrolplanes", NAME) or {}
         status = {k: v for k, v in (cp.get("status") or {}).items() if k != "conditions"}
         ready = condition(cp, "Ready")
@@ -210,31 +162,11 @@ def booted(node: Any) -> tuple[str, str, str]:
     return info.kubelet_version, labels.get("kairos.io/boot-state", ""), info.boot_id
 
 
-@pytest.fixture
-def manager(mgmt: ManagementPlane, run_manager: RunManager, namespace: str, k8s: Any) -> Iterator[None]:
-    """`capi-c3os run`, all three providers, serving the extension for this namespace;
-    its ExtensionConfig removed afterwards (no other test's MachineDeployment calls it)."""
-    port = free_port()
-    flags = ("--extension-addr", f"127.0.0.1:{port}", "--extension-url", f"https://127.0.0.1:{port}")
-    run_manager("manager", mgmt.kubeconfig, *flags, namespace=namespace, log_level="debug",
-                env={"POD_NAMESPACE": namespace}).wait_ready(60)  # fmt: skip
-    api = kc.CustomObjectsApi(k8s)
-
-    def discovered() -> bool:
-        config = api.get_cluster_custom_object(*RUNTIME, "c3os")
-        return any(c["type"] == "Discovered" and c["status"] == "True"
-                   for c in (config.get("status") or {}).get("conditions") or [])  # fmt: skip
-
-    eventually(discovered, "ExtensionConfig c3os discovered", 120)
-    yield
-    api.delete_cluster_custom_object(*RUNTIME, "c3os")
-
-
 def test_a_cluster_is_upgraded_in_place_on_its_vms_and_a_broken_release_falls_back(
     capi: Capi,
     libvirtd: PrivateLibvirtd,
     standin_image: Path,
-    manager: None,
+    extension_manager: None,
     tmp_path: Path,
 ) -> None:
     marks = [("start", time.monotonic())]
@@ -351,16 +283,11 @@ def fall_back(shop: Shop, node: str, boot_id: str) -> None:
     )
     fell_back = "fell back to the previous image (boot-state passive): " + f"{BROKEN_OCI} did not boot"
 
-    def events() -> list[str]:
-        selector = f"involvedObject.name={name},reason=InPlaceUpdateFailed"
-        found = shop.capi.core.list_namespaced_event(shop.capi.namespace, field_selector=selector)
-        return [e.message for e in found.items]
-
     def failed() -> bool:
         # CAPI's condition says only that the hook failed; its Event carries our message.
         updating = condition(shop.worker(), "Updating")
         return updating.get("reason") == "InPlaceUpdateFailed" and any(
-            f"node {node} {fell_back}" in e for e in events()
+            f"node {node} {fell_back}" in e for e in in_place_update_failures(shop.capi, name)
         )
 
     def stopped() -> dict[str, Any] | None:
@@ -382,10 +309,3 @@ def fall_back(shop: Shop, node: str, boot_id: str) -> None:
     status = shop.control_plane()["status"]
     assert status["versions"] == [{"version": NEXT_K3S, "replicas": SERVERS}]
     shop.assert_same_machines_and_vms()
-
-
-def roll_worker(capi: Capi, template_name: str, version: str) -> None:
-    change = {
-        "spec": {"template": {"spec": {"version": version, "infrastructureRef": {"name": template_name}}}}
-    }
-    capi.custom.patch_namespaced_custom_object(*CAPI, capi.namespace, "machinedeployments", "md", change)
