@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.operator.endpoints import parse_address
 from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE
-from capi_c3os.reconcilers.kube import MACHINES, SECRETS, Kube, Resource
+from capi_c3os.reconcilers.kube import MACHINES, SECRETS, Kube, warning_event
 from capi_c3os.runtime import hooks, registration, serving
 from capi_c3os.scratch import process_dir
 from capi_c3os.workload.client import WorkloadClients
@@ -41,7 +40,6 @@ EXTENSION_SERVICE = registration.EXTENSION_SERVICE
 REQUEST_TIMEOUT = 5.0
 """Management API calls of one hook call: well inside CAPI's handler timeout."""
 MAX_BODY = 8 * 1024**2
-EVENTS = Resource("", "v1", "events", "Event")
 UNREGISTERED_RETRY_SECONDS = 60.0
 
 
@@ -217,22 +215,7 @@ class ExtensionServer:
     def _report_failure(self, machine: dict[str, Any], message: str) -> None:
         """A Warning Event on the Machine (`kubectl describe machine`), where CAPI's own
         condition only says "UpdateMachine hook failed"."""
-        meta = machine["metadata"]
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": machine.get("apiVersion"), "kind": "Machine",
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": "Warning", "reason": "InPlaceUpdateFailed", "message": message[:1024],
-            "source": {"component": "capi-c3os"}, "reportingComponent": "capi-c3os",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }  # fmt: skip
-        try:
-            self._kube.create(EVENTS, str(meta["namespace"]), body)
-        except Exception as exc:  # the answer to CAPI matters more than the Event
-            log.warning("cannot post the in-place update failure of Machine %s/%s: %s",
-                        meta["namespace"], meta["name"], exc)  # fmt: skip
+        warning_event(self._kube, {"kind": "Machine", **machine}, "InPlaceUpdateFailed", message)
 
     def _wrap(self, hook: str, fn: Callable[[Any], dict[str, Any]]) -> Any:
         async def handle(request: web.Request) -> web.Response:
