@@ -27,8 +27,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.operator.endpoints import parse_address
-from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE
-from capi_c3os.reconcilers.kube import MACHINES, SECRETS, Kube, warning_event
+from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE, C3OS_MACHINE_TEMPLATE
+from capi_c3os.reconcilers.kube import MACHINE_SETS, MACHINES, SECRETS, Kube, warning_event
 from capi_c3os.runtime import hooks, registration, serving
 from capi_c3os.scratch import process_dir
 from capi_c3os.workload.client import WorkloadClients
@@ -102,6 +102,12 @@ class _Reader:
 
     def c3os_machine(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._kube.get(C3OS_MACHINE, namespace, name)
+
+    def machine_set(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._kube.get(MACHINE_SETS, namespace, name)
+
+    def c3os_machine_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._kube.get(C3OS_MACHINE_TEMPLATE, namespace, name)
 
     def kubeconfig(self, namespace: str, cluster: str) -> str | None:
         secret = self._kube.get(SECRETS, namespace, f"{cluster}-kubeconfig")

@@ -52,6 +52,7 @@ class Resource:
 
 CLUSTERS = Resource(CORE_GROUP, CORE_VERSION, "clusters", "Cluster")
 MACHINES = Resource(CORE_GROUP, CORE_VERSION, "machines", "Machine")
+MACHINE_SETS = Resource(CORE_GROUP, CORE_VERSION, "machinesets", "MachineSet")
 SECRETS = Resource("", "v1", "secrets", "Secret")
 EVENTS = Resource("", "v1", "events", "Event")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
