@@ -349,15 +349,22 @@ class Worker:
         self.api.patch_namespaced_custom_object(*CAPI, self.namespace, "machinedeployments", "md", change)
 
 
+def deployed_worker(k8s: Any, namespace: str, standin: WorkloadStandIn) -> tuple[Worker, dict[str, Any]]:
+    """The MachineDeployment of create_machine_deployment, its worker and Machine once it has a Node."""
+    create_machine_deployment(kc.CustomObjectsApi(k8s), namespace)
+    worker = Worker(k8s, namespace, standin)
+    machine = eventually(worker.with_node, "the worker Machine with its Node", timeout=180)
+    worker.name = machine["metadata"]["name"]
+    return worker, machine
+
+
 def test_a_machine_deployment_image_change_is_upgraded_in_place(
     k8s: Any, namespace: str, control_plane_manager: Manager, extension: int, tmp_path: Path
 ) -> None:
     api = kc.CustomObjectsApi(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
-        create_machine_deployment(api, namespace)
-        worker = Worker(k8s, namespace, standin)
-        before = eventually(worker.with_node, "the worker Machine with its Node", timeout=180)
-        name = worker.name = before["metadata"]["name"]
+        worker, before = deployed_worker(k8s, namespace, standin)
+        name = worker.name
         reboot(standin, name, "boot-1", OLD)
 
         # The upgrade: a template whose image (with its OCI reference) ships the new k3s, and the version.
@@ -409,10 +416,8 @@ def test_a_hand_made_update_of_a_machine_installs_no_image_its_template_does_not
     from the template of the Machine's MachineSet, is refused and nothing runs."""
     api = kc.CustomObjectsApi(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
-        create_machine_deployment(api, namespace)
-        worker = Worker(k8s, namespace, standin)
-        found = eventually(worker.with_node, "the worker with its Node", timeout=180)
-        name = worker.name = found["metadata"]["name"]
+        worker, _ = deployed_worker(k8s, namespace, standin)
+        name = worker.name
         evil = "registry.evil.test/root:k3sv1.33.4-k3s1"
         api.patch_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name,
                                            {"spec": {"image": {"oci": evil}}})  # fmt: skip
