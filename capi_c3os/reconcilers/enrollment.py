@@ -36,7 +36,7 @@ from capi_c3os.api.hosts import C3osHost, C3osHostStatus, EnrolledSite, HostHard
 from capi_c3os.api.infrastructure import C3osClusterSpec, host_provider_id
 from capi_c3os.backends.base import MachineIdentity
 from capi_c3os.backends.enrolled import pool
-from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.capi.owners import owner_machine_name, references
 from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, hostname_for, provider_id_for, secret_data
 from capi_c3os.reconcilers.host_inventory import HOSTS, KubeInventory, parse_host
 from capi_c3os.reconcilers.kube import MACHINES, ConflictError, Kube, Resource
@@ -244,6 +244,8 @@ def _install(kube: Kube, namespace: str, machine_name: str, host: str) -> dict[s
         return None
     owner = owner_machine_name(machine)
     capi_machine = kube.get(MACHINES, namespace, owner) if owner else None
+    if capi_machine is not None and not references(capi_machine, machine):
+        return None  # an ownerReference written by hand: another Machine's bootstrap data
     secret_name = (((capi_machine or {}).get("spec") or {}).get("bootstrap") or {}).get("dataSecretName")
     data = secret_data(kube, namespace, secret_name) if secret_name else None
     if not data or "value" not in data:
