@@ -38,7 +38,7 @@ from capi_c3os.api.hosts import HostHardware
 from capi_c3os.backends.enrolled.pool import REPORTS
 from capi_c3os.bootstrap.certificates import KeyPair
 from capi_c3os.operator.endpoints import parse_address
-from capi_c3os.reconcilers import enrollment, serving_ca
+from capi_c3os.reconcilers import enrollment, serving
 from capi_c3os.reconcilers.kube import ConflictError, Kube
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class EnrollmentServer:
         if bind is None:
             return False
         self._ca = await asyncio.to_thread(
-            serving_ca.ensure_ca,
+            serving.ensure_ca,
             self._kube,
             self._config.ca_namespace,
             self._config.ca_secret,
@@ -167,7 +167,7 @@ class EnrollmentServer:
 
     def _renew(self) -> None:
         assert self._ca is not None and self._ssl is not None
-        leaf = serving_ca.serving_certificate(self._ca, self._config.names or ("localhost", "127.0.0.1"))
+        leaf = serving.serving_certificate(self._ca, self._config.names or ("localhost", "127.0.0.1"))
         # The ssl module loads keys from files only: a private temporary file, gone at once.
         fd, path = tempfile.mkstemp(prefix="enrollment-", suffix=".pem")
         try:
@@ -182,7 +182,7 @@ class EnrollmentServer:
         while True:
             await asyncio.sleep(RENEW_CHECK)
             assert self._leaf is not None
-            if serving_ca.needs_renewal(self._leaf, dt.datetime.now(dt.UTC)):
+            if serving.needs_renewal(self._leaf, dt.datetime.now(dt.UTC)):
                 try:
                     self._renew()
                 except Exception as exc:

@@ -3,7 +3,7 @@ around capi_c3os/runtime/hooks.py.
 
 Every replica serves (CAPI reaches whichever one the Service picks; UpdateMachine is
 idempotent), from before leader election on. The serving certificate is the manager's
-own (runtime/serving.py, kept in a Secret) unless --extension-cert-dir names files
+own (reconcilers/serving.py, kept in a Secret) unless --extension-cert-dir names files
 someone else keeps (cert-manager): those are re-read when they change. The TLS context
 is reloaded in place, so a renewed certificate needs no restart.
 """
@@ -28,8 +28,9 @@ from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.operator.endpoints import parse_address
 from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE, C3OS_MACHINE_TEMPLATE
+from capi_c3os.reconcilers import serving
 from capi_c3os.reconcilers.kube import MACHINE_SETS, MACHINES, SECRETS, Kube, warning_event
-from capi_c3os.runtime import hooks, registration, serving
+from capi_c3os.runtime import hooks, registration
 from capi_c3os.scratch import process_dir
 from capi_c3os.workload.client import WorkloadClients
 
