@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from capi_c3os.api.hosts import HostHardware
 from capi_c3os.backends.enrolled.pool import REPORTS
 from capi_c3os.bootstrap.certificates import KeyPair
-from capi_c3os.operator.endpoints import parse_address
+from capi_c3os.operator.endpoints import parse_address, serve_app, tls_server_context
 from capi_c3os.reconcilers import enrollment, serving
 from capi_c3os.reconcilers.kube import ConflictError, Kube
 
@@ -139,22 +139,13 @@ class EnrollmentServer:
             self._config.ca_secret,
             "capi-c3os enrollment",
         )
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._ssl = tls_server_context()
         self._renew()
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         app.router.add_post(PREFIX + "/namespaces/{namespace}/pools/{pool}/hosts", self._register)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/hosts/{name}/assignment", self._assignment)
         app.router.add_post(PREFIX + "/namespaces/{namespace}/hosts/{name}/reports", self._report)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, bind[0], bind[1], ssl_context=self._ssl, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await serve_app(app, bind, self._ssl)
         self._renewal = asyncio.ensure_future(self._keep_renewed())
         log.info("enrollment endpoint serving on %s", self._config.address)
         return True

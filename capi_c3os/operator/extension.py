@@ -15,7 +15,6 @@ import base64
 import json
 import logging
 import os
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from aiohttp import web
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.operator.endpoints import parse_address
+from capi_c3os.operator.endpoints import parse_address, serve_app, tls_server_context
 from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE, C3OS_MACHINE_TEMPLATE
 from capi_c3os.reconcilers import serving
 from capi_c3os.reconcilers.kube import MACHINE_SETS, MACHINES, SECRETS, Kube, warning_event
@@ -123,8 +122,7 @@ class ExtensionServer:
         self._kube = Kube(self._api, request_timeout=REQUEST_TIMEOUT)
         self._reader = _Reader(self._kube)
         self._workloads = WorkloadClients()
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._ssl = tls_server_context()
         self._loaded: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -262,11 +260,7 @@ class ExtensionServer:
 
     async def _serve(self, bind: tuple[str, int]) -> None:
         await asyncio.to_thread(self._refresh_once)
-        runner = web.AppRunner(self._app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, bind[0], bind[1], ssl_context=self._ssl, reuse_address=True)
-        self._runner = runner
-        await site.start()
+        self._runner = await serve_app(self._app(), bind, self._ssl)
 
     async def cleanup(self) -> None:
         """Stop serving (named like AppRunner's, for endpoints.stop_servers); idempotent."""
