@@ -86,7 +86,8 @@ _PROVIDER_RULES: dict[Provider, list[Rule]] = {
         # Templates: kopf keeps its bookkeeping in their annotations (patch).
         _rule([INFRA], ["c3osmachinetemplates"], ("get", "list", "watch", "patch")),
         _rule([INFRA], ["c3osmachinetemplates/status"], STATUS),
-        _rule([CAPI], ["clusters", "machines"], READ),
+        # machinesets: UpdateMachine installs only the image of the Machine's MachineSet's template.
+        _rule([CAPI], ["clusters", "machines", "machinesets"], READ),
         _rule([""], ["secrets"], READ),
         # The extension registers itself (cluster-scoped; server-side apply needs create too).
         _rule(["runtime.cluster.x-k8s.io"], ["extensionconfigs"], ("get", "create", "patch")),

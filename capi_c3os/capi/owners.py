@@ -43,6 +43,20 @@ def owner_cluster_name(obj: dict[str, Any]) -> str | None:
     return str(name) if name else None
 
 
+def references(machine: dict[str, Any], infra: dict[str, Any]) -> bool:
+    """Whether the Machine's spec.infrastructureRef names `infra`. CAPI adopts (owns) only
+    the infrastructure machine its Machine references; an ownerReference alone is
+    metadata anyone who edits the infrastructure machine can write, and must not hand it
+    another Machine's bootstrap data."""
+    ref = (machine.get("spec") or {}).get("infrastructureRef") or {}
+    group = str(infra.get("apiVersion") or "").rpartition("/")[0]
+    return (ref.get("apiGroup"), ref.get("kind"), ref.get("name")) == (
+        group,
+        infra.get("kind"),
+        (infra.get("metadata") or {}).get("name"),
+    )
+
+
 def owner_machine_name(obj: dict[str, Any]) -> str | None:
     """Name of the Machine that owns an InfraMachine or BootstrapConfig (same namespace),
     or None while the Machine controller has not adopted it yet."""

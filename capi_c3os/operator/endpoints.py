@@ -1,10 +1,13 @@
 """The manager's two small HTTP servers: probes (--health-addr) and Prometheus
 metrics (--metrics-addr). They run on the manager's event loop, so a wedged loop
-fails liveness, and both keep serving while this replica is a standby."""
+fails liveness, and both keep serving while this replica is a standby. Also how every
+endpoint of the manager is served (serve_app), the HTTPS ones (the Runtime SDK extension,
+the enrollment endpoint) with a tls_server_context."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -61,9 +64,25 @@ async def _serve(app: web.Application, address: str) -> web.AppRunner | None:
     bind = parse_address(address)
     if bind is None:
         return None
+    return await serve_app(app, bind)
+
+
+def tls_server_context() -> ssl.SSLContext:
+    """A server context without a certificate yet (load_cert_chain adds it, and again on
+    renewal: new handshakes use the new one, open connections keep theirs)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def serve_app(
+    app: web.Application, bind: tuple[str, int], ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Serve `app` on `bind` (no access log: requests may carry secrets); nothing is left
+    running when it cannot start."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, bind[0], bind[1], reuse_address=True)
+    site = web.TCPSite(runner, bind[0], bind[1], ssl_context=ssl_context, reuse_address=True)
     try:
         await site.start()
     except BaseException:

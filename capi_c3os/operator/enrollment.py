@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from capi_c3os.api.hosts import HostHardware
 from capi_c3os.backends.enrolled.pool import REPORTS
 from capi_c3os.bootstrap.certificates import KeyPair
-from capi_c3os.operator.endpoints import parse_address
-from capi_c3os.reconcilers import enrollment, serving_ca
+from capi_c3os.operator.endpoints import parse_address, serve_app, tls_server_context
+from capi_c3os.reconcilers import enrollment, serving
 from capi_c3os.reconcilers.kube import ConflictError, Kube
 
 log = logging.getLogger(__name__)
@@ -133,28 +133,19 @@ class EnrollmentServer:
         if bind is None:
             return False
         self._ca = await asyncio.to_thread(
-            serving_ca.ensure_ca,
+            serving.ensure_ca,
             self._kube,
             self._config.ca_namespace,
             self._config.ca_secret,
             "capi-c3os enrollment",
         )
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._ssl = tls_server_context()
         self._renew()
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         app.router.add_post(PREFIX + "/namespaces/{namespace}/pools/{pool}/hosts", self._register)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/hosts/{name}/assignment", self._assignment)
         app.router.add_post(PREFIX + "/namespaces/{namespace}/hosts/{name}/reports", self._report)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, bind[0], bind[1], ssl_context=self._ssl, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await serve_app(app, bind, self._ssl)
         self._renewal = asyncio.ensure_future(self._keep_renewed())
         log.info("enrollment endpoint serving on %s", self._config.address)
         return True
@@ -167,7 +158,7 @@ class EnrollmentServer:
 
     def _renew(self) -> None:
         assert self._ca is not None and self._ssl is not None
-        leaf = serving_ca.serving_certificate(self._ca, self._config.names or ("localhost", "127.0.0.1"))
+        leaf = serving.serving_certificate(self._ca, self._config.names or ("localhost", "127.0.0.1"))
         # The ssl module loads keys from files only: a private temporary file, gone at once.
         fd, path = tempfile.mkstemp(prefix="enrollment-", suffix=".pem")
         try:
@@ -182,7 +173,7 @@ class EnrollmentServer:
         while True:
             await asyncio.sleep(RENEW_CHECK)
             assert self._leaf is not None
-            if serving_ca.needs_renewal(self._leaf, dt.datetime.now(dt.UTC)):
+            if serving.needs_renewal(self._leaf, dt.datetime.now(dt.UTC)):
                 try:
                     self._renew()
                 except Exception as exc:

@@ -3,7 +3,7 @@ around capi_c3os/runtime/hooks.py.
 
 Every replica serves (CAPI reaches whichever one the Service picks; UpdateMachine is
 idempotent), from before leader election on. The serving certificate is the manager's
-own (runtime/serving.py, kept in a Secret) unless --extension-cert-dir names files
+own (reconcilers/serving.py, kept in a Secret) unless --extension-cert-dir names files
 someone else keeps (cert-manager): those are re-read when they change. The TLS context
 is reloaded in place, so a renewed certificate needs no restart.
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import json
 import logging
 import os
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,11 @@ from aiohttp import web
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.operator.endpoints import parse_address
-from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE
-from capi_c3os.reconcilers.kube import MACHINES, SECRETS, Kube, Resource
-from capi_c3os.runtime import hooks, registration, serving
+from capi_c3os.operator.endpoints import parse_address, serve_app, tls_server_context
+from capi_c3os.operator.handlers.infrastructure import C3OS_MACHINE, C3OS_MACHINE_TEMPLATE
+from capi_c3os.reconcilers import serving
+from capi_c3os.reconcilers.kube import MACHINE_SETS, MACHINES, SECRETS, Kube, warning_event
+from capi_c3os.runtime import hooks, registration
 from capi_c3os.scratch import process_dir
 from capi_c3os.workload.client import WorkloadClients
 
@@ -41,7 +40,6 @@ EXTENSION_SERVICE = registration.EXTENSION_SERVICE
 REQUEST_TIMEOUT = 5.0
 """Management API calls of one hook call: well inside CAPI's handler timeout."""
 MAX_BODY = 8 * 1024**2
-EVENTS = Resource("", "v1", "events", "Event")
 UNREGISTERED_RETRY_SECONDS = 60.0
 
 
@@ -105,6 +103,12 @@ class _Reader:
     def c3os_machine(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._kube.get(C3OS_MACHINE, namespace, name)
 
+    def machine_set(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._kube.get(MACHINE_SETS, namespace, name)
+
+    def c3os_machine_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._kube.get(C3OS_MACHINE_TEMPLATE, namespace, name)
+
     def kubeconfig(self, namespace: str, cluster: str) -> str | None:
         secret = self._kube.get(SECRETS, namespace, f"{cluster}-kubeconfig")
         value = ((secret or {}).get("data") or {}).get("value")
@@ -118,8 +122,7 @@ class ExtensionServer:
         self._kube = Kube(self._api, request_timeout=REQUEST_TIMEOUT)
         self._reader = _Reader(self._kube)
         self._workloads = WorkloadClients()
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._ssl = tls_server_context()
         self._loaded: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -217,22 +220,7 @@ class ExtensionServer:
     def _report_failure(self, machine: dict[str, Any], message: str) -> None:
         """A Warning Event on the Machine (`kubectl describe machine`), where CAPI's own
         condition only says "UpdateMachine hook failed"."""
-        meta = machine["metadata"]
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": machine.get("apiVersion"), "kind": "Machine",
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": "Warning", "reason": "InPlaceUpdateFailed", "message": message[:1024],
-            "source": {"component": "capi-c3os"}, "reportingComponent": "capi-c3os",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }  # fmt: skip
-        try:
-            self._kube.create(EVENTS, str(meta["namespace"]), body)
-        except Exception as exc:  # the answer to CAPI matters more than the Event
-            log.warning("cannot post the in-place update failure of Machine %s/%s: %s",
-                        meta["namespace"], meta["name"], exc)  # fmt: skip
+        warning_event(self._kube, {"kind": "Machine", **machine}, "InPlaceUpdateFailed", message)
 
     def _wrap(self, hook: str, fn: Callable[[Any], dict[str, Any]]) -> Any:
         async def handle(request: web.Request) -> web.Response:
@@ -272,11 +260,7 @@ class ExtensionServer:
 
     async def _serve(self, bind: tuple[str, int]) -> None:
         await asyncio.to_thread(self._refresh_once)
-        runner = web.AppRunner(self._app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, bind[0], bind[1], ssl_context=self._ssl, reuse_address=True)
-        self._runner = runner
-        await site.start()
+        self._runner = await serve_app(self._app(), bind, self._ssl)
 
     async def cleanup(self) -> None:
         """Stop serving (named like AppRunner's, for endpoints.stop_servers); idempotent."""

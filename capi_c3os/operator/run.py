@@ -147,8 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=RECORD_KEY_SECRET,
         help="name of the Secret, in the manager's namespace ($POD_NAMESPACE, else the "
         "kubeconfig context's, else the pod's, else default), "
-        "holding the key that signs each C3osMachine's site record; created when absent "
-        f"(infrastructure provider; default {RECORD_KEY_SECRET})",
+        "holding the key that signs each C3osMachine's site record (infrastructure provider) "
+        "and each server's in-place upgrade target (control-plane provider); created when "
+        f"absent (default {RECORD_KEY_SECRET})",
     )
     image = parser.add_argument_group("images the manager downloads (libvirt sites)")
     image.add_argument(

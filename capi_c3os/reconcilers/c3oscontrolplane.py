@@ -88,13 +88,16 @@ def reconcile(
     obj: dict[str, Any],
     now: datetime | None = None,
     view: ClusterView | None = None,
+    *,
+    record_key: bytes,
 ) -> Outcome:
     """`view`: the manager's watch-fed view of cluster Secrets, control-plane Machines and
-    Clusters (None: every read goes to the API server)."""
+    Clusters (None: every read goes to the API server). `record_key`: the manager's key,
+    which signs in-place upgrade targets (controlplane_context.IN_PLACE_ANNOTATION)."""
     meta = obj["metadata"]
     with _lock_for(meta["namespace"], meta["name"]):
         try:
-            return _reconcile(kube, resource, obj, now or datetime.now(UTC), view)
+            return _reconcile(kube, resource, obj, now or datetime.now(UTC), view, record_key)
         except ConflictError:
             # A write based on the view found the object changed: list afresh next time.
             if view is not None:
@@ -111,7 +114,12 @@ def _owner_cluster(kube: Kube, obj: dict[str, Any], view: ClusterView | None) ->
 
 
 def _reconcile(
-    kube: Kube, resource: Resource, obj: dict[str, Any], now: datetime, view: ClusterView | None
+    kube: Kube,
+    resource: Resource,
+    obj: dict[str, Any],
+    now: datetime,
+    view: ClusterView | None,
+    record_key: bytes,
 ) -> Outcome:
     meta = obj["metadata"]
     cluster = _owner_cluster(kube, obj, view)
@@ -139,8 +147,9 @@ def _reconcile(
             kube.patch_status(resource, meta["namespace"], meta["name"], patch)
         return outcome
     ctx = ControlPlaneContext(
-        kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now, view=view
-    )
+        kube=kube, resource=resource, obj=obj, spec=spec, cluster=cluster, now=now, view=view,
+        record_key=record_key,
+    )  # fmt: skip
     ctx.last_remediation = (obj.get("status") or {}).get("lastRemediation")
     if meta.get("deletionTimestamp"):
         # The finalizer goes once no Machine is left: never on the view's word.

@@ -61,7 +61,7 @@ from capi_c3os.capi.metadata import (
     is_control_plane_machine,
 )
 from capi_c3os.capi.outcome import Outcome
-from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.capi.owners import owner_machine_name, references
 from capi_c3os.capi.pause import is_paused, paused_condition
 from capi_c3os.capi.status import status_patch
 from capi_c3os.reconcilers import node_version
@@ -462,6 +462,12 @@ def _await_machine(ctx: MachineContext) -> Outcome | None:
     ctx.machine = ctx.reader.get(MACHINES, ctx.namespace, name)
     if ctx.machine is None:
         return Outcome.wait("WaitingForMachine", f"owner Machine {name} not found", WAIT)
+    if not references(ctx.machine, ctx.obj):
+        return Outcome.error(
+            "OwnerMachineMismatch",
+            f"owner Machine {name} does not reference this C3osMachine (spec.infrastructureRef): "
+            "its bootstrap data is not this machine's; fix the ownerReference",
+        )
     if ctx.cluster is None:
         cluster_name = (ctx.machine.get("spec") or {}).get("clusterName")
         if cluster_name:

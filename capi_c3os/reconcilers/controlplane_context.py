@@ -4,6 +4,8 @@ reconcile, the waits, and reading our server Machines and their Nodes.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,8 +26,15 @@ LONG_WAIT = 30.0
 C3OS_CONFIGS = Resource(BOOTSTRAP_GROUP, "v1alpha1", "c3osconfigs", "C3osConfig")
 
 IN_PLACE_ANNOTATION = "controlplane.cluster.x-k8s.io/c3os-in-place-upgrade"
-"""On a server Machine being upgraded in place: its target as JSON (InPlaceTarget). Written
-before the upgrade starts, removed in the write that makes the Machine up to date."""
+"""On a server Machine being upgraded in place: its target as JSON (InPlaceTarget) and the
+manager's signature of it. Written before the upgrade starts, removed in the write that
+makes the Machine up to date.
+
+Whoever may edit Machines may edit this annotation, and its image is what a privileged
+Job runs on the node: only a target the manager's key (site_record.ensure_record_key)
+signed for this very Machine (namespace, name, UID) is acted on."""
+_SIGNATURE_VERSION = "v1:"
+_PURPOSE = "c3os-in-place-upgrade"
 
 
 @dataclass(frozen=True)
@@ -39,22 +48,46 @@ class InPlaceTarget:
     template: str
     """The infrastructure template the image comes from (the Machine's new template)."""
 
-    def to_annotation(self) -> str:
+    def to_annotation(self, key: bytes, machine: dict[str, Any]) -> str:
+        """The annotation value for `machine`, signed with the manager's `key`."""
         return json.dumps(
-            {"image": self.image, "version": self.version, "template": self.template}, sort_keys=True
-        )
+            {"image": self.image, "version": self.version, "template": self.template,
+             "signature": self.signature(key, machine)},
+            sort_keys=True,
+        )  # fmt: skip
+
+    def signature(self, key: bytes, machine: dict[str, Any]) -> str:
+        meta = machine["metadata"]
+        # JSON framing and a purpose: no choice of fields imitates another message, nor a
+        # site record signed with the same key (site_record.sign).
+        message = json.dumps(
+            [_PURPOSE, str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")),
+             self.image, self.version, self.template],
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        return _SIGNATURE_VERSION + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def in_place_target(machine: dict[str, Any]) -> InPlaceTarget | None:
-    """The in-place upgrade the Machine is in (None: none, or an annotation not ours to read)."""
+def in_place_annotated(machine: dict[str, Any]) -> bool:
+    return IN_PLACE_ANNOTATION in (machine["metadata"].get("annotations") or {})
+
+
+def in_place_target(machine: dict[str, Any], key: bytes) -> InPlaceTarget | None:
+    """The in-place upgrade the Machine is in: None when there is none, or when the
+    annotation is unreadable or not signed by `key` for this Machine (written by hand,
+    copied from another Machine, or signed before a `clusterctl move`)."""
     raw = (machine["metadata"].get("annotations") or {}).get(IN_PLACE_ANNOTATION)
     if not raw:
         return None
     try:
         data = json.loads(raw)
-        return InPlaceTarget(str(data["image"]), str(data["version"]), str(data["template"]))
+        target = InPlaceTarget(str(data["image"]), str(data["version"]), str(data["template"]))
+        signature = str(data["signature"])
     except (ValueError, KeyError, TypeError):
         return None
+    if not hmac.compare_digest(target.signature(key, machine).encode(), signature.encode()):
+        return None
+    return target
 
 
 @dataclass
@@ -68,6 +101,8 @@ class ControlPlaneContext:
     spec: C3osControlPlaneSpec
     cluster: dict[str, Any]
     now: datetime
+    record_key: bytes = field(repr=False)
+    """The manager's key: signs the in-place upgrade targets it writes (IN_PLACE_ANNOTATION)."""
     machines: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, NodeState] = field(default_factory=dict)
     """By providerID."""

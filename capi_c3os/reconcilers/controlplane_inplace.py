@@ -15,7 +15,9 @@ of being replaced. Anything else still replaces it, with the reason in `RollingO
 
 One server at a time. The annotation is written before the Job is made, and the Job's
 name comes from (node, image): a reconcile that dies at any line is continued by the
-next one, which finds both.
+next one, which finds both. The annotation carries the manager's signature of the target
+for that Machine: one that does not verify (written or altered by hand, copied from
+another Machine) is removed with a Warning Event on the Machine, never acted on.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from capi_c3os.reconcilers.controlplane_context import (
     active_machines,
     confirmed,
     healthy,
+    in_place_annotated,
     in_place_target,
     infra_resources,
     node_of,
@@ -52,7 +55,7 @@ from capi_c3os.reconcilers.controlplane_rollout import (
     rollout_after_passed,
     server_config_hash,
 )
-from capi_c3os.reconcilers.kube import MACHINES, Resource
+from capi_c3os.reconcilers.kube import MACHINES, Resource, warning_event
 from capi_c3os.workload.client import WorkloadUnreachableError
 from capi_c3os.workload.upgrade import UpgradeProgress, advance_upgrade
 
@@ -147,7 +150,10 @@ def continue_in_place_upgrade(ctx: ControlPlaneContext) -> None:
     returns (ctx.in_place) and what the status says (ctx.upgrading, ctx.in_place_failure).
     An upgrade once started is seen to its end whatever the strategy is now: stopping a
     node half-way is worse than finishing."""
-    marked = [(m, t) for m in active_machines(ctx.machines) if (t := in_place_target(m)) is not None]
+    _drop_unsigned_targets(ctx)
+    marked = [
+        (m, t) for m in active_machines(ctx.machines) if (t := in_place_target(m, ctx.record_key)) is not None
+    ]
     if not marked:
         return
     machine, target = marked[0]
@@ -269,6 +275,27 @@ def _cloned_from(obj: dict[str, Any]) -> str | None:
     return (obj["metadata"].get("annotations") or {}).get(CLONED_FROM_NAME_ANNOTATION)
 
 
+IGNORED_TARGET = "InPlaceTargetIgnored"
+
+
+def _drop_unsigned_targets(ctx: ControlPlaneContext) -> None:
+    """Remove every in-place target this manager did not sign for its Machine: its image
+    would run privileged on the node. The Event comes first (a crash between the two
+    repeats it, rather than losing it)."""
+    for machine in active_machines(ctx.machines):
+        if not in_place_annotated(machine) or in_place_target(machine, ctx.record_key) is not None:
+            continue
+        name = machine["metadata"]["name"]
+        message = (
+            f"ignored and removed the annotation {IN_PLACE_ANNOTATION} of Machine {name}: it is not "
+            "an in-place upgrade target this manager signed for this Machine (edited by hand, copied "
+            "from another Machine, or written before a clusterctl move); the server is judged afresh"
+        )
+        log.warning("%s/%s: %s", ctx.namespace, name, message)
+        warning_event(ctx.kube, machine, IGNORED_TARGET, message)
+        _drop_annotation(ctx, machine)
+
+
 def _drop_annotation(ctx: ControlPlaneContext, machine: dict[str, Any]) -> None:
     annotations = {
         k: v for k, v in (machine["metadata"].get("annotations") or {}).items() if k != IN_PLACE_ANNOTATION
@@ -340,7 +367,7 @@ def start_in_place_upgrade(
     # The target first: a crash after the Job's creation is then continued, never lost.
     annotations = {
         **(machine["metadata"].get("annotations") or {}),
-        IN_PLACE_ANNOTATION: target.to_annotation(),
+        IN_PLACE_ANNOTATION: target.to_annotation(ctx.record_key, machine),
     }
     body = {**machine, "metadata": {**machine["metadata"], "annotations": annotations}}
     updated = ctx.kube.replace(MACHINES, ctx.namespace, name, body)

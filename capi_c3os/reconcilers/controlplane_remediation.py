@@ -34,7 +34,7 @@ def remediate(ctx: ControlPlaneContext) -> Outcome | None:
     active = active_machines(ctx.machines)
     # A server in an in-place upgrade is not Ready while it reboots; a failed one keeps
     # running its old version and is not replaced automatically.
-    marked = [m for m in active if _marked_for_remediation(m) and in_place_target(m) is None]
+    marked = [m for m in active if _marked_for_remediation(m) and in_place_target(m, ctx.record_key) is None]
     if not marked:
         return None
     victim = marked[0]

@@ -94,7 +94,7 @@ def check_node_versions(ctx: ControlPlaneContext) -> None:
         running = running_version(ctx, machine)
         if node_version.mismatch(machine, running, "") is None:
             continue
-        target = in_place_target(machine)
+        target = in_place_target(machine, ctx.record_key)
         if target is not None and running and matches(target.version, running):
             # Upgraded in place, its Machine not yet brought up to date: not a mismatch.
             continue

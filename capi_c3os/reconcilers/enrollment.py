@@ -5,7 +5,9 @@ is assigned, and what its reports change.
     register     token of a site naming the pool (current or previous, during a
                  rotation) -> C3osHost created or updated (labels from facts; spec.accepted
                  from the acceptance policy, on creation only), a new credential whose
-                 SHA-256 replaces the last one's
+                 SHA-256 replaces the last one's; a host registered in one pool never
+                 registers into another (a token of pool B would otherwise take over a
+                 host of pool A, with its claim and bootstrap data)
     authenticate the host named in the path, with the credential whose digest it holds
     assignment   reset (released or lost) | wait (not accepted, idle, releasing, failed) |
                  install (claimed: bootstrap data, disk, image, meta-data) | run (booted)
@@ -34,7 +36,7 @@ from capi_c3os.api.hosts import C3osHost, C3osHostStatus, EnrolledSite, HostHard
 from capi_c3os.api.infrastructure import C3osClusterSpec, host_provider_id
 from capi_c3os.backends.base import MachineIdentity
 from capi_c3os.backends.enrolled import pool
-from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.capi.owners import owner_machine_name, references
 from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, hostname_for, provider_id_for, secret_data
 from capi_c3os.reconcilers.host_inventory import HOSTS, KubeInventory, parse_host
 from capi_c3os.reconcilers.kube import MACHINES, ConflictError, Kube, Resource
@@ -143,10 +145,12 @@ def admit(kube: Kube, namespace: str, pool_name: str, token: str) -> Admission:
 def register(kube: Kube, admission: Admission, hardware: HostHardware, now: datetime) -> Registered:
     namespace, pool_name = admission.namespace, admission.pool
     name = host_name(hardware.system.uuid)
+    _same_pool(KubeInventory(kube).get(namespace, name), pool_name)
     labels = pool.host_labels(hardware, pool_name)
     host = _ensure_host(kube, namespace, name, labels, admission.accepted)
     credential = secrets.token_urlsafe(32)
     for _ in range(_TRIES):
+        _same_pool(host, pool_name)
         status = pool.register(host.status, hardware, pool_name, digest(credential), now)
         written = KubeInventory(kube).replace_status(host, status)
         if written is not None:
@@ -154,6 +158,17 @@ def register(kube: Kube, admission: Admission, hardware: HostHardware, now: date
             return Registered(namespace, name, written.spec.accepted, credential)
         host = _ensure_host(kube, namespace, name, labels, admission.accepted)
     raise ConflictError(f"C3osHost {namespace}/{name} kept changing")
+
+
+def _same_pool(host: C3osHost | None, pool_name: str) -> None:
+    """The token admitted into `pool_name` says nothing about a host of another pool:
+    moving one takes deleting its C3osHost (then it registers afresh)."""
+    registered = pool.host_pool(host) if host is not None else None
+    if host is not None and registered is not None and registered != pool_name:
+        raise DeniedError(
+            f"host {host.metadata.namespace}/{host.metadata.name} of pool {registered} "
+            f"registering into pool {pool_name}"
+        )
 
 
 def _ensure_host(kube: Kube, namespace: str, name: str, labels: dict[str, str], accepted: bool) -> C3osHost:
@@ -229,6 +244,8 @@ def _install(kube: Kube, namespace: str, machine_name: str, host: str) -> dict[s
         return None
     owner = owner_machine_name(machine)
     capi_machine = kube.get(MACHINES, namespace, owner) if owner else None
+    if capi_machine is not None and not references(capi_machine, machine):
+        return None  # an ownerReference written by hand: another Machine's bootstrap data
     secret_name = (((capi_machine or {}).get("spec") or {}).get("bootstrap") or {}).get("dataSecretName")
     data = secret_data(kube, namespace, secret_name) if secret_name else None
     if not data or "value" not in data:

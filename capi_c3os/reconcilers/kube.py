@@ -9,6 +9,7 @@ event loop.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import re
@@ -51,7 +52,9 @@ class Resource:
 
 CLUSTERS = Resource(CORE_GROUP, CORE_VERSION, "clusters", "Cluster")
 MACHINES = Resource(CORE_GROUP, CORE_VERSION, "machines", "Machine")
+MACHINE_SETS = Resource(CORE_GROUP, CORE_VERSION, "machinesets", "MachineSet")
 SECRETS = Resource("", "v1", "secrets", "Secret")
+EVENTS = Resource("", "v1", "events", "Event")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 
 
@@ -318,3 +321,24 @@ def ensure_secret(
             continue  # another manager made it first: read theirs
         log.info("created the Secret %s/%s", namespace, name)
     raise RuntimeError(f"cannot read or create the Secret {namespace}/{name}")
+
+
+def warning_event(kube: Kube, obj: dict[str, Any], reason: str, message: str) -> None:
+    """A Warning Event on `obj` (`kubectl describe`), best effort: the work it reports on
+    matters more than the Event. `message` must hold nothing secret."""
+    meta = obj["metadata"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": "Warning", "reason": reason, "message": message[:1024],
+        "source": {"component": "capi-c3os"}, "reportingComponent": "capi-c3os",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }  # fmt: skip
+    try:
+        kube.create(EVENTS, str(meta["namespace"]), body)
+    except Exception as exc:
+        log.warning("cannot post the %s Event of %s %s/%s: %s", reason, obj.get("kind"),
+                    meta["namespace"], meta["name"], exc)  # fmt: skip

@@ -18,6 +18,10 @@ Machine, its C3osMachine and the cluster's kubeconfig are read from the API serv
 Node is the one CAPI linked (`status.nodeRef`) and must carry the C3osMachine's
 providerID, and the upgrade runs only while CAPI has the Machine's in-place update
 pending. A caller that reaches the port can at most ask for what CAPI asked already.
+Those annotations and the C3osMachine's image are editable by whoever edits Machines and
+C3osMachines, and the image runs privileged on the node: it is installed only when the
+infrastructure template of the MachineSet that controls the Machine names it too (what
+CAPI patched in from the template it rolls out to).
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from capi_c3os.capi.metadata import IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION, INFRASTRUCTURE_GROUP
+from capi_c3os.capi.metadata import (
+    CORE_GROUP,
+    IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION,
+    INFRASTRUCTURE_GROUP,
+)
+from capi_c3os.capi.owners import owner_references
 from capi_c3os.capi.versions import matches, version_from_image_name
 from capi_c3os.workload.client import WorkloadClient, WorkloadUnreachableError
 from capi_c3os.workload.upgrade import UpgradeState, advance_upgrade
@@ -389,6 +398,10 @@ class ManagementReader(Protocol):
 
     def c3os_machine(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    def machine_set(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def c3os_machine_template(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
     def kubeconfig(self, namespace: str, cluster: str) -> str | None:
         """The value of `<cluster>-kubeconfig` in `namespace`."""
         ...
@@ -494,6 +507,9 @@ def _upgrade(
     oci = (infra_spec.get("image") or {}).get("oci")
     if not oci:
         return _failed(f"C3osMachine {namespace}/{ref['name']} has no spec.image.oci to upgrade to")
+    unapproved = _unapproved_image(machine, key, str(oci), reader)
+    if unapproved:
+        return _failed(unapproved)
     provider_id = infra_spec.get("providerID")
     node_name = ((machine.get("status") or {}).get("nodeRef") or {}).get("name")
     if not provider_id or not node_name:
@@ -527,6 +543,34 @@ def _upgrade(
     if progress.state is UpgradeState.FAILED:
         return _failed(progress.message)
     return _in_progress(progress.message)
+
+
+def _unapproved_image(machine: dict[str, Any], key: str, oci: str, reader: ManagementReader) -> str | None:
+    """Why `oci` (the C3osMachine's image) is not installed: it is not the image of the
+    template of the MachineSet that controls the Machine. None: it is."""
+    namespace = str(machine["metadata"]["namespace"])
+    owner = next((r for r in owner_references(machine) if r.get("controller")), {})
+    group = str(owner.get("apiVersion") or "").rpartition("/")[0]
+    if (group, owner.get("kind")) != (CORE_GROUP, "MachineSet") or not owner.get("name"):
+        return (
+            f"Machine {key} is not controlled by a MachineSet (but {owner.get('kind') or 'nothing'}): "
+            "the extension upgrades machines of MachineDeployments only"
+        )
+    machine_set = reader.machine_set(namespace, str(owner["name"]))
+    if machine_set is None or machine_set["metadata"].get("uid") != owner.get("uid"):
+        return f"MachineSet {namespace}/{owner['name']} controlling Machine {key} not found"
+    ref = _get(machine_set, "spec.template.spec.infrastructureRef") or {}
+    if (ref.get("apiGroup"), ref.get("kind")) != (INFRASTRUCTURE_GROUP, "C3osMachineTemplate"):
+        return f"MachineSet {namespace}/{owner['name']} does not use a C3osMachineTemplate"
+    template = reader.c3os_machine_template(namespace, str(ref.get("name")))
+    wanted = _get(template, "spec.template.spec.image.oci")
+    if wanted != oci:
+        return (
+            f"the image of Machine {key}'s C3osMachine, {oci}, is not the image of C3osMachineTemplate "
+            f"{namespace}/{ref.get('name')} of its MachineSet {owner['name']} ({wanted or 'none'}): "
+            "not installing an image no template of the machine names"
+        )
+    return None
 
 
 __all__ = [

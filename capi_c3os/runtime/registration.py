@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capi_c3os.reconcilers import serving
 from capi_c3os.reconcilers.kube import SECRETS, ConflictError, Kube, Resource
-from capi_c3os.runtime import serving
-from capi_c3os.runtime.serving import ServingMaterial
+from capi_c3os.reconcilers.serving import ServingMaterial
 
 log = logging.getLogger(__name__)
 

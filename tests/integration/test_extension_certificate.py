@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client as kc
 
+from capi_c3os.reconcilers import serving
 from capi_c3os.reconcilers.kube import Kube
-from capi_c3os.runtime import serving
+from capi_c3os.reconcilers.serving import ServingMaterial
 from capi_c3os.runtime.registration import ensure_serving_secret
-from capi_c3os.runtime.serving import ServingMaterial
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn, played_cluster, standin_volume
 from capi_c3os.operator.connection import load_configuration
 from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, ExtensionServer, ExtensionSettings
-from capi_c3os.runtime.hooks import hook_path
+from capi_c3os.runtime.hooks import PENDING_HOOKS_ANNOTATION, UPDATE_IN_PROGRESS_ANNOTATION, hook_path
 from capi_c3os.workload.upgrade import UPGRADE_NAMESPACE, upgrade_job_name
 from tests.conftest import RunManager, our_crds, provider_identity
 from tests.support import eventually
@@ -349,15 +349,22 @@ class Worker:
         self.api.patch_namespaced_custom_object(*CAPI, self.namespace, "machinedeployments", "md", change)
 
 
+def deployed_worker(k8s: Any, namespace: str, standin: WorkloadStandIn) -> tuple[Worker, dict[str, Any]]:
+    """The MachineDeployment of create_machine_deployment, its worker and Machine once it has a Node."""
+    create_machine_deployment(kc.CustomObjectsApi(k8s), namespace)
+    worker = Worker(k8s, namespace, standin)
+    machine = eventually(worker.with_node, "the worker Machine with its Node", timeout=180)
+    worker.name = machine["metadata"]["name"]
+    return worker, machine
+
+
 def test_a_machine_deployment_image_change_is_upgraded_in_place(
     k8s: Any, namespace: str, control_plane_manager: Manager, extension: int, tmp_path: Path
 ) -> None:
     api = kc.CustomObjectsApi(k8s)
     with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
-        create_machine_deployment(api, namespace)
-        worker = Worker(k8s, namespace, standin)
-        before = eventually(worker.with_node, "the worker Machine with its Node", timeout=180)
-        name = worker.name = before["metadata"]["name"]
+        worker, before = deployed_worker(k8s, namespace, standin)
+        name = worker.name
         reboot(standin, name, "boot-1", OLD)
 
         # The upgrade: a template whose image (with its OCI reference) ships the new k3s, and the version.
@@ -399,6 +406,34 @@ def test_a_machine_deployment_image_change_is_upgraded_in_place(
                    "the failure on the Machine and in its Event", timeout=120,
                    explain=lambda: json.dumps(worker.updating()))  # fmt: skip
         assert worker.machine()["metadata"]["uid"] == before["metadata"]["uid"]
+
+
+def test_a_hand_made_update_of_a_machine_installs_no_image_its_template_does_not_name(
+    k8s: Any, namespace: str, control_plane_manager: Manager, extension: int, tmp_path: Path
+) -> None:
+    """CAPI's update-in-progress annotations and the C3osMachine's image are editable by
+    whoever edits Machines; the image runs privileged on the node. One set by hand, not
+    from the template of the Machine's MachineSet, is refused and nothing runs."""
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(k8s, namespace, tmp_path / "workload") as standin:
+        worker, _ = deployed_worker(k8s, namespace, standin)
+        name = worker.name
+        evil = "registry.evil.test/root:k3sv1.33.4-k3s1"
+        api.patch_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name,
+                                           {"spec": {"image": {"oci": evil}}})  # fmt: skip
+        api.patch_namespaced_custom_object(*CAPI, namespace, "machines", name, {"metadata": {"annotations": {
+            UPDATE_IN_PROGRESS_ANNOTATION: "", PENDING_HOOKS_ANNOTATION: "UpdateMachine"}}})  # fmt: skip
+        body = {"desired": {"machine": {"metadata": {"namespace": namespace, "name": name}}}}
+        update = hook_path("UpdateMachine", "update-machine")
+        status, answer = post(k8s, namespace, extension, update, json.dumps(body).encode())
+        assert (status, answer["status"]) == (200, "Failure"), answer
+        assert answer["message"] == (
+            f"the image of Machine {namespace}/{name}'s C3osMachine, {evil}, is not the image of "
+            f"C3osMachineTemplate {namespace}/md-old of its MachineSet "
+            f"{worker.machine()['metadata']['ownerReferences'][0]['name']} ({OLD_OCI}): not installing an "
+            "image no template of the machine names"
+        )
+        assert worker.jobs() == [], "an upgrade Job runs an image no template names"
 
 
 # ------------------------------------------------------------------ a certificate someone else keeps

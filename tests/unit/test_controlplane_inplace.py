@@ -4,6 +4,7 @@ and why (plain objects, no server)."""
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -172,15 +173,37 @@ def test_the_provider_id_is_no_difference() -> None:
     assert in_place_blocker(cp_spec(), server(OLD), infra, NEW_TEMPLATE) is None
 
 
+KEY = b"k" * 32
+
+
+def annotated(value: str, name: str = "shop-cp-abcde", uid: str = "uid-1") -> dict[str, Any]:
+    return {"metadata": {"namespace": "shop", "name": name, "uid": uid,
+                         "annotations": {IN_PLACE_ANNOTATION: value}}}  # fmt: skip
+
+
 def test_the_target_of_an_upgrade_survives_its_annotation() -> None:
     target = InPlaceTarget(image=NEW_OCI, version=NEXT, template="cp-v2")
-    machine = {"metadata": {"annotations": {IN_PLACE_ANNOTATION: target.to_annotation()}}}
-    assert in_place_target(machine) == target
+    machine = annotated("")
+    machine["metadata"]["annotations"][IN_PLACE_ANNOTATION] = target.to_annotation(KEY, machine)
+    assert in_place_target(machine, KEY) == target
 
 
 @pytest.mark.parametrize("value", ["", "not json", "[]", '{"image": "x"}'])
 def test_an_annotation_not_ours_to_read_is_no_upgrade(value: str) -> None:
-    assert in_place_target({"metadata": {"annotations": {IN_PLACE_ANNOTATION: value}}}) is None
+    assert in_place_target(annotated(value), KEY) is None
+
+
+def test_a_target_not_signed_for_this_machine_by_this_key_is_no_upgrade() -> None:
+    target = InPlaceTarget(image=NEW_OCI, version=NEXT, template="cp-v2")
+    signed = target.to_annotation(KEY, annotated(""))
+    altered = signed.replace(NEW_OCI, "registry.evil.test/root:latest")
+    assert "registry.evil.test" in altered
+    assert in_place_target(annotated(altered), KEY) is None
+    assert in_place_target(annotated(signed, name="shop-cp-other"), KEY) is None
+    assert in_place_target(annotated(signed, uid="uid-2"), KEY) is None, "a Machine recreated by name"
+    assert in_place_target(annotated(signed), b"o" * 32) is None, "another manager's key"
+    unsigned = json.dumps({"image": NEW_OCI, "template": "cp-v2", "version": NEXT})
+    assert in_place_target(annotated(unsigned), KEY) is None
 
 
 def test_the_strategy_type_defaults_to_rolling_update() -> None:

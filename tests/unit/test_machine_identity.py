@@ -91,7 +91,9 @@ def world(namespace: str = "tenant-b", with_c3os_cluster: bool = True) -> list[d
          "spec": {"infrastructureRef": {"kind": "C3osCluster", "name": "c"}},
          "status": {"initialization": {"infrastructureProvisioned": True}}},
         {"kind": "Machine", "metadata": {"namespace": namespace, "name": "m"},
-         "spec": {"clusterName": "c", "bootstrap": {"dataSecretName": "m-boot"}}},
+         "spec": {"clusterName": "c", "bootstrap": {"dataSecretName": "m-boot"},
+                  "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "C3osMachine",
+                                        "name": "m"}}},
         {"kind": "Secret", "metadata": {"namespace": namespace, "name": "m-boot"},
          "data": {"value": base64.b64encode(b"#cloud-config\n").decode()}},
     ]  # fmt: skip

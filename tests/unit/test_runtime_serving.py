@@ -1,4 +1,4 @@
-"""The extension's own serving certificate (runtime/serving.py): made once, kept while
+"""The extension's own serving certificate (reconcilers/serving.py): made once, kept while
 good, renewed well before it ends or when it must name other hosts, and a CA rotation
 that keeps the old CA trusted while it is valid."""
 
@@ -14,8 +14,14 @@ from pathlib import Path
 from cryptography import x509
 
 from capi_c3os.bootstrap.certificates import issue_certificate, new_ca
-from capi_c3os.runtime import serving
-from capi_c3os.runtime.serving import ServingMaterial, from_secret_data, renew, renewal_reason, to_secret_data
+from capi_c3os.reconcilers import serving
+from capi_c3os.reconcilers.serving import (
+    ServingMaterial,
+    from_secret_data,
+    renew,
+    renewal_reason,
+    to_secret_data,
+)
 
 HOSTS = serving.service_hosts("c3os-infrastructure-extension", "c3os-infrastructure-system")
 

@@ -24,7 +24,9 @@ PENDING = {
 def machine(**changes: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
-        "metadata": {"name": "md-0-abc", "namespace": NS, "annotations": dict(PENDING)},
+        "metadata": {"name": "md-0-abc", "namespace": NS, "annotations": dict(PENDING),
+                     "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineSet",
+                                          "name": "md-0", "uid": "ms-uid", "controller": True}]},
         "spec": {"clusterName": "shop", "version": "v1.34.1+k3s1", "providerID": "c3os://shop/md-0-abc",
                  "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "C3osMachine",
                                        "name": "md-0-abc"}},
@@ -44,12 +46,37 @@ def c3os_machine(oci: str | None = OCI) -> dict[str, Any]:
                      "image": image}}  # fmt: skip
 
 
-class Held:
-    """What the management API server holds."""
+def machine_set(template: str = "md-new") -> dict[str, Any]:
+    return {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineSet",
+            "metadata": {"name": "md-0", "namespace": NS, "uid": "ms-uid"},
+            "spec": {"template": {"spec": {"infrastructureRef": {
+                "apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "C3osMachineTemplate",
+                "name": template}}}}}  # fmt: skip
 
-    def __init__(self, machines: list[dict[str, Any]], c3os: list[dict[str, Any]], kubeconfig: bool = False):
-        self.machines = {(m["metadata"]["namespace"], m["metadata"]["name"]): m for m in machines}
-        self.c3os = {(m["metadata"]["namespace"], m["metadata"]["name"]): m for m in c3os}
+
+def template(name: str = "md-new", oci: str = OCI) -> dict[str, Any]:
+    return {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "C3osMachineTemplate",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"template": {"spec": {"image": {"volume": "v", "oci": oci}}}}}  # fmt: skip
+
+
+class Held:
+    """What the management API server holds (by default the MachineSet of the Machine
+    and its template, which names the C3osMachine's image)."""
+
+    def __init__(
+        self,
+        machines: list[dict[str, Any]],
+        c3os: list[dict[str, Any]],
+        kubeconfig: bool = False,
+        sets: tuple[dict[str, Any], ...] = (machine_set(),),
+        templates: tuple[dict[str, Any], ...] = (template(),),
+    ):
+        def by_key(objs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+            return {(m["metadata"]["namespace"], m["metadata"]["name"]): m for m in objs}
+
+        self.machines, self.c3os = by_key(machines), by_key(c3os)
+        self.sets, self.templates = by_key(sets), by_key(templates)
         self.has_kubeconfig = kubeconfig
         self.reads: list[tuple[str, str, str]] = []
 
@@ -60,6 +87,14 @@ class Held:
     def c3os_machine(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.reads.append(("C3osMachine", namespace, name))
         return self.c3os.get((namespace, name))
+
+    def machine_set(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(("MachineSet", namespace, name))
+        return self.sets.get((namespace, name))
+
+    def c3os_machine_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(("C3osMachineTemplate", namespace, name))
+        return self.templates.get((namespace, name))
 
     def kubeconfig(self, namespace: str, cluster: str) -> str | None:
         self.reads.append(("Secret", namespace, f"{cluster}-kubeconfig"))
@@ -134,6 +169,31 @@ def test_what_is_missing_is_said(held: Held, status: str, message: str) -> None:
     assert (answer["status"], answer["message"]) == (status, message)
     # Success with a retry: still in progress, CAPI asks again.
     assert (answer["retryAfterSeconds"] > 0) is (status == "Success")
+
+
+@pytest.mark.parametrize(
+    ("held", "message"),
+    [
+        (Held([machine()], [c3os_machine(oci="registry.evil.test/root:1")]),
+         "the image of Machine shop/md-0-abc's C3osMachine, registry.evil.test/root:1, is not the image of "
+         f"C3osMachineTemplate shop/md-new of its MachineSet md-0 ({OCI}): not installing an image no "
+         "template of the machine names"),
+        (Held([machine(metadata={**machine()["metadata"], "ownerReferences": []})], [c3os_machine()]),
+         "Machine shop/md-0-abc is not controlled by a MachineSet (but nothing): the extension upgrades "
+         "machines of MachineDeployments only"),
+        (Held([machine()], [c3os_machine()], sets=({**machine_set(), "metadata": {
+            "name": "md-0", "namespace": NS, "uid": "another"}},)),
+         "MachineSet shop/md-0 controlling Machine shop/md-0-abc not found"),
+        (Held([machine()], [c3os_machine()], templates=()),
+         "the image of Machine shop/md-0-abc's C3osMachine, " + OCI + ", is not the image of "
+         "C3osMachineTemplate shop/md-new of its MachineSet md-0 (none): not installing an image no "
+         "template of the machine names"),
+    ],
+    ids=["hand-edited-image", "no-machineset", "machineset-recreated", "no-template"],
+)  # fmt: skip
+def test_only_the_image_of_the_machine_sets_template_is_installed(held: Held, message: str) -> None:
+    answer = update_machine(request(), held, never)
+    assert (answer["status"], answer["message"]) == ("Failure", message)
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ class Coalescer:
 
 C3OS_CONTROL_PLANE = Resource(CONTROL_PLANE_GROUP, "v1alpha1", "c3oscontrolplanes", "C3osControlPlane")
 
-KINDS = (Kind(C3OS_CONTROL_PLANE, c3oscontrolplane.reconcile, reads_view=True),)
+KINDS = (Kind(C3OS_CONTROL_PLANE, c3oscontrolplane.reconcile, reads_view=True, signs_records=True),)
 
 
 def machine_essence(machine: dict[str, Any]) -> str:

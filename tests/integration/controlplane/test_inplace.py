@@ -11,6 +11,7 @@ booted). The node side on real VMs is another helper's (hack/standin-image.sh)."
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import threading
@@ -371,3 +372,44 @@ def test_a_manager_killed_mid_upgrade_leaves_it_to_the_next_one_which_finishes_i
         first.stop()
         if second is not None:
             assert second.stop() == 0, second.tail()
+
+
+def test_a_hand_written_in_place_target_is_removed_and_never_run(
+    k8s: Any, namespace: str, manager: Manager, tmp_path: Path
+) -> None:
+    """Whoever may edit Machines may write the target annotation; its image would run
+    privileged on the node. One the manager did not sign is removed with a Warning Event,
+    no upgrade Job is made and the C3osMachine keeps its image."""
+    api = kc.CustomObjectsApi(k8s)
+    with played_cluster(k8s, namespace, tmp_path / "workload", replicas=1, version=VERSION) as standin:
+        eventually(lambda: status(api, namespace).get("readyReplicas") == 1, "the server Ready", timeout=120)
+        [machine] = machines(api, namespace)
+        name = machine["metadata"]["name"]
+        infra_before = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name)["spec"]
+        forged = f"{REGISTRY}:{image_tag(NEXT)}"  # an image the player would install
+        with UpgradePlayer(standin, api, namespace) as player:
+            signature = "v1:" + "0" * 64
+            target = {"image": forged, "version": NEXT, "template": "cp-forged", "signature": signature}
+            api.patch_namespaced_custom_object(*CAPI, namespace, "machines", name, {
+                "metadata": {"annotations": {IN_PLACE_ANNOTATION: json.dumps(target)}}})  # fmt: skip
+
+            def removed() -> bool:
+                found = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
+                return IN_PLACE_ANNOTATION not in (found["metadata"].get("annotations") or {})
+
+            eventually(removed, "the forged annotation removed", timeout=60)
+            assert player.jobs == set(), "an upgrade Job was made from a forged annotation"
+            events = (
+                kc.CoreV1Api(k8s)
+                .list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={name},reason=InPlaceTargetIgnored"
+                )
+                .items
+            )
+            assert events and events[0].type == "Warning", "no Event says the annotation was ignored"
+            assert IN_PLACE_ANNOTATION in events[0].message
+        infra = api.get_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name)
+        assert infra["spec"] == infra_before
+        after = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
+        assert after["spec"]["version"] == VERSION
+        assert set(node_versions(standin).values()) == {VERSION}

@@ -384,3 +384,28 @@ def test_a_providerid_naming_a_host_is_the_providers_to_write(capi: Capi, pool: 
     wait_reason(capi, "m2", "InvalidProviderID")
     assert capi.provisioned("m2") is None
     assert host.assignment().body == {"action": "wait", "reason": "MachineNotReady", "pollSeconds": 15}
+
+
+def test_an_owner_reference_written_by_hand_hands_out_no_other_machines_bootstrap_data(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    """Whoever edits C3osMachines can write their ownerReferences; CAPI adopts only the
+    infrastructure machine its Machine references. A C3osMachine claiming to be owned by
+    another Machine (a server's, say) must not install a host with its bootstrap data."""
+    token = make_site(capi)
+    endpoint = start_endpoint()
+    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    secret = b"#cloud-config\n# the victim's join secrets\n"
+    capi.create_machine("c", "victim", machine_spec(hostSelector={"matchLabels": {"no": "host"}}), secret)
+    victim = capi.must_get(CAPI, "machines", "victim")
+    owner = {"apiVersion": "/".join(CAPI), "kind": "Machine", "name": "victim",
+             "uid": victim["metadata"]["uid"], "controller": True}  # fmt: skip
+    capi.create(INFRA, "c3osmachines", {
+        "apiVersion": "/".join(INFRA), "kind": "C3osMachine",
+        "metadata": {"name": "thief", "labels": {"cluster.x-k8s.io/cluster-name": "c"},
+                     "ownerReferences": [owner]},
+        "spec": machine_spec(),
+    })  # fmt: skip
+    wait_reason(capi, "thief", "OwnerMachineMismatch")
+    assert claim_of(capi, host.name) == {}
+    assert host.assignment().body == {"action": "wait", "reason": "Idle", "pollSeconds": 15}

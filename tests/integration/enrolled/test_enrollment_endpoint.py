@@ -140,6 +140,31 @@ def test_registering_again_voids_the_previous_credential(capi: Capi, start_endpo
     assert host["metadata"]["labels"]["host.c3os.io/memory-gib"] == "32"
 
 
+def test_a_token_of_another_pool_does_not_take_over_a_registered_host(
+    capi: Capi, start_endpoint: StartEndpoint
+) -> None:
+    """Every host of a pool holds its token; one of another pool (a lab's, say) must not
+    re-register a host of this pool and so receive its claim and bootstrap data."""
+    token = make_site(capi)
+    other = new_token()
+    capi.create_secret("other-token", {"token": other.encode()})
+    site = enrolled_site(token_secret="other-token")
+    site["enrolled"]["pool"] = "other"
+    capi.create_cluster("o", site)
+    endpoint = start_endpoint()
+    a = endpoint.agent()
+    assert a.register(capi.namespace, POOL, token, hardware(UUID_A)).status == 200
+    thief = endpoint.agent()
+    assert refused(thief.register(capi.namespace, "other", other, hardware(UUID_A)))
+    assert a.assignment().status == 200, "the host's own credential was replaced"
+    host = capi.must_get(INFRA, "c3oshosts", name_of(UUID_A))
+    assert (host["status"]["pool"], host["status"]["registrations"]) == (POOL, 1)
+    assert host["metadata"]["labels"]["host.c3os.io/pool"] == POOL
+    # A host of the other pool registers there as before.
+    assert thief.register(capi.namespace, "other", other, hardware(UUID_B)).status == 200
+    never_logged(endpoint, token, other, a.credential)
+
+
 def test_under_approval_a_host_waits_until_accepted(capi: Capi, start_endpoint: StartEndpoint) -> None:
     token = make_site(capi, acceptance="Approval")
     endpoint = start_endpoint()

@@ -1,15 +1,20 @@
-"""The extension's serving certificate when the manager manages it itself.
+"""Serving certificates of the manager's HTTPS endpoints, kept by the manager in Secrets
+of its own namespace. Two keepers, for two kinds of client:
 
-A CA and a serving certificate it signed live in one `kubernetes.io/tls` Secret in the
-manager's namespace (`ca.crt`, `tls.crt`, `tls.key`, plus `ca.key` to sign the next
-certificate), so restarts and every replica serve the same certificate, and CAPI copies
-`ca.crt` into the ExtensionConfig's caBundle (annotation
-`runtime.cluster.x-k8s.io/inject-ca-from-secret`, watched by CAPI core).
+The Runtime SDK extension's (ServingMaterial): a CA and a serving certificate it signed
+live in one `kubernetes.io/tls` Secret (`ca.crt`, `tls.crt`, `tls.key`, plus `ca.key` to
+sign the next certificate), so restarts and every replica serve the same certificate,
+and CAPI copies `ca.crt` into the ExtensionConfig's caBundle (annotation
+`runtime.cluster.x-k8s.io/inject-ca-from-secret`, watched by CAPI core). Renewal happens
+well before expiry: the serving certificate once a third of its life is left (or when
+the names it must carry changed); the CA (ten years) a year before its end, and then
+`ca.crt` holds the new CA and the old one while the old is still valid, so a client that
+still trusts only the old CA keeps working until CAPI re-injects the bundle.
 
-Renewal happens well before expiry: the serving certificate once a third of its life is
-left (or when the names it must carry changed); the CA (ten years) a year before its end,
-and then `ca.crt` holds the new CA and the old one while the old is still valid, so a
-client that still trusts only the old CA keeps working until CAPI re-injects the bundle.
+The enrollment endpoint's (ensure_ca): a CA made at start-up when absent, which hosts
+pin (`ca.crt` of its Secret), and short-lived serving certificates it signs. The leaf's
+key never leaves the manager's memory, so only the CA is stored (and create is the only
+Secret write this needs).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from capi_c3os.bootstrap.certificates import KeyPair, issue_certificate, new_ca
+from capi_c3os.reconcilers.kube import Kube, ensure_secret
+
+# ------------------------------------------------------------------ the extension's Secret
 
 CA_VALIDITY = dt.timedelta(days=3650)
 CA_RENEW_BEFORE = dt.timedelta(days=365)
@@ -116,11 +124,53 @@ def renew(material: ServingMaterial | None, hosts: tuple[str, ...], now: dt.date
         old = ca if ca is not None and ca.not_after > now else None
         ca = new_ca(CA_COMMON_NAME, valid_for=CA_VALIDITY)
         bundle = ca.cert_pem + (old.cert_pem if old else b"")
+    serving = _issue_serving(ca, SERVING_COMMON_NAME, hosts, CERT_VALIDITY)
+    return ServingMaterial(ca=ca, ca_bundle=bundle, serving=serving)
+
+
+# ------------------------------------------------------------------ the enrollment CA
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+LEAF_VALIDITY = dt.timedelta(days=30)
+"""Enrollment serving certificates are re-issued well before this (see `needs_renewal`)."""
+
+
+def ensure_ca(kube: Kube, namespace: str, name: str, common_name: str) -> KeyPair:
+    """The CA from its Secret, or a new one stored there."""
+
+    def make() -> dict[str, bytes]:
+        ca = new_ca(common_name)
+        return {CA_CERT: ca.cert_pem, CA_KEY: ca.key_pem}
+
+    data = ensure_secret(kube, namespace, name, make)
+    if not data.get(CA_CERT) or not data.get(CA_KEY):
+        # Never overwrite: hosts pin this CA.
+        raise RuntimeError(
+            f"Secret {namespace}/{name} lacks {CA_CERT} or {CA_KEY}; delete it to have a new CA made"
+        )
+    return KeyPair(data[CA_CERT], data[CA_KEY])
+
+
+def serving_certificate(ca: KeyPair, names: tuple[str, ...]) -> KeyPair:
+    """A serving certificate for `names` (DNS names and IP addresses)."""
+    common = names[0] if names else "capi-c3os"
+    return _issue_serving(ca, common[:64], names, LEAF_VALIDITY)
+
+
+def needs_renewal(leaf: KeyPair, now: dt.datetime) -> bool:
+    return leaf.not_after - now < LEAF_VALIDITY / 3
+
+
+# ------------------------------------------------------------------ both
+
+
+def _issue_serving(ca: KeyPair, common_name: str, hosts: tuple[str, ...], valid_for: dt.timedelta) -> KeyPair:
     dns = tuple(h for h in hosts if not _is_ip(h))
     ips = tuple(h for h in hosts if _is_ip(h))
-    serving = issue_certificate(ca, SERVING_COMMON_NAME, dns_names=dns, ip_addresses=ips, server=True,
-                                valid_for=CERT_VALIDITY)  # fmt: skip
-    return ServingMaterial(ca=ca, ca_bundle=bundle, serving=serving)
+    return issue_certificate(
+        ca, common_name, dns_names=dns, ip_addresses=ips, server=True, valid_for=valid_for
+    )
 
 
 def _is_ip(host: str) -> bool:
@@ -129,13 +179,3 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-__all__ = [
-    "ServingMaterial",
-    "from_secret_data",
-    "renew",
-    "renewal_reason",
-    "service_hosts",
-    "to_secret_data",
-]
