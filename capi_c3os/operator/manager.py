@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Runtime
 from capi_c3os.operator.settings import build_settings
 from capi_c3os.reconcilers.host_inventory import KubeInventory
-from capi_c3os.reconcilers.kube import CLUSTERS, Kube
+from capi_c3os.reconcilers.kube import CLUSTERS, Kube, OwnWrites
 from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET, ensure_record_key
 from capi_c3os.reconcilers.view import ClusterView
 
@@ -206,7 +207,7 @@ async def _lead(
     executor: ThreadPoolExecutor,
     elector: LeaderElector | None,
 ) -> int:
-    kube = Kube(api)
+    kube = Kube(api, own_writes=OwnWrites())
     view = ClusterView() if options.watch_cache and set(VIEW_READERS) & set(options.providers) else None
     kinds = kinds_of(options.providers)
     record_key = None
@@ -216,7 +217,7 @@ async def _lead(
         )
     runtime = Runtime(kube, view, record_key)
     diffbase = MemoryDiffBase()
-    resync = Resync(runtime, kinds, options.namespaces, listed=diffbase.retain)
+    resync = Resync(runtime, kinds, options.namespaces, listed=functools.partial(_retain, diffbase, kube))
     runtime.requeue = resync.requeue
     registry = build_registry(
         options.providers,
@@ -289,6 +290,13 @@ async def _start_enrollment(options: Options, kube: Kube) -> EnrollmentServer | 
         return None
     server = EnrollmentServer(kube, options.enrollment, backend.host_changed)
     return server if await server.start() else None
+
+
+def _retain(diffbase: MemoryDiffBase, kube: Kube, uids: Collection[str]) -> None:
+    """What the resync listed is all that exists: memory of anything else goes."""
+    diffbase.retain(uids)
+    if kube.own_writes is not None:
+        kube.own_writes.retain(uids)
 
 
 def _exit_if_lost(lease_task: asyncio.Future[None]) -> None:

@@ -13,13 +13,18 @@
   opened and dropped per request when the pool is larger than requests' default 10.
 - The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
   node of the site: its cost does not grow with the site.
+- kopf's event of a version our own reconcile wrote and went on from (the claim, before
+  that reconcile's status patch) starts no reconcile; another writer's change, and a
+  version our write made on a body read afresh after a 409, still do.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -31,12 +36,17 @@ from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic import client as ironic_client
 from capi_c3os.backends.ironic.client import IronicApi, connect
 from capi_c3os.backends.registry import Backends
+from capi_c3os.capi.conditions import new_condition
+from capi_c3os.capi.outcome import Outcome
 from capi_c3os.capi.owners import owner_machine_name
+from capi_c3os.capi.status import status_patch
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.manager import Manager
+from capi_c3os.operator.handlers.common import handle
+from capi_c3os.operator.runtime import Kind, Runtime
 from capi_c3os.reconcilers import c3oscluster, c3osmachine
 from capi_c3os.reconcilers.c3osmachine import C3OS_CLUSTERS, FINALIZER
-from capi_c3os.reconcilers.kube import ConflictError, Kube, Resource
+from capi_c3os.reconcilers.kube import ConflictError, Kube, OwnWrites, Resource
 from tests.integration.ironic.lab import USER_DATA, IronicLab, drive, new_resource_class
 from tests.integration.ironic.test_ironic_machine import machine_spec
 from tests.integration.libvirt.conftest import INFRA, Capi
@@ -265,3 +275,76 @@ def test_the_ironic_client_keeps_a_connection_per_reconcile_that_may_run_at_once
     # urllib3's pool container refuses plain iteration; keys() is its way.
     opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
     assert opened <= POOL, f"{opened} connections opened for {POOL} requests at a time, three times"
+
+
+CLAIMED = "example.test/claimed"
+
+
+def test_an_event_of_our_own_write_starts_no_reconcile_anothers_change_does(capi: Capi, k8s: Any) -> None:
+    kube = Kube(k8s, own_writes=OwnWrites())
+    runtime = Runtime(kube)  # no requeue: a conflict surfaces as kopf's TemporaryError
+    runs: list[str] = []
+    written: list[dict[str, Any]] = []  # the versions our writes made: kopf's next events
+
+    def claim_and_report(kube: Kube, resource: Resource, obj: dict[str, Any]) -> Outcome:
+        """A claim (replace) and one status patch conditional on it, as a machine's."""
+        runs.append(obj["metadata"]["resourceVersion"])
+        if CLAIMED not in (obj["metadata"].get("annotations") or {}):
+            body = copy.deepcopy(obj)
+            body["metadata"].setdefault("annotations", {})[CLAIMED] = "yes"
+            body.pop("status", None)
+            try:
+                obj = kube.replace(resource, capi.namespace, "m-own", body)
+            except ConflictError:  # another writer first: once more on the fresh object
+                fresh = kube.get(resource, capi.namespace, "m-own")
+                assert fresh is not None
+                fresh["metadata"].setdefault("annotations", {})[CLAIMED] = "yes"
+                obj = kube.replace(resource, capi.namespace, "m-own", fresh)
+            written.append(obj)
+        ready = new_condition(
+            "Ready", "False", "Deploying", f"run {len(runs)}", generation=1, now=datetime.now(UTC)
+        )
+        patch = status_patch(obj, [ready])
+        try:
+            if patch is not None:
+                written.append(kube.patch_status(resource, capi.namespace, "m-own", patch))
+        except ConflictError:
+            pass  # the body was not the newest: the cost avoided (a real one reads again)
+        return Outcome.ready()
+
+    kind = Kind(MACHINES, claim_and_report)
+    created = capi.create(INFRA, "c3osmachines", {
+        "apiVersion": "/".join(INFRA), "kind": "C3osMachine", "metadata": {"name": "m-own"},
+        "spec": machine_spec("own-writes"),
+    })  # fmt: skip
+    try:
+        handle(runtime, kind, created, "create")
+        claimed, reported = written
+        # kopf hands over the claim's event after the status patch was made on top of it
+        # (and the patch's own event, when its batch ends there): nothing to do.
+        handle(runtime, kind, claimed, "update")
+        handle(runtime, kind, reported, "update")
+        assert len(runs) == 1, f"{len(runs)} reconciles of events our own writes caused"
+
+        # Another writer's change is reconciled.
+        _touch_own(capi, {"metadata": {"labels": {"example.test/other": "x"}}})
+        handle(runtime, kind, capi.must_get(INFRA, "c3osmachines", "m-own"), "update")
+        assert len(runs) == 2
+
+        # A write made on a body read afresh after a 409 carries a change no reconcile
+        # decided on: its event is reconciled.
+        _touch_own(capi, {"metadata": {"annotations": {CLAIMED: None}}})
+        stale = capi.must_get(INFRA, "c3osmachines", "m-own")
+        _touch_own(capi, {"metadata": {"labels": {"example.test/other": "y"}}})
+        written.clear()
+        handle(runtime, kind, stale, "update")
+        retried = written[0]
+        assert retried["metadata"]["labels"]["example.test/other"] == "y"
+        handle(runtime, kind, retried, "update")
+        assert len(runs) == 4, runs
+    finally:
+        capi.delete(INFRA, "c3osmachines", "m-own")
+
+
+def _touch_own(capi: Capi, patch: dict[str, Any]) -> None:
+    capi.custom.patch_namespaced_custom_object(*INFRA, capi.namespace, "c3osmachines", "m-own", patch)
