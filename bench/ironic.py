@@ -37,6 +37,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import statistics
 import sys
@@ -529,7 +530,11 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             )
             print(f"  writes per machine: {per_machine(kinds - kinds0, machines, 10)}")
             triggers = reconciles(manager, by="trigger") - triggers0
-            print(f"  reconciles per machine by trigger: {per_machine(triggers, machines)}")
+            superseded = manager.metric_sum("capi_c3os_superseded_events_total", kind="C3osMachine")
+            print(
+                f"  reconciles per machine by trigger: {per_machine(triggers, machines)}; "
+                f"events of our own writes, not reconciled: {superseded / machines:.2f}"
+            )
             made = api_requests(manager) - requests0
             print(f"  the reconcilers' API requests per machine: {per_machine(made, machines)}")
             print(f"  Ironic requests per machine: {per_machine(paths - paths0, machines)}")
@@ -564,6 +569,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
     finally:
         if manager:
             manager.stop()
+            if keep := os.environ.get("BENCH_LOGS"):  # the manager's log, to read afterwards
+                shutil.copy(root / "manager.log", keep)
         plane.stop()
 
 
