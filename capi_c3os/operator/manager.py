@@ -27,11 +27,12 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from capi_c3os.backends import images
+from capi_c3os.backends import images, ironic
 from capi_c3os.backends.enrolled import EnrolledBackend
 from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.backends.ironic import client as ironic_client
+from capi_c3os.backends.ironic.backend import HEALTH_INTERVAL as IRONIC_HEALTH_INTERVAL
 from capi_c3os.backends.registry import BACKENDS
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import CountingApiClient, connection_info, load_configuration
@@ -88,6 +89,8 @@ class Options:
     """The enrollment endpoint for self-enrolling hosts (infrastructure only); None = off."""
     host_reset_timeout: float = DEFAULT_RESET_TIMEOUT
     """Seconds a released enrolled host has to report its reset before it is marked Lost."""
+    ironic_health_interval: float = IRONIC_HEALTH_INTERVAL
+    """Seconds between looks at a running bare-metal machine's Ironic node."""
 
 
 @dataclass
@@ -138,6 +141,7 @@ def _health_checks(
 async def run_manager(options: Options) -> int:
     images.configure(options.image_limits)
     ironic_client.configure(options.max_concurrent_reconciles)
+    ironic.configure(options.ironic_health_interval)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

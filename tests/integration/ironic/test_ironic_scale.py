@@ -8,7 +8,9 @@
   bootstrap Secret from the manager's watches, not with a GET each time (counted by the
   manager's own request metric).
 - A running machine's node is looked at in Ironic once per health interval, whatever
-  else wakes its reconcile (the periodic resync, every few minutes for every machine).
+  else wakes its reconcile (the periodic resync, every few minutes for every machine);
+  the interval is the manager's --ironic-health-interval, by default no shorter than the
+  resync period (an idle machine: at most one Ironic request per resync).
 - The Ironic client keeps a connection per reconcile that may run at once: none is
   opened and dropped per request when the pool is larger than requests' default 10.
 - The site's busy-node count (maxConcurrentProvisioning) reads the busy nodes, not every
@@ -20,6 +22,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import threading
@@ -31,6 +34,7 @@ import pytest
 import requests
 
 from capi_c3os.api.infrastructure import IronicMachine, IronicSite
+from capi_c3os.backends import ironic
 from capi_c3os.backends.base import BackendError, Phase, SiteCredentials
 from capi_c3os.backends.ironic import IronicBackend
 from capi_c3os.backends.ironic import client as ironic_client
@@ -42,6 +46,7 @@ from capi_c3os.capi.owners import owner_machine_name
 from capi_c3os.capi.status import status_patch
 from capi_c3os.dev.ironic import IronicServer
 from capi_c3os.dev.manager import Manager
+from capi_c3os.operator import run
 from capi_c3os.operator.handlers.common import handle
 from capi_c3os.operator.runtime import Kind, Runtime
 from capi_c3os.reconcilers import c3oscluster, c3osmachine
@@ -161,17 +166,24 @@ def test_a_write_racing_capis_metadata_write_is_made_again_not_the_reconcile(  #
         eventually(released, "m-race released", 120, every=1.0)
 
 
+def _counting_connector() -> tuple[Any, list[IronicApi]]:
+    """A backend's connector and the clients it made (each counts its requests)."""
+    apis: list[IronicApi] = []
+
+    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
+        apis.append(connect(site, credentials))
+        return apis[-1]
+
+    return connector, apis
+
+
 IDLE_NODES = 20
 
 
 def test_the_slot_count_reads_the_busy_nodes_not_every_node_of_the_site(lab: IronicLab) -> None:
     rc = new_resource_class()
     lab.enroll(IDLE_NODES + 1, rc)
-    apis: list[IronicApi] = []
-
-    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
-        apis.append(connect(site, credentials))
-        return apis[-1]
+    connector, apis = _counting_connector()
 
     backend = IronicBackend(connector=connector)
     intent = lab.intent("slot-count", IronicMachine(resource_class=rc))
@@ -228,11 +240,7 @@ def test_a_machine_reconcile_reads_machine_and_secrets_from_the_watches(
 def test_a_running_machine_is_looked_at_in_ironic_once_per_health_interval(lab: IronicLab) -> None:
     rc = new_resource_class()
     lab.enroll(1, rc)
-    apis: list[IronicApi] = []
-
-    def connector(site: IronicSite, credentials: SiteCredentials) -> IronicApi:
-        apis.append(connect(site, credentials))
-        return apis[-1]
+    connector, apis = _counting_connector()
 
     backend = IronicBackend(connector=connector, health_interval=300)
     intent = lab.intent("health", IronicMachine(resource_class=rc))
@@ -248,6 +256,38 @@ def test_a_running_machine_is_looked_at_in_ironic_once_per_health_interval(lab: 
     drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
     after = backend.provision(provisioned)
     assert after.phase is Phase.MISSING, after
+
+
+def test_an_idle_machine_costs_ironic_at_most_one_request_per_resync_and_the_flag_sets_it(
+    lab: IronicLab,
+) -> None:
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    default = run.options_from_args(parser.parse_args([]))
+    assert default.ironic_health_interval >= default.sync_period, "one look per resync at most"
+    options = run.options_from_args(
+        parser.parse_args(["--ironic-health-interval", "45", "--sync-period", "15"])
+    )
+    rc = new_resource_class()
+    lab.enroll(1, rc)
+    connector, apis = _counting_connector()
+
+    ironic.configure(options.ironic_health_interval)  # what the manager does with the flag
+    try:
+        backend = IronicBackend(connector=connector)
+    finally:
+        ironic.configure(default.ironic_health_interval)
+    intent = lab.intent("idle", IronicMachine(resource_class=rc))
+    try:
+        running = drive(lambda: backend.provision(intent), {Phase.RUNNING})
+        assert running.requeue_after is not None and 45 <= running.requeue_after <= 45 * 1.25
+        provisioned = dataclasses.replace(intent, provisioned=True)
+        before = sum(api.calls for api in apis)
+        resyncs = [backend.provision(provisioned) for _ in range(3)]  # 45 s: three resyncs of 15 s
+        assert sum(api.calls for api in apis) == before, "no request within the interval"
+        assert all(p.phase is Phase.RUNNING for p in resyncs), resyncs
+    finally:
+        drive(lambda: backend.deprovision(intent.identity, intent.site, intent.credentials), {Phase.DELETED})
 
 
 POOL = 12
