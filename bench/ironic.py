@@ -569,8 +569,9 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
     finally:
         if manager:
             manager.stop()
-            if keep := os.environ.get("BENCH_LOGS"):  # the manager's log, to read afterwards
+            if keep := os.environ.get("BENCH_LOGS"):  # the manager's log and the audit log
                 shutil.copy(root / "manager.log", keep)
+                shutil.copy(plane.audit_log, f"{keep}.audit")
         plane.stop()
 
 
