@@ -26,7 +26,8 @@ RECONCILE_SECONDS = Histogram(
 SUPERSEDED = Counter(
     "capi_c3os_superseded_events",
     "Watch events (kopf's create, update and resume) of an object version that our own "
-    "reconcile wrote and went on from: no reconcile is run for them, by kind.",
+    "reconcile wrote and went on from, and objects of a resync's listing that our own "
+    "reconcile wrote since: no reconcile is run for them, by kind.",
     ["kind"],
 )
 API_REQUESTS = Counter(

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -94,6 +95,8 @@ class OwnWrites:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, deque[str]] = {}
+        self._written_at: dict[str, float] = {}
+        """uid -> when (monotonic) the last of those versions was written."""
         self._local = threading.local()
 
     @contextmanager
@@ -117,6 +120,7 @@ class OwnWrites:
         chain.add((uid, version))
         with self._lock:
             self._versions.setdefault(uid, deque(maxlen=self.KEEP)).append(version)
+            self._written_at[uid] = time.monotonic()
 
     def produced(self, obj: dict[str, Any]) -> bool:
         """`obj` is a version one of our reconciles wrote (and went on from)."""
@@ -124,12 +128,20 @@ class OwnWrites:
         with self._lock:
             return meta.get("resourceVersion") in self._versions.get(meta.get("uid") or "", ())
 
+    def wrote_since(self, obj: dict[str, Any], since: float) -> bool:
+        """One of our reconciles wrote the object (and went on from there) after `since`
+        (monotonic): a body read before then (a resync's listing) holds nothing that
+        reconcile did not see, since its write was conditional on the version it read."""
+        with self._lock:
+            return self._written_at.get((obj.get("metadata") or {}).get("uid") or "", since) > since
+
     def retain(self, uids: Collection[str]) -> None:
         """Forget every object not among `uids` (all objects that exist)."""
         keep = set(uids)
         with self._lock:
             for uid in [uid for uid in self._versions if uid not in keep]:
                 del self._versions[uid]
+                self._written_at.pop(uid, None)
 
     def __len__(self) -> int:
         with self._lock:
