@@ -37,6 +37,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import statistics
 import sys
@@ -313,7 +314,8 @@ ID = re.compile(r"/(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def kube_requests(audit_log: Path, kinds: Counter[str] | None = None) -> tuple[int, int]:
     """(all, writes) the manager's identity made, from the API server's audit log; each
-    write counted by verb and resource in `kinds` when given."""
+    write counted by verb and resource in `kinds` when given, and those answered 409 once
+    more under "409 <verb> <resource>"."""
     total = writes = 0
     with audit_log.open() as log:
         for line in log:
@@ -325,7 +327,10 @@ def kube_requests(audit_log: Path, kinds: Counter[str] | None = None) -> tuple[i
                     if kinds is not None:
                         ref = event.get("objectRef") or {}
                         sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
-                        kinds[f"{event['verb']} {ref.get('resource')}{sub}"] += 1
+                        kind = f"{event['verb']} {ref.get('resource')}{sub}"
+                        kinds[kind] += 1
+                        if (event.get("responseStatus") or {}).get("code") == 409:
+                            kinds[f"409 {kind}"] += 1
     return total, writes
 
 
@@ -364,13 +369,13 @@ def process_memory(pid: int, field: str = "VmRSS") -> float:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")) / 1024
 
 
-def reconciles(manager: Manager) -> Counter[str]:
-    """C3osMachine reconciles the manager ran, by result."""
+def reconciles(manager: Manager, by: str = "result") -> Counter[str]:
+    """C3osMachine reconciles the manager ran, by result (or by `by`: trigger)."""
     counts: Counter[str] = Counter()
     for (name, labels), value in manager.metrics().items():
         found = dict(labels)
         if name == "capi_c3os_reconcile_total" and found.get("kind") == "C3osMachine":
-            counts[found["result"]] += int(value)
+            counts[found[by]] += int(value)
     return counts
 
 
@@ -462,6 +467,7 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
             paths0: Counter[str] = Counter()
             kube0, ironic0 = kube_requests(plane.audit_log, kinds0), ironic_requests(server, paths0)
             runs0, requests0 = reconciles(manager), api_requests(manager)
+            triggers0 = reconciles(manager, by="trigger")
             started = time.perf_counter()
 
             def create(i: int) -> None:
@@ -522,12 +528,19 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 f"{(kube - kube0[0]) / machines:.1f} requests per machine, "
                 f"{(ironic - ironic0) / machines:.1f} Ironic requests per machine"
             )
-            print(f"  writes per machine: {per_machine(kinds - kinds0, machines, 8)}")
+            print(f"  writes per machine: {per_machine(kinds - kinds0, machines, 10)}")
+            triggers = reconciles(manager, by="trigger") - triggers0
+            superseded = manager.metric_sum("capi_c3os_superseded_events_total", kind="C3osMachine")
+            print(
+                f"  reconciles per machine by trigger: {per_machine(triggers, machines)}; "
+                f"events of our own writes, not reconciled: {superseded / machines:.2f}"
+            )
             made = api_requests(manager) - requests0
             print(f"  the reconcilers' API requests per machine: {per_machine(made, machines)}")
             print(f"  Ironic requests per machine: {per_machine(paths - paths0, machines)}")
             cpu0, (kube0_all, kube0_writes), ironic0, kinds0 = cpu, (kube, writes), ironic, kinds
             paths0, runs0 = paths, reconciles(manager)
+            triggers0 = reconciles(manager, by="trigger")
             time.sleep(idle)
             cpu, peak = process_usage(manager.pid)
             kinds, paths = Counter(), Counter()
@@ -544,6 +557,8 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
                 + (" per resync" if sync_period else "")
                 + f", {sum((reconciles(manager) - runs0).values()) / machines / resyncs:.2f} reconciles"
             )
+            if triggers := reconciles(manager, by="trigger") - triggers0:
+                print(f"  idle reconciles per machine by trigger: {per_machine(triggers, machines)}")
             if paths - paths0:
                 print(f"  idle Ironic requests per machine: {per_machine(paths - paths0, machines)}")
             if kinds - kinds0:
@@ -554,6 +569,9 @@ def manager_scale(  # noqa: PLR0915 - one scenario, read top to bottom
     finally:
         if manager:
             manager.stop()
+            if keep := os.environ.get("BENCH_LOGS"):  # the manager's log and the audit log
+                shutil.copy(root / "manager.log", keep)
+                shutil.copy(plane.audit_log, f"{keep}.audit")
         plane.stop()
 
 

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
 
-from capi_c3os.backends import images
+from capi_c3os.backends import images, ironic
 from capi_c3os.backends.enrolled import EnrolledBackend
 from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
 from capi_c3os.backends.ironic import client as ironic_client
+from capi_c3os.backends.ironic.backend import HEALTH_INTERVAL as IRONIC_HEALTH_INTERVAL
 from capi_c3os.backends.registry import BACKENDS
 from capi_c3os.operator import metrics
 from capi_c3os.operator.connection import CountingApiClient, connection_info, load_configuration
@@ -46,7 +48,7 @@ from capi_c3os.operator.resync import Resync
 from capi_c3os.operator.runtime import Runtime
 from capi_c3os.operator.settings import build_settings
 from capi_c3os.reconcilers.host_inventory import KubeInventory
-from capi_c3os.reconcilers.kube import CLUSTERS, Kube
+from capi_c3os.reconcilers.kube import CLUSTERS, Kube, OwnWrites
 from capi_c3os.reconcilers.site_record import RECORD_KEY_SECRET, ensure_record_key
 from capi_c3os.reconcilers.view import ClusterView
 
@@ -87,6 +89,8 @@ class Options:
     """The enrollment endpoint for self-enrolling hosts (infrastructure only); None = off."""
     host_reset_timeout: float = DEFAULT_RESET_TIMEOUT
     """Seconds a released enrolled host has to report its reset before it is marked Lost."""
+    ironic_health_interval: float = IRONIC_HEALTH_INTERVAL
+    """Seconds between looks at a running bare-metal machine's Ironic node."""
 
 
 @dataclass
@@ -137,6 +141,7 @@ def _health_checks(
 async def run_manager(options: Options) -> int:
     images.configure(options.image_limits)
     ironic_client.configure(options.max_concurrent_reconciles)
+    ironic.configure(options.ironic_health_interval)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -206,7 +211,7 @@ async def _lead(
     executor: ThreadPoolExecutor,
     elector: LeaderElector | None,
 ) -> int:
-    kube = Kube(api)
+    kube = Kube(api, own_writes=OwnWrites())
     view = ClusterView() if options.watch_cache and set(VIEW_READERS) & set(options.providers) else None
     kinds = kinds_of(options.providers)
     record_key = None
@@ -216,7 +221,7 @@ async def _lead(
         )
     runtime = Runtime(kube, view, record_key)
     diffbase = MemoryDiffBase()
-    resync = Resync(runtime, kinds, options.namespaces, listed=diffbase.retain)
+    resync = Resync(runtime, kinds, options.namespaces, listed=functools.partial(_retain, diffbase, kube))
     runtime.requeue = resync.requeue
     registry = build_registry(
         options.providers,
@@ -289,6 +294,13 @@ async def _start_enrollment(options: Options, kube: Kube) -> EnrollmentServer | 
         return None
     server = EnrollmentServer(kube, options.enrollment, backend.host_changed)
     return server if await server.start() else None
+
+
+def _retain(diffbase: MemoryDiffBase, kube: Kube, uids: Collection[str]) -> None:
+    """What the resync listed is all that exists: memory of anything else goes."""
+    diffbase.retain(uids)
+    if kube.own_writes is not None:
+        kube.own_writes.retain(uids)
 
 
 def _exit_if_lost(lease_task: asyncio.Future[None]) -> None:

@@ -23,6 +23,13 @@ RECONCILE_SECONDS = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+SUPERSEDED = Counter(
+    "capi_c3os_superseded_events",
+    "Watch events (kopf's create, update and resume) of an object version that our own "
+    "reconcile wrote and went on from, and objects of a resync's listing that our own "
+    "reconcile wrote since: no reconcile is run for them, by kind.",
+    ["kind"],
+)
 API_REQUESTS = Counter(
     "capi_c3os_api_requests",
     "Requests the reconcilers (and the lease) made to the Kubernetes API server, by verb "

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 from capi_c3os.capi.metadata import CLUSTER_NAME_LABEL
+from capi_c3os.operator import metrics
 from capi_c3os.operator.logs import object_ref
 from capi_c3os.operator.runtime import Kind, Runtime
 from capi_c3os.operator.settings import HANDLER_BACKOFF
@@ -161,6 +163,7 @@ class Resync:
                     await loop.run_in_executor(executor, self._runtime.view.refresh, self._runtime.kube)
                 except Exception as exc:
                     log.warning("resync could not refresh the watch view: %s", exc)
+            listed_at = time.monotonic()
             try:
                 objects = await loop.run_in_executor(executor, self.all_objects)
             except Exception as exc:
@@ -170,4 +173,15 @@ class Resync:
             if self._listed is not None:
                 self._listed([obj["metadata"]["uid"] for _, obj in objects])
             for kind, obj in objects:
-                await loop.run_in_executor(executor, self._reconcile_quietly, kind, obj, "resync")
+                await loop.run_in_executor(executor, self.reconcile_listed, kind, obj, listed_at)
+
+    def reconcile_listed(self, kind: Kind, obj: dict[str, Any], listed_at: float) -> None:
+        """Blocking: one object of a resync's listing (made at `listed_at`, monotonic).
+        A pass over many objects takes a while; one that our own reconcile wrote since
+        the listing is left out: its body is outdated (reconciling it would cost a write
+        refused with 409 and a read), and that reconcile arranged its own next run."""
+        own = self._runtime.kube.own_writes
+        if own is not None and own.wrote_since(obj, listed_at):
+            metrics.SUPERSEDED.labels(kind.resource.kind).inc()
+            return
+        self._reconcile_quietly(kind, obj, "resync")

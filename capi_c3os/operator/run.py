@@ -14,6 +14,7 @@ import re
 
 from capi_c3os.backends.enrolled.backend import DEFAULT_RESET_TIMEOUT
 from capi_c3os.backends.images import ImageLimits
+from capi_c3os.backends.ironic.backend import HEALTH_INTERVAL as IRONIC_HEALTH_INTERVAL
 from capi_c3os.operator.connection import own_namespace
 from capi_c3os.operator.endpoints import parse_address
 from capi_c3os.operator.enrollment import CA_SECRET, EnrollmentConfig
@@ -134,6 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-concurrent-reconciles", type=int, default=4, help="reconciles running at once (default 4)"
+    )
+    parser.add_argument(
+        "--ironic-health-interval",
+        type=positive_seconds,
+        default=IRONIC_HEALTH_INTERVAL,
+        help="seconds between looks at a running bare-metal machine's Ironic node: how soon a node "
+        "undeployed outside the cluster is reported NodeMissing; each look is one request per "
+        f"machine (default {IRONIC_HEALTH_INTERVAL:.0f}, the default --sync-period)",
     )
     parser.add_argument(
         "--no-watch-cache",
@@ -305,6 +314,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         extension=extension,
         enrollment=enrollment if args.enrollment_addr not in ("0", "") else None,
         host_reset_timeout=args.host_reset_timeout,
+        ironic_health_interval=args.ironic_health_interval,
     )
 
 

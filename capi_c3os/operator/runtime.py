@@ -54,6 +54,15 @@ class Runtime:
         self.requeue: Requeue | None = None
         """Set by the manager once the resync runs: kopf handlers hand their waits to it."""
 
+    def superseded(self, kind: Kind, obj: dict[str, Any]) -> bool:
+        """`obj` is a version our own reconcile wrote and went on from (see
+        `OwnWrites`): an event of it needs no reconcile. Counted."""
+        if self.kube.own_writes is None or not self.kube.own_writes.produced(obj):
+            return False
+        metrics.SUPERSEDED.labels(kind.resource.kind).inc()
+        log.debug("event of our own write: nothing to reconcile", extra=object_ref(obj))
+        return True
+
     def reconcile(self, kind: Kind, obj: dict[str, Any], trigger: str) -> Outcome:
         """Run `kind.reconcile` on `obj`; `ConflictError` and unexpected exceptions propagate
         (the caller decides how to retry) after being counted."""
@@ -68,7 +77,11 @@ class Runtime:
                 if self.record_key is None:  # a wiring bug: never reconcile unsigned
                     raise RuntimeError(f"{name} needs the record key, and the manager has none")
                 extra["record_key"] = self.record_key
-            outcome = kind.reconcile(self.kube, kind.resource, obj, **extra)
+            if self.kube.own_writes is not None:
+                with self.kube.own_writes.reconciling(obj):
+                    outcome = kind.reconcile(self.kube, kind.resource, obj, **extra)
+            else:
+                outcome = kind.reconcile(self.kube, kind.resource, obj, **extra)
             result = result_label(outcome)
         except ConflictError:
             result = "conflict"

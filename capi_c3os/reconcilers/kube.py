@@ -13,7 +13,10 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -73,6 +76,81 @@ def _changed_meanwhile(resource: Resource, namespace: str, name: str) -> Iterato
         raise
 
 
+class OwnWrites:
+    """The versions of objects that our own reconciles wrote, so that a watch event
+    carrying one of them is known to hold nothing a reconcile has not acted on already.
+
+    kopf hands a handler the body of the event our own write caused (the claim, a status
+    patch), often after that same reconcile wrote again: reconciling it costs a status
+    patch refused with 409, a GET and the patch again. A version counts as ours only when
+    the write that produced it was conditional on a version the same reconcile started
+    from or produced itself (every write here carries the resourceVersion it was computed
+    from as a precondition): then nobody else changed the object in between, and the
+    reconcile went on from that version and arranged its own next run (or failed, which
+    its caller retries). A write computed on a body read afresh after a 409 (another
+    writer's change that reconcile did not decide on) breaks the chain, so the event of
+    that change still starts a reconcile. Memory only (a new process knows none, and
+    reconciles every event); a few versions per object, forgotten with `retain`."""
+
+    KEEP = 8
+    """Versions kept per object: more than one reconcile writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[str, deque[str]] = {}
+        self._written_at: dict[str, float] = {}
+        """uid -> when (monotonic) the last of those versions was written."""
+        self._local = threading.local()
+
+    @contextmanager
+    def reconciling(self, obj: dict[str, Any]) -> Iterator[None]:
+        """Writes in this thread inside the block chain onto `obj`'s version."""
+        meta = obj.get("metadata") or {}
+        outer = getattr(self._local, "chain", None)
+        self._local.chain = {(meta.get("uid"), meta.get("resourceVersion"))}
+        try:
+            yield
+        finally:
+            self._local.chain = outer
+
+    def wrote(self, precondition: str | None, result: dict[str, Any]) -> None:
+        """A write conditional on `precondition` returned `result`."""
+        chain: set[tuple[Any, Any]] | None = getattr(self._local, "chain", None)
+        meta = result.get("metadata") or {}
+        uid, version = meta.get("uid"), meta.get("resourceVersion")
+        if chain is None or not (precondition and uid and version) or (uid, precondition) not in chain:
+            return
+        chain.add((uid, version))
+        with self._lock:
+            self._versions.setdefault(uid, deque(maxlen=self.KEEP)).append(version)
+            self._written_at[uid] = time.monotonic()
+
+    def produced(self, obj: dict[str, Any]) -> bool:
+        """`obj` is a version one of our reconciles wrote (and went on from)."""
+        meta = obj.get("metadata") or {}
+        with self._lock:
+            return meta.get("resourceVersion") in self._versions.get(meta.get("uid") or "", ())
+
+    def wrote_since(self, obj: dict[str, Any], since: float) -> bool:
+        """One of our reconciles wrote the object (and went on from there) after `since`
+        (monotonic): a body read before then (a resync's listing) holds nothing that
+        reconcile did not see, since its write was conditional on the version it read."""
+        with self._lock:
+            return self._written_at.get((obj.get("metadata") or {}).get("uid") or "", since) > since
+
+    def retain(self, uids: Collection[str]) -> None:
+        """Forget every object not among `uids` (all objects that exist)."""
+        keep = set(uids)
+        with self._lock:
+            for uid in [uid for uid in self._versions if uid not in keep]:
+                del self._versions[uid]
+                self._written_at.pop(uid, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._versions)
+
+
 class Kube:
     """Thin, typed wrapper over the generic custom-objects endpoints (they serve any
     group, ours, CAPI's and coordination.k8s.io alike, without model classes); core
@@ -82,11 +160,19 @@ class Kube:
     Errors about core objects carry only the status code and reason: an API server's
     error body can echo the object, and a Secret's data must never reach a log."""
 
-    def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self, api_client: k8s.ApiClient, request_timeout: float = 30.0, own_writes: OwnWrites | None = None
+    ) -> None:
         self._client = api_client
         self._api = k8s.CustomObjectsApi(api_client)
         # Without a timeout a half-dead connection blocks a worker thread forever.
         self._timeout = request_timeout
+        self.own_writes = own_writes
+        """Told of every conditional write (replace, status patch or replace) when set."""
+
+    def _wrote(self, precondition: Any, result: Any) -> None:
+        if self.own_writes is not None and isinstance(result, dict):
+            self.own_writes.wrote(precondition, result)
 
     def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -159,16 +245,18 @@ class Kube:
         """Replace (PUT) with the body's resourceVersion as precondition; ConflictError on 409."""
         with _changed_meanwhile(resource, namespace, name):
             if resource.core:
-                return self._core("PUT", resource, namespace, name, body=body)
-            obj = self._api.replace_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                body,
-                _request_timeout=self._timeout,
-            )
+                obj: Any = self._core("PUT", resource, namespace, name, body=body)
+            else:
+                obj = self._api.replace_namespaced_custom_object(
+                    resource.group,
+                    resource.version,
+                    namespace,
+                    resource.plural,
+                    name,
+                    body,
+                    _request_timeout=self._timeout,
+                )
+        self._wrote(_precondition(body), obj)
         return cast(dict[str, Any], obj)
 
     def patch_status(
@@ -187,6 +275,7 @@ class Kube:
                 _content_type=MERGE_PATCH,
                 _request_timeout=self._timeout,
             )
+        self._wrote(_precondition(patch), obj)
         return cast(dict[str, Any], obj)
 
     def replace_status(
@@ -204,6 +293,7 @@ class Kube:
                 body,
                 _request_timeout=self._timeout,
             )
+        self._wrote(_precondition(body), obj)
         return cast(dict[str, Any], obj)
 
     def delete(
@@ -292,6 +382,12 @@ class Kube:
             _content_type="application/apply-patch+yaml", _request_timeout=self._timeout,
         )  # fmt: skip
         return cast(dict[str, Any], obj)
+
+
+def _precondition(body: dict[str, Any]) -> str | None:
+    """The resourceVersion a write carries (the API server refuses it, 409, unless current)."""
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def ensure_secret(

@@ -23,6 +23,8 @@ NOW = datetime(2026, 11, 26, 2, 0, 0, tzinfo=UTC)
 
 
 class FakeKube:
+    own_writes = None
+
     def __init__(self, *objects: dict[str, Any]) -> None:
         self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
         self.patches: list[dict[str, Any]] = []

@@ -26,6 +26,8 @@ OBJ = {
 
 
 class Store:
+    own_writes = None
+
     def __init__(self) -> None:
         self.obj: dict[str, Any] | None = copy.deepcopy(OBJ)
 

@@ -1,5 +1,5 @@
 """The Ironic backend: bare-metal machines deployed by a standalone OpenStack Ironic."""
 
-from capi_c3os.backends.ironic.backend import IronicBackend
+from capi_c3os.backends.ironic.backend import IronicBackend, configure
 
-__all__ = ["IronicBackend"]
+__all__ = ["IronicBackend", "configure"]

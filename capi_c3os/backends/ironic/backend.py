@@ -68,12 +68,21 @@ SLOT_COUNT_TTL = 2.0
 SLOT_RECOUNT = 30.0
 ALLOCATION_TIMEOUT = 60.0
 STALLED_TEARDOWN_AFTER = 600.0
-HEALTH_INTERVAL = 300.0
+HEALTH_INTERVAL = 600.0
 """Seconds between looks at a running machine's node (plus 0-25 % jitter): how soon a node
-undeployed or taken outside the cluster is reported `NodeMissing`. 500 machines make about
-two light GETs a second, which even a single-process Ironic serves. A reconcile woken by
-anything else in between (the periodic resync, a Machine change) reports what the last
-look saw, without a request."""
+undeployed or taken outside the cluster is reported `NodeMissing`. The manager's default
+resync period, so an idle machine costs Ironic at most one light GET per resync (500
+machines: less than one a second). A reconcile woken by anything else in between (the
+periodic resync, a Machine change) reports what the last look saw, without a request.
+The manager's --ironic-health-interval sets it (`configure`)."""
+
+_health_interval = HEALTH_INTERVAL
+
+
+def configure(health_interval: float) -> None:
+    """The health interval of backends made from now on (the manager's flag)."""
+    global _health_interval  # noqa: PLW0603
+    _health_interval = health_interval
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class IronicBackend:
         slot_recount: float = SLOT_RECOUNT,
         allocation_timeout: float = ALLOCATION_TIMEOUT,
         stalled_teardown_after: float = STALLED_TEARDOWN_AFTER,
-        health_interval: float = HEALTH_INTERVAL,
+        health_interval: float | None = None,
         rng: random.Random | None = None,
         connector: Any = connect,
     ) -> None:
@@ -128,7 +137,7 @@ class IronicBackend:
         self.slot_recount = max(slot_recount, slot_count_ttl)
         self.allocation_timeout = allocation_timeout
         self.stalled_teardown_after = stalled_teardown_after
-        self.health_interval = health_interval
+        self.health_interval = _health_interval if health_interval is None else health_interval
         self._rng = rng or random.Random()
         self._connect = connector
         self._lock = threading.Lock()

@@ -27,7 +27,11 @@ def to_kopf(outcome: Outcome) -> None:
 
 
 def handle(runtime: Runtime, kind: Kind, obj: dict[str, Any], cause: str) -> None:
-    """One kopf handler call: reconcile, then answer kopf (None, or its exceptions)."""
+    """One kopf handler call: reconcile, then answer kopf (None, or its exceptions).
+    An event of a version our own reconcile wrote (and went on from) needs none; never
+    skipped for a deletion, where kopf's finalizer waits for the handler to be done."""
+    if cause != "delete" and runtime.superseded(kind, obj):
+        return
     try:
         outcome = runtime.reconcile(kind, obj, trigger=cause)
     except ConflictError as exc:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import kopf
 
 from capi_c3os.backends.registry import BACKENDS
 from capi_c3os.capi.metadata import INFRASTRUCTURE_GROUP
-from capi_c3os.operator.handlers.common import register_kind
+from capi_c3os.operator.handlers.common import CONFLICT_RETRY_DELAY, register_kind
 from capi_c3os.operator.runtime import Kind, Runtime
+from capi_c3os.operator.settings import HANDLER_BACKOFF
 from capi_c3os.reconcilers import c3oscluster, c3osmachine, c3osmachinetemplate
 from capi_c3os.reconcilers.kube import ConflictError, Resource
 
@@ -43,13 +45,20 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
 def _machine_changed(runtime: Runtime, namespace: str, name: str) -> None:
     """A backend saw a machine change (a domain stopped): reconcile it now, on the
-    backend's event thread (blocking is fine there). Failures are left to kopf's own
-    handlers and the resync."""
+    backend's event thread (blocking is fine there). A failure is requeued: the event of
+    a write it made before failing starts no reconcile (it is our own, see `OwnWrites`)."""
+    obj = None
     try:
         obj = runtime.kube.get(C3OS_MACHINE, namespace, name)
         if obj is not None:
             runtime.reconcile(KINDS[1], obj, trigger="backend")
     except ConflictError:
-        pass  # it changed meanwhile: kopf is about to reconcile it anyway
+        _requeue(runtime, obj, CONFLICT_RETRY_DELAY)  # it changed meanwhile
     except Exception as exc:
         log.info("reconcile after a backend event for %s/%s failed: %s", namespace, name, exc)
+        _requeue(runtime, obj or {"metadata": {"namespace": namespace, "name": name}}, HANDLER_BACKOFF)
+
+
+def _requeue(runtime: Runtime, obj: dict[str, Any] | None, after: float) -> None:
+    if obj is not None and runtime.requeue is not None:
+        runtime.requeue(KINDS[1], obj, after)
