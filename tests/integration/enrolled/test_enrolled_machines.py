@@ -387,14 +387,12 @@ def test_a_providerid_naming_a_host_is_the_providers_to_write(capi: Capi, pool: 
 
 
 def test_an_owner_reference_written_by_hand_hands_out_no_other_machines_bootstrap_data(
-    capi: Capi, start_endpoint: StartEndpoint
+    capi: Capi, pool: Pool
 ) -> None:
     """Whoever edits C3osMachines can write their ownerReferences; CAPI adopts only the
     infrastructure machine its Machine references. A C3osMachine claiming to be owned by
     another Machine (a server's, say) must not install a host with its bootstrap data."""
-    token = make_site(capi)
-    endpoint = start_endpoint()
-    host = enrolled_host(endpoint, capi, token, UUIDS[0])
+    host = pool.host(UUIDS[0])
     secret = b"#cloud-config\n# the victim's join secrets\n"
     capi.create_machine("c", "victim", machine_spec(hostSelector={"matchLabels": {"no": "host"}}), secret)
     victim = capi.must_get(CAPI, "machines", "victim")
