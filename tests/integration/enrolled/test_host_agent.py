@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class Host:
 
     root: Path
     token: str
+    started: list[ManagedProcess] = field(default_factory=list)
+    """Every agent started, stopped when the test ends (a test that fails, or does not
+    stop its agent, leaves none polling)."""
 
     @property
     def state(self) -> Path:
@@ -101,6 +104,7 @@ class Host:
             ],
             self.root / f"agent-{n}.log",
         )  # fmt: skip
+        self.started.append(proc)
         proc.start()
         return proc
 
@@ -109,9 +113,12 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
+def host(tmp_path: Path) -> Iterator[Host]:
     host_tree(tmp_path / "tree", UUID)
-    return Host(tmp_path, "")
+    world = Host(tmp_path, "")
+    yield world
+    for proc in world.started:
+        proc.stop()
 
 
 def registered_agent(
