@@ -4,6 +4,7 @@ and our CRDs accept every object CAPI writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -110,6 +111,7 @@ def test_clusterclass_topology_clones_our_templates_with_the_variables(
     assert (
         control_plane["spec"]["machineTemplate"]["spec"]["infrastructureRef"]["kind"] == "C3osMachineTemplate"
     )
+    assert control_plane["spec"]["rollout"]["strategy"]["type"] == "RollingUpdate"  # the variable's default
 
     # Worker MachineDeployments (and their templates) wait until the control plane is
     # initialised, which needs the control-plane provider: covered where that runs.
@@ -179,3 +181,41 @@ def test_an_images_key_that_is_no_version_is_refused(
     with pytest.raises(ApiException) as refused:
         apply(mgmt.kubeconfig, [cluster])
     assert "keys must be Kubernetes versions such as v1.33.4+k3s1" in str(refused.value.body)
+
+
+def test_the_rollout_strategy_variable_reaches_the_control_plane_and_a_bad_one_is_refused(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> None:
+    """controlPlaneRolloutStrategy: InPlace gets to the C3osControlPlane CAPI clones, a
+    change of the variable reaches the running one, and a value that is no strategy is
+    refused when the Cluster is written (CAPI's variable validation)."""
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    api = kc.CustomObjectsApi(k8s)
+    await_class_accepted(api, namespace, "c3os-libvirt")
+    (cluster,) = [d for d in rendered if d["kind"] == "Cluster"]
+    variables = cluster["spec"]["topology"]["variables"]
+
+    variables.append({"name": "controlPlaneRolloutStrategy", "value": "Recreate"})
+    with pytest.raises(ApiException) as refused:
+        apply(mgmt.kubeconfig, [cluster])
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.topology.variables[controlPlaneRolloutStrategy].value" in message
+    assert "Recreate" in message and 'supported values: "RollingUpdate", "InPlace"' in message, message
+
+    variables[-1]["value"] = "InPlace"
+    apply(mgmt.kubeconfig, [cluster])
+
+    def strategy() -> str | None:
+        items = api.list_namespaced_custom_object(
+            "controlplane.cluster.x-k8s.io", "v1alpha1", namespace, "c3oscontrolplanes"
+        )["items"]
+        return items[0]["spec"]["rollout"]["strategy"]["type"] if items else None
+
+    eventually(lambda: strategy() == "InPlace", "InPlace on the C3osControlPlane",
+               explain=lambda: f"{strategy()}; {topology_state(api, namespace)}")  # fmt: skip
+    variables[-1]["value"] = "RollingUpdate"  # the user's choice, changed on a running cluster
+    apply(mgmt.kubeconfig, [cluster])
+    eventually(lambda: strategy() == "RollingUpdate", "RollingUpdate again on the C3osControlPlane",
+               explain=lambda: f"{strategy()}; {topology_state(api, namespace)}")  # fmt: skip
