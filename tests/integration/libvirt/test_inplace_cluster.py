@@ -80,7 +80,11 @@ def template(capi: Capi, name: str, volume: str, oci_ref: str) -> None:
     })  # fmt: skip
 
 
-def create_cluster(capi: Capi, libvirtd: PrivateLibvirtd, port: int) -> None:
+def create_cluster(
+    capi: Capi, libvirtd: PrivateLibvirtd, port: int, strategy: str = "InPlace", workers: int = 1
+) -> None:
+    """SERVERS servers rolled out by `strategy`, `workers` workers (bench/inplace.py makes
+    the same cluster with RollingUpdate and two workers)."""
     template(capi, "cp-old", BOOT_VOLUME, oci(STANDIN_K3S))
     template(capi, "md-old", BOOT_VOLUME, oci(STANDIN_K3S))
     capi.create(INFRA, "c3osclusters", {
@@ -91,7 +95,7 @@ def create_cluster(capi: Capi, libvirtd: PrivateLibvirtd, port: int) -> None:
     capi.create(CP, "c3oscontrolplanes", {
         "apiVersion": "/".join(CP), "kind": "C3osControlPlane", "metadata": {"name": NAME},
         "spec": {"version": STANDIN_K3S, "replicas": SERVERS,
-                 "rollout": {"strategy": {"type": "InPlace"}},
+                 "rollout": {"strategy": {"type": strategy}},
                  "machineTemplate": {"spec": {"infrastructureRef": {
                      "apiGroup": INFRA[0], "kind": "C3osMachineTemplate", "name": "cp-old"}}}},
     })  # fmt: skip
@@ -106,7 +110,7 @@ def create_cluster(capi: Capi, libvirtd: PrivateLibvirtd, port: int) -> None:
     })  # fmt: skip
     capi.create(CAPI, "machinedeployments", {
         "apiVersion": "/".join(CAPI), "kind": "MachineDeployment", "metadata": {"name": "md"},
-        "spec": {"clusterName": NAME, "replicas": 1, "selector": {"matchLabels": {"pool": "md"}},
+        "spec": {"clusterName": NAME, "replicas": workers, "selector": {"matchLabels": {"pool": "md"}},
                  # A Machine being updated counts as unavailable (CAPI): allow one, or CAPI adds one first.
                  "rollout": {"strategy": {"type": "RollingUpdate",
                                           "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},
