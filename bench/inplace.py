@@ -47,8 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client as kc
+from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parent.parent
 # bench/libvirt.py would shadow `import libvirt`: this directory off the path, the repo on it.
@@ -88,7 +90,13 @@ IN_PROGRESS = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress"
 
 def wait(probe: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
-    while not probe():
+    while True:
+        try:
+            if probe():
+                return
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            # An API server on a loaded machine drops a response now and then: next round.
+            print(f"waiting for {what}: {exc!r}", file=sys.stderr)
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(1)
