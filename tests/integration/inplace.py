@@ -15,11 +15,17 @@ IN_PROGRESS = "in-place-updates.internal.cluster.x-k8s.io/update-in-progress"
 
 
 def create_cluster(
-    capi: Capi, name: str, port: int, site: dict[str, Any], control_plane: dict[str, Any], worker_version: str
+    capi: Capi,
+    name: str,
+    port: int,
+    site: dict[str, Any],
+    control_plane: dict[str, Any],
+    worker_version: str,
+    workers: int = 1,
 ) -> None:
     """C3osCluster `name` (endpoint 127.0.0.1:`port`, the one `site`), its C3osControlPlane
-    (`control_plane`: the spec), the Cluster, and MachineDeployment `md` of one worker on
-    template `md-old`, its Machines labelled `pool: md`."""
+    (`control_plane`: the spec), the Cluster, and MachineDeployment `md` of `workers` workers
+    on template `md-old`, its Machines labelled `pool: md`."""
     capi.create(INFRA, "c3osclusters", {
         "apiVersion": "/".join(INFRA), "kind": "C3osCluster", "metadata": {"name": name},
         "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": port}, "sites": [site]},
@@ -39,7 +45,7 @@ def create_cluster(
     })  # fmt: skip
     capi.create(CAPI, "machinedeployments", {
         "apiVersion": "/".join(CAPI), "kind": "MachineDeployment", "metadata": {"name": "md"},
-        "spec": {"clusterName": name, "replicas": 1, "selector": {"matchLabels": {"pool": "md"}},
+        "spec": {"clusterName": name, "replicas": workers, "selector": {"matchLabels": {"pool": "md"}},
                  # A Machine being updated counts as unavailable (CAPI): allow one, or CAPI adds one first.
                  "rollout": {"strategy": {"type": "RollingUpdate",
                                           "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},

@@ -125,6 +125,7 @@ def test_clusterclass_topology_clones_our_templates_with_the_variables(
     assert (
         control_plane["spec"]["machineTemplate"]["spec"]["infrastructureRef"]["kind"] == "C3osMachineTemplate"
     )
+    assert control_plane["spec"]["rollout"]["strategy"]["type"] == "RollingUpdate"  # the variable's default
 
     # Worker MachineDeployments (and their templates) wait until the control plane is
     # initialised, which needs the control-plane provider: covered where that runs.
@@ -326,3 +327,41 @@ def test_a_bad_enrolled_site_stops_the_topology_with_the_api_servers_words(
     )
     assert 'supported values: "Token", "Approval"' in message, message
     assert api.list_namespaced_custom_object(*INFRA, namespace, "c3osclusters")["items"] == []
+
+
+def test_the_rollout_strategy_variable_reaches_the_control_plane_and_a_bad_one_is_refused(
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+) -> None:
+    """controlPlaneRolloutStrategy: InPlace gets to the C3osControlPlane CAPI clones, a
+    change of the variable reaches the running one, and a value that is no strategy is
+    refused when the Cluster is written (CAPI's variable validation)."""
+    rendered = render("topology", namespace, tmp_path, mgmt.kubeconfig)
+    apply(mgmt.kubeconfig, [d for d in rendered if d["kind"] != "Cluster"])
+    api = kc.CustomObjectsApi(k8s)
+    await_class_accepted(api, namespace, "c3os-libvirt")
+    (cluster,) = [d for d in rendered if d["kind"] == "Cluster"]
+    variables = cluster["spec"]["topology"]["variables"]
+
+    variables.append({"name": "controlPlaneRolloutStrategy", "value": "Recreate"})
+    with pytest.raises(ApiException) as refused:
+        apply(mgmt.kubeconfig, [cluster])
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.topology.variables[controlPlaneRolloutStrategy].value" in message
+    assert "Recreate" in message and 'supported values: "RollingUpdate", "InPlace"' in message, message
+
+    variables[-1]["value"] = "InPlace"
+    apply(mgmt.kubeconfig, [cluster])
+
+    def strategy() -> str | None:
+        items = api.list_namespaced_custom_object(
+            "controlplane.cluster.x-k8s.io", "v1alpha1", namespace, "c3oscontrolplanes"
+        )["items"]
+        return items[0]["spec"]["rollout"]["strategy"]["type"] if items else None
+
+    eventually(lambda: strategy() == "InPlace", "InPlace on the C3osControlPlane",
+               explain=lambda: f"{strategy()}; {topology_state(api, namespace)}")  # fmt: skip
+    variables[-1]["value"] = "RollingUpdate"  # the user's choice, changed on a running cluster
+    apply(mgmt.kubeconfig, [cluster])
+    eventually(lambda: strategy() == "RollingUpdate", "RollingUpdate again on the C3osControlPlane",
+               explain=lambda: f"{strategy()}; {topology_state(api, namespace)}")  # fmt: skip

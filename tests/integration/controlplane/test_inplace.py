@@ -54,12 +54,13 @@ class UpgradePlayer:
     def __init__(self, standin: WorkloadStandIn, api: kc.CustomObjectsApi, namespace: str) -> None:
         self.standin, self.api, self.namespace = standin, api, namespace
         self.handled: list[str] = []
+        """uids of the Jobs run"""
         self.most_upgrading = 0
         self.machine_names: set[str] = set()
         self.rolling_out: set[str] = set()
         """RollingOut messages seen on the control plane."""
         self.jobs: set[str] = set()
-        """Every upgrade Job seen."""
+        """uids of every upgrade Job seen."""
         self.holding = False
         """While True, Jobs are seen but not run (an upgrade stays in flight)."""
         self._stop = threading.Event()
@@ -93,11 +94,12 @@ class UpgradePlayer:
         }
         with api_client(self.standin.kubeconfig) as client:
             jobs = kc.BatchV1Api(client).list_namespaced_job(UPGRADE_NAMESPACE).items
-            self.jobs |= {job.metadata.name for job in jobs}
+            # By uid: a Job deleted and made again under its name is another upgrade.
+            self.jobs |= {job.metadata.uid for job in jobs}
             for job in jobs:
-                if job.metadata.name not in self.handled and not self.holding:
+                if job.metadata.uid not in self.handled and not self.holding:
                     self.run(client, job)
-                    self.handled.append(job.metadata.name)
+                    self.handled.append(job.metadata.uid)
 
     def run(self, client: Any, job: kc.V1Job) -> None:
         image = job.metadata.annotations[UPGRADE_IMAGE_ANNOTATION]
@@ -319,9 +321,14 @@ def stopped(api: kc.CustomObjectsApi, namespace: str, saying: str = "") -> dict[
     return ready
 
 
+@pytest.mark.parametrize("reboot", ["under-the-next-manager", "while-none-runs"])
 def test_a_manager_killed_mid_upgrade_leaves_it_to_the_next_one_which_finishes_it(
-    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path
+    mgmt: ManagementPlane, k8s: Any, namespace: str, tmp_path: Path, reboot: str
 ) -> None:
+    """Killed once the first upgrade Job is made, before its node rebooted; the node
+    reboots into the new release either once the next manager runs, or while none runs
+    (the next one finds the upgrade done and only writes it down). Either way: no second
+    Job, no Machine made or deleted, every server upgraded."""
     api = kc.CustomObjectsApi(k8s)
     first = start_manager(mgmt, tmp_path / "first.log")
     second = None
@@ -334,28 +341,22 @@ def test_a_manager_killed_mid_upgrade_leaves_it_to_the_next_one_which_finishes_i
                 upgrade_to(api, namespace, "cp-next", NEXT)
                 eventually(lambda: player.jobs, "the first upgrade Job made")
                 first.stop(timeout=5, sig=signal.SIGKILL)
-
-                second = start_manager(mgmt, tmp_path / "second.log")
                 upgrading = [m for m in machines(api, namespace)
                              if IN_PLACE_ANNOTATION in (m["metadata"].get("annotations") or {})]  # fmt: skip
                 assert len(upgrading) == 1
                 name = upgrading[0]["metadata"]["name"]
-
-                def reported() -> bool:
-                    ready = condition(status(api, namespace), "Ready")
-                    return (
-                        ready.get("reason") == "UpgradingInPlace" and f"upgrading {name} " in ready["message"]
-                    )
-
-                # The new manager (an empty view) finds the upgrade in flight and judges it.
-                log = second.log_path
-                eventually(lambda: f"upgrading {name} in place to" in log.read_text(),
-                           "the new manager judged the upgrade in flight")  # fmt: skip
-                eventually(
-                    reported, "the upgrade in flight reported", explain=lambda: str(status(api, namespace))
-                )
-                assert len(player.jobs) == 1, "the new manager started another upgrade"
-                player.holding = False
+                if reboot == "while-none-runs":
+                    player.holding = False
+                    eventually(lambda: player.handled, "the node rebooted into the new release")
+                    second = start_manager(mgmt, tmp_path / "second.log")
+                    done = f"upgraded control-plane Machine {namespace}/{name} in place"
+                    log = second.log_path
+                    eventually(lambda: done in log.read_text(), "the new manager wrote down the upgrade done")
+                else:
+                    second = start_manager(mgmt, tmp_path / "second.log")
+                    finds_the_upgrade_in_flight(api, namespace, name, second)
+                    assert len(player.jobs) == 1, "the new manager started another upgrade"
+                    player.holding = False
 
                 def upgraded() -> bool:
                     found = status(api, namespace)
@@ -413,3 +414,18 @@ def test_a_hand_written_in_place_target_is_removed_and_never_run(
         after = api.get_namespaced_custom_object(*CAPI, namespace, "machines", name)
         assert after["spec"]["version"] == VERSION
         assert set(node_versions(standin).values()) == {VERSION}
+
+
+def finds_the_upgrade_in_flight(
+    api: kc.CustomObjectsApi, namespace: str, name: str, manager: Manager
+) -> None:
+    """The new manager (an empty view) finds the upgrade of `name` in flight and judges it."""
+
+    def reported() -> bool:
+        ready = condition(status(api, namespace), "Ready")
+        return ready.get("reason") == "UpgradingInPlace" and f"upgrading {name} " in ready["message"]
+
+    log = manager.log_path
+    eventually(lambda: f"upgrading {name} in place to" in log.read_text(),
+               "the new manager judged the upgrade in flight")  # fmt: skip
+    eventually(reported, "the upgrade in flight reported", explain=lambda: str(status(api, namespace)))

@@ -84,13 +84,17 @@ def template(capi: Capi, name: str, volume: str, oci_ref: str) -> None:
     })  # fmt: skip
 
 
-def create_cluster(capi: Capi, libvirtd: PrivateLibvirtd, port: int) -> None:
+def create_cluster(
+    capi: Capi, libvirtd: PrivateLibvirtd, port: int, strategy: str = "InPlace", workers: int = 1
+) -> None:
+    """SERVERS servers rolled out by `strategy`, `workers` workers (bench/inplace.py makes
+    the same cluster with RollingUpdate and two workers)."""
     template(capi, "cp-old", BOOT_VOLUME, oci(STANDIN_K3S))
     template(capi, "md-old", BOOT_VOLUME, oci(STANDIN_K3S))
     site = {"name": "lab", "libvirt": {"uri": libvirtd.uri, "network": NETWORK_NAME}}
-    in_place = {"rollout": {"strategy": {"type": "InPlace"}}}
-    control_plane = control_plane_spec(STANDIN_K3S, SERVERS, "cp-old", **in_place)
-    create_inplace_cluster(capi, NAME, port, site, control_plane, STANDIN_K3S)
+    rollout = {"rollout": {"strategy": {"type": strategy}}}
+    control_plane = control_plane_spec(STANDIN_K3S, SERVERS, "cp-old", **rollout)
+    create_inplace_cluster(capi, NAME, port, site, control_plane, STANDIN_K3S, workers)
 
 
 def vms(libvirtd: PrivateLibvirtd) -> dict[str, tuple[str, str]]:
