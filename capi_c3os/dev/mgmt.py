@@ -95,8 +95,10 @@ class ManagementPlane:
         """A kubeconfig with a token the API server issues for a ServiceAccount (TokenRequest):
         the identity a Deployment's pod gets, so RBAC is checked as in a real cluster."""
         with api_client(self.kubeconfig) as client:
+            # A day: the kubeconfig serves a whole test session, which under load has
+            # outlasted an hour (the manager then met 401 at its start).
             request = k8s.AuthenticationV1TokenRequest(
-                spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+                spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=86400)
             )
             issued = k8s.CoreV1Api(client).create_namespaced_service_account_token(name, namespace, request)
         # The context's namespace is the account's, as a pod's would be (the manager
