@@ -51,8 +51,6 @@ HOOKS_API_VERSION = f"{HOOKS_GROUP}/{HOOKS_VERSION}"
 SUCCESS = "Success"
 FAILURE = "Failure"
 
-UPDATE_IN_PROGRESS_ANNOTATION = IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION
-"""CAPI api/core/v1beta2 machine_types.go UpdateInProgressAnnotation."""
 PENDING_HOOKS_ANNOTATION = "runtime.cluster.x-k8s.io/pending-hooks"
 """CAPI api/runtime/v1beta2 PendingHooksAnnotation: a comma list of hook names."""
 
@@ -472,7 +470,7 @@ def _update_machine(
         return _failed(f"Machine {key} not found"), None
     annotations = (machine.get("metadata") or {}).get("annotations") or {}
     pending = {h.strip() for h in str(annotations.get(PENDING_HOOKS_ANNOTATION, "")).split(",")}
-    if UPDATE_IN_PROGRESS_ANNOTATION not in annotations or "UpdateMachine" not in pending:
+    if IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION not in annotations or "UpdateMachine" not in pending:
         return _failed(f"Machine {key} has no in-place update pending"), None
     return _upgrade(machine, key, asked_meta, reader, workload_for), machine
 

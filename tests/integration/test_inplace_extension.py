@@ -28,6 +28,7 @@ from kubernetes import client as kc
 from kubernetes.client.exceptions import ApiException
 
 from capi_c3os.bootstrap.certificates import KeyPair, issue_certificate, new_ca
+from capi_c3os.capi.metadata import IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION
 from capi_c3os.dev import manager as our_manager
 from capi_c3os.dev.manager import Manager
 from capi_c3os.dev.mgmt import ManagementPlane, api_client, apply, wait_for_crds_established
@@ -35,7 +36,7 @@ from capi_c3os.dev.processes import free_port
 from capi_c3os.dev.workload import WorkloadStandIn, played_cluster, standin_volume
 from capi_c3os.operator.connection import load_configuration
 from capi_c3os.operator.extension import EXTENSION_CERT_SECRET, ExtensionServer, ExtensionSettings
-from capi_c3os.runtime.hooks import PENDING_HOOKS_ANNOTATION, UPDATE_IN_PROGRESS_ANNOTATION, hook_path
+from capi_c3os.runtime.hooks import PENDING_HOOKS_ANNOTATION, hook_path
 from capi_c3os.workload.upgrade import UPGRADE_NAMESPACE, upgrade_job_name
 from tests.conftest import RunManager, our_crds, provider_identity
 from tests.support import eventually
@@ -421,8 +422,9 @@ def test_a_hand_made_update_of_a_machine_installs_no_image_its_template_does_not
         evil = "registry.evil.test/root:k3sv1.33.4-k3s1"
         api.patch_namespaced_custom_object(*INFRA, namespace, "c3osmachines", name,
                                            {"spec": {"image": {"oci": evil}}})  # fmt: skip
-        api.patch_namespaced_custom_object(*CAPI, namespace, "machines", name, {"metadata": {"annotations": {
-            UPDATE_IN_PROGRESS_ANNOTATION: "", PENDING_HOOKS_ANNOTATION: "UpdateMachine"}}})  # fmt: skip
+        pending = {IN_PLACE_UPDATE_IN_PROGRESS_ANNOTATION: "", PENDING_HOOKS_ANNOTATION: "UpdateMachine"}
+        api.patch_namespaced_custom_object(*CAPI, namespace, "machines", name,
+                                           {"metadata": {"annotations": pending}})  # fmt: skip
         body = {"desired": {"machine": {"metadata": {"namespace": namespace, "name": name}}}}
         update = hook_path("UpdateMachine", "update-machine")
         status, answer = post(k8s, namespace, extension, update, json.dumps(body).encode())
